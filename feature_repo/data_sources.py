@@ -1,0 +1,14 @@
+"""One parquet source per problem: ``<problem>_source`` over its per-batch feature partitions."""
+
+from feast import FileSource
+from problem_specs import load_specs, offline_path
+
+SOURCES = {}
+for _spec in load_specs():
+    SOURCES[_spec["name"]] = FileSource(
+        name=f"{_spec['name']}_source",
+        path=offline_path(_spec["name"]),
+        timestamp_field="event_timestamp",
+        description=f"engineered features of {_spec['name']}, partitioned batch=<id>",
+    )
+    globals()[f"{_spec['name']}_source"] = SOURCES[_spec["name"]]

@@ -1,0 +1,29 @@
+"""Reads the declared problems (``problems/*.yaml``) for the definition files; defines nothing.
+
+Feast objects are generated per problem spec, so adding a spec adds its entity, source, view and
+service with no edit here. This folder must not import ``mlcore`` (``feast apply`` executes it).
+"""
+
+import os
+from pathlib import Path
+
+import yaml
+from feast import ValueType
+from feast.types import Float32, Int64, String
+
+PROBLEMS_DIR = Path(os.environ.get("MLCORE_PROBLEMS_DIR", Path(__file__).parents[1] / "problems"))
+# Filled in by mlcore (absolute); the fallback matches its default for a hand-run `feast apply`.
+MLCORE_HOME = Path(os.environ.get("MLCORE_HOME", Path.cwd() / ".mlcore"))
+
+KEY_TYPES = {"int64": ValueType.INT64, "string": ValueType.STRING}
+FEATURE_TYPES = {"numeric": Float32, "categorical": Int64, "string": String}
+
+
+def load_specs():
+    """Each spec file as a plain dict, in name order."""
+    return [yaml.safe_load(p.read_text()) for p in sorted(PROBLEMS_DIR.glob("*.yaml"))]
+
+
+def offline_path(problem):
+    """The problem's offline feature table: one parquet partition per batch under it."""
+    return str(MLCORE_HOME / "features" / f"problem={problem}")

@@ -1,0 +1,80 @@
+"""Deployment settings (``MLCORE_*`` env) and the frozen per-stage run configs built from Params."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _repo_dir(name: str) -> Path:
+    """A folder of the source checkout when mlcore runs from one, else one under the cwd."""
+    here = _REPO_ROOT / name
+    return here if here.is_dir() else Path.cwd() / name
+
+
+class Settings(BaseSettings):
+    """Where Batchloop keeps its state. Read at run time, never at import."""
+
+    model_config = SettingsConfigDict(env_prefix="MLCORE_", frozen=True)
+
+    home: Path = Field(default_factory=lambda: Path.cwd() / ".mlcore")
+    database_url: str | None = None
+    problems_dir: Path = Field(default_factory=lambda: _repo_dir("problems"))
+    feature_repo: Path = Field(default_factory=lambda: _repo_dir("feature_repo"))
+
+    @property
+    def db_url(self) -> str:
+        """The metadata store URL: ``MLCORE_DATABASE_URL`` or SQLite under ``home``."""
+        return self.database_url or f"sqlite:///{self.home / 'mlcore.db'}"
+
+    def partition(self, area: str, problem: str, batch_id: str | None = None) -> Path:
+        """``<home>/<area>/problem=<p>[/batch=<id>]``: the one layout every stage writes."""
+        path = self.home / area / f"problem={problem}"
+        return path / f"batch={batch_id}" if batch_id is not None else path
+
+
+@cache
+def get_settings() -> Settings:
+    """The process-wide settings, resolved on first use."""
+    return Settings()
+
+
+class _RunConfig(BaseModel):
+    """A stage's run knobs: built from the DAG's Params, unknown keys ignored, bounds re-checked."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | None) -> Self:
+        """Build the config from an Airflow ``params`` mapping (or any plain dict)."""
+        return cls.model_validate({k: v for k, v in (params or {}).items() if v is not None})
+
+
+class IngestConfig(_RunConfig):
+    """Knobs of ``ingest_batch``."""
+
+    batch_id: str = Field(min_length=1, max_length=64)
+    source: str = Field(min_length=1)
+
+
+class BatchConfig(_RunConfig):
+    """Knobs of stages that act on one published batch (features, scoring, monitoring)."""
+
+    batch_id: str = Field(min_length=1, max_length=64)
+
+
+class TrainConfig(_RunConfig):
+    """Knobs of ``retrain_model``."""
+
+    algorithm: str = "auto"
+    validation_fraction: float = Field(0.2, gt=0.0, lt=0.5)
+    random_state: int = Field(0, ge=0)
+    max_train_rows: int = Field(1_000_000, ge=100)
+    trigger: Literal["manual", "schedule", "drift", "performance"] = "manual"
+    reason: str = ""

@@ -1,0 +1,1 @@
+"""The metadata store: SQLAlchemy models, sessions and Alembic migrations."""

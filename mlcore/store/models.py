@@ -1,0 +1,197 @@
+"""Metadata tables. Every change goes with an Alembic migration in ``store/migrations``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import DateTime
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the store uses."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Batch(Base):
+    """A batch's manifest. ``state``: staged -> published | rejected."""
+
+    __tablename__ = "batches"
+    __table_args__ = (UniqueConstraint("problem", "batch_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str] = mapped_column(String(64))
+    source_uri: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    row_count: Mapped[int] = mapped_column(BigInteger)
+    schema_hash: Mapped[str] = mapped_column(String(64))
+    schema: Mapped[dict[str, Any]]
+    quarantine_count: Mapped[int] = mapped_column(BigInteger, default=0)
+    state: Mapped[str] = mapped_column(String(16))
+    curated_uri: Mapped[str | None] = mapped_column(Text)
+    event_time_min: Mapped[datetime | None]
+    event_time_max: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    published_at: Mapped[datetime | None]
+
+
+class QuarantinedRow(Base):
+    """A row kept out of a published batch, with the rule it broke."""
+
+    __tablename__ = "quarantined_rows"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str] = mapped_column(String(64), index=True)
+    row_number: Mapped[int] = mapped_column(BigInteger)
+    rule: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+
+
+class Materialization(Base):
+    """One batch's features written to the offline store and materialized online."""
+
+    __tablename__ = "materializations"
+    __table_args__ = (UniqueConstraint("problem", "batch_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str] = mapped_column(String(64))
+    feature_view: Mapped[str] = mapped_column(String(128))
+    offline_uri: Mapped[str] = mapped_column(Text)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ModelVersion(Base):
+    """A trained model and everything needed to reproduce it."""
+
+    __tablename__ = "model_versions"
+    __table_args__ = (UniqueConstraint("problem", "version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer)
+    algorithm: Mapped[str] = mapped_column(String(64))
+    hyperparameters: Mapped[dict[str, Any]]
+    artifact_uri: Mapped[str] = mapped_column(Text)
+    artifact_sha256: Mapped[str] = mapped_column(String(64))
+    training_batch_ids: Mapped[list[Any]]
+    data_hash: Mapped[str] = mapped_column(String(64))
+    train_rows: Mapped[int] = mapped_column(BigInteger)
+    metrics: Mapped[dict[str, Any]]
+    code_version: Mapped[str] = mapped_column(String(64))
+    timings: Mapped[dict[str, Any]]
+    spec_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Evaluation(Base):
+    """Contender vs champion on one frozen holdout, and the decision taken."""
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    contender_version: Mapped[int] = mapped_column(Integer)
+    champion_version: Mapped[int | None] = mapped_column(Integer)
+    holdout_batch_ids: Mapped[list[Any]]
+    holdout_hash: Mapped[str] = mapped_column(String(64))
+    holdout_rows: Mapped[int] = mapped_column(BigInteger)
+    metric: Mapped[str] = mapped_column(String(32))
+    contender_metrics: Mapped[dict[str, Any]]
+    champion_metrics: Mapped[dict[str, Any] | None]
+    delta: Mapped[float | None] = mapped_column(Float)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    thresholds: Mapped[dict[str, Any]]
+    promote: Mapped[bool]
+    reason: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alias(Base):
+    """Which version holds an alias (``champion``) now. Moved only by compare-and-set."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (UniqueConstraint("problem", "alias"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    alias: Mapped[str] = mapped_column(String(32))
+    version: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AliasHistory(Base):
+    """Append-only log of every alias move: who, when, why, and the evaluation behind it."""
+
+    __tablename__ = "alias_history"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    alias: Mapped[str] = mapped_column(String(32))
+    from_version: Mapped[int | None] = mapped_column(Integer)
+    to_version: Mapped[int] = mapped_column(Integer)
+    action: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str] = mapped_column(Text)
+    evaluation_id: Mapped[int | None] = mapped_column(ForeignKey("evaluations.id"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Prediction(Base):
+    """One score, keyed by batch, entity and model version."""
+
+    __tablename__ = "predictions"
+    __table_args__ = (UniqueConstraint("problem", "batch_id", "entity_key", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str] = mapped_column(String(64))
+    entity_key: Mapped[str] = mapped_column(String(128))
+    model_version: Mapped[int] = mapped_column(Integer)
+    score: Mapped[float] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DriftReport(Base):
+    """Evidently drift of one batch against a model's reference data."""
+
+    __tablename__ = "drift_reports"
+    __table_args__ = (UniqueConstraint("problem", "batch_id", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[int] = mapped_column(Integer)
+    drift_share: Mapped[float] = mapped_column(Float)
+    drifted_columns: Mapped[list[Any]]
+    dataset_drift: Mapped[bool]
+    json_uri: Mapped[str] = mapped_column(Text)
+    html_uri: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RetrainRequest(Base):
+    """Why a retrain should happen (schedule, drift, performance, manual) and what came of it."""
+
+    __tablename__ = "retrain_requests"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    trigger: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    batch_id: Mapped[str | None] = mapped_column(String(64))
+    state: Mapped[str] = mapped_column(String(16), default="pending")
+    resolved_by_version: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
