@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -72,9 +72,9 @@ class BatchConfig(_RunConfig):
 class TrainConfig(_RunConfig):
     """Knobs of ``retrain_model``."""
 
+    until_batch: str | None = Field(None, max_length=64)
     algorithm: str = "auto"
     validation_fraction: float = Field(0.2, gt=0.0, lt=0.5)
     random_state: int = Field(0, ge=0)
     max_train_rows: int = Field(1_000_000, ge=100)
-    trigger: Literal["manual", "schedule", "drift", "performance"] = "manual"
-    reason: str = ""
+    reason: str = Field("", max_length=500)

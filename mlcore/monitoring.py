@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import delete
+from sqlalchemy import delete, update
 
 from mlcore.config import Settings
 from mlcore.ingestion import get_batch, read_curated
@@ -111,3 +111,11 @@ def _record(spec: ProblemSpec, batch_id: str, version: int, share: float, drifte
         s.add(request)
         s.flush()
         return request.id
+
+
+def close_retrain_requests(problem: str, version: int, url: str) -> int:
+    """Mark every pending retrain request of ``problem`` as answered by ``version``."""
+    with session_scope(url) as s:
+        return int(s.execute(update(RetrainRequest).where(
+            RetrainRequest.problem == problem, RetrainRequest.state == "pending",
+        ).values(state="trained", resolved_by_version=version)).rowcount)  # type: ignore[attr-defined]

@@ -132,6 +132,7 @@ class ContenderRef:
 def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
                     settings: Settings) -> ContenderRef:
     """Train on the dataset's train part, save the artifact and register a new version."""
+    from mlcore.monitoring import close_retrain_requests
     from mlcore.registry import register_version
 
     start = time.perf_counter()
@@ -147,6 +148,7 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
         hyperparameters={"algorithm": trained.algorithm, **spec.algorithms[trained.algorithm],
                          "random_state": cfg.random_state},
         dataset=dataset, train_rows=len(train), validation=trained.validation, timings=timings)
+    close_retrain_requests(spec.name, version, settings.db_url)
     return ContenderRef(spec.name, version, trained.algorithm, uri, sha, trained.validation)
 
 

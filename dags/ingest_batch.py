@@ -1,0 +1,54 @@
+"""
+### Ingest a batch
+
+Validates a raw file (parquet or CSV) against the problem spec and publishes it under a batch ID:
+manifest (source, SHA-256, rows, schema hash), row-level quarantine with reasons, atomic publish.
+Re-running the same batch ID with the same file is a no-op; different content is refused.
+
+On success emits the `<problem>.curated` asset event with the batch ID, which schedules
+`materialize_features`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from batchloop_airflow import dag_kwargs, fail_fast, problem_specs, stage_asset
+
+STAGE = Path(__file__).stem
+BATCH_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+
+
+def build(problem: str) -> None:
+    curated = stage_asset(problem, "curated")
+
+    @dag(**dag_kwargs(problem, STAGE, __doc__), schedule=None, params={
+        "batch_id": Param("", type="string", pattern=BATCH_ID_PATTERN, title="Batch ID",
+                          description="Unique ID of this batch (letters, digits, _ . -)."),
+        "source": Param("", type="string", minLength=1, title="Source file",
+                        description="Path or file:// URI of the raw parquet/CSV file."),
+    })
+    def ingest_batch_dag() -> None:
+        @task(task_id="ingest_batch", outlets=[curated])
+        def ingest() -> dict:
+            from mlcore.config import IngestConfig, get_settings
+            from mlcore.ingestion import ingest_batch
+            from mlcore.problems import get_problem
+
+            ctx = get_current_context()
+            with fail_fast():
+                cfg = IngestConfig.from_params(ctx["params"])
+                manifest = ingest_batch(get_problem(problem), cfg.source, cfg.batch_id,
+                                        get_settings()).to_dict()
+            ctx["outlet_events"][curated].extra = {"batch_id": cfg.batch_id}
+            return manifest
+
+        ingest()
+
+    ingest_batch_dag()
+
+
+for _spec in problem_specs():
+    build(_spec.name)

@@ -1,0 +1,56 @@
+"""
+### Score a batch
+
+Scores each batch from the triggering `<problem>.features` events (or the `batch_id` Param) with
+the current `champion`, reading features point-in-time from Feast, and stores the predictions
+keyed by (batch, entity, model version). Skipped when there is no champion yet. Emits
+`<problem>.predictions`, which schedules `monitor_model`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from batchloop_airflow import (
+    batch_ids_from_context,
+    dag_kwargs,
+    fail_fast,
+    problem_specs,
+    stage_asset,
+)
+
+STAGE = Path(__file__).stem
+
+
+def build(problem: str) -> None:
+    predictions = stage_asset(problem, "predictions")
+
+    @dag(**dag_kwargs(problem, STAGE, __doc__), schedule=[stage_asset(problem, "features")],
+         params={"batch_id": Param(None, type=["null", "string"], title="Batch ID",
+                                   description="Manual runs: the materialized batch to score. "
+                                               "Empty: the triggering events'.")})
+    def score_batch_dag() -> None:
+        @task
+        def resolve_batches() -> list[str]:
+            return batch_ids_from_context(get_current_context())
+
+        @task(outlets=[predictions])
+        def score_batch(batch_id: str) -> dict:
+            from mlcore.config import get_settings
+            from mlcore.problems import get_problem
+            from mlcore.scoring import score_batch as run
+
+            with fail_fast():
+                result = run(get_problem(problem), batch_id, get_settings()).to_dict()
+            get_current_context()["outlet_events"][predictions].extra = {"batch_id": batch_id}
+            return result
+
+        score_batch.expand(batch_id=resolve_batches())
+
+    score_batch_dag()
+
+
+for _spec in problem_specs():
+    build(_spec.name)

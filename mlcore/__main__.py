@@ -1,0 +1,7 @@
+"""``python -m mlcore``."""
+
+import sys
+
+from mlcore.cli import main
+
+sys.exit(main())

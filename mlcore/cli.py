@@ -1,0 +1,149 @@
+"""``mlcore``: what an operator does by hand. Exit codes: 0 ok/no-op, 2 bad input, 3 conflict."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from mlcore.config import Settings, get_settings
+
+EXIT_OK, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 2, 3
+
+
+def _problem(args: argparse.Namespace, settings: Settings) -> Any:
+    from mlcore.problems import get_problem, load_problems
+
+    if args.problem:
+        return get_problem(args.problem, settings.problems_dir)
+    specs = load_problems(settings.problems_dir)
+    if len(specs) != 1:
+        raise ValueError(f"--problem is required (problems: {', '.join(sorted(specs)) or 'none'})")
+    return next(iter(specs.values()))
+
+
+def _emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
+    print(json.dumps(data, indent=2, default=str) if args.json else text(data))
+
+
+def cmd_init(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.features import apply_definitions
+    from mlcore.store.session import upgrade
+
+    settings.home.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.db_url)
+    views = apply_definitions(settings)
+    print(f"initialized {settings.home}: metadata store at head, Feast views {views}")
+
+
+def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.ingestion import ingest_batch
+
+    m = ingest_batch(_problem(args, settings), args.file, args.batch_id, settings)
+    verb = "published" if m.created else "already published (no-op)"
+    print(f"batch {m.batch_id} {verb}: {m.published_rows} rows, {m.quarantine_count} "
+          f"quarantined, sha256 {m.sha256}")
+
+
+def cmd_batches(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.reporting import batches
+
+    rows = batches(_problem(args, settings).name, settings.db_url)
+    _emit(args, rows, lambda rs: "\n".join(
+        f"{r['batch_id']:<12} {r['state']:<9} rows {r['rows']:>8} quarantined "
+        f"{r['quarantined']:>6} sha256 {r['sha256'][:12]}" for r in rs) or "no batches")
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.registry import list_versions
+
+    rows = list_versions(_problem(args, settings).name, settings.db_url)
+    _emit(args, rows, lambda rs: "\n".join(
+        f"v{r['version']:<4} {r['algorithm']:<24} {','.join(r['aliases']):<9} "
+        f"batches {','.join(r['training_batch_ids'])}  {r['artifact_uri']}" for r in rs)
+        or "no models")
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.registry import alias_holder, move_alias
+
+    problem = _problem(args, settings).name
+    current = alias_holder(problem, settings.db_url)
+    if current == args.version:
+        print(f"v{args.version} is already champion (no-op)")
+        return
+    move_alias(problem, expected=current, new=args.version, reason=args.reason,
+               url=settings.db_url, action="manual")
+    print(f"champion of {problem}: v{current} -> v{args.version}")
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.registry import rollback
+
+    problem = _problem(args, settings).name
+    old, new = rollback(problem, args.reason, settings.db_url)
+    print(f"champion of {problem} rolled back: v{old} -> v{new}")
+
+
+def cmd_lineage(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.lineage import model_lineage
+
+    data = model_lineage(_problem(args, settings).name, args.model, settings.db_url)
+    _emit(args, data, lambda d: json.dumps(d, indent=2, default=str))
+
+
+def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.reporting import format_summary, summary
+
+    _emit(args, summary(_problem(args, settings).name, settings), format_summary)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (one sub-command per operator verb)."""
+    parser = argparse.ArgumentParser(prog="mlcore", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def verb(name: str, fn: Callable[..., None], help_: str, read: bool = False) -> Any:
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--problem", help="problem spec name (default: the only one)")
+        if read:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=fn)
+        return p
+
+    verb("init", cmd_init, "create the home, migrate the metadata store, apply Feast definitions")
+    p = verb("ingest", cmd_ingest, "validate and publish a raw file as a batch")
+    p.add_argument("file")
+    p.add_argument("--batch-id", required=True)
+    verb("batches", cmd_batches, "list batch manifests", read=True)
+    verb("models", cmd_models, "list model versions and aliases", read=True)
+    p = verb("promote", cmd_promote, "make VERSION the champion (compare-and-set)")
+    p.add_argument("version", type=int)
+    p.add_argument("--reason", required=True)
+    p = verb("rollback", cmd_rollback, "move the champion back to the version it replaced")
+    p.add_argument("--reason", required=True)
+    p = verb("lineage", cmd_lineage, "batches, data and decisions behind a model", read=True)
+    p.add_argument("--model", type=int, required=True)
+    verb("report", cmd_report, "the loop's summary", read=True)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; map errors to exit codes with the reason on stderr."""
+    from mlcore.batches import BatchConflict
+    from mlcore.registry import AliasConflict
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args, get_settings())
+    except (BatchConflict, AliasConflict) as exc:
+        print(f"conflict: {exc}", file=sys.stderr)
+        return EXIT_CONFLICT
+    except (ValueError, LookupError, FileNotFoundError, Exception) as exc:
+        if type(exc).__module__.split(".")[0] not in {"mlcore", "builtins", "pydantic_core"}:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_OK

@@ -1,0 +1,10 @@
+"""Airflow glue for Batchloop: DAG defaults, assets, failure notifier, task helpers.
+
+Light at import (stdlib + ``airflow.sdk`` only) because every DAG file imports it at parse time.
+"""
+
+from batchloop_airflow.assets import stage_asset
+from batchloop_airflow.defaults import dag_kwargs, problem_specs
+from batchloop_airflow.tasks import batch_ids_from_context, fail_fast
+
+__all__ = ["batch_ids_from_context", "dag_kwargs", "fail_fast", "problem_specs", "stage_asset"]

@@ -1,0 +1,47 @@
+"""Task helpers: where a run's batch IDs come from, and failing fast on bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+
+def batch_ids_from_context(context: Any) -> list[str]:
+    """The run's batches: the ``batch_id`` Param if given, else every triggering asset event's.
+
+    Never a "latest" lookup: a run acts only on batches it was told about.
+    """
+    explicit = (context.get("params") or {}).get("batch_id")
+    if explicit:
+        return [explicit]
+    ids: list[str] = []
+    for events in (context.get("triggering_asset_events") or {}).values():
+        for event in events:
+            bid = (event.extra or {}).get("batch_id")
+            if bid and bid not in ids:
+                ids.append(bid)
+    if not ids:
+        raise AirflowFailException("no batch_id: set the batch_id Param or trigger from an asset "
+                                   "event that carries one")
+    return ids
+
+
+@contextmanager
+def fail_fast() -> Iterator[None]:
+    """Turn mlcore's bad-input errors into a failure without retries (retrying cannot help);
+    "nothing to do yet" (no champion) into a skip. Anything else stays retryable."""
+    from mlcore.batches import BatchConflict, BatchError
+    from mlcore.datasets import NotEnoughData
+    from mlcore.problems import ProblemNotFound
+    from mlcore.registry import AliasConflict, ArtifactTampered, ModelNotFound
+
+    try:
+        yield
+    except ModelNotFound as exc:
+        raise AirflowSkipException(str(exc)) from exc
+    except (BatchError, BatchConflict, NotEnoughData, ProblemNotFound, AliasConflict,
+            ArtifactTampered, FileNotFoundError, ValueError) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
