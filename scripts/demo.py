@@ -6,16 +6,28 @@ champion -> drift -> retrain -> contender vs champion -> promote or keep. Run vi
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
+from typing import TextIO
 
 from batchloop_airflow.runner import run_dag
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_year(problem: str, year: int, source: Path, first: bool) -> None:
+def console_with_logs_to(path: Path) -> TextIO:
+    """Send this process's stdout/stderr (Airflow's task logs) to ``path``; return the console."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    console = os.fdopen(os.dup(1), "w", buffering=1)
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    return console
+
+
+def run_year(problem: str, year: int, source: Path, first: bool, out: TextIO) -> None:
     batch = str(year)
     steps = [("ingest_batch", {"batch_id": batch, "source": str(source)}),
              ("materialize_features", {"batch_id": batch})]
@@ -27,7 +39,7 @@ def run_year(problem: str, year: int, source: Path, first: bool) -> None:
         start = time.perf_counter()
         result = run_dag(f"{problem}__{stage}", conf)
         print(f"  {year} {stage:<22} {result['state']:<8} {time.perf_counter() - start:6.1f} s"
-              f"  run {result['run_id']}", flush=True)
+              f"  run {result['run_id']}", file=out)
 
 
 def main(problem: str = "census_employment") -> int:
@@ -36,12 +48,19 @@ def main(problem: str = "census_employment") -> int:
 
     data = ROOT / "data" / "census_ma_employment"
     files = sorted(data.glob("employment_*.parquet"))
+    log = Path(os.environ.get("AIRFLOW_HOME", ".airflow")) / "demo.log"
+    out = console_with_logs_to(log)
+    print(f"Running the loop through Airflow (dag.test); task logs: {log}", file=out)
     started = time.perf_counter()
-    for i, path in enumerate(files):
-        run_year(problem, int(path.stem.split("_")[-1]), path, first=i == 0)
-    print()
-    print(format_summary(summary(problem, get_settings())))
-    print(f"\nDemo wall time (Airflow runs): {time.perf_counter() - started:.0f} s")
+    try:
+        for i, path in enumerate(files):
+            run_year(problem, int(path.stem.split("_")[-1]), path, i == 0, out)
+    except Exception as exc:
+        print(f"\nDEMO FAILED: {exc}\nSee the task logs in {log}", file=out)
+        return 1
+    print(f"\n{format_summary(summary(problem, get_settings()))}", file=out)
+    print(f"\nDemo wall time (Airflow runs): {time.perf_counter() - started:.0f} s", file=out)
+    print("See the runs in the Airflow UI: make up, then http://127.0.0.1:8080", file=out)
     return 0
 
 

@@ -1,0 +1,147 @@
+"""Shared fixtures. Airflow's environment is set here, before anything imports airflow."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT / "data" / "census_ma_employment"
+PG_ADMIN_URL = os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
+
+_AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="batchloop-airflow-"))
+os.environ.update({
+    "AIRFLOW_HOME": str(_AIRFLOW_HOME),
+    "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+    "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+    "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}",
+    "BATCHLOOP_RETRY_DELAY": "1",
+    "MLCORE_PROBLEMS_DIR": str(ROOT / "problems"),
+    "MLCORE_FEATURE_REPO": str(ROOT / "feature_repo"),
+})
+
+
+@pytest.fixture(scope="session")
+def spec():
+    """The census problem spec."""
+    from mlcore.problems import get_problem
+
+    return get_problem("census_employment", ROOT / "problems")
+
+
+@pytest.fixture(scope="session")
+def slices(tmp_path_factory) -> dict[int, Path]:
+    """Small real slices of the four yearly files (1,500 rows each), as parquet."""
+    import pandas as pd
+
+    out = tmp_path_factory.mktemp("slices")
+    paths = {}
+    for year in (2015, 2016, 2017, 2018):
+        df = pd.read_parquet(DATA / f"employment_{year}.parquet").head(1500)
+        paths[year] = out / f"employment_{year}.parquet"
+        df.to_parquet(paths[year], index=False)
+    return paths
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A fresh PostgreSQL database on 127.0.0.1:5432 for this run, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+
+    name = f"batchloop_test_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(f"{PG_ADMIN_URL}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{PG_ADMIN_URL}/{name}"
+    finally:
+        from mlcore.store.session import get_engine
+
+        get_engine(f"{PG_ADMIN_URL}/{name}").dispose()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path) -> Iterator[str]:
+    """A migrated, empty metadata store: SQLite file, or a fresh schema in the run's PG DB."""
+    from sqlalchemy import create_engine, text
+
+    from mlcore.store.session import upgrade
+
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'mlcore.db'}"
+        upgrade(url)
+        yield url
+        return
+    base = request.getfixturevalue("postgres_url")
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    engine = create_engine(base, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    url = f"{base}?options=-csearch_path%3D{schema}"
+    upgrade(url)
+    yield url
+    from mlcore.store.session import get_engine
+
+    get_engine(url).dispose()
+    with engine.connect() as conn:
+        conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path, db_url):
+    """Settings over a temporary home and the parametrized metadata store."""
+    from mlcore.config import Settings
+
+    home = tmp_path / "home"
+    home.mkdir()
+    return Settings(home=home, database_url=db_url, problems_dir=ROOT / "problems",
+                    feature_repo=ROOT / "feature_repo")
+
+
+@pytest.fixture
+def sqlite_settings(tmp_path):
+    """Settings over a temporary home with the default (SQLite) metadata store, migrated."""
+    from mlcore.config import Settings
+    from mlcore.store.session import upgrade
+
+    home = tmp_path / "home"
+    home.mkdir()
+    s = Settings(home=home, problems_dir=ROOT / "problems", feature_repo=ROOT / "feature_repo")
+    upgrade(s.db_url)
+    return s
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated Airflow metadata DB (SQLite in the session's AIRFLOW_HOME)."""
+    from airflow.utils.db import initdb
+
+    initdb()
+    return os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+
+
+@pytest.fixture
+def mlcore_env(tmp_path, monkeypatch):
+    """Point the process-wide settings (what DAG tasks read) at a fresh, initialized home."""
+    from mlcore.config import get_settings
+    from mlcore.store.session import upgrade
+
+    home = tmp_path / "mlcore_home"
+    monkeypatch.setenv("MLCORE_HOME", str(home))
+    monkeypatch.delenv("MLCORE_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    settings = get_settings()
+    home.mkdir()
+    upgrade(settings.db_url)
+    yield settings
+    get_settings.cache_clear()
