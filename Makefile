@@ -15,7 +15,9 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS := True
 export AIRFLOW__API__HOST := 127.0.0.1
 export AIRFLOW__API__PORT := 8080
+export AIRFLOW__CORE__PARALLELISM ?= 4
 export PYTHONPATH := $(CURDIR)/plugins
+export PATH := $(VENV)/bin:$(PATH)
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning
 
 .PHONY: install demo test test-slow lint up clean

@@ -107,7 +107,8 @@ def apply_definitions(settings: Settings) -> list[str]:
     return [fv.name for fv in contents.feature_views]
 
 
-def materialize_batch(spec: ProblemSpec, batch_id: str, settings: Settings) -> MaterializationResult:
+def materialize_batch(spec: ProblemSpec, batch_id: str,
+                      settings: Settings) -> MaterializationResult:
     """Engineer a published batch into the offline store and materialize it online (idempotent)."""
     batch = get_batch(spec.name, batch_id, settings.db_url)
     frame = engineer(read_curated(batch), spec)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import delete, select
+from sqlalchemy import delete, insert, select
 
 from mlcore.batches import BatchConflict, BatchNotFound, BatchRejected, check_batch_id, sha256_file
 from mlcore.config import Settings
@@ -125,7 +125,7 @@ def _record(spec: ProblemSpec, batch_id: str, fields: dict[str, Any], violations
         row = Batch(problem=spec.name, batch_id=batch_id, **fields)
         s.add(row)
         if len(violations):
-            s.execute(QuarantinedRow.__table__.insert(), [
+            s.execute(insert(QuarantinedRow), [
                 {"problem": spec.name, "batch_id": batch_id, "row_number": int(r.row_number),
                  "rule": r.rule, "reason": r.reason} for r in violations.itertuples()])
         s.flush()

@@ -80,11 +80,11 @@ class ProblemSpec(_Spec):
     target: Target
     features: tuple[Feature, ...] = Field(min_length=1)
     feature_ttl_days: int = Field(400, ge=1)
-    metric: Metric = Metric()
+    metric: Metric = Field(default_factory=lambda: Metric())
     algorithms: dict[str, dict[str, Any]] = Field(min_length=1)
     promotion: Promotion
-    drift: Drift = Drift()
-    retrain: Retrain = Retrain()
+    drift: Drift = Field(default_factory=lambda: Drift())
+    retrain: Retrain = Field(default_factory=lambda: Retrain())
 
     @cached_property
     def feature_names(self) -> list[str]:

