@@ -54,7 +54,7 @@ lint: install
 
 up: install $(AIRFLOW_HOME)/airflow.db ## Airflow UI + scheduler on http://127.0.0.1:8080 (Ctrl-C stops)
 	$(VENV)/bin/mlcore init
-	exec $(VENV)/bin/airflow standalone
+	exec $(PY) scripts/up.py
 
 clean:
 	rm -rf $(MLCORE_HOME) $(AIRFLOW_HOME)

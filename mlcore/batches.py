@@ -55,7 +55,8 @@ def make_batch_id(logical_date: datetime | None, run_id: str, override: str | No
         return check_batch_id(override)
     if logical_date is not None:
         return check_batch_id(logical_date.strftime("%Y%m%dT%H%M%S"))
-    return check_batch_id(re.sub(r"[^A-Za-z0-9_.-]", "_", run_id)[:64].lstrip("_.-") or "run")
+    safe = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]", "_", run_id))
+    return check_batch_id(safe.lstrip("_.-")[:64] or "run")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

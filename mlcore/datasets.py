@@ -15,7 +15,7 @@ from pandas.util import hash_array
 
 from mlcore.batches import BatchNotFound, check_batch_id
 from mlcore.config import Settings
-from mlcore.features import historical_features
+from mlcore.features import historical_features, require_materialized
 from mlcore.ingestion import published_batches
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch
@@ -119,6 +119,7 @@ def build_dataset(spec: ProblemSpec, settings: Settings, until: str | None = Non
     key = json.dumps([plan.method, [(b.batch_id, b.sha256) for b in batches]]).encode()
     dataset_id = hashlib.sha256(key).hexdigest()[:16]
     root = settings.home / "datasets" / f"problem={spec.name}" / f"dataset={dataset_id}"
+    require_materialized(spec.name, [b.batch_id for b in batches], settings.db_url)
     frame = historical_features(spec, batches, settings)
     train, holdout = (part.reset_index(drop=True) for part in _split(frame, plan, spec))
     root.mkdir(parents=True, exist_ok=True)

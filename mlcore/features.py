@@ -4,17 +4,19 @@ and build point-in-time-correct frames for training and scoring."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import sys
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-from sqlalchemy import delete
+from sqlalchemy import delete, func, select
 
 from mlcore.config import Settings
 from mlcore.ingestion import get_batch, read_curated
@@ -107,6 +109,23 @@ def apply_definitions(settings: Settings) -> list[str]:
     return [fv.name for fv in contents.feature_views]
 
 
+@contextlib.contextmanager
+def online_store_lock(settings: Settings) -> Iterator[None]:
+    """Serialize writers of the embedded SQLite online store across processes.
+
+    Feast opens it without a busy timeout, so two concurrent materializations (two mapped tasks,
+    two problems) fail with "database is locked". Server stores need no lock.
+    """
+    lock_path = settings.home / "feast" / "online_store.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with lock_path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def materialize_batch(spec: ProblemSpec, batch_id: str,
                       settings: Settings) -> MaterializationResult:
     """Engineer a published batch into the offline store and materialize it online (idempotent)."""
@@ -120,10 +139,38 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
         store = feature_store(settings)
     start = frame["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
     end = frame["event_timestamp"].max().to_pydatetime() + timedelta(seconds=1)
-    store.materialize(start_date=start, end_date=end, feature_views=[spec.feature_view])
+    # A late or re-run older batch must not regress the online store: materialize up to the
+    # newest window already online, so Feast keeps the latest row per entity.
+    online_end = max(end, _latest_window_end(spec.name, settings.db_url) or end)
+    with online_store_lock(settings):
+        store.materialize(start_date=start, end_date=online_end,
+                          feature_views=[spec.feature_view])
     _record(spec, batch_id, dest, len(frame), start, end, settings.db_url)
     return MaterializationResult(spec.name, batch_id, spec.feature_view, str(dest), len(frame),
                                  start.isoformat(), end.isoformat())
+
+
+def _latest_window_end(problem: str, url: str) -> datetime | None:
+    with session_scope(url) as s:
+        latest = s.scalar(select(func.max(Materialization.window_end))
+                          .where(Materialization.problem == problem))
+    # SQLite returns naive datetimes for timezone-aware columns; they were stored as UTC.
+    return latest.replace(tzinfo=UTC) if latest is not None and latest.tzinfo is None else latest
+
+
+def require_materialized(problem: str, batch_ids: list[str], url: str) -> None:
+    """Check every batch has its features in the offline store before asking Feast for them.
+
+    Raises:
+        FeatureRetrievalError: naming the batches that are not materialized.
+    """
+    with session_scope(url) as s:
+        done = set(s.scalars(select(Materialization.batch_id).where(
+            Materialization.problem == problem, Materialization.batch_id.in_(batch_ids))))
+    missing = [b for b in batch_ids if b not in done]
+    if missing:
+        raise FeatureRetrievalError(f"batches {', '.join(missing)} of {problem!r} are not "
+                                    "materialized; run materialize_features for them first")
 
 
 def _record(spec: ProblemSpec, batch_id: str, dest: Path, rows: int, start: datetime,
@@ -142,9 +189,13 @@ def historical_features(spec: ProblemSpec, batches: list[Batch], settings: Setti
 
     Each row asks for features as of its own event time, so no row sees a later value.
 
+    Callers check ``require_materialized`` first: with several offline partitions, Feast's
+    dask store fails obscurely on entity rows it has no partition for.
+
     Raises:
-        FeatureRetrievalError: an entity row got no features (not materialized, or out of TTL).
+        FeatureRetrievalError: an entity row got no features (out of TTL, or not materialized).
     """
+    ids = [b.batch_id for b in batches]
     cols = [spec.entity.key, "event_timestamp"] + ([spec.target.name] if with_target else [])
     entity_df = pd.concat([read_curated(b, cols).assign(batch_id=b.batch_id) for b in batches],
                           ignore_index=True)
@@ -153,8 +204,7 @@ def historical_features(spec: ProblemSpec, batches: list[Batch], settings: Setti
     service = store.get_feature_service(spec.feature_service)
     out = store.get_historical_features(entity_df=entity_df, features=service).to_df()
     if len(out) != len(entity_df) or out[spec.feature_names].isna().any().any():
-        ids = ", ".join(b.batch_id for b in batches)
         raise FeatureRetrievalError(
-            f"batches {ids} of {spec.name!r}: {len(entity_df) - len(out.dropna())} of "
-            f"{len(entity_df)} rows have no features in the offline store (not materialized?)")
+            f"batches {', '.join(ids)} of {spec.name!r}: {len(entity_df) - len(out.dropna())} of "
+            f"{len(entity_df)} rows have no features as of their event time (outside the feature TTL?)")
     return out.sort_values(ROW_ID).drop(columns=[ROW_ID]).reset_index(drop=True)

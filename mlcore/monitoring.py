@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import delete, update
+from sqlalchemy import delete, select, update
 
 from mlcore.config import Settings
 from mlcore.ingestion import get_batch, read_curated
@@ -105,6 +105,11 @@ def _record(spec: ProblemSpec, batch_id: str, version: int, share: float, drifte
                           json_uri=paths[0], html_uri=paths[1]))
         if not is_drift:
             return None
+        pending = s.scalar(select(RetrainRequest.id).where(  # a retried check files no second one
+            RetrainRequest.problem == spec.name, RetrainRequest.batch_id == batch_id,
+            RetrainRequest.trigger == "drift", RetrainRequest.state == "pending"))
+        if pending is not None:
+            return int(pending)
         request = RetrainRequest(problem=spec.name, trigger="drift", batch_id=batch_id,
                                  reason=f"batch {batch_id}: {share:.0%} of features drifted "
                                         f"vs champion v{version} ({', '.join(drifted)})")

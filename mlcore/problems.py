@@ -138,13 +138,8 @@ def load_problem_file(path: Path) -> ProblemSpec:
 
 def load_problems(problems_dir: Path) -> dict[str, ProblemSpec]:
     """All specs in ``problems_dir``, keyed by name (file stem must equal the name)."""
-    specs: dict[str, ProblemSpec] = {}
-    for path in sorted(problems_dir.glob("*.yaml")):
-        spec = load_problem_file(path)
-        if spec.name != path.stem:
-            raise ValueError(f"invalid problem spec {path}: name {spec.name!r} != file stem")
-        specs[spec.name] = spec
-    return specs
+    return {path.stem: get_problem(path.stem, problems_dir)
+            for path in sorted(problems_dir.glob("*.yaml"))}
 
 
 def get_problem(name: str, problems_dir: Path | None = None) -> ProblemSpec:
@@ -161,4 +156,7 @@ def get_problem(name: str, problems_dir: Path | None = None) -> ProblemSpec:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in problems_dir.glob("*.yaml"))) or "none"
         raise ProblemNotFound(f"unknown problem {name!r} (known: {known})")
-    return load_problem_file(path)
+    spec = load_problem_file(path)
+    if spec.name != name:
+        raise ValueError(f"invalid problem spec {path}: name {spec.name!r} != file stem")
+    return spec

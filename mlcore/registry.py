@@ -142,7 +142,8 @@ def rollback(problem: str, reason: str, url: str, actor: str | None = None) -> t
         previous = s.scalar(
             select(AliasHistory.from_version)
             .where(AliasHistory.problem == problem, AliasHistory.alias == CHAMPION,
-                   AliasHistory.to_version == current, AliasHistory.from_version.is_not(None))
+                   AliasHistory.to_version == current, AliasHistory.from_version.is_not(None),
+                   AliasHistory.action != "rollback")  # undoing a rollback is not a rollback
             .order_by(AliasHistory.id.desc()).limit(1))
     if previous is None:
         raise ModelNotFound(f"{problem!r} champion v{current} has no previous holder")

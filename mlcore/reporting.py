@@ -66,7 +66,8 @@ def format_summary(data: dict[str, Any]) -> str:
         tag = f"  <- {', '.join(m['aliases'])}" if m["aliases"] else ""
         out.append(f"  v{m['version']:<3} {m['algorithm']:<24} trained on "
                    f"{','.join(m['training_batch_ids']):<16} val roc_auc {val['roc_auc']:.4f}{tag}")
-    out.append(f"Champion: v{data['champion']}")
+    champion = data["champion"]
+    out.append(f"Champion: {'none yet' if champion is None else f'v{champion}'}")
     out.append("Decisions (contender vs champion on the frozen holdout):")
     for e in data["evaluations"]:
         champ = "—" if e["champion"] is None else f"v{e['champion']}"

@@ -10,7 +10,7 @@ from sqlalchemy import delete, insert
 
 from mlcore.config import Settings
 from mlcore.evaluation import predict_proba
-from mlcore.features import historical_features
+from mlcore.features import historical_features, require_materialized
 from mlcore.ingestion import get_batch
 from mlcore.problems import ProblemSpec
 from mlcore.registry import ModelNotFound, alias_holder, get_version, load_model
@@ -49,6 +49,7 @@ def score_batch(spec: ProblemSpec, batch_id: str, settings: Settings,
     if version is None:
         raise ModelNotFound(f"batch {batch_id!r}: {spec.name!r} has no champion to score with")
     model = load_model(get_version(spec.name, version, settings.db_url))
+    require_materialized(spec.name, [batch_id], settings.db_url)
     frame = historical_features(spec, [batch], settings, with_target=False)
     start = time.perf_counter()
     scores = predict_proba(model, frame[spec.feature_names])

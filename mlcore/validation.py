@@ -41,18 +41,30 @@ def check_schema(df: pd.DataFrame, spec: ProblemSpec, batch_id: str) -> None:
         raise BatchRejected(f"batch {batch_id!r}: no rows")
 
 
+def _event_time(col: pd.Series, spec: ProblemSpec) -> pd.Series:
+    """Parsed event times, NaN/NaT where invalid (years must be whole and within pandas' range)."""
+    if spec.event_time.kind == "timestamp":
+        return pd.to_datetime(col, errors="coerce", utc=True, format="ISO8601")
+    year = pd.to_numeric(col.astype("object"), errors="coerce")
+    return year.where((year == year.round()) & year.between(1678, 2261))
+
+
 def _row_rules(df: pd.DataFrame, spec: ProblemSpec) -> dict[str, tuple[pd.Series, str]]:
     """Each rule as (mask of failing rows, reason). Vectorized: one pass per column."""
-    key = df[spec.entity.key]
+    raw_key = df[spec.entity.key]
+    key = raw_key.astype("object")
+    if spec.entity.dtype == "int64":
+        key = pd.to_numeric(key, errors="coerce")
+        key = key.where(key == key.round())  # 1.5 is not an int64 key
     rules: dict[str, tuple[pd.Series, str]] = {
-        "entity_key_missing": (key.isna(), f"{spec.entity.key} is null"),
+        "entity_key_missing": (raw_key.isna(), f"{spec.entity.key} is null"),
+        "entity_key_invalid": (key.isna() & raw_key.notna(),
+                               f"{spec.entity.key} is not a valid {spec.entity.dtype}"),
         "entity_key_duplicate": (key.duplicated(keep=False) & key.notna(),
                                  f"{spec.entity.key} appears more than once in the batch"),
     }
-    when = pd.to_numeric(df[spec.event_time.column], errors="coerce")
-    if spec.event_time.kind == "timestamp":
-        when = pd.to_datetime(df[spec.event_time.column], errors="coerce", utc=True)
-    rules["event_time_invalid"] = (when.isna(), f"{spec.event_time.column} is missing or invalid")
+    rules["event_time_invalid"] = (_event_time(df[spec.event_time.column], spec).isna(),
+                                   f"{spec.event_time.column} is missing or invalid")
     for feat in spec.features:
         col = pd.to_numeric(df[feat.name].astype("object"), errors="coerce")
         if feat.kind == "categorical":

@@ -1,0 +1,139 @@
+"""The operator CLI: exit codes (0 ok/no-op, 2 bad input, 3 conflict), messages, JSON output."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from mlcore.cli import main
+from mlcore.config import get_settings
+from mlcore.datasets import DatasetRef
+from mlcore.problems import get_problem
+from mlcore.registry import register_version
+from mlcore.store.session import upgrade
+
+
+@pytest.fixture
+def cli(tmp_path, monkeypatch, capsys):
+    """``main`` over a temporary home and database; returns (exit code, stdout, stderr)."""
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    monkeypatch.setenv("MLCORE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("MLCORE_DATABASE_URL", url)
+    get_settings.cache_clear()
+
+    def run(*argv: str) -> SimpleNamespace:
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return SimpleNamespace(code=code, out=out, err=err)
+
+    yield SimpleNamespace(run=run, url=url, home=tmp_path / "home")
+    get_settings.cache_clear()
+
+
+@pytest.fixture
+def migrated(cli):
+    upgrade(cli.url)
+    return cli
+
+
+def register(url: str) -> int:
+    settings = get_settings()
+    assert settings.db_url == url
+    dataset = DatasetRef("d" * 16, "/x/train.parquet", "/x/holdout.parquet", ["2015"], ["2015"],
+                         "entity_hash", 1200, 300, "a" * 64, "b" * 64)
+    return register_version(
+        get_problem("census_employment", settings.problems_dir), settings,
+        algorithm="logistic_regression", artifact_uri="/x/model.joblib", artifact_sha256="0" * 64,
+        hyperparameters={}, dataset=dataset, train_rows=1200,
+        validation={"logistic_regression": {"roc_auc": 0.81}}, timings={})
+
+
+def test_init_then_ingest_is_idempotent_and_refuses_other_content(cli, slices):
+    init = cli.run("init")
+    assert init.code == 0 and "initialized" in init.out
+    assert (cli.home / "feast" / "registry.db").is_file()
+
+    first = cli.run("ingest", str(slices[2015]), "--batch-id", "2015")
+    assert first.code == 0 and "batch 2015 published: 1500 rows, 0 quarantined" in first.out
+
+    again = cli.run("ingest", str(slices[2015]), "--batch-id", "2015")
+    assert again.code == 0 and "already published (no-op)" in again.out
+
+    other = cli.run("ingest", str(slices[2016]), "--batch-id", "2015")
+    assert other.code == 3
+    assert other.err.startswith("conflict:") and "'2015'" in other.err
+
+    listed = cli.run("batches", "--json")
+    assert listed.code == 0
+    [batch] = json.loads(listed.out)
+    assert (batch["batch_id"], batch["state"], batch["rows"]) == ("2015", "published", 1500)
+
+    models = cli.run("models", "--json")
+    assert models.code == 0 and json.loads(models.out) == []
+
+
+@pytest.mark.parametrize("batch_id", ["../x", "a b", "x" * 65])
+def test_a_bad_batch_id_exits_2_with_the_reason(migrated, slices, batch_id):
+    res = migrated.run("ingest", str(slices[2015]), "--batch-id", batch_id)
+    assert res.code == 2
+    assert res.err.startswith("error: invalid batch id") and repr(batch_id) in res.err
+    assert res.out == ""
+
+
+def test_a_missing_file_exits_2(migrated, tmp_path):
+    res = migrated.run("ingest", str(tmp_path / "nope.parquet"), "--batch-id", "b1")
+    assert res.code == 2 and "nope.parquet" in res.err
+
+
+def test_a_rejected_file_exits_2_and_is_listed_as_rejected(migrated, slices, tmp_path):
+    source = tmp_path / "no_age.parquet"
+    pd.read_parquet(slices[2015]).drop(columns=["AGEP"]).to_parquet(source, index=False)
+    res = migrated.run("ingest", str(source), "--batch-id", "b1")
+    assert res.code == 2 and "AGEP" in res.err
+    [batch] = json.loads(migrated.run("batches", "--json").out)
+    assert (batch["batch_id"], batch["state"]) == ("b1", "rejected")
+
+
+def test_an_unknown_problem_exits_2(migrated):
+    res = migrated.run("batches", "--problem", "nope")
+    assert res.code == 2 and "unknown problem 'nope'" in res.err
+
+
+def test_promoting_a_missing_version_exits_2(migrated):
+    res = migrated.run("promote", "5", "--reason", "try")
+    assert res.code == 2 and "has no model version 5" in res.err
+
+
+def test_rollback_without_a_champion_exits_2(migrated):
+    res = migrated.run("rollback", "--reason", "oops")
+    assert res.code == 2 and "no champion" in res.err
+
+
+def test_promote_lists_the_alias_and_is_a_no_op_the_second_time(migrated):
+    version = register(migrated.url)
+
+    res = migrated.run("promote", str(version), "--reason", "first")
+    assert res.code == 0 and f"v{version}" in res.out
+    again = migrated.run("promote", str(version), "--reason", "first")
+    assert again.code == 0 and "no-op" in again.out
+
+    [model] = json.loads(migrated.run("models", "--json").out)
+    assert (model["version"], model["aliases"]) == (version, ["champion"])
+    lineage = json.loads(migrated.run("lineage", "--model", str(version), "--json").out)
+    assert [(m["to"], m["action"]) for m in lineage["alias_history"]] == [(version, "manual")]
+    report = migrated.run("report", "--json")
+    assert report.code == 0 and json.loads(report.out)["champion"] == version
+    text = migrated.run("report")
+    assert text.code == 0 and f"Champion: v{version}" in text.out
+
+    rollback = migrated.run("rollback", "--reason", "oops")
+    assert rollback.code == 2 and "no previous holder" in rollback.err
+
+
+def test_a_missing_required_argument_is_a_usage_error(migrated):
+    with pytest.raises(SystemExit) as exc:
+        main(["promote", "1"])
+    assert exc.value.code == 2

@@ -1,0 +1,139 @@
+"""Training sets: the split plan, stable entity buckets, and datasets built from Feast."""
+
+from __future__ import annotations
+
+import shutil
+
+import pandas as pd
+import pytest
+
+from mlcore.batches import BatchNotFound
+from mlcore.datasets import (
+    DatasetRef,
+    NotEnoughData,
+    build_dataset,
+    entity_bucket,
+    frame_hash,
+    labelled_batches,
+    load_part,
+    plan_split,
+)
+
+
+@pytest.mark.parametrize("batch_ids, train, holdout, method", [
+    (["2015"], ("2015",), ("2015",), "entity_hash"),
+    (["2015", "2016"], ("2015",), ("2016",), "newest_batch"),
+    (["2015", "2016", "2017"], ("2015", "2016"), ("2017",), "newest_batch"),
+])
+def test_plan_split(batch_ids, train, holdout, method):
+    plan = plan_split(batch_ids)
+    assert (plan.train_batches, plan.holdout_batches, plan.method) == (train, holdout, method)
+
+
+def test_plan_split_without_batches_is_not_enough_data():
+    with pytest.raises(NotEnoughData):
+        plan_split([])
+
+
+def test_entity_bucket_is_stable_across_row_order_and_index():
+    keys = pd.Series(range(1000, 3000), dtype="int64")
+    shuffled = keys.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    by_key = dict(zip(keys, entity_bucket(keys), strict=True))
+    assert dict(zip(shuffled, entity_bucket(shuffled), strict=True)) == by_key
+    assert entity_bucket(keys).between(0, 99).all()
+
+
+def test_entity_bucket_keeps_the_series_index():
+    keys = pd.Series([5, 6, 7], index=[10, 20, 30])
+    assert entity_bucket(keys).index.tolist() == [10, 20, 30]
+
+
+def test_entity_bucket_is_salted_by_purpose_and_roughly_uniform():
+    keys = pd.Series(range(20_000), dtype="int64")
+    holdout, validation = entity_bucket(keys, "holdout"), entity_bucket(keys, "validation")
+    assert (holdout != validation).mean() > 0.9
+    for buckets in (holdout, validation):
+        assert 0.18 < (buckets < 20).mean() < 0.22
+    # the validation slice is not the holdout slice again
+    overlap = ((holdout < 20) & (validation < 20)).mean()
+    assert 0.02 < overlap < 0.06
+
+
+def test_frame_hash_sees_values_and_column_names():
+    df = pd.DataFrame({"a": [1, 2], "b": [0.5, 1.5]})
+    assert frame_hash(df) == frame_hash(df.copy())
+    assert frame_hash(df) != frame_hash(df.assign(b=[0.5, 1.25]))
+    assert frame_hash(df) != frame_hash(df.rename(columns={"b": "c"}))
+    assert frame_hash(df) != frame_hash(df.iloc[::-1])
+
+
+def test_newest_batch_is_held_out_and_never_trained_on(loop):
+    ref = loop.dataset
+    assert (ref.train_batches, ref.holdout_batches, ref.method) == (
+        ["2015", "2016"], ["2017"], "newest_batch")
+    train = pd.read_parquet(ref.train_uri)
+    holdout = pd.read_parquet(ref.holdout_uri)
+    assert (len(train), len(holdout)) == (ref.train_rows, ref.holdout_rows) == (3000, 1500)
+    assert set(train["batch_id"]) == {"2015", "2016"} and set(holdout["batch_id"]) == {"2017"}
+    assert not set(train["id"]) & set(holdout["id"])
+    assert train["id"].is_unique and holdout["id"].is_unique
+
+
+def test_dataset_parts_carry_features_target_and_recorded_hashes(spec, loop):
+    ref = loop.dataset
+    for uri, expected in ((ref.train_uri, ref.train_hash), (ref.holdout_uri, ref.holdout_hash)):
+        part = pd.read_parquet(uri)
+        assert {"id", "event_timestamp", "employed", *spec.feature_names} <= set(part.columns)
+        assert part[spec.feature_names].notna().all().all()
+        assert frame_hash(part) == expected
+        pd.testing.assert_frame_equal(load_part(uri, expected), part)
+
+
+def test_dataset_labels_match_the_curated_batches(spec, loop):
+    holdout = pd.read_parquet(loop.dataset.holdout_uri).set_index("id")
+    curated = pd.read_parquet(loop.manifests[2017].curated_uri).set_index("id")
+    assert holdout["employed"].sort_index().tolist() == curated["employed"].sort_index().tolist()
+    assert holdout["AGEP"].sort_index().tolist() == curated["AGEP"].sort_index().tolist()
+
+
+def test_rebuilding_gives_the_same_dataset(spec, loop):
+    again = build_dataset(spec, loop.settings, until="2017")
+    assert again == loop.dataset
+
+
+def test_until_cuts_the_batches_and_one_batch_holds_out_by_entity_hash(spec, loop):
+    ref = build_dataset(spec, loop.settings, until="2015")
+    assert (ref.method, ref.train_batches, ref.holdout_batches) == ("entity_hash", ["2015"],
+                                                                   ["2015"])
+    assert ref.dataset_id != loop.dataset.dataset_id
+    train, holdout = pd.read_parquet(ref.train_uri), pd.read_parquet(ref.holdout_uri)
+    assert len(train) + len(holdout) == 1500
+    assert not set(train["id"]) & set(holdout["id"])
+    assert 0.15 < len(holdout) / 1500 < 0.25
+    assert (entity_bucket(holdout["id"]) < 20).all()
+
+
+def test_until_an_unknown_batch_is_not_found(spec, loop):
+    with pytest.raises(BatchNotFound, match="'2030'"):
+        labelled_batches(spec, loop.settings, until="2030")
+
+
+def test_no_labelled_batch_is_not_enough_data(spec, sqlite_settings):
+    with pytest.raises(NotEnoughData):
+        build_dataset(spec, sqlite_settings)
+
+
+def test_load_part_detects_a_modified_file(loop, tmp_path):
+    ref = loop.dataset
+    copy = tmp_path / "train.parquet"
+    shutil.copy(ref.train_uri, copy)
+    assert len(load_part(str(copy), ref.train_hash)) == ref.train_rows
+    frame = pd.read_parquet(copy)
+    frame.loc[0, "employed"] = 1 - frame.loc[0, "employed"]
+    frame.to_parquet(copy, index=False)
+    with pytest.raises(ValueError, match="changed"):
+        load_part(str(copy), ref.train_hash)
+
+
+def test_dataset_ref_round_trips_through_a_dict(loop):
+    assert DatasetRef.from_dict({**loop.dataset.to_dict(), "extra": 1}) == loop.dataset

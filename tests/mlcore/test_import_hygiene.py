@@ -1,0 +1,54 @@
+"""mlcore never imports Airflow, and its light modules stay light (checked in new interpreters)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validation",
+           "mlcore.ingestion", "mlcore.features", "mlcore.datasets", "mlcore.training",
+           "mlcore.evaluation", "mlcore.registry", "mlcore.scoring", "mlcore.monitoring",
+           "mlcore.reporting", "mlcore.lineage", "mlcore.cli", "mlcore.store.models",
+           "mlcore.store.session"]
+HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
+
+
+def loaded_after(*modules: str) -> set[str]:
+    """Top-level package names in sys.modules after importing ``modules`` in a new process."""
+    code = ("import importlib, json, sys\n"
+            f"for m in {list(modules)!r}: importlib.import_module(m)\n"
+            "print(json.dumps(sorted({n.split('.')[0] for n in sys.modules})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    return set(json.loads(out.splitlines()[-1]))
+
+
+def test_the_module_list_covers_every_mlcore_module():
+    found = {".".join(p.relative_to(ROOT).with_suffix("").parts)
+             for p in (ROOT / "mlcore").rglob("*.py")
+             if "migrations" not in p.parts and p.stem not in {"__init__", "__main__"}}
+    assert found == set(MODULES)
+
+
+def test_importing_all_of_mlcore_does_not_import_airflow():
+    loaded = loaded_after(*MODULES)
+    assert "mlcore" in loaded and "pandas" in loaded  # the imports really happened
+    assert "airflow" not in loaded
+
+
+@pytest.mark.parametrize("module, allowed", [
+    ("mlcore.problems", set()),
+    ("mlcore.config", set()),
+    ("mlcore.batches", set()),
+    ("mlcore.cli", set()),
+    ("mlcore.features", {"pandas", "numpy", "sqlalchemy"}),
+    ("mlcore.monitoring", {"pandas", "numpy", "sqlalchemy"}),
+])
+def test_light_modules_defer_heavy_imports(module, allowed):
+    heavy = loaded_after(module) & set(HEAVY)
+    assert heavy <= allowed, f"{module} imports {sorted(heavy - allowed)} at import time"

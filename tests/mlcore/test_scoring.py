@@ -1,0 +1,94 @@
+"""Scoring: a published batch through the champion, stored per (batch, entity, version)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from sqlalchemy import select
+
+from mlcore.batches import BatchNotFound
+from mlcore.evaluation import predict_proba
+from mlcore.features import materialize_batch
+from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.registry import ModelNotFound, get_version, load_model
+from mlcore.scoring import score_batch
+from mlcore.store.models import Prediction
+from mlcore.store.session import session_scope
+
+
+def stored(settings, batch_id: str, version: int) -> pd.DataFrame:
+    with session_scope(settings.db_url) as s:
+        rows = s.execute(select(Prediction.entity_key, Prediction.score).where(
+            Prediction.batch_id == batch_id, Prediction.model_version == version)).all()
+    return pd.DataFrame(rows, columns=["entity_key", "score"])
+
+
+@pytest.fixture(scope="module")
+def unlabelled(spec, slices, loop, tmp_path_factory) -> str:
+    """The 2018 slice without its target, ingested and materialized as batch ``u2018``."""
+    path = tmp_path_factory.mktemp("unlabelled") / "employment_2018.parquet"
+    pd.read_parquet(slices[2018]).drop(columns=["employed"]).to_parquet(path, index=False)
+    ingest_batch(spec, str(path), "u2018", loop.settings)
+    materialize_batch(spec, "u2018", loop.settings)
+    return "u2018"
+
+
+def test_scoring_stores_one_score_per_row_of_the_batch(spec, loop):
+    version = loop.contender.version
+    result = score_batch(spec, "2017", loop.settings)
+
+    curated = read_curated(get_batch(spec.name, "2017", loop.settings.db_url))
+    got = stored(loop.settings, "2017", version)
+    assert (result.rows, result.model_version, result.batch_id) == (1500, version, "2017")
+    assert len(got) == len(curated) == 1500
+    assert sorted(got["entity_key"]) == sorted(curated["id"].astype(str))
+    assert got["score"].between(0.0, 1.0).all()
+    assert result.mean_score == pytest.approx(got["score"].mean())
+    assert result.rows_per_second > 0
+
+
+def test_scores_equal_the_champion_on_the_curated_features(spec, loop):
+    score_batch(spec, "2017", loop.settings)
+    curated = read_curated(get_batch(spec.name, "2017", loop.settings.db_url))
+    model = load_model(get_version(spec.name, loop.contender.version, loop.settings.db_url))
+    want = pd.Series(predict_proba(model, curated[spec.feature_names]),
+                     index=curated["id"].astype(str))
+    got = stored(loop.settings, "2017", loop.contender.version).set_index("entity_key")["score"]
+    np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-6)
+
+
+def test_rescoring_is_idempotent(spec, loop):
+    first = score_batch(spec, "2017", loop.settings)
+    before = stored(loop.settings, "2017", first.model_version).sort_values("entity_key")
+    again = score_batch(spec, "2017", loop.settings)
+    after = stored(loop.settings, "2017", again.model_version).sort_values("entity_key")
+    assert len(after) == len(before) == 1500
+    pd.testing.assert_frame_equal(after.reset_index(drop=True), before.reset_index(drop=True))
+    assert again.mean_score == first.mean_score
+
+
+def test_an_unlabelled_batch_is_scored(spec, loop, unlabelled):
+    result = score_batch(spec, unlabelled, loop.settings,
+                         version=loop.contender.version)
+    got = stored(loop.settings, unlabelled, loop.contender.version)
+    assert result.rows == len(got) == 1500
+    assert got["score"].between(0.0, 1.0).all()
+
+
+def test_scoring_an_unpublished_batch_is_not_found(spec, loop):
+    with pytest.raises(BatchNotFound, match="'2099'"):
+        score_batch(spec, "2099", loop.settings)
+
+
+def test_scoring_with_an_unknown_version_is_not_found(spec, loop):
+    with pytest.raises(ModelNotFound, match="version 99"):
+        score_batch(spec, "2017", loop.settings, version=99)
+
+
+def test_scoring_without_a_champion_is_not_found(spec, slices, sqlite_settings):
+    ingest_batch(spec, str(slices[2015]), "2015", sqlite_settings)
+    with pytest.raises(ModelNotFound, match="no champion"):
+        score_batch(spec, "2015", sqlite_settings)
+    with session_scope(sqlite_settings.db_url) as s:
+        assert s.query(Prediction).count() == 0

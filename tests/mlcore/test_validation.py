@@ -1,0 +1,156 @@
+"""Batch validation: row rules with names and 0-based row numbers, whole-batch rejection."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from mlcore.batches import BatchRejected
+from mlcore.problems import ProblemSpec
+from mlcore.validation import required_columns, validate_rows
+
+
+def frame(spec, n: int = 5) -> pd.DataFrame:
+    """``n`` valid raw rows: ids 100.., year 2015, every feature at an allowed value."""
+    data: dict[str, list] = {"id": list(range(100, 100 + n)), "year": [2015] * n}
+    for feat in spec.features:
+        data[feat.name] = [35.0] * n if feat.kind == "numeric" else [feat.values[-1]] * n
+    data["employed"] = [i % 2 for i in range(n)]
+    return pd.DataFrame(data)
+
+
+def with_value(df: pd.DataFrame, row: int, column: str, value) -> pd.DataFrame:
+    df[column] = df[column].astype(object)
+    df.loc[row, column] = value
+    return df
+
+
+def test_a_clean_batch_is_all_valid(spec):
+    result = validate_rows(frame(spec), spec, "b1")
+    assert len(result.valid) == 5
+    assert result.violations.empty and result.quarantined_rows == 0
+
+
+@pytest.mark.parametrize("column, value, rule", [
+    ("AGEP", 121.0, "AGEP_out_of_range"),
+    ("AGEP", -1.0, "AGEP_out_of_range"),
+    ("AGEP", None, "AGEP_out_of_range"),
+    ("AGEP", "old", "AGEP_out_of_range"),
+    ("SCHL", 25, "SCHL_not_allowed"),
+    ("SEX", 3, "SEX_not_allowed"),
+    ("SEX", "x", "SEX_not_allowed"),
+    ("MAR", 1.5, "MAR_not_allowed"),
+    ("RAC1P", None, "RAC1P_not_allowed"),
+    ("id", None, "entity_key_missing"),
+    ("year", None, "event_time_invalid"),
+    ("year", "soon", "event_time_invalid"),
+    ("employed", 2, "target_invalid"),
+    ("employed", -1, "target_invalid"),
+    ("employed", None, "target_invalid"),
+])
+def test_one_bad_value_quarantines_that_row_under_its_rule(spec, column, value, rule):
+    df = with_value(frame(spec), 2, column, value)
+    result = validate_rows(df, spec, "b1")
+    assert result.violations[["row_number", "rule"]].values.tolist() == [[2, rule]]
+    assert result.quarantined_rows == 1
+    assert result.valid["id"].tolist() == [100, 101, 103, 104]
+
+
+def test_string_categories_as_read_from_parquet_are_accepted(spec):
+    df = frame(spec)
+    df["SCHL"] = pd.Categorical(["16", "21", "1", "24", "0"])
+    assert len(validate_rows(df, spec, "b1").valid) == 5
+
+
+def test_duplicate_keys_quarantine_every_occurrence(spec):
+    df = frame(spec)
+    df.loc[3, "id"] = 101
+    result = validate_rows(df, spec, "b1")
+    assert sorted(result.violations["row_number"]) == [1, 3]
+    assert set(result.violations["rule"]) == {"entity_key_duplicate"}
+    assert result.valid["id"].tolist() == [100, 102, 104]
+
+
+def test_row_number_is_the_input_position_not_the_index_label(spec):
+    df = frame(spec)
+    df.index = [50, 40, 30, 20, 10]
+    result = validate_rows(with_value(df, 20, "AGEP", 500.0), spec, "b1")
+    assert result.violations["row_number"].tolist() == [3]
+
+
+def test_a_row_breaking_two_rules_is_reported_twice_and_counted_once(spec):
+    df = with_value(with_value(frame(spec), 4, "SEX", 7), 4, "employed", 9)
+    result = validate_rows(df, spec, "b1")
+    assert sorted(result.violations["rule"]) == ["SEX_not_allowed", "target_invalid"]
+    assert set(result.violations["row_number"]) == {4}
+    assert result.quarantined_rows == 1
+    assert all(result.violations["reason"].str.len() > 0)
+
+
+@pytest.mark.parametrize("column", ["id", "year", "AGEP", "SCHL", "RAC1P"])
+def test_a_missing_required_column_rejects_the_batch_naming_batch_and_column(spec, column):
+    df = frame(spec).drop(columns=[column])
+    with pytest.raises(BatchRejected, match=column) as exc:
+        validate_rows(df, spec, "b-missing")
+    assert "'b-missing'" in str(exc.value)
+
+
+def test_required_columns_are_key_event_time_and_features_without_the_target(spec):
+    assert required_columns(spec) == ["id", "year", *spec.feature_names]
+
+
+def test_an_empty_batch_is_rejected(spec):
+    with pytest.raises(BatchRejected, match="no rows"):
+        validate_rows(frame(spec).iloc[:0], spec, "b-empty")
+
+
+def test_a_batch_whose_every_row_is_bad_is_rejected(spec):
+    df = frame(spec)
+    df["AGEP"] = 999.0
+    with pytest.raises(BatchRejected, match="every one of 5 rows") as exc:
+        validate_rows(df, spec, "b-bad")
+    assert "'b-bad'" in str(exc.value)
+
+
+def test_the_target_column_is_optional(spec):
+    result = validate_rows(frame(spec).drop(columns=["employed"]), spec, "unlabelled")
+    assert len(result.valid) == 5 and result.violations.empty
+    assert "employed" not in result.valid.columns
+
+
+@pytest.mark.parametrize("year", [99999, -5, 2015.5])
+def test_a_year_that_is_not_a_calendar_year_is_quarantined(spec, year):
+    result = validate_rows(with_value(frame(spec), 1, "year", year), spec, "b1")
+    assert result.violations[["row_number", "rule"]].values.tolist() == [[1, "event_time_invalid"]]
+
+
+@pytest.mark.parametrize("key", ["abc", 1.5])
+def test_a_key_that_is_not_an_int64_is_quarantined(spec, key):
+    df = with_value(frame(spec), 1, "id", key)
+    df.loc[0, "id"] = 1
+    result = validate_rows(df, spec, "b1")
+    assert 1 in set(result.violations["row_number"])
+    assert key not in result.valid["id"].tolist()
+
+
+@pytest.fixture
+def ts_spec(spec):
+    """The census spec with a timestamp event-time column ``ts`` instead of a year."""
+    return ProblemSpec.model_validate({**spec.model_dump(),
+                                       "event_time": {"column": "ts", "kind": "timestamp"}})
+
+
+def test_a_timestamp_event_time_quarantines_unparseable_values(ts_spec):
+    df = frame(ts_spec).drop(columns=["year"])
+    df["ts"] = ["2020-01-01 00:00:00", "2020-06-01 12:30:00", "not a date", None,
+                "2020-02-30 00:00:00"]
+    result = validate_rows(df, ts_spec, "b1")
+    assert result.violations[["row_number", "rule"]].values.tolist() == [
+        [2, "event_time_invalid"], [3, "event_time_invalid"], [4, "event_time_invalid"]]
+
+
+def test_a_timestamp_event_time_accepts_every_iso_8601_shape(ts_spec):
+    df = frame(ts_spec, n=3).drop(columns=["year"])
+    df["ts"] = ["2020-01-01", "2020-06-01 12:00:00+02:00", "2020-03-01T08:00:00Z"]
+    result = validate_rows(df, ts_spec, "b1")
+    assert result.violations.empty and len(result.valid) == 3
