@@ -206,5 +206,5 @@ def historical_features(spec: ProblemSpec, batches: list[Batch], settings: Setti
     if len(out) != len(entity_df) or out[spec.feature_names].isna().any().any():
         raise FeatureRetrievalError(
             f"batches {', '.join(ids)} of {spec.name!r}: {len(entity_df) - len(out.dropna())} of "
-            f"{len(entity_df)} rows have no features as of their event time (outside the feature TTL?)")
+            f"{len(entity_df)} rows have no features as of their event time (outside the TTL?)")
     return out.sort_values(ROW_ID).drop(columns=[ROW_ID]).reset_index(drop=True)
