@@ -31,7 +31,10 @@ def run_dag(dag_id: str, conf: dict[str, Any] | None = None) -> dict[str, Any]:
         DagRunFailed: the run ended in any state but success.
     """
     dag = dagbag().dags[dag_id]
-    run = dag.test(run_conf=conf or {})
+    # Always pass every Param: in-process runs write the run's values into the task's params,
+    # so a later run that omits a key would see the previous run's value (seen: a manual
+    # materialize run with {} got the previous run's batch_id). The DAG-level defaults stay clean.
+    run = dag.test(run_conf={**dag.params.dump(), **(conf or {})})
     tasks: dict[str, Any] = {}
     for ti in run.get_task_instances():
         key = ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]"

@@ -38,16 +38,23 @@ def _count(url, model, **where):
 def test_loop_runs_every_dag_and_lands_in_every_store(airflow_db, mlcore_env, slices, spec,
                                                       runner):
     settings, p, url = mlcore_env, spec.name, mlcore_env.db_url
+    run_ids: set[str] = set()
+
+    def runner_logged(dag_id, conf):
+        result = runner(dag_id, conf)
+        run_ids.add(result["run_id"])
+        return result
+
     for i, year in enumerate((2015, 2016, 2017)):
         b = str(year)
-        ingest = runner(f"{p}__ingest_batch", {"batch_id": b, "source": str(slices[year])})
+        ingest = runner_logged(f"{p}__ingest_batch", {"batch_id": b, "source": str(slices[year])})
         assert ingest["tasks"]["ingest_batch"]["value"]["published_rows"] == 1500
-        runner(f"{p}__materialize_features", {"batch_id": b})
+        runner_logged(f"{p}__materialize_features", {"batch_id": b})
         if i:
-            scored = runner(f"{p}__score_batch", {"batch_id": b})
+            scored = runner_logged(f"{p}__score_batch", {"batch_id": b})
             assert scored["tasks"]["score_batch[0]"]["value"]["rows"] == 1500
-            runner(f"{p}__monitor_model", {"batch_id": b})
-        retrain = runner(f"{p}__retrain_model", {"until_batch": b, "reason": "e2e"})
+            runner_logged(f"{p}__monitor_model", {"batch_id": b})
+        retrain = runner_logged(f"{p}__retrain_model", {"until_batch": b, "reason": "e2e"})
         decision = retrain["tasks"]["evaluate_contender"]["value"]
         assert decision["holdout_batches"] == [b]  # newest batch (2015 alone: entity-hash part)
         assert retrain["tasks"]["promote_contender"]["state"] == (
@@ -76,7 +83,8 @@ def test_loop_runs_every_dag_and_lands_in_every_store(airflow_db, mlcore_env, sl
     from airflow.utils.session import create_session
 
     with create_session() as s:
-        runs = s.query(DagRun).filter(DagRun.dag_id.like(f"{p}__%")).all()
+        runs = s.query(DagRun).filter(DagRun.run_id.in_(run_ids)).all()
+    assert len(runs) == 13  # 3 ingest + 3 materialize + 2 score + 2 monitor + 3 retrain
     assert {r.dag_id.split("__")[1] for r in runs} == {
         "ingest_batch", "materialize_features", "score_batch", "monitor_model", "retrain_model"}
     assert all(str(r.state) == "success" for r in runs)

@@ -117,3 +117,12 @@ def test_tampered_artifact_is_never_loaded(airflow_db, mlcore_env, spec, slices,
     assert _task_tries(f"{p}__score_batch")["score_batch"] == ("failed", 1)
     with session_scope(mlcore_env.db_url) as s:
         assert s.scalars(select(Prediction)).first() is None
+
+
+def test_a_run_never_inherits_the_previous_runs_params(airflow_db, mlcore_env, spec, run):
+    """Regression: in-process runs leaked one run's batch_id into the next run's Params."""
+    dag_id = f"{spec.name}__materialize_features"
+    _, error = run(dag_id, {"batch_id": "zzz"})
+    assert "materialize_batch" in error  # got as far as the (unpublished) batch
+    _, error = run(dag_id, {})
+    assert _task_tries(dag_id)["resolve_batches"] == ("failed", 1)
