@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
 from batchloop_airflow import (
-    batch_ids_from_context,
+    batch_id_param,
     dag_kwargs,
     fail_fast,
     problem_specs,
+    resolve_batches,
     stage_asset,
 )
 
@@ -28,14 +29,8 @@ def build(problem: str) -> None:
     features = stage_asset(problem, "features")
 
     @dag(**dag_kwargs(problem, STAGE, __doc__), schedule=[stage_asset(problem, "curated")],
-         params={"batch_id": Param(None, type=["null", "string"], title="Batch ID",
-                                   description="Manual runs: the published batch to "
-                                               "materialize. Empty: the triggering events'.")})
+         params={"batch_id": batch_id_param("materialize")})
     def materialize_features_dag() -> None:
-        @task
-        def resolve_batches() -> list[str]:
-            return batch_ids_from_context(get_current_context())
-
         @task(outlets=[features])
         def materialize_batch(batch_id: str) -> dict:
             from mlcore.config import get_settings

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import dag, get_current_context, task
 
 from batchloop_airflow import (
-    batch_ids_from_context,
+    batch_id_param,
     dag_kwargs,
     fail_fast,
     problem_specs,
+    resolve_batches,
     stage_asset,
 )
 
@@ -28,14 +29,8 @@ def build(problem: str) -> None:
     requests = stage_asset(problem, "retrain_requests")
 
     @dag(**dag_kwargs(problem, STAGE, __doc__), schedule=[stage_asset(problem, "predictions")],
-         params={"batch_id": Param(None, type=["null", "string"], title="Batch ID",
-                                   description="Manual runs: the batch to check for drift. "
-                                               "Empty: the triggering events'.")})
+         params={"batch_id": batch_id_param("check for drift")})
     def monitor_model_dag() -> None:
-        @task
-        def resolve_batches() -> list[str]:
-            return batch_ids_from_context(get_current_context())
-
         @task
         def detect_drift(batch_id: str) -> dict:
             from mlcore.config import get_settings

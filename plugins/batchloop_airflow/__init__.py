@@ -5,6 +5,12 @@ Light at import (stdlib + ``airflow.sdk`` only) because every DAG file imports i
 
 from batchloop_airflow.assets import stage_asset
 from batchloop_airflow.defaults import dag_kwargs, problem_specs
-from batchloop_airflow.tasks import batch_ids_from_context, fail_fast
+from batchloop_airflow.tasks import (
+           batch_id_param,
+           batch_ids_from_context,
+           fail_fast,
+           resolve_batches,
+)
 
-__all__ = ["batch_ids_from_context", "dag_kwargs", "fail_fast", "problem_specs", "stage_asset"]
+__all__ = ["batch_id_param", "batch_ids_from_context", "dag_kwargs", "fail_fast", "problem_specs",
+           "resolve_batches", "stage_asset"]

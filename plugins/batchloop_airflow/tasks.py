@@ -6,7 +6,21 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+
+def batch_id_param(what: str) -> Param:
+    """The optional ``batch_id`` Param of stages that act on batches named by asset events."""
+    return Param(None, type=["null", "string"], title="Batch ID",
+                 description=f"Manual runs: the batch to {what}. Empty: the batches of the "
+                             "triggering asset events.")
+
+
+@task
+def resolve_batches() -> list[str]:
+    """The run's batch IDs (Param or asset events): the list the per-batch task maps over."""
+    return batch_ids_from_context(get_current_context())
 
 
 def batch_ids_from_context(context: Any) -> list[str]:
