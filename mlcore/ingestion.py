@@ -1,25 +1,54 @@
-"""Ingest a raw file as a batch: manifest, validation, quarantine, atomic publish, idempotency."""
+"""Ingest a raw file as a batch: manifest, streamed validation with row-level quarantine,
+atomic publish, idempotent re-runs.
+
+Publishing protocol (a crash at any step leaves nothing half-visible; a re-run publishes once):
+1. under a per-batch file lock: same ID + same content already published -> no-op;
+   different content -> ``BatchConflict``;
+2. manifest row ``staged``; leftovers of crashed runs (staging dirs) are removed;
+3. the file is streamed in row-group chunks: validated, curated and written to a staging dir;
+4. the decision: rejected (recorded with every reason, staging removed) or
+5. rename staging -> ``curated/problem=<p>/batch=<id>``, then one transaction marks the manifest
+   ``published`` and stores the quarantined rows. Readers only follow published manifests.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import uuid
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from sqlalchemy import delete, insert, select
+import pyarrow as pa
+import pyarrow.parquet as pq
+from sqlalchemy import delete, insert, select, update
 
 from mlcore.batches import BatchConflict, BatchNotFound, BatchRejected, check_batch_id, sha256_file
 from mlcore.config import Settings
 from mlcore.problems import ProblemSpec
+from mlcore.provenance import code_version, failpoint
 from mlcore.store.models import Batch, QuarantinedRow, utcnow
 from mlcore.store.session import session_scope
-from mlcore.validation import validate_rows
+from mlcore.validation import (
+    check_columns,
+    duplicate_mask,
+    entity_keys,
+    event_time,
+    rejection_reasons,
+    row_violations,
+)
+
+CHUNK_ROWS = 250_000
 
 
 @dataclass(frozen=True)
@@ -50,33 +79,61 @@ def _source_path(source: str) -> Path:
     return path.resolve()
 
 
-def read_source(path: Path) -> pd.DataFrame:
-    """Read a raw batch file (parquet or CSV)."""
-    if path.suffix in {".parquet", ".pq"}:
-        return pd.read_parquet(path)
-    if path.suffix == ".csv":
-        return pd.read_csv(path)
-    raise ValueError(f"unsupported source format {path.suffix!r} (parquet or csv)")
+class _Source:
+    """A raw parquet or CSV file read in chunks, with errors naming the batch and the file."""
 
+    def __init__(self, path: Path, batch_id: str) -> None:
+        self.path, self.batch_id = path, batch_id
+        if path.suffix not in {".parquet", ".pq", ".csv"}:
+            raise BatchRejected(f"batch {batch_id!r}: unsupported file type {path.name!r} "
+                                "(parquet or csv)")
+        with self._errors():
+            if self.is_parquet:
+                self._pf = pq.ParquetFile(path)
+                self.columns = list(self._pf.schema_arrow.names)
+                self.rows = int(self._pf.metadata.num_rows)
+            else:
+                self.columns = list(pd.read_csv(path, nrows=0).columns)
+                self.rows = -1  # known after the first pass
 
-def schema_of(df: pd.DataFrame) -> dict[str, str]:
-    """Column name -> dtype name, in file order."""
-    return {str(c): str(t) for c, t in df.dtypes.items()}
+    @property
+    def is_parquet(self) -> bool:
+        return self.path.suffix != ".csv"
 
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except (pa.ArrowException, OSError, ValueError, pd.errors.ParserError) as exc:
+            kind = "parquet" if self.is_parquet else "CSV"
+            raise BatchRejected(f"batch {self.batch_id!r}: {self.path} is not a readable {kind} "
+                                f"file ({type(exc).__name__}: {exc})") from exc
 
-def event_timestamps(df: pd.DataFrame, spec: ProblemSpec) -> pd.Series:
-    """Derive UTC event times as the spec declares (``year_end``: <year>-12-31T00:00Z)."""
-    col = df[spec.event_time.column]
-    if spec.event_time.kind == "year_end":
-        years = pd.to_numeric(col).astype("int64").astype(str)
-        return pd.to_datetime(years + "-12-31", utc=True)
-    return pd.to_datetime(col, utc=True)
+    def read_columns(self, columns: list[str]) -> pd.DataFrame:
+        """Whole-file read of a few columns (the cross-chunk duplicate pass)."""
+        with self._errors():
+            if self.is_parquet:
+                return self._pf.read(columns=columns).to_pandas()
+            frame = pd.read_csv(self.path, usecols=columns)
+            self.rows = len(frame)
+            return frame
+
+    def chunks(self) -> Iterator[pd.DataFrame]:
+        """The rows, ``CHUNK_ROWS`` at a time (parquet: by record batches of row groups)."""
+        with self._errors():
+            if self.is_parquet:
+                for rb in self._pf.iter_batches(batch_size=CHUNK_ROWS):
+                    yield rb.to_pandas()
+            else:
+                yield from pd.read_csv(self.path, chunksize=CHUNK_ROWS)
 
 
 def curate(valid: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
     """Typed curated frame: key, event_timestamp, features (float/int64), target if present."""
-    out = pd.DataFrame({spec.entity.key: valid[spec.entity.key].astype(spec.entity.dtype)})
-    out["event_timestamp"] = event_timestamps(valid, spec)
+    out = pd.DataFrame({spec.entity.key: entity_keys(valid[spec.entity.key], spec)
+                        .astype(spec.entity.dtype)})
+    out["event_timestamp"] = event_time(valid[spec.event_time.column], spec).astype(
+        "datetime64[ns, UTC]")
     for feat in spec.features:
         values = pd.to_numeric(valid[feat.name].astype("object"))
         out[feat.name] = values.astype("float64" if feat.kind == "numeric" else "int64")
@@ -86,16 +143,85 @@ def curate(valid: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def _publish(frame: pd.DataFrame, raw: Path, dest: Path, curated: Path) -> None:
-    """Write raw copy and curated parquet to staging dirs, then rename into place."""
-    for final, write in ((dest, lambda d: shutil.copy2(raw, d / raw.name)),
-                         (curated, lambda d: frame.to_parquet(d / "part-0.parquet", index=False))):
-        staging = final.with_name(f".staging-{final.name}-{uuid.uuid4().hex[:8]}")
-        staging.mkdir(parents=True)
-        write(staging)
-        if final.exists():  # left by a crash before the manifest said "published"
-            shutil.rmtree(final)
-        os.replace(staging, final)
+@dataclass
+class _Outcome:
+    """What streaming the file produced (in the staging dir) and the counts for the decision."""
+
+    rows: int = 0
+    published: int = 0
+    bad_rows: int = 0
+    rules: Counter[str] = field(default_factory=Counter)
+    violations: list[pd.DataFrame] = field(default_factory=list)
+    schema: dict[str, str] = field(default_factory=dict)
+    ts_min: pd.Timestamp | None = None
+    ts_max: pd.Timestamp | None = None
+
+
+def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime) -> _Outcome:
+    """Validate and curate chunk by chunk into ``staging/part-0.parquet``; memory ~ one chunk."""
+    key_col, time_col = spec.entity.key, spec.event_time.column
+    ids = src.read_columns([key_col, time_col])
+    dups = duplicate_mask(entity_keys(ids[key_col], spec), event_time(ids[time_col], spec))
+    del ids
+    out, writer = _Outcome(), None
+    try:
+        for chunk in src.chunks():
+            if not out.schema:
+                out.schema = {str(c): str(t) for c, t in chunk.dtypes.items()}
+            n = len(chunk)
+            dup = dups[out.rows:out.rows + n]
+            bad, violations = row_violations(chunk, spec, now, out.rows, dup)
+            curated = curate(chunk.loc[~bad], spec)
+            table = pa.Table.from_pandas(curated, preserve_index=False)
+            writer = writer or pq.ParquetWriter(staging / "part-0.parquet", table.schema)
+            writer.write_table(table)
+            _tally(out, n, bad, violations, curated["event_timestamp"])
+            failpoint("ingest.mid_write")
+    finally:
+        if writer is not None:
+            writer.close()
+    return out
+
+
+def _tally(out: _Outcome, n: int, bad: np.ndarray, violations: pd.DataFrame,
+           ts: pd.Series) -> None:
+    out.rows += n
+    out.bad_rows += int(bad.sum())
+    out.published += n - int(bad.sum())
+    out.rules.update(violations["rule"].tolist())
+    if len(violations):
+        out.violations.append(violations)
+    if len(ts):
+        out.ts_min = min(x for x in (out.ts_min, ts.min()) if x is not None)
+        out.ts_max = max(x for x in (out.ts_max, ts.max()) if x is not None)
+
+
+@contextlib.contextmanager
+def _batch_lock(settings: Settings, problem: str, batch_id: str) -> Iterator[None]:
+    """One writer per batch at a time (two runs of the same batch at once queue up here)."""
+    path = settings.home / "locks" / f"ingest-{problem}-{batch_id}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _clear_staging(final: Path) -> None:
+    """Remove what crashed runs left: staging dirs, and an unpublished final dir."""
+    if final.parent.is_dir():
+        for orphan in final.parent.glob(f".staging-{final.name}-*"):
+            shutil.rmtree(orphan, ignore_errors=True)
+    if final.exists():
+        shutil.rmtree(final)
+
+
+def _staging(final: Path) -> Path:
+    path = final.with_name(f".staging-{final.name}-{uuid.uuid4().hex[:8]}")
+    path.mkdir(parents=True)
+    return path
 
 
 def _existing(problem: str, batch_id: str, sha: str, url: str) -> Manifest | None:
@@ -116,55 +242,93 @@ def _manifest(row: Batch, created: bool) -> Manifest:
                     row.state, row.curated_uri or "", created)
 
 
-def _record(spec: ProblemSpec, batch_id: str, fields: dict[str, Any], violations: pd.DataFrame,
-            url: str) -> Manifest:
+def _stage(spec: ProblemSpec, batch_id: str, fields: dict[str, Any], url: str) -> None:
     with session_scope(url) as s:
         s.execute(delete(QuarantinedRow).where(QuarantinedRow.problem == spec.name,
                                                QuarantinedRow.batch_id == batch_id))
         s.execute(delete(Batch).where(Batch.problem == spec.name, Batch.batch_id == batch_id))
-        row = Batch(problem=spec.name, batch_id=batch_id, **fields)
-        s.add(row)
-        if len(violations):
+        s.add(Batch(problem=spec.name, batch_id=batch_id, state="staged", row_count=0,
+                    schema={}, schema_hash="", quarantine_count=0,
+                    code_version=code_version(), **fields))
+
+
+def _finish(spec: ProblemSpec, batch_id: str, values: dict[str, Any],
+            violations: list[pd.DataFrame], url: str) -> Manifest:
+    """Mark the staged manifest published/rejected and store quarantined rows, atomically."""
+    with session_scope(url) as s:
+        s.execute(update(Batch).where(Batch.problem == spec.name, Batch.batch_id == batch_id)
+                  .values(**values))
+        for frame in violations:
             s.execute(insert(QuarantinedRow), [
                 {"problem": spec.name, "batch_id": batch_id, "row_number": int(r.row_number),
-                 "rule": r.rule, "reason": r.reason} for r in violations.itertuples()])
-        s.flush()
+                 "rule": r.rule, "reason": r.reason} for r in frame.itertuples()])
+        row = s.scalar(select(Batch).where(Batch.problem == spec.name,
+                                           Batch.batch_id == batch_id))
+        assert row is not None
         return _manifest(row, created=True)
 
 
-def ingest_batch(spec: ProblemSpec, source: str, batch_id: str, settings: Settings) -> Manifest:
+def ingest_batch(spec: ProblemSpec, source: str, batch_id: str, settings: Settings,
+                 now: datetime | None = None) -> Manifest:
     """Validate ``source`` and publish it as ``batch_id``; a same-content re-run is a no-op.
 
     Raises:
         InvalidBatchId: bad ID. BatchConflict: the ID is published with other content.
-        BatchRejected: the file fails whole-batch checks (recorded as ``rejected``).
-        FileNotFoundError, ValueError: the source cannot be read.
+        BatchRejected: unreadable file, wrong schema, or too many / critical bad rows (the
+            manifest is recorded as ``rejected`` with every reason).
+        FileNotFoundError: no such source file.
     """
     check_batch_id(batch_id)
     raw = _source_path(source)
     sha = sha256_file(raw)
-    if (done := _existing(spec.name, batch_id, sha, settings.db_url)) is not None:
-        return done
-    df = read_source(raw)
-    schema = schema_of(df)
-    fields: dict[str, Any] = {
-        "source_uri": raw.as_uri(), "sha256": sha, "row_count": len(df), "schema": schema,
-        "schema_hash": hashlib.sha256(json.dumps(schema).encode()).hexdigest()}
+    with _batch_lock(settings, spec.name, batch_id):
+        if (done := _existing(spec.name, batch_id, sha, settings.db_url)) is not None:
+            return done
+        curated = settings.partition("curated", spec.name, batch_id)
+        raw_dir = settings.partition("raw", spec.name, batch_id)
+        _clear_staging(curated)
+        _clear_staging(raw_dir)
+        _stage(spec, batch_id, {"source_uri": raw.as_uri(), "sha256": sha}, settings.db_url)
+        return _validate_and_publish(spec, batch_id, raw, (curated, raw_dir), settings,
+                                     now or datetime.now(UTC))
+
+
+def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
+                          dirs: tuple[Path, Path], settings: Settings,
+                          now: datetime) -> Manifest:
+    curated, raw_dir = dirs
+    staging, rows = _staging(curated), 0
     try:
-        result = validate_rows(df, spec, batch_id)
-    except BatchRejected:
-        _record(spec, batch_id, {**fields, "state": "rejected", "quarantine_count": len(df)},
-                pd.DataFrame(columns=["row_number", "rule", "reason"]), settings.db_url)
+        src = _Source(raw, batch_id)
+        rows = max(src.rows, 0)
+        check_columns(src.columns, spec, batch_id)
+        out = _stream(src, spec, staging, now)
+    except BatchRejected as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        _finish(spec, batch_id, {"state": "rejected", "reason": str(exc), "row_count": rows},
+                [], settings.db_url)
         raise
-    frame = curate(result.valid, spec)
-    curated = settings.partition("curated", spec.name, batch_id)
-    _publish(frame, raw, settings.partition("raw", spec.name, batch_id), curated)
-    ts = frame["event_timestamp"]
-    return _record(spec, batch_id, {
-        **fields, "state": "published", "quarantine_count": result.quarantined_rows,
-        "curated_uri": str(curated), "event_time_min": ts.min().to_pydatetime(),
-        "event_time_max": ts.max().to_pydatetime(), "published_at": utcnow(),
-    }, result.violations, settings.db_url)
+    schema_hash = hashlib.sha256(json.dumps(out.schema).encode()).hexdigest()
+    common = {"row_count": out.rows, "schema": out.schema, "schema_hash": schema_hash,
+              "quarantine_count": out.bad_rows}
+    reasons = rejection_reasons(spec, out.rows, out.bad_rows, out.rules)
+    if reasons:
+        shutil.rmtree(staging, ignore_errors=True)
+        why = f"batch {batch_id!r}: rejected: {'; '.join(reasons)}"
+        _finish(spec, batch_id, {**common, "state": "rejected", "reason": why}, out.violations,
+                settings.db_url)
+        raise BatchRejected(why)
+    raw_staging = _staging(raw_dir)
+    shutil.copy2(raw, raw_staging / raw.name)
+    failpoint("ingest.after_stage_write")
+    os.replace(raw_staging, raw_dir)
+    os.replace(staging, curated)
+    failpoint("ingest.after_rename")
+    return _finish(spec, batch_id, {
+        **common, "state": "published", "curated_uri": str(curated), "published_at": utcnow(),
+        "event_time_min": out.ts_min.to_pydatetime() if out.ts_min is not None else None,
+        "event_time_max": out.ts_max.to_pydatetime() if out.ts_max is not None else None,
+    }, out.violations, settings.db_url)
 
 
 def published_batches(problem: str, url: str) -> list[Batch]:

@@ -61,6 +61,15 @@ class Promotion(_Spec):
     bootstrap_samples: int = Field(200, ge=20, le=5000)
 
 
+class Validation(_Spec):
+    """When a batch as a whole is rejected instead of publishing its valid rows."""
+
+    max_bad_row_share: float = Field(0.05, ge=0.0, le=1.0)
+    critical_rules: tuple[str, ...] = ()  # any of these firing rejects the batch
+    extra_columns: Literal["reject", "ignore"] = "reject"
+    max_future_seconds: int = Field(0, ge=0)  # event times later than now + this are bad rows
+
+
 class Drift(_Spec):
     drift_share: float = Field(0.5, gt=0.0, le=1.0)
     sample_rows: int = Field(50_000, ge=100)
@@ -83,6 +92,7 @@ class ProblemSpec(_Spec):
     metric: Metric = Field(default_factory=lambda: Metric())
     algorithms: dict[str, dict[str, Any]] = Field(min_length=1)
     promotion: Promotion
+    validation: Validation = Field(default_factory=lambda: Validation())
     drift: Drift = Field(default_factory=lambda: Drift())
     retrain: Retrain = Field(default_factory=lambda: Retrain())
 

@@ -4,10 +4,6 @@ rollback, and artifact loading that verifies the SHA-256 before deserializing.""
 from __future__ import annotations
 
 import getpass
-import subprocess
-from functools import cache
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as pkg_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from mlcore.batches import sha256_file
 from mlcore.config import Settings
 from mlcore.problems import ProblemSpec
+from mlcore.provenance import code_version
 from mlcore.store.models import Alias, AliasHistory, ModelVersion, utcnow
 from mlcore.store.session import session_scope
 
@@ -40,21 +37,6 @@ class AliasConflict(RegistryError):
 
 class ArtifactTampered(RegistryError):
     """The artifact's SHA-256 differs from the registered one."""
-
-
-@cache
-def code_version() -> str:
-    """The package version plus the git commit when running from a checkout."""
-    try:
-        base = pkg_version("batchloop")
-    except PackageNotFoundError:
-        base = "unknown"
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{base}+{sha}" if sha else base
 
 
 def register_version(spec: ProblemSpec, settings: Settings, *, algorithm: str, artifact_uri: str,

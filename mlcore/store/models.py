@@ -36,6 +36,8 @@ class Batch(Base):
     quarantine_count: Mapped[int] = mapped_column(BigInteger, default=0)
     state: Mapped[str] = mapped_column(String(16))
     curated_uri: Mapped[str | None] = mapped_column(Text)
+    code_version: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)  # the decision: why it was rejected
     event_time_min: Mapped[datetime | None]
     event_time_max: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -110,7 +110,7 @@ def test_different_content_under_a_published_id_conflicts_and_changes_nothing(
 
 
 def test_bad_rows_are_quarantined_and_the_rest_published(settings, spec, slices, tmp_path):
-    df = raw_frame(slices, 2016, n=50)
+    df = raw_frame(slices, 2016, n=100)  # 4 bad rows: 4 %, inside the spec's 5 % tolerance
     df.loc[3, "AGEP"] = 200.0
     df.loc[7, ["SEX", "employed"]] = [9, 5]
     df.loc[11, "id"] = df.loc[10, "id"]
@@ -119,14 +119,14 @@ def test_bad_rows_are_quarantined_and_the_rest_published(settings, spec, slices,
 
     m = ingest_batch(spec, str(source), "dirty", settings)
 
-    assert (m.row_count, m.quarantine_count, m.published_rows) == (50, 4, 46)
+    assert (m.row_count, m.quarantine_count, m.published_rows) == (100, 4, 96)
     with session_scope(settings.db_url) as s:
         rows = s.scalars(select(QuarantinedRow).where(QuarantinedRow.batch_id == "dirty"))
         got = sorted((r.row_number, r.rule) for r in rows)
     assert got == [(3, "AGEP_out_of_range"), (7, "SEX_not_allowed"), (7, "target_invalid"),
-                   (10, "entity_key_duplicate"), (11, "entity_key_duplicate")]
+                   (10, "duplicate_entity_event_time"), (11, "duplicate_entity_event_time")]
     curated = pd.read_parquet(curated_file(settings, spec, "dirty"))
-    assert len(curated) == 46
+    assert len(curated) == 96
     assert not set(df.loc[[3, 7, 10], "id"]) & set(curated["id"])
 
 
@@ -184,12 +184,13 @@ def test_a_file_uri_source_is_accepted(settings, spec, slices):
     assert m.created and m.source_uri == slices[2015].resolve().as_uri()
 
 
-def test_an_unsupported_format_raises_value_error_and_records_nothing(settings, spec, tmp_path):
+def test_an_unsupported_format_is_rejected_and_recorded(settings, spec, tmp_path):
     source = tmp_path / "batch.json"
     source.write_text("[]")
-    with pytest.raises(ValueError, match="unsupported source format"):
+    with pytest.raises(BatchRejected, match="batch '2015': unsupported file type 'batch.json'"):
         ingest_batch(spec, str(source), "2015", settings)
-    assert batch_rows(settings, spec) == []
+    assert [(r.batch_id, r.state) for r in batch_rows(settings, spec)] == [("2015", "rejected")]
+    assert not settings.partition("curated", spec.name, "2015").exists()
 
 
 @pytest.mark.parametrize("batch_id", ["../escape", "a/b", ""])

@@ -10,6 +10,16 @@ from mlcore.problems import ProblemSpec
 from mlcore.validation import required_columns, validate_rows
 
 
+@pytest.fixture
+def spec(spec):
+    """The census spec with the bad-row tolerance lifted: these tests look at single rows.
+
+    The batch-level decision (tolerance, critical rules) is tested with the real spec below.
+    """
+    return ProblemSpec.model_validate({**spec.model_dump(),
+                                       "validation": {"max_bad_row_share": 0.99}})
+
+
 def frame(spec, n: int = 5) -> pd.DataFrame:
     """``n`` valid raw rows: ids 100.., year 2015, every feature at an allowed value."""
     data: dict[str, list] = {"id": list(range(100, 100 + n)), "year": [2015] * n}
@@ -34,8 +44,10 @@ def test_a_clean_batch_is_all_valid(spec):
 @pytest.mark.parametrize("column, value, rule", [
     ("AGEP", 121.0, "AGEP_out_of_range"),
     ("AGEP", -1.0, "AGEP_out_of_range"),
-    ("AGEP", None, "AGEP_out_of_range"),
-    ("AGEP", "old", "AGEP_out_of_range"),
+    ("AGEP", None, "AGEP_not_finite"),
+    ("AGEP", "old", "AGEP_not_finite"),
+    ("AGEP", float("inf"), "AGEP_not_finite"),
+    ("AGEP", float("nan"), "AGEP_not_finite"),
     ("SCHL", 25, "SCHL_not_allowed"),
     ("SEX", 3, "SEX_not_allowed"),
     ("SEX", "x", "SEX_not_allowed"),
@@ -44,6 +56,7 @@ def test_a_clean_batch_is_all_valid(spec):
     ("id", None, "entity_key_missing"),
     ("year", None, "event_time_invalid"),
     ("year", "soon", "event_time_invalid"),
+    ("year", 2200, "event_time_in_future"),
     ("employed", 2, "target_invalid"),
     ("employed", -1, "target_invalid"),
     ("employed", None, "target_invalid"),
@@ -62,13 +75,44 @@ def test_string_categories_as_read_from_parquet_are_accepted(spec):
     assert len(validate_rows(df, spec, "b1").valid) == 5
 
 
-def test_duplicate_keys_quarantine_every_occurrence(spec):
+def test_duplicate_entity_and_event_time_quarantine_every_occurrence(spec):
     df = frame(spec)
     df.loc[3, "id"] = 101
     result = validate_rows(df, spec, "b1")
     assert sorted(result.violations["row_number"]) == [1, 3]
-    assert set(result.violations["rule"]) == {"entity_key_duplicate"}
+    assert set(result.violations["rule"]) == {"duplicate_entity_event_time"}
     assert result.valid["id"].tolist() == [100, 102, 104]
+
+
+def test_the_same_entity_at_two_event_times_is_not_a_duplicate(spec):
+    df = frame(spec)
+    df.loc[3, "id"], df.loc[3, "year"] = 101, 2016
+    assert validate_rows(df, spec, "b1").violations.empty
+
+
+def test_bad_row_share_over_the_tolerance_rejects_with_every_reason(spec):
+    strict = ProblemSpec.model_validate({**spec.model_dump(),
+                                         "validation": {"max_bad_row_share": 0.2}})
+    df = with_value(with_value(frame(spec, 8), 1, "AGEP", 500.0), 2, "SEX", 7)
+    assert len(validate_rows(with_value(frame(spec, 8), 1, "AGEP", 500.0), strict, "ok").valid) == 7
+    with pytest.raises(BatchRejected, match=r"batch 'b9'.*2 of 8 rows \(25.0%\).*"
+                                            r"AGEP_out_of_range=1, SEX_not_allowed=1"):
+        validate_rows(df, strict, "b9")
+
+
+def test_a_critical_rule_rejects_even_one_bad_row(spec):
+    critical = ProblemSpec.model_validate({**spec.model_dump(), "validation": {
+        "max_bad_row_share": 0.99, "critical_rules": ["target_invalid"]}})
+    with pytest.raises(BatchRejected, match="critical rules fired: target_invalid"):
+        validate_rows(with_value(frame(spec), 0, "employed", 5), critical, "b1")
+
+
+def test_undeclared_columns_reject_the_batch_unless_ignored(spec):
+    with pytest.raises(BatchRejected, match=r"batch 'b1': undeclared columns \['surprise'\]"):
+        validate_rows(frame(spec).assign(surprise=1), spec, "b1")
+    lenient = ProblemSpec.model_validate({**spec.model_dump(), "validation": {
+        "max_bad_row_share": 0.99, "extra_columns": "ignore"}})
+    assert len(validate_rows(frame(spec).assign(surprise=1), lenient, "b1").valid) == 5
 
 
 def test_row_number_is_the_input_position_not_the_index_label(spec):

@@ -1,0 +1,36 @@
+"""Provenance shared by every record: which code wrote it; and test failpoints."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from functools import cache
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as pkg_version
+from pathlib import Path
+
+
+@cache
+def code_version() -> str:
+    """The package version plus the git commit when running from a checkout."""
+    try:
+        base = pkg_version("batchloop")
+    except PackageNotFoundError:
+        base = "unknown"
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    return f"{base}+{sha}" if sha else base
+
+
+def failpoint(name: str) -> None:
+    """SIGKILL this process at ``name`` when ``MLCORE_FAILPOINT`` names it (crash tests only).
+
+    Lets tests kill a real writer at the exact step they want (mid-write, between rename and
+    commit) instead of racing a timer. Unset in production: one env lookup.
+    """
+    if os.environ.get("MLCORE_FAILPOINT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
