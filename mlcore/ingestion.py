@@ -17,6 +17,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import uuid
@@ -49,6 +50,7 @@ from mlcore.validation import (
 )
 
 CHUNK_ROWS = 250_000
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -304,6 +306,7 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
         check_columns(src.columns, spec, batch_id)
         out = _stream(src, spec, staging, now)
     except BatchRejected as exc:
+        log.error("%s", exc)
         shutil.rmtree(staging, ignore_errors=True)
         _finish(spec, batch_id, {"state": "rejected", "reason": str(exc), "row_count": rows},
                 [], settings.db_url)
@@ -315,6 +318,7 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
     if reasons:
         shutil.rmtree(staging, ignore_errors=True)
         why = f"batch {batch_id!r}: rejected: {'; '.join(reasons)}"
+        log.error(why)
         _finish(spec, batch_id, {**common, "state": "rejected", "reason": why}, out.violations,
                 settings.db_url)
         raise BatchRejected(why)
@@ -324,6 +328,8 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
     os.replace(raw_staging, raw_dir)
     os.replace(staging, curated)
     failpoint("ingest.after_rename")
+    log.info("batch %r: publishing %d of %d rows; %d quarantined%s", batch_id, out.published,
+             out.rows, out.bad_rows, f" ({dict(out.rules)})" if out.rules else "")
     return _finish(spec, batch_id, {
         **common, "state": "published", "curated_uri": str(curated), "published_at": utcnow(),
         "event_time_min": out.ts_min.to_pydatetime() if out.ts_min is not None else None,

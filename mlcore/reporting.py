@@ -19,7 +19,8 @@ def batches(problem: str, url: str) -> list[dict[str, Any]]:
         return [{"batch_id": b.batch_id, "state": b.state, "rows": b.row_count,
                  "quarantined": b.quarantine_count, "sha256": b.sha256,
                  "source_uri": b.source_uri, "schema_hash": b.schema_hash,
-                 "curated_uri": b.curated_uri} for b in rows]
+                 "curated_uri": b.curated_uri, "code_version": b.code_version,
+                 "reason": b.reason} for b in rows]
 
 
 def summary(problem: str, settings: Settings) -> dict[str, Any]:
@@ -59,7 +60,8 @@ def format_summary(data: dict[str, Any]) -> str:
     out = [f"== Batchloop summary: {data['problem']} (state in {data['home']}) =="]
     out.append("Batches:")
     out += [f"  {b['batch_id']:<10} {b['state']:<9} rows {b['rows']:>7}  quarantined "
-            f"{b['quarantined']:>5}  sha256 {b['sha256'][:12]}" for b in data["batches"]]
+            f"{b['quarantined']:>5}  sha256 {b['sha256'][:12]}"
+            + (f"\n             {b['reason']}" if b["reason"] else "") for b in data["batches"]]
     out.append("Model versions:")
     for m in reversed(data["models"]):
         val = m["metrics"]["validation"][m["algorithm"]]
