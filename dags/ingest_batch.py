@@ -16,9 +16,9 @@ from pathlib import Path
 from airflow.sdk import Param, dag, get_current_context, task
 
 from batchloop_airflow import dag_kwargs, fail_fast, problem_specs, stage_asset
+from batchloop_airflow.tasks import BATCH_ID_PATTERN
 
 STAGE = Path(__file__).stem
-BATCH_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 
 
 def build(problem: str) -> None:

@@ -9,10 +9,13 @@ from typing import Any
 from airflow.sdk import Param, get_current_context, task
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+BATCH_ID_PATTERN = "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # mlcore.batches.BATCH_ID_RE, checked
+# again there: the form refuses bad IDs early, mlcore refuses them whatever the caller.
+
 
 def batch_id_param(what: str) -> Param:
     """The optional ``batch_id`` Param of stages that act on batches named by asset events."""
-    return Param(None, type=["null", "string"], title="Batch ID",
+    return Param(None, type=["null", "string"], pattern=BATCH_ID_PATTERN, title="Batch ID",
                  description=f"Manual runs: the batch to {what}. Empty: the batches of the "
                              "triggering asset events.")
 

@@ -51,14 +51,30 @@ def test_missing_source_fails_once_and_publishes_nothing(airflow_db, mlcore_env,
     assert not (mlcore_env.home / "curated").exists()
 
 
-def test_invalid_batch_id_is_refused_before_the_run(airflow_db, mlcore_env, spec, slices):
+@pytest.mark.parametrize("batch_id", ["../etc", "../../etc/passwd", "a; rm -rf /",
+                                      "x' OR '1'='1", "/etc/passwd", "x" * 10_240])
+def test_hostile_batch_id_param_is_refused_before_the_run(airflow_db, mlcore_env, spec, slices,
+                                                          batch_id):
     from airflow.sdk.exceptions import ParamValidationError
 
     from batchloop_airflow.runner import run_dag
 
-    with pytest.raises(ParamValidationError, match="batch_id"):
-        run_dag(f"{spec.name}__ingest_batch", {"batch_id": "../etc", "source": str(slices[2015])})
+    with pytest.raises(ParamValidationError, match="does not match"):
+        run_dag(f"{spec.name}__ingest_batch", {"batch_id": batch_id, "source": str(slices[2015])})
     assert _batches(mlcore_env.db_url) == set()
+    assert all(p.name.startswith("mlcore.db") for p in mlcore_env.home.iterdir())
+
+
+@pytest.mark.parametrize("stage", ["materialize_features", "score_batch", "monitor_model"])
+def test_hostile_batch_id_is_refused_by_every_per_batch_stage(airflow_db, mlcore_env, spec,
+                                                              stage):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from batchloop_airflow.runner import run_dag
+
+    with pytest.raises(ParamValidationError, match="does not match"):
+        run_dag(f"{spec.name}__{stage}", {"batch_id": "x' OR '1'='1"})
+    assert all(p.name.startswith("mlcore.db") for p in mlcore_env.home.iterdir())
 
 
 def test_conflicting_reingest_is_refused_and_published_data_kept(airflow_db, mlcore_env, spec,

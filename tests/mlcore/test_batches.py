@@ -80,3 +80,11 @@ def test_sha256_file_matches_hashlib(tmp_path, size, chunk):
     path = tmp_path / "blob"
     path.write_bytes(data)
     assert sha256_file(path, chunk=chunk) == hashlib.sha256(data).hexdigest()
+
+
+def test_the_airflow_param_pattern_is_the_mlcore_rule():
+    """The form-level pattern in plugins and the mlcore check must not drift apart."""
+    from batchloop_airflow.tasks import BATCH_ID_PATTERN
+    from mlcore.batches import BATCH_ID_RE
+
+    assert BATCH_ID_PATTERN == BATCH_ID_RE.pattern
