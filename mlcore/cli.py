@@ -1,4 +1,7 @@
-"""``mlcore``: what an operator does by hand. Exit codes: 0 ok/no-op, 2 bad input, 3 conflict."""
+"""``mlcore``: what an operator does by hand.
+
+Exit codes: 0 ok/no-op, 1 a backfill step failed, 2 bad input, 3 conflict.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,7 @@ from typing import Any
 
 from mlcore.config import Settings, get_settings
 
-EXIT_OK, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3
 
 
 def _problem(args: argparse.Namespace, settings: Settings) -> Any:
@@ -88,10 +91,33 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_lineage(args: argparse.Namespace, settings: Settings) -> None:
-    from mlcore.lineage import model_lineage
+    from mlcore.lineage import batch_lineage, model_lineage
 
-    data = model_lineage(_problem(args, settings).name, args.model, settings.db_url)
+    problem = _problem(args, settings).name
+    data = (model_lineage(problem, args.model, settings.db_url) if args.batch is None
+            else batch_lineage(problem, args.batch, settings.db_url))
     _emit(args, data, lambda d: json.dumps(d, indent=2, default=str))
+
+
+def _backfill_text(data: dict[str, Any]) -> str:
+    head = (f"backfill {data['stage']} of {data['problem']} (policy {data['policy']}): "
+            + ", ".join(f"{n} {status}" for status, n in data["counts"].items()))
+    return "\n".join([head, *(
+        f"  {b['batch_id'][:64]:<12} {b['status']}"
+        + (f": {b['detail']}" if b["detail"] else "") for b in data["batches"])])
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
+    from mlcore.backfill import run_backfill
+
+    result = run_backfill(_problem(args, settings), args.stage, args.batches.split(","),
+                          settings, policy=args.policy, order=args.order,
+                          max_workers=args.max_workers)
+    _emit(args, result.to_dict(), _backfill_text)
+    for o in result.outcomes:
+        if o.status == "failed":
+            print(f"error: {o.stage}: {o.error}", file=sys.stderr)
+    return EXIT_BAD_INPUT if result.bad_input else EXIT_FAILED if result.failed else EXIT_OK
 
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
@@ -102,10 +128,12 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (one sub-command per operator verb)."""
+    from mlcore.backfill import ORDERS, POLICIES, STAGES
+
     parser = argparse.ArgumentParser(prog="mlcore", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def verb(name: str, fn: Callable[..., None], help_: str, read: bool = False) -> Any:
+    def verb(name: str, fn: Callable[..., int | None], help_: str, read: bool = False) -> Any:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--problem", help="problem spec name (default: the only one)")
         if read:
@@ -124,8 +152,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", required=True)
     p = verb("rollback", cmd_rollback, "move the champion back to the version it replaced")
     p.add_argument("--reason", required=True)
-    p = verb("lineage", cmd_lineage, "batches, data and decisions behind a model", read=True)
-    p.add_argument("--model", type=int, required=True)
+    p = verb("lineage", cmd_lineage, "what a model came from, or what used a batch", read=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--model", type=int, metavar="V", help="a model version")
+    which.add_argument("--batch", metavar="ID", help="a batch ID")
+    p = verb("backfill", cmd_backfill, "re-run a stage over published batches", read=True)
+    p.add_argument("--stage", required=True, choices=STAGES)
+    p.add_argument("--batches", required=True, metavar="ID,ID,...",
+                   help="comma-separated batch IDs")
+    p.add_argument("--policy", choices=POLICIES, default="missing",
+                   help="missing: not done yet (default); failed: failed last time; all: every one")
+    p.add_argument("--max-workers", type=int, default=1, help="batches run at once (1..8)")
+    p.add_argument("--order", choices=ORDERS, default="given",
+                   help="given (default) or the batches' event time, oldest first")
     verb("report", cmd_report, "the loop's summary", read=True)
     return parser
 
@@ -137,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        args.func(args, get_settings())
+        code: int | None = args.func(args, get_settings())
     except (BatchConflict, AliasConflict) as exc:
         print(f"conflict: {exc}", file=sys.stderr)
         return EXIT_CONFLICT
@@ -146,4 +185,4 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    return EXIT_OK
+    return code or EXIT_OK

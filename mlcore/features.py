@@ -126,6 +126,19 @@ def online_store_lock(settings: Settings) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def ensure_definitions(spec: ProblemSpec, settings: Settings) -> FeatureStore:
+    """The store, with the Feast definitions applied first if ``spec``'s view is missing.
+
+    Applying chdir()s (Feast parses the repo from its folder): call this once before starting
+    threads that materialize.
+    """
+    store = feature_store(settings)
+    if spec.feature_view not in {fv.name for fv in store.list_feature_views()}:
+        apply_definitions(settings)
+        store = feature_store(settings)
+    return store
+
+
 def materialize_batch(spec: ProblemSpec, batch_id: str,
                       settings: Settings) -> MaterializationResult:
     """Engineer a published batch into the offline store and materialize it online (idempotent)."""
@@ -133,10 +146,7 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     frame = engineer(read_curated(batch), spec)
     dest = settings.partition("features", spec.name, batch_id)
     write_offline(frame, dest)
-    store = feature_store(settings)
-    if spec.feature_view not in {fv.name for fv in store.list_feature_views()}:
-        apply_definitions(settings)
-        store = feature_store(settings)
+    store = ensure_definitions(spec, settings)
     start = frame["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
     end = frame["event_timestamp"].max().to_pydatetime() + timedelta(seconds=1)
     # A late or re-run older batch must not regress the online store: materialize up to the

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["ingest_batch", "materialize_features", "score_batch", "monitor_model", "retrain_model"]
+STAGES = ["ingest_batch", "materialize_features", "score_batch", "monitor_model", "retrain_model",
+          "backfill_batches"]
 HEAVY = ["pandas", "sklearn", "feast", "evidently", "scipy", "mlcore.training", "mlcore.features"]
 
 
@@ -54,6 +55,7 @@ def test_task_graphs(bag, spec):
         "train_contender": ["evaluate_contender"],
         "evaluate_contender": ["promote_contender", "should_promote"],
         "should_promote": ["promote_contender"], "promote_contender": []}
+    assert graph("backfill_batches") == {"plan_backfill": ["run_stage"], "run_stage": []}
 
 
 def test_assets_chain_the_stages(bag, spec):
@@ -68,13 +70,43 @@ def test_assets_chain_the_stages(bag, spec):
     assert consumes("retrain_model") == [f"batchloop://{p}/retrain_requests"]
     # retrain also runs on the spec's cron
     assert bag.dags[f"{p}__retrain_model"].timetable.timetable.expression == spec.retrain.schedule
+    # backfill is manual only and emits no stage asset (it must not re-trigger downstream)
+    backfill = bag.dags[f"{p}__backfill_batches"]
+    assert type(backfill.timetable).__name__ == "NullTimetable"
+    assert all(not t.outlets for t in backfill.tasks)
+
+
+def test_backfill_runs_one_mapped_task_per_batch_with_a_fixed_cap(bag, spec):
+    run_stage = bag.dags[f"{spec.name}__backfill_batches"].get_task("run_stage")
+    assert run_stage.max_active_tis_per_dagrun == 4
+
+
+def test_backfill_params_match_the_mlcore_config(bag, spec):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from mlcore.backfill import MAX_BATCHES, ORDERS, POLICIES, STAGES
+    from mlcore.batches import BATCH_ID_RE
+
+    params = bag.dags[f"{spec.name}__backfill_batches"].params
+    schema = {k: params.get_param(k).schema for k in params}
+    assert set(schema) == {"stage", "batch_ids", "policy", "order"}  # no knob without effect
+    assert (schema["stage"]["enum"], schema["policy"]["enum"], schema["order"]["enum"]) == (
+        list(STAGES), list(POLICIES), list(ORDERS))
+    ids = schema["batch_ids"]
+    assert (ids["type"], ids["minItems"], ids["maxItems"], ids["items"]["pattern"]) == (
+        "array", 1, MAX_BATCHES, BATCH_ID_RE.pattern)
+    for bad in ([], ["../etc"], ["a; rm -rf /"], ["x" * 65], [f"b{i}" for i in range(501)]):
+        with pytest.raises(ParamValidationError):
+            params.get_param("batch_ids").resolve(bad)
+    assert params.get_param("batch_ids").resolve(["2015", "b-2.x_1"]) == ["2015", "b-2.x_1"]
 
 
 def test_every_param_maps_to_a_config_field(bag):
+    from mlcore.backfill import BackfillConfig
     from mlcore.config import BatchConfig, IngestConfig, TrainConfig
 
-    fields = set(IngestConfig.model_fields) | set(BatchConfig.model_fields) | set(
-        TrainConfig.model_fields)
+    fields = set().union(*(m.model_fields for m in (IngestConfig, BatchConfig, TrainConfig,
+                                                     BackfillConfig)))
     for dag in bag.dags.values():
         for key, param in dag.params.items():
             assert key in fields, f"{dag.dag_id}: Param {key!r} maps to no mlcore.config field"
@@ -113,4 +145,6 @@ def test_second_spec_adds_a_second_model_family(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     dags, errors = json.loads(out.stdout.strip().splitlines()[-1])
     assert errors == 0
-    assert len(dags) == 10 and sum(d.startswith("census_small__") for d in dags) == 5
+    assert len(dags) == 2 * len(STAGES)
+    assert sorted(d for d in dags if d.startswith("census_small__")) == sorted(
+        f"census_small__{s}" for s in STAGES)

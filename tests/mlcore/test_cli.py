@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from types import SimpleNamespace
 
 import pandas as pd
@@ -13,7 +14,8 @@ from mlcore.config import get_settings
 from mlcore.datasets import DatasetRef
 from mlcore.problems import get_problem
 from mlcore.registry import register_version
-from mlcore.store.session import upgrade
+from mlcore.store.models import Batch, Materialization, Prediction
+from mlcore.store.session import session_scope, upgrade
 
 
 @pytest.fixture
@@ -136,4 +138,100 @@ def test_promote_lists_the_alias_and_is_a_no_op_the_second_time(migrated):
 def test_a_missing_required_argument_is_a_usage_error(migrated):
     with pytest.raises(SystemExit) as exc:
         main(["promote", "1"])
+    assert exc.value.code == 2
+
+
+def add_batch(url: str, batch_id: str, *, materialized: bool = False) -> None:
+    with session_scope(url) as s:
+        s.add(Batch(problem="census_employment", batch_id=batch_id, source_uri="file:///x",
+                    sha256="e" * 64, row_count=10, schema_hash="c" * 64, schema={},
+                    quarantine_count=1, state="published"))
+        if materialized:
+            now = datetime(2015, 12, 31, tzinfo=UTC)
+            s.add(Materialization(problem="census_employment", batch_id=batch_id,
+                                  feature_view="fv", offline_uri="/x", rows=9,
+                                  window_start=now, window_end=now))
+
+
+def test_lineage_needs_exactly_one_of_model_or_batch(migrated):
+    for argv in (["lineage"], ["lineage", "--model", "1", "--batch", "2015"]):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2
+
+
+def test_lineage_of_a_batch_as_json(migrated):
+    add_batch(migrated.url, "2015")
+    version = register(migrated.url)  # trained on 2015
+    with session_scope(migrated.url) as s:
+        s.add_all([Prediction(problem="census_employment", batch_id="2015", entity_key=str(k),
+                              model_version=version, score=0.1) for k in range(4)])
+
+    res = migrated.run("lineage", "--batch", "2015", "--json")
+    assert res.code == 0
+    data = json.loads(res.out)
+    assert (data["batch_id"], data["manifest"]["sha256"], data["manifest"]["quarantine_count"],
+            data["manifest"]["state"]) == ("2015", "e" * 64, 1, "published")
+    assert [m["version"] for m in data["trained_models"]] == [version]
+    assert data["predictions"] == [{"model_version": version, "count": 4}]
+    assert data["holdout_evaluations"] == data["drift_reports"] == []
+    model = json.loads(migrated.run("lineage", "--model", str(version), "--json").out)
+    assert model["judged_on"] == [] and model["version"] == version
+
+
+@pytest.mark.parametrize("batch_id, reason", [("2099", "'2099'"), ("../x", "invalid batch id"),
+                                              ("x' OR '1'='1", "invalid batch id")])
+def test_lineage_of_an_unknown_or_invalid_batch_exits_2(migrated, batch_id, reason):
+    res = migrated.run("lineage", "--batch", batch_id, "--json")
+    assert res.code == 2 and reason in res.err and res.out == ""
+
+
+def test_backfill_of_done_batches_exits_0_and_says_skipped(migrated):
+    add_batch(migrated.url, "2015", materialized=True)
+    add_batch(migrated.url, "2016", materialized=True)
+    res = migrated.run("backfill", "--stage", "materialize", "--batches", "2015,2016")
+    assert res.code == 0 and res.err == ""
+    assert "0 ok, 2 skipped, 0 failed" in res.out
+    assert "2015         skipped: already done" in res.out
+    data = json.loads(migrated.run("backfill", "--stage", "materialize", "--batches", "2016",
+                                   "--json").out)
+    assert [(b["batch_id"], b["status"], b["detail"]) for b in data["batches"]] == [
+        ("2016", "skipped", "already done")]
+    assert not (migrated.home / "backfill").exists()  # no attempt, no ledger
+
+
+def test_backfill_that_fails_at_run_time_exits_1(migrated):
+    add_batch(migrated.url, "2015")
+    res = migrated.run("backfill", "--stage", "score", "--batches", "2015", "--json")
+    assert res.code == 1
+    [batch] = json.loads(res.out)["batches"]
+    assert (batch["status"], batch["bad_input"]) == ("failed", False)
+    assert "error: score: ModelNotFound: batch '2015'" in res.err and "no champion" in res.err
+
+
+def test_backfill_with_unknown_or_invalid_batches_exits_2_naming_them(migrated, tmp_path):
+    add_batch(migrated.url, "2015", materialized=True)
+    res = migrated.run("backfill", "--stage", "materialize", "--batches",
+                       "nope,2015,../../etc/passwd,x' OR '1'='1", "--json")
+    assert res.code == 2
+    data = json.loads(res.out)
+    assert {b["batch_id"]: b["status"] for b in data["batches"]} == {
+        "nope": "failed", "../../etc/passwd": "failed", "x' OR '1'='1": "failed",
+        "2015": "skipped"}
+    for name in ("'nope'", "'../../etc/passwd'", "\"x' OR '1'='1\""):
+        assert name in res.err
+    assert not (migrated.home / "backfill").exists()
+
+
+@pytest.mark.parametrize("argv", [["--max-workers", "0"], ["--max-workers", "9"],
+                                  ["--batches", ",".join(f"b{i}" for i in range(501))]])
+def test_backfill_knobs_out_of_bounds_exit_2(migrated, argv):
+    args = ["backfill", "--stage", "score", "--batches", "2015", *argv]
+    res = migrated.run(*args)
+    assert res.code == 2 and res.err.startswith("error:")
+
+
+def test_backfill_refuses_an_unknown_stage(migrated):
+    with pytest.raises(SystemExit) as exc:
+        main(["backfill", "--stage", "train", "--batches", "2015"])
     assert exc.value.code == 2
