@@ -56,7 +56,8 @@ def cmd_batches(args: argparse.Namespace, settings: Settings) -> None:
     rows = batches(_problem(args, settings).name, settings.db_url)
     _emit(args, rows, lambda rs: "\n".join(
         f"{r['batch_id']:<12} {r['state']:<9} rows {r['rows']:>8} quarantined "
-        f"{r['quarantined']:>6} sha256 {r['sha256'][:12]}" for r in rs) or "no batches")
+        f"{r['quarantined']:>6} sha256 {r['sha256'][:12]}"
+        + (f"\n    {r['reason']}" if r["reason"] else "") for r in rs) or "no batches")
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> None:

@@ -235,3 +235,14 @@ def test_backfill_refuses_an_unknown_stage(migrated):
     with pytest.raises(SystemExit) as exc:
         main(["backfill", "--stage", "train", "--batches", "2015"])
     assert exc.value.code == 2
+
+
+def test_batches_shows_the_rejection_decision(migrated, slices, tmp_path):
+    """A rejected batch's reasons are what an operator sees in `mlcore batches` (and --json)."""
+    bad = tmp_path / "bad.parquet"
+    pd.read_parquet(slices[2015]).drop(columns=["AGEP"]).to_parquet(bad, index=False)
+    assert migrated.run("ingest", str(bad), "--batch-id", "r1").code == 2
+    shown = migrated.run("batches")
+    assert shown.code == 0 and "batch 'r1': missing required columns ['AGEP']" in shown.out
+    (row,) = json.loads(migrated.run("batches", "--json").out)
+    assert row["state"] == "rejected" and "AGEP" in row["reason"]
