@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, select, update
 
@@ -45,6 +46,7 @@ from mlcore.validation import (
     duplicate_mask,
     entity_keys,
     event_time,
+    numeric,
     rejection_reasons,
     row_violations,
 )
@@ -130,19 +132,30 @@ class _Source:
                 yield from pd.read_csv(self.path, chunksize=CHUNK_ROWS)
 
 
-def curate(valid: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
-    """Typed curated frame: key, event_timestamp, features (float/int64), target if present."""
-    out = pd.DataFrame({spec.entity.key: entity_keys(valid[spec.entity.key], spec)
-                        .astype(spec.entity.dtype)})
-    out["event_timestamp"] = event_time(valid[spec.event_time.column], spec).astype(
-        "datetime64[ns, UTC]")
+def curate_table(valid: pd.DataFrame, spec: ProblemSpec,
+                 when: pd.Series | None = None) -> pa.Table:
+    """Typed curated rows as Arrow: key, event_timestamp, features (float64/int64), target.
+
+    Built column by column from numpy (no pandas frame to consolidate and re-index).
+    """
+    key = entity_keys(valid[spec.entity.key], spec).to_numpy().astype(spec.entity.dtype)
+    when = event_time(valid[spec.event_time.column], spec) if when is None else when
+    cols: dict[str, pa.Array] = {
+        spec.entity.key: pa.array(key),
+        "event_timestamp": pa.array(pd.DatetimeIndex(when).asi8, pa.timestamp("ns", tz="UTC")),
+    }
     for feat in spec.features:
-        values = pd.to_numeric(valid[feat.name].astype("object"))
-        out[feat.name] = values.astype("float64" if feat.kind == "numeric" else "int64")
+        kind = "float64" if feat.kind == "numeric" else "int64"
+        cols[feat.name] = pa.array(numeric(valid[feat.name]).to_numpy().astype(kind))
     if spec.target.name in valid.columns:
-        out[spec.target.name] = pd.to_numeric(valid[spec.target.name].astype("object")).astype(
-            "int64")
-    return out.reset_index(drop=True)
+        cols[spec.target.name] = pa.array(numeric(valid[spec.target.name]).to_numpy()
+                                          .astype("int64"))
+    return pa.table(cols)
+
+
+def curate(valid: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
+    """``curate_table`` as a pandas frame."""
+    return curate_table(valid, spec).to_pandas()
 
 
 @dataclass
@@ -171,13 +184,12 @@ def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime) -> _O
             if not out.schema:
                 out.schema = {str(c): str(t) for c, t in chunk.dtypes.items()}
             n = len(chunk)
-            dup = dups[out.rows:out.rows + n]
-            bad, violations = row_violations(chunk, spec, now, out.rows, dup)
-            curated = curate(chunk.loc[~bad], spec)
-            table = pa.Table.from_pandas(curated, preserve_index=False)
+            dup, when = dups[out.rows:out.rows + n], event_time(chunk[time_col], spec)
+            bad, violations = row_violations(chunk, spec, now, out.rows, dup, when)
+            table = curate_table(chunk.loc[~bad], spec, when[~bad])
             writer = writer or pq.ParquetWriter(staging / "part-0.parquet", table.schema)
             writer.write_table(table)
-            _tally(out, n, bad, violations, curated["event_timestamp"])
+            _tally(out, n, bad, violations, table.column("event_timestamp"))
             failpoint("ingest.mid_write")
     finally:
         if writer is not None:
@@ -186,7 +198,7 @@ def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime) -> _O
 
 
 def _tally(out: _Outcome, n: int, bad: np.ndarray, violations: pd.DataFrame,
-           ts: pd.Series) -> None:
+           ts: pa.ChunkedArray) -> None:
     out.rows += n
     out.bad_rows += int(bad.sum())
     out.published += n - int(bad.sum())
@@ -194,8 +206,9 @@ def _tally(out: _Outcome, n: int, bad: np.ndarray, violations: pd.DataFrame,
     if len(violations):
         out.violations.append(violations)
     if len(ts):
-        out.ts_min = min(x for x in (out.ts_min, ts.min()) if x is not None)
-        out.ts_max = max(x for x in (out.ts_max, ts.max()) if x is not None)
+        lo, hi = (pd.Timestamp(v.as_py()) for v in pc.min_max(ts).values())
+        out.ts_min = min(x for x in (out.ts_min, lo) if x is not None)
+        out.ts_max = max(x for x in (out.ts_max, hi) if x is not None)
 
 
 @contextlib.contextmanager

@@ -67,35 +67,73 @@ def check_schema(df: pd.DataFrame, spec: ProblemSpec, batch_id: str) -> None:
         raise BatchRejected(f"batch {batch_id!r}: no rows")
 
 
+def numeric(col: pd.Series) -> pd.Series:
+    """Values as float64, NaN where not a number. Parses each distinct category once.
+
+    Profiled: parsing ``col.astype(object)`` row by row was 65 % of ingestion time; parquet
+    hands categorical codes over dictionary-encoded, so the categories are what to parse.
+    """
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats = pd.to_numeric(pd.Series(col.cat.categories.astype("object")), errors="coerce")
+        values = np.append(cats.to_numpy(dtype="float64"), np.nan)
+        return pd.Series(values[col.cat.codes.to_numpy()], index=col.index)  # code -1 -> NaN
+    if pd.api.types.is_bool_dtype(col.dtype):
+        return col.astype("float64")
+    if pd.api.types.is_numeric_dtype(col.dtype):
+        return col.astype("float64")
+    return pd.to_numeric(col.astype("object"), errors="coerce").astype("float64")
+
+
 def event_time(col: pd.Series, spec: ProblemSpec) -> pd.Series:
     """Parsed event times (UTC), NaT where invalid; years must be whole and in pandas' range."""
     if spec.event_time.kind == "timestamp":
         return pd.to_datetime(col, errors="coerce", utc=True, format="ISO8601")
-    year = pd.to_numeric(col.astype("object"), errors="coerce")
+    year = numeric(col)
     year = year.where((year == year.round()) & year.between(1678, 2261))
-    text = year.astype("Int64").astype("string") + "-12-31"
-    return pd.to_datetime(text, errors="coerce", utc=True)
+    distinct = year.dropna().unique()  # a handful of years: parse each once, then look up
+    stamps = pd.to_datetime([f"{int(y)}-12-31" for y in distinct], utc=True)
+    where = pd.Index(distinct).get_indexer(year)
+    values = np.where(where >= 0, stamps.asi8[where] if len(stamps) else 0, np.iinfo("int64").min)
+    return pd.Series(pd.to_datetime(values, utc=True), index=col.index)
 
 
 def entity_keys(col: pd.Series, spec: ProblemSpec) -> pd.Series:
     """Keys as the spec's dtype; NaN where a value is not a valid key (1.5, "abc")."""
     if spec.entity.dtype != "int64":
         return col.astype("object").where(col.notna())
-    key = pd.to_numeric(col.astype("object"), errors="coerce")
+    if pd.api.types.is_integer_dtype(col.dtype):
+        return col.astype("float64") if col.hasnans else col
+    key = numeric(col)
     return key.where(key == key.round())
 
 
 def duplicate_mask(keys: pd.Series, times: pd.Series) -> np.ndarray:
-    """True for every row whose (entity, event time) appears more than once."""
-    pairs = pd.DataFrame({"k": keys.to_numpy(), "t": times.to_numpy()})
-    return np.asarray(pairs.duplicated(keep=False) & pairs.notna().all(axis=1))
+    """True for every row whose (entity, event time) appears more than once.
+
+    Sorts int64 pairs instead of hashing Python objects (10M rows: ~1 GiB less memory).
+    """
+    valid = (keys.notna() & times.notna()).to_numpy()
+    if keys.dtype == object:
+        k = pd.factorize(keys)[0].astype("int64")
+    else:
+        k = keys.fillna(0).to_numpy().astype("int64")
+    t = pd.DatetimeIndex(times).asi8
+    idx = np.flatnonzero(valid)
+    order = idx[np.lexsort((t[idx], k[idx]))]
+    ks, ts = k[order], t[order]
+    same = (ks[1:] == ks[:-1]) & (ts[1:] == ts[:-1])
+    dup = np.zeros(len(keys), dtype=bool)
+    dup[order[1:][same]] = True
+    dup[order[:-1][same]] = True
+    return dup
 
 
-def _row_rules(df: pd.DataFrame, spec: ProblemSpec, now: datetime,
-               duplicates: np.ndarray | None) -> dict[str, tuple[pd.Series, str]]:
+def _row_rules(df: pd.DataFrame, spec: ProblemSpec, now: datetime, duplicates: np.ndarray | None,
+               when: pd.Series | None) -> dict[str, tuple[pd.Series, str]]:
     """Each rule as (mask of failing rows, reason). Vectorized: one pass per column."""
     raw_key = df[spec.entity.key]
-    key, when = entity_keys(raw_key, spec), event_time(df[spec.event_time.column], spec)
+    key = entity_keys(raw_key, spec)
+    when = event_time(df[spec.event_time.column], spec) if when is None else when
     if duplicates is None:
         duplicates = duplicate_mask(key, when)
     horizon = pd.Timestamp(now) + pd.Timedelta(seconds=spec.validation.max_future_seconds)
@@ -111,32 +149,35 @@ def _row_rules(df: pd.DataFrame, spec: ProblemSpec, now: datetime,
                                                  f"{horizon.isoformat()}"),
     }
     for feat in spec.features:
-        col = pd.to_numeric(df[feat.name].astype("object"), errors="coerce")
+        col = numeric(df[feat.name])
         if feat.kind == "categorical":
-            rules[f"{feat.name}_not_allowed"] = (~col.isin(list(feat.values or ())),
+            # numpy's isin compares against a small set pass by pass: ~10x pandas' hash isin
+            allowed = np.isin(col.to_numpy(), np.asarray(feat.values or (), dtype="float64"))
+            rules[f"{feat.name}_not_allowed"] = (pd.Series(~allowed, index=col.index),
                                                  f"{feat.name} not in its allowed values")
             continue
         lo = -np.inf if feat.min is None else feat.min
         hi = np.inf if feat.max is None else feat.max
-        rules[f"{feat.name}_not_finite"] = (~np.isfinite(col.astype("float64")),
+        rules[f"{feat.name}_not_finite"] = (~np.isfinite(col),
                                             f"{feat.name} is missing, NaN, inf or not a number")
-        rules[f"{feat.name}_out_of_range"] = (np.isfinite(col.astype("float64"))
-                                              & ((col < lo) | (col > hi)),
+        rules[f"{feat.name}_out_of_range"] = (np.isfinite(col) & ((col < lo) | (col > hi)),
                                               f"{feat.name} outside [{lo}, {hi}]")
     if spec.target.name in df.columns:
-        target = pd.to_numeric(df[spec.target.name].astype("object"), errors="coerce")
+        target = numeric(df[spec.target.name])
         rules["target_invalid"] = (~target.isin([0, 1]), f"{spec.target.name} is not 0 or 1")
     return rules
 
 
 def row_violations(df: pd.DataFrame, spec: ProblemSpec, now: datetime, offset: int = 0,
-                   duplicates: np.ndarray | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+                   duplicates: np.ndarray | None = None,
+                   when: pd.Series | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Bad-row mask and violations of one chunk; ``offset`` is the chunk's first row number.
 
-    ``duplicates`` is the chunk's slice of a whole-file duplicate mask (None: this chunk only).
+    ``duplicates`` is the chunk's slice of a whole-file duplicate mask (None: this chunk only);
+    ``when`` its parsed event times when the caller already has them.
     """
     frames, bad = [], np.zeros(len(df), dtype=bool)
-    for rule, (mask, reason) in _row_rules(df, spec, now, duplicates).items():
+    for rule, (mask, reason) in _row_rules(df, spec, now, duplicates, when).items():
         failing = np.asarray(mask.fillna(True), dtype=bool)
         if failing.any():
             rows = np.flatnonzero(failing) + offset

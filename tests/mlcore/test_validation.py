@@ -198,3 +198,35 @@ def test_a_timestamp_event_time_accepts_every_iso_8601_shape(ts_spec):
     df["ts"] = ["2020-01-01", "2020-06-01 12:00:00+02:00", "2020-03-01T08:00:00Z"]
     result = validate_rows(df, ts_spec, "b1")
     assert result.violations.empty and len(result.valid) == 3
+
+
+# The fast paths (profile-guided, see benchmarks/BENCHMARKS.md) must quarantine exactly what the
+# plain row-by-row versions would.
+
+@pytest.mark.parametrize("values", [
+    pd.Series(["1", "2", "x", None, "2", "3.5"], dtype="category"),
+    pd.Series([1, 2, 3, 2]),
+    pd.Series([1.5, float("inf"), None, 3.0]),
+    pd.Series(["4", 5, "five", None, 6.25], dtype=object),
+    pd.Series([True, False]),
+])
+def test_numeric_matches_row_by_row_parsing(values):
+    from mlcore.validation import numeric
+
+    expected = pd.to_numeric(values.astype("object"), errors="coerce").astype("float64")
+    pd.testing.assert_series_equal(numeric(values), expected, check_names=False)
+
+
+def test_duplicate_mask_matches_pandas_duplicated():
+    import numpy as np
+
+    from mlcore.validation import duplicate_mask
+
+    rng = np.random.default_rng(0)
+    keys = pd.Series(rng.integers(0, 300, 2000).astype("float64"))
+    keys[rng.integers(0, 2000, 50)] = np.nan
+    times = pd.Series(pd.to_datetime(rng.choice(["2015-12-31", "2016-12-31"], 2000), utc=True))
+    times[rng.integers(0, 2000, 30)] = pd.NaT
+    pairs = pd.DataFrame({"k": keys, "t": times})
+    expected = (pairs.duplicated(keep=False) & pairs.notna().all(axis=1)).to_numpy()
+    assert (duplicate_mask(keys, times) == expected).all() and expected.any()
