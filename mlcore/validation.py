@@ -178,7 +178,8 @@ def row_violations(df: pd.DataFrame, spec: ProblemSpec, now: datetime, offset: i
     """
     frames, bad = [], np.zeros(len(df), dtype=bool)
     for rule, (mask, reason) in _row_rules(df, spec, now, duplicates, when).items():
-        failing = np.asarray(mask.fillna(True), dtype=bool)
+        values = np.asarray(mask)
+        failing = values if values.dtype == bool else np.asarray(mask.fillna(True), dtype=bool)
         if failing.any():
             rows = np.flatnonzero(failing) + offset
             frames.append(pd.DataFrame({"row_number": rows, "rule": rule, "reason": reason}))
