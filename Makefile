@@ -20,7 +20,7 @@ export PYTHONPATH := $(CURDIR)/plugins
 export PATH := $(VENV)/bin:$(PATH)
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning
 
-.PHONY: install demo test test-slow lint up clean
+.PHONY: install demo test test-slow lint up bench clean
 
 $(UV):
 	$(PY_BOOT) -m venv $(BOOT)
@@ -47,6 +47,9 @@ test: install ## the test suite (needs PostgreSQL on 127.0.0.1:5432)
 
 test-slow: install ## tests marked slow (full-size data)
 	$(PY) -m pytest -q -m slow
+
+bench: install ## ratio benchmarks (results in benchmarks/BENCHMARKS.md)
+	$(PY) benchmarks/bench_ingest.py
 
 lint: install
 	$(VENV)/bin/ruff check .
