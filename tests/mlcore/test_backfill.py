@@ -217,7 +217,7 @@ def test_a_failed_batch_is_redone_alone_under_the_failed_policy(spec, slices, se
 
     first = run_backfill(spec, "materialize", ["2015", "2016", "2017"], settings, max_workers=2)
     status = {o.batch_id: o for o in first.outcomes}
-    assert (status["2015"].status, status["2017"].status) == ("ok", "ok")
+    assert (status["2015"].status, status["2017"].status) == ("ok", "ok"), first.to_dict()
     assert status["2016"].status == "failed" and not status["2016"].bad_input
     assert "FileNotFoundError" in status["2016"].error
     assert first.failed and not first.bad_input
