@@ -4,7 +4,6 @@ and build point-in-time-correct frames for training and scoring."""
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import sys
@@ -20,6 +19,7 @@ from sqlalchemy import delete, func, select
 
 from mlcore.config import Settings
 from mlcore.ingestion import get_batch, read_curated
+from mlcore.locks import file_lock
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch, Materialization
 from mlcore.store.session import session_scope
@@ -116,14 +116,8 @@ def online_store_lock(settings: Settings) -> Iterator[None]:
     Feast opens it without a busy timeout, so two concurrent materializations (two mapped tasks,
     two problems) fail with "database is locked". Server stores need no lock.
     """
-    lock_path = settings.home / "feast" / "online_store.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with lock_path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(settings.home / "feast" / "online_store.lock"):
+        yield
 
 
 def ensure_definitions(spec: ProblemSpec, settings: Settings) -> FeatureStore:

@@ -14,7 +14,6 @@ Publishing protocol (a crash at any step leaves nothing half-visible; a re-run p
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -37,6 +36,7 @@ from sqlalchemy import delete, insert, select, update
 
 from mlcore.batches import BatchConflict, BatchNotFound, BatchRejected, check_batch_id, sha256_file
 from mlcore.config import Settings
+from mlcore.locks import file_lock
 from mlcore.problems import ProblemSpec
 from mlcore.provenance import code_version, failpoint
 from mlcore.store.models import Batch, QuarantinedRow, utcnow
@@ -214,14 +214,8 @@ def _tally(out: _Outcome, n: int, bad: np.ndarray, violations: pd.DataFrame,
 @contextlib.contextmanager
 def _batch_lock(settings: Settings, problem: str, batch_id: str) -> Iterator[None]:
     """One writer per batch at a time (two runs of the same batch at once queue up here)."""
-    path = settings.home / "locks" / f"ingest-{problem}-{batch_id}.lock"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    with file_lock(settings.home / "locks" / f"ingest-{problem}-{batch_id}.lock"):
+        yield
 
 
 def _clear_staging(final: Path) -> None:

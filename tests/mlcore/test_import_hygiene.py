@@ -14,7 +14,7 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.ingestion", "mlcore.features", "mlcore.datasets", "mlcore.training",
            "mlcore.evaluation", "mlcore.registry", "mlcore.scoring", "mlcore.monitoring",
            "mlcore.reporting", "mlcore.lineage", "mlcore.cli", "mlcore.store.models",
-           "mlcore.store.session", "mlcore.provenance",
+           "mlcore.store.session", "mlcore.provenance", "mlcore.locks",
            "mlcore.backfill"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
