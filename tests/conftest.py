@@ -145,3 +145,17 @@ def mlcore_env(tmp_path, monkeypatch):
     upgrade(settings.db_url)
     yield settings
     get_settings.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def run_or_error():
+    """Run a DAG with ``dag.test()``: (result, None) on success, (None, message) on failure."""
+    from batchloop_airflow.runner import DagRunFailed, run_dag
+
+    def _run(dag_id, conf):
+        try:
+            return run_dag(dag_id, conf), None
+        except DagRunFailed as exc:
+            return None, str(exc)
+
+    return _run

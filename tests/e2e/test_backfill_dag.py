@@ -13,19 +13,6 @@ from mlcore.store.models import Materialization
 from mlcore.store.session import session_scope
 
 
-@pytest.fixture(scope="module")
-def runner():
-    from batchloop_airflow.runner import DagRunFailed, run_dag
-
-    def _run(dag_id, conf):
-        try:
-            return run_dag(dag_id, conf), None
-        except DagRunFailed as exc:
-            return None, str(exc)
-
-    return _run
-
-
 def _ledger(settings, problem):
     path = settings.home / "backfill" / f"problem={problem}" / "materialize.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()]
@@ -47,12 +34,12 @@ def _tries(dag_id):
                                              TaskInstance.dag_id == dag_id)}
 
 
-def test_backfill_dag_over_two_batches(airflow_db, mlcore_env, slices, spec, runner):
+def test_backfill_dag_over_two_batches(airflow_db, mlcore_env, slices, spec, run_or_error):
     dag_id, settings = f"{spec.name}__backfill_batches", mlcore_env
     for year in (2015, 2016):
         ingest_batch(spec, str(slices[year]), str(year), settings)
 
-    result, error = runner(dag_id, {"stage": "materialize", "batch_ids": ["2016", "2015"],
+    result, error = run_or_error(dag_id, {"stage": "materialize", "batch_ids": ["2016", "2015"],
                                     "order": "event_time"})
     assert error is None
     tasks = result["tasks"]
@@ -65,14 +52,14 @@ def test_backfill_dag_over_two_batches(airflow_db, mlcore_env, slices, spec, run
         ("2015", "ok"), ("2016", "ok")]
 
     # re-run under "missing": nothing to plan, run_stage skipped, nothing rewritten
-    again, error = runner(dag_id, {"stage": "materialize", "batch_ids": ["2015", "2016"]})
+    again, error = run_or_error(dag_id, {"stage": "materialize", "batch_ids": ["2015", "2016"]})
     assert error is None and again["tasks"]["plan_backfill"]["value"] == []
     assert {k: v["state"] for k, v in again["tasks"].items() if k.startswith("run_stage")} == {
         "run_stage": "skipped"}
     assert _materialized(settings.db_url) == done and len(_ledger(settings, spec.name)) == 2
 
     # an unknown batch fails alone (bad input: no retry); the other batch still runs
-    _, error = runner(dag_id, {"stage": "materialize", "batch_ids": ["nope", "2016"],
+    _, error = run_or_error(dag_id, {"stage": "materialize", "batch_ids": ["nope", "2016"],
                                "policy": "all"})
     assert error is not None and "run_stage" in error
     tries = _tries(dag_id)

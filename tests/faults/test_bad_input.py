@@ -12,19 +12,6 @@ from mlcore.store.models import Batch, Prediction
 from mlcore.store.session import session_scope
 
 
-@pytest.fixture(scope="module")
-def run():
-    from batchloop_airflow.runner import DagRunFailed, run_dag
-
-    def _run(dag_id, conf):
-        try:
-            return run_dag(dag_id, conf), None
-        except DagRunFailed as exc:
-            return None, str(exc)
-
-    return _run
-
-
 def _task_tries(dag_id):
     from airflow.models import DagRun, TaskInstance
     from airflow.utils.session import create_session
@@ -41,10 +28,11 @@ def _batches(url):
         return {(b.batch_id, b.state) for b in s.scalars(select(Batch))}
 
 
-def test_missing_source_fails_once_and_publishes_nothing(airflow_db, mlcore_env, spec, run,
+def test_missing_source_fails_once_and_publishes_nothing(airflow_db, mlcore_env, spec, run_or_error,
                                                          tmp_path):
     dag_id = f"{spec.name}__ingest_batch"
-    result, error = run(dag_id, {"batch_id": "b1", "source": str(tmp_path / "nope.parquet")})
+    missing = str(tmp_path / "nope.parquet")
+    result, error = run_or_error(dag_id, {"batch_id": "b1", "source": missing})
     assert result is None and "failed" in error
     assert _task_tries(dag_id)["ingest_batch"] == ("failed", 1)  # bad input: no retries
     assert _batches(mlcore_env.db_url) == set()
@@ -78,67 +66,67 @@ def test_hostile_batch_id_is_refused_by_every_per_batch_stage(airflow_db, mlcore
 
 
 def test_conflicting_reingest_is_refused_and_published_data_kept(airflow_db, mlcore_env, spec,
-                                                                 slices, run, tmp_path):
+                                                                 slices, run_or_error, tmp_path):
     dag_id = f"{spec.name}__ingest_batch"
-    assert run(dag_id, {"batch_id": "b2", "source": str(slices[2015])})[1] is None
+    assert run_or_error(dag_id, {"batch_id": "b2", "source": str(slices[2015])})[1] is None
     curated = mlcore_env.partition("curated", spec.name, "b2") / "part-0.parquet"
     before = hashlib.sha256(curated.read_bytes()).hexdigest()
     other = tmp_path / "other.parquet"
     pd.read_parquet(slices[2015]).head(100).to_parquet(other)
-    _, error = run(dag_id, {"batch_id": "b2", "source": str(other)})
+    _, error = run_or_error(dag_id, {"batch_id": "b2", "source": str(other)})
     assert error is not None
     assert _task_tries(dag_id)["ingest_batch"] == ("failed", 1)
     assert hashlib.sha256(curated.read_bytes()).hexdigest() == before
     assert _batches(mlcore_env.db_url) == {("b2", "published")}
 
 
-def test_rejected_batch_names_batch_and_cause(airflow_db, mlcore_env, spec, slices, run,
+def test_rejected_batch_names_batch_and_cause(airflow_db, mlcore_env, spec, slices, run_or_error,
                                               tmp_path, caplog):
     bad = tmp_path / "bad.parquet"
     pd.read_parquet(slices[2015]).drop(columns=["AGEP"]).to_parquet(bad)
     dag_id = f"{spec.name}__ingest_batch"
-    _, error = run(dag_id, {"batch_id": "b3", "source": str(bad)})
+    _, error = run_or_error(dag_id, {"batch_id": "b3", "source": str(bad)})
     assert error is not None
     assert _batches(mlcore_env.db_url) == {("b3", "rejected")}
     assert not mlcore_env.partition("curated", spec.name, "b3").exists()
     assert "batch 'b3': missing required columns ['AGEP']" in caplog.text
 
 
-def test_materialize_without_batch_id_fails_fast(airflow_db, mlcore_env, spec, run):
+def test_materialize_without_batch_id_fails_fast(airflow_db, mlcore_env, spec, run_or_error):
     dag_id = f"{spec.name}__materialize_features"
-    _, error = run(dag_id, {})
+    _, error = run_or_error(dag_id, {})
     assert error is not None
     assert _task_tries(dag_id)["resolve_batches"] == ("failed", 1)
 
 
 def test_scoring_without_champion_is_skipped_not_failed(airflow_db, mlcore_env, spec, slices,
-                                                        run):
-    run(f"{spec.name}__ingest_batch", {"batch_id": "s1", "source": str(slices[2016])})
-    result, error = run(f"{spec.name}__score_batch", {"batch_id": "s1"})
+                                                        run_or_error):
+    run_or_error(f"{spec.name}__ingest_batch", {"batch_id": "s1", "source": str(slices[2016])})
+    result, error = run_or_error(f"{spec.name}__score_batch", {"batch_id": "s1"})
     assert error is None
     assert result["tasks"]["score_batch[0]"]["state"] == "skipped"
 
 
-def test_tampered_artifact_is_never_loaded(airflow_db, mlcore_env, spec, slices, run):
+def test_tampered_artifact_is_never_loaded(airflow_db, mlcore_env, spec, slices, run_or_error):
     p = spec.name
-    run(f"{p}__ingest_batch", {"batch_id": "t1", "source": str(slices[2015])})
-    run(f"{p}__materialize_features", {"batch_id": "t1"})
-    result, error = run(f"{p}__retrain_model", {"until_batch": "t1"})
+    run_or_error(f"{p}__ingest_batch", {"batch_id": "t1", "source": str(slices[2015])})
+    run_or_error(f"{p}__materialize_features", {"batch_id": "t1"})
+    result, error = run_or_error(f"{p}__retrain_model", {"until_batch": "t1"})
     assert error is None
     artifact = result["tasks"]["train_contender"]["value"]["artifact_uri"]
     with open(artifact, "ab") as fh:
         fh.write(b"tampered")
-    _, error = run(f"{p}__score_batch", {"batch_id": "t1"})
+    _, error = run_or_error(f"{p}__score_batch", {"batch_id": "t1"})
     assert error is not None
     assert _task_tries(f"{p}__score_batch")["score_batch"] == ("failed", 1)
     with session_scope(mlcore_env.db_url) as s:
         assert s.scalars(select(Prediction)).first() is None
 
 
-def test_a_run_never_inherits_the_previous_runs_params(airflow_db, mlcore_env, spec, run):
+def test_a_run_never_inherits_the_previous_runs_params(airflow_db, mlcore_env, spec, run_or_error):
     """Regression: in-process runs leaked one run's batch_id into the next run's Params."""
     dag_id = f"{spec.name}__materialize_features"
-    _, error = run(dag_id, {"batch_id": "zzz"})
+    _, error = run_or_error(dag_id, {"batch_id": "zzz"})
     assert "materialize_batch" in error  # got as far as the (unpublished) batch
-    _, error = run(dag_id, {})
+    _, error = run_or_error(dag_id, {})
     assert _task_tries(dag_id)["resolve_batches"] == ("failed", 1)
