@@ -40,7 +40,7 @@ def test_backfill_dag_over_two_batches(airflow_db, mlcore_env, slices, spec, run
         ingest_batch(spec, str(slices[year]), str(year), settings)
 
     result, error = run_or_error(dag_id, {"stage": "materialize", "batch_ids": ["2016", "2015"],
-                                    "order": "event_time"})
+                                          "order": "event_time"})
     assert error is None
     tasks = result["tasks"]
     assert tasks["plan_backfill"]["value"] == ["2015", "2016"]
@@ -48,7 +48,9 @@ def test_backfill_dag_over_two_batches(airflow_db, mlcore_env, slices, spec, run
     assert all(tasks[f"run_stage[{i}]"]["value"]["rows"] == 1500 for i in (0, 1))
     done = _materialized(settings.db_url)
     assert set(done) == {"2015", "2016"}
-    assert [(e["batch_id"], e["status"]) for e in _ledger(settings, spec.name)] == [
+    # Mapped tasks may finish in either order (the DAG doc promises map-index order only for
+    # starting them; the CLI's strict order is tested in tests/mlcore/test_backfill.py).
+    assert sorted((e["batch_id"], e["status"]) for e in _ledger(settings, spec.name)) == [
         ("2015", "ok"), ("2016", "ok")]
 
     # re-run under "missing": nothing to plan, run_stage skipped, nothing rewritten
