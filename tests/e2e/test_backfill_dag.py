@@ -62,7 +62,7 @@ def test_backfill_dag_over_two_batches(airflow_db, mlcore_env, slices, spec, run
 
     # an unknown batch fails alone (bad input: no retry); the other batch still runs
     _, error = run_or_error(dag_id, {"stage": "materialize", "batch_ids": ["nope", "2016"],
-                               "policy": "all"})
+                                     "policy": "all"})
     assert error is not None and "run_stage" in error
     tries = _tries(dag_id)
     assert tries[("run_stage", 0)] == ("failed", 1) and tries[("run_stage", 1)][0] == "success"
