@@ -2,18 +2,24 @@
 ### Retrain the model
 
 Builds a point-in-time training set from Feast over the published labelled batches (the newest
-one is the frozen holdout neither model trains on), trains a contender from the spec's candidate
-algorithms, evaluates it against the `champion` on that holdout (metric delta with a bootstrap
-confidence interval, the spec's thresholds), and promotes it by compare-and-set only when it is
-clearly better. "Too close to call" keeps the champion.
+one is the frozen holdout neither model trains on, checked by row key), trains a contender from
+the spec's candidate algorithms (a small grid each, seeded, with a reproducibility record),
+evaluates it against the `champion` on that holdout (metric delta with a paired-bootstrap
+confidence interval, the spec's floor, improvement, margin and guardrails), writes a run card,
+and promotes it by compare-and-set only on `promote`. Outcomes: `promote`, `keep: worse`,
+`keep: too close to call` (the contender becomes the `challenger`, for shadow scoring),
+`reject: failed floor/guardrail`. With `promotion.require_approval` in the spec, a human approves
+the promotion in the UI (Required Actions) first; no answer in time means reject.
 
 Runs on the spec's cron schedule, whenever `monitor_model` files a retrain request, or manually.
 """
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
+from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import (
     AssetOrTimeSchedule,
     CronTriggerTimetable,
@@ -28,7 +34,14 @@ from batchloop_airflow import dag_kwargs, fail_fast, problem_specs, stage_asset
 STAGE = Path(__file__).stem
 
 
-def build(problem: str, cron: str | None, algorithms: list[str]) -> None:
+SUMMARY = """**{outcome}** — contender v{contender_version} vs champion v{champion_version}
+
+{reason}
+
+Run card: `{run_card}`"""
+
+
+def build(problem: str, cron: str | None, algorithms: list[str], approval: bool) -> None:
     requests, champion = stage_asset(problem, "retrain_requests"), stage_asset(problem, "champion")
     schedule = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
                                     assets=[requests]) if cron else [requests])
@@ -77,8 +90,28 @@ def build(problem: str, cron: str | None, algorithms: list[str]) -> None:
             from mlcore.problems import get_problem
 
             with fail_fast():
-                return run(get_problem(problem), DatasetRef.from_dict(dataset),
-                           contender["version"], get_settings())
+                decision = run(get_problem(problem), DatasetRef.from_dict(dataset),
+                               contender["version"], get_settings())
+            summary = SUMMARY.format(**decision)
+            print(summary)  # the task log shows the outcome and where the run card is
+            return {**decision, "summary": summary}
+
+        @task
+        def mark_challenger(decision: dict) -> int | None:
+            """A too-close contender is shadow-scored next to the champion as `challenger`."""
+            from mlcore.config import get_settings
+            from mlcore.evaluation import KEEP_TOO_CLOSE
+            from mlcore.registry import CHALLENGER, alias_holder, move_alias
+
+            if decision["outcome"] != KEEP_TOO_CLOSE:
+                return None
+            url = get_settings().db_url
+            with fail_fast():
+                move_alias(problem, alias=CHALLENGER, url=url, new=decision["contender_version"],
+                           expected=alias_holder(problem, url, CHALLENGER),
+                           reason=decision["reason"], evaluation_id=decision["evaluation_id"],
+                           actor=f"airflow:{get_current_context()['run_id']}")
+            return int(decision["contender_version"])
 
         @task.short_circuit
         def should_promote(decision: dict) -> bool:
@@ -98,10 +131,18 @@ def build(problem: str, cron: str | None, algorithms: list[str]) -> None:
 
         dataset = build_dataset()
         decision = evaluate_contender(dataset, train_contender(dataset))
-        should_promote(decision) >> promote_contender(decision)
+        mark_challenger(decision)
+        gate = should_promote(decision)
+        if approval:
+            gate = gate >> ApprovalOperator(
+                task_id="approve_promotion", subject=f"Promote the {problem} contender?",
+                body="{{ ti.xcom_pull(task_ids='evaluate_contender')['summary'] }}",
+                defaults=["Reject"], response_timeout=timedelta(hours=24))
+        gate >> promote_contender(decision)
 
     retrain_model_dag()
 
 
 for _spec in problem_specs():
-    build(_spec.name, _spec.retrain.schedule, sorted(_spec.algorithms))
+    build(_spec.name, _spec.retrain.schedule, sorted(_spec.algorithms),
+          _spec.promotion.require_approval)

@@ -1,6 +1,7 @@
 """``mlcore``: what an operator does by hand.
 
-Exit codes: 0 ok/no-op, 1 a backfill step failed, 2 bad input, 3 conflict.
+Exit codes: 0 ok/no-op, 1 a backfill step failed or a reproduction differed, 2 bad input,
+3 conflict, 4 refused by the promotion checks.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from mlcore.config import Settings, get_settings
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CONFLICT = 0, 1, 2, 3
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_REFUSED = 0, 1, 2, 3, 4
 
 
 def _problem(args: argparse.Namespace, settings: Settings) -> Any:
@@ -70,17 +71,46 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
         or "no models")
 
 
-def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
-    from mlcore.registry import alias_holder, move_alias
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
+    from mlcore.evaluation import promote_version
+    from mlcore.registry import CHAMPION, alias_holder, get_version, move_alias
 
-    problem = _problem(args, settings).name
-    current = alias_holder(problem, settings.db_url)
+    spec = _problem(args, settings)
+    current = alias_holder(spec.name, settings.db_url, args.alias)
     if current == args.version:
-        print(f"v{args.version} is already champion (no-op)")
-        return
-    move_alias(problem, expected=current, new=args.version, reason=args.reason,
-               url=settings.db_url, action="manual")
-    print(f"champion of {problem}: v{current} -> v{args.version}")
+        print(f"v{args.version} is already {args.alias} (no-op)")
+        return EXIT_OK
+    if args.alias != CHAMPION:  # the challenger is only shadow-scored: no checks to pass
+        get_version(spec.name, args.version, settings.db_url)
+        move_alias(spec.name, expected=current, new=args.version, reason=args.reason,
+                   url=settings.db_url, action="manual", alias=args.alias)
+        print(f"{args.alias} of {spec.name}: v{current} -> v{args.version}")
+        return EXIT_OK
+    result = promote_version(spec, args.version, args.reason, settings, force=args.force)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    elif result["promoted"]:
+        print(f"champion of {spec.name}: v{current} -> v{args.version} ({result['outcome']}: "
+              f"{result['reason']})")
+    else:
+        print(f"refused: v{args.version} {result['outcome']}: {result['reason']}\n"
+              f"run card: {result['run_card']}\n(--force skips the checks)", file=sys.stderr)
+    return EXIT_OK if result["promoted"] else EXIT_REFUSED
+
+
+def cmd_reproduce(args: argparse.Namespace, settings: Settings) -> int:
+    from mlcore.training import reproduce_version
+
+    result = reproduce_version(_problem(args, settings), args.version, settings)
+    _emit(args, result.to_dict(), lambda r: "\n".join([
+        f"v{r['version']}: {'VERIFIED' if r['verified'] else 'NOT REPRODUCED'} in "
+        f"{r['seconds']:.1f} s",
+        f"  training set rebuilt identical: {r['dataset_identical']}",
+        f"  holdout predictions identical to the record ({r['rows']} rows): "
+        f"{r['predictions_identical']}",
+        f"  identical to the registered artifact: {r['matches_registered']} "
+        f"(max |diff| {r['max_abs_diff']:.3g})", *(f"  note: {n}" for n in r["notes"])]))
+    return EXIT_OK if result.verified else EXIT_FAILED
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
@@ -148,9 +178,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-id", required=True)
     verb("batches", cmd_batches, "list batch manifests", read=True)
     verb("models", cmd_models, "list model versions and aliases", read=True)
-    p = verb("promote", cmd_promote, "make VERSION the champion (compare-and-set)")
+    p = verb("promote", cmd_promote, "make VERSION the champion if it passes the same checks as "
+             "a retrain (compare-and-set), or set the challenger", read=True)
     p.add_argument("version", type=int)
     p.add_argument("--reason", required=True)
+    p.add_argument("--force", action="store_true",
+                   help="skip the checks (recorded as forced in the alias history)")
+    p.add_argument("--alias", choices=("champion", "challenger"), default="champion")
+    p = verb("reproduce", cmd_reproduce, "rebuild a version's training set, retrain it and "
+             "verify identical holdout predictions", read=True)
+    p.add_argument("version", type=int)
     p = verb("rollback", cmd_rollback, "move the champion back to the version it replaced")
     p.add_argument("--reason", required=True)
     p = verb("lineage", cmd_lineage, "what a model came from, or what used a batch", read=True)

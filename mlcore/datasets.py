@@ -114,11 +114,20 @@ def _split(frame: pd.DataFrame, plan: SplitPlan, spec: ProblemSpec
 
 def build_dataset(spec: ProblemSpec, settings: Settings, until: str | None = None) -> DatasetRef:
     """Point-in-time training set from Feast, split and written once under its content hash."""
-    batches = labelled_batches(spec, settings, until)
+    return write_dataset(spec, settings, labelled_batches(spec, settings, until))
+
+
+def write_dataset(spec: ProblemSpec, settings: Settings, batches: list[Batch],
+                  root: Path | None = None) -> DatasetRef:
+    """Join, split and write the training set of ``batches`` (oldest first).
+
+    ``root`` defaults to the content-addressed folder under ``datasets/``; ``reproduce`` passes
+    a scratch folder to rebuild from scratch instead of reusing what is there.
+    """
     plan = plan_split([b.batch_id for b in batches])
     key = json.dumps([plan.method, [(b.batch_id, b.sha256) for b in batches]]).encode()
     dataset_id = hashlib.sha256(key).hexdigest()[:16]
-    root = settings.home / "datasets" / f"problem={spec.name}" / f"dataset={dataset_id}"
+    root = root or settings.home / "datasets" / f"problem={spec.name}" / f"dataset={dataset_id}"
     require_materialized(spec.name, [b.batch_id for b in batches], settings.db_url)
     frame = historical_features(spec, batches, settings)
     train, holdout = (part.reset_index(drop=True) for part in _split(frame, plan, spec))

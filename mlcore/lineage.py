@@ -25,7 +25,8 @@ def _evaluation(e: Evaluation) -> dict[str, Any]:
     return {"id": e.id, "contender": e.contender_version, "champion": e.champion_version,
             "holdout": e.holdout_batch_ids, "holdout_hash": e.holdout_hash,
             "holdout_rows": e.holdout_rows, "metric": e.metric, "delta": e.delta,
-            "promote": e.promote, "reason": e.reason}
+            "ci": None if e.ci_low is None else [e.ci_low, e.ci_high], "promote": e.promote,
+            "outcome": e.outcome, "reason": e.reason, "run_card": e.run_card_uri}
 
 
 def model_lineage(problem: str, version: int, url: str) -> dict[str, Any]:
@@ -54,6 +55,7 @@ def model_lineage(problem: str, version: int, url: str) -> dict[str, Any]:
             "artifact_sha256": mv.artifact_sha256, "code_version": mv.code_version,
             "spec_hash": mv.spec_hash, "data_hash": mv.data_hash, "train_rows": mv.train_rows,
             "dataset": mv.metrics.get("dataset_id"), "timings": mv.timings,
+            "reproducibility": mv.reproducibility,
             "training_batches": [{"batch_id": b.batch_id, "sha256": b.sha256,
                                   "source_uri": b.source_uri, "rows": b.row_count}
                                  for b in batches],
@@ -61,7 +63,8 @@ def model_lineage(problem: str, version: int, url: str) -> dict[str, Any]:
                            "holdout_hash": e.holdout_hash, "holdout_rows": e.holdout_rows}
                           for e in evals if e.contender_version == version],
             "evaluations": [_evaluation(e) for e in evals],
-            "alias_history": [{"from": h.from_version, "to": h.to_version, "action": h.action,
+            "alias_history": [{"alias": h.alias, "from": h.from_version, "to": h.to_version,
+                               "action": h.action, "evaluation_id": h.evaluation_id,
                                "actor": h.actor, "reason": h.reason,
                                "at": h.created_at.isoformat()} for h in moves],
         }

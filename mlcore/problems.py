@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from functools import cached_property
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -54,11 +56,79 @@ class Metric(_Spec):
     direction: Literal["maximize", "minimize"] = "maximize"
 
 
+# The algorithm library: the scikit-learn classifiers a spec may name (import paths, checked on
+# load without importing scikit-learn; ``mlcore.training`` imports only these). Each has
+# ``predict_proba``; ``random_state`` is seeded where the estimator takes one.
+ESTIMATORS = frozenset({
+    "sklearn.linear_model.LogisticRegression",
+    "sklearn.linear_model.SGDClassifier",
+    "sklearn.ensemble.HistGradientBoostingClassifier",
+    "sklearn.ensemble.RandomForestClassifier",
+    "sklearn.ensemble.ExtraTreesClassifier",
+    "sklearn.ensemble.GradientBoostingClassifier",
+    "sklearn.tree.DecisionTreeClassifier",
+    "sklearn.naive_bayes.GaussianNB",
+})
+MAX_SEARCH_COMBINATIONS = 12
+Scalar = bool | int | float | str | None
+
+
+class Candidate(_Spec):
+    """One candidate model: an allow-listed estimator, its preprocessing, fixed hyperparameters
+    and a small grid searched on the validation slice.
+
+    ``preprocessing``: ``one_hot`` scales numerics and one-hot encodes categoricals (linear
+    models); ``ordinal`` turns categories into codes (trees; HistGradientBoosting splits them
+    natively).
+    """
+
+    estimator: str
+    preprocessing: Literal["one_hot", "ordinal"] = "one_hot"
+    params: dict[str, Scalar] = Field(default_factory=dict)
+    search: dict[str, tuple[Scalar, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> Candidate:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"estimator {self.estimator!r} is not in the library "
+                             f"(allowed: {', '.join(sorted(ESTIMATORS))})")
+        if "random_state" in self.params or "random_state" in self.search:
+            raise ValueError("random_state comes from the run's seed, not the spec")
+        if both := set(self.params) & set(self.search):
+            raise ValueError(f"{sorted(both)} are both fixed and searched")
+        combos = 1
+        for name, values in self.search.items():
+            if not values:
+                raise ValueError(f"search space of {name!r} is empty")
+            combos *= len(values)
+        if combos > MAX_SEARCH_COMBINATIONS:
+            raise ValueError(f"search space has {combos} combinations; at most "
+                             f"{MAX_SEARCH_COMBINATIONS} (keep it small, or fix some values)")
+        return self
+
+
+class Guardrails(_Spec):
+    """What a contender may not make worse, even when the primary metric improves."""
+
+    # categorical column -> largest allowed drop of the primary metric within any of its values
+    slices: dict[str, float] = Field(default_factory=dict)
+    min_slice_rows: int = Field(500, ge=1)  # smaller slice values are reported, not judged
+    # contender rows/s must stay >= (1 - max_throughput_drop) x the champion's
+    max_throughput_drop: float = Field(0.5, ge=0.0, le=1.0)
+
+
 class Promotion(_Spec):
+    """The blessing rule (TFX-style): an absolute floor, then a paired comparison with the
+    champion on the same holdout, then guardrails."""
+
     min_metric: float
     min_improvement: float = Field(0.0, ge=0.0)
+    non_inferiority_margin: float = Field(0.0, ge=0.0)  # CI low must be above -margin
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
-    bootstrap_samples: int = Field(200, ge=20, le=5000)
+    bootstrap_samples: int = Field(1000, ge=1000, le=20000)
+    seed: int = Field(0, ge=0)
+    guardrails: Guardrails = Field(default_factory=lambda: Guardrails())
+    require_approval: bool = False  # retrain_model waits for a human before promoting
 
 
 class Validation(_Spec):
@@ -90,7 +160,7 @@ class ProblemSpec(_Spec):
     features: tuple[Feature, ...] = Field(min_length=1)
     feature_ttl_days: int = Field(400, ge=1)
     metric: Metric = Field(default_factory=lambda: Metric())
-    algorithms: dict[str, dict[str, Any]] = Field(min_length=1)
+    algorithms: dict[str, Candidate] = Field(min_length=1)
     promotion: Promotion
     validation: Validation = Field(default_factory=lambda: Validation())
     drift: Drift = Field(default_factory=lambda: Drift())
@@ -121,11 +191,22 @@ class ProblemSpec(_Spec):
         """Name of the Feast feature service models of this problem train on."""
         return f"{self.name}_v1"
 
+    @property
+    def feature_definitions_hash(self) -> str:
+        """SHA-256 of what the Feast definitions are generated from (the feature version)."""
+        data = {"entity": self.entity.model_dump(), "event_time": self.event_time.model_dump(),
+                "features": [f.model_dump() for f in self.features],
+                "ttl_days": self.feature_ttl_days, "service": self.feature_service}
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
+
     @model_validator(mode="after")
     def _check_columns(self) -> ProblemSpec:
         names = [self.entity.key, self.target.name, *self.feature_names]
         if len(set(names)) != len(names):
             raise ValueError(f"problem {self.name!r}: entity, target and features must differ")
+        if bad := set(self.promotion.guardrails.slices) - set(self.categorical):
+            raise ValueError(f"problem {self.name!r}: slice guardrails on {sorted(bad)}, which "
+                             "are not categorical features")
         return self
 
 

@@ -34,3 +34,12 @@ def failpoint(name: str) -> None:
     """
     if os.environ.get("MLCORE_FAILPOINT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+@cache
+def lock_hash() -> str | None:
+    """SHA-256 of the dependency lock file (``uv.lock``) the code runs with, when it ships."""
+    import hashlib
+
+    lock = Path(__file__).resolve().parents[1] / "uv.lock"
+    return hashlib.sha256(lock.read_bytes()).hexdigest() if lock.is_file() else None

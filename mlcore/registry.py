@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from mlcore.batches import sha256_file
 from mlcore.config import Settings
 from mlcore.problems import ProblemSpec
-from mlcore.provenance import code_version
+from mlcore.provenance import code_version, failpoint
 from mlcore.store.models import Alias, AliasHistory, ModelVersion, utcnow
 from mlcore.store.session import session_scope
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from mlcore.datasets import DatasetRef
 
 CHAMPION = "champion"
+CHALLENGER = "challenger"  # shadow-scored next to the champion; moves without checks
+ALIASES = (CHAMPION, CHALLENGER)
 
 
 class RegistryError(Exception):
@@ -41,24 +43,36 @@ class ArtifactTampered(RegistryError):
 
 def register_version(spec: ProblemSpec, settings: Settings, *, algorithm: str, artifact_uri: str,
                      artifact_sha256: str, hyperparameters: dict[str, Any], dataset: DatasetRef,
-                     train_rows: int, validation: dict[str, Any], timings: dict[str, Any]) -> int:
-    """Record a new version (next number for the problem). Returns the version number."""
+                     train_rows: int, validation: dict[str, Any], timings: dict[str, Any],
+                     reproducibility: dict[str, Any] | None = None) -> int:
+    """Record a new, immutable version (next number for the problem). Returns its number.
+
+    Two trainers registering at once: the unique (problem, version) constraint fails one of
+    them, which retries with the next number.
+    """
     from mlcore.training import spec_hash
 
-    with session_scope(settings.db_url) as s:
-        last = s.scalar(select(func.max(ModelVersion.version))
-                        .where(ModelVersion.problem == spec.name))
-        mv = ModelVersion(
-            problem=spec.name, version=(last or 0) + 1, algorithm=algorithm,
-            hyperparameters=hyperparameters, artifact_uri=artifact_uri,
-            artifact_sha256=artifact_sha256, training_batch_ids=dataset.train_batches,
-            data_hash=dataset.train_hash, train_rows=train_rows,
-            metrics={"validation": validation, "dataset_id": dataset.dataset_id,
-                     "feature_service": spec.feature_service, "split": dataset.method},
-            code_version=code_version(), timings=timings, spec_hash=spec_hash(spec))
-        s.add(mv)
-        s.flush()
-        return mv.version
+    for attempt in range(5):
+        try:
+            with session_scope(settings.db_url) as s:
+                last = s.scalar(select(func.max(ModelVersion.version))
+                                .where(ModelVersion.problem == spec.name))
+                mv = ModelVersion(
+                    problem=spec.name, version=(last or 0) + 1, algorithm=algorithm,
+                    hyperparameters=hyperparameters, artifact_uri=artifact_uri,
+                    artifact_sha256=artifact_sha256, training_batch_ids=dataset.train_batches,
+                    data_hash=dataset.train_hash, train_rows=train_rows,
+                    metrics={"validation": validation, "dataset_id": dataset.dataset_id,
+                             "feature_service": spec.feature_service, "split": dataset.method},
+                    code_version=code_version(), timings=timings, spec_hash=spec_hash(spec),
+                    reproducibility=reproducibility)
+                s.add(mv)
+                s.flush()
+                return mv.version
+        except IntegrityError:
+            if attempt == 4:
+                raise
+    raise AssertionError("unreachable")
 
 
 def get_version(problem: str, version: int, url: str) -> ModelVersion:
@@ -91,6 +105,8 @@ def move_alias(problem: str, *, expected: int | None, new: int, reason: str, url
         AliasConflict: the alias no longer points at ``expected``.
         ModelNotFound: ``new`` is not a registered version.
     """
+    if alias not in ALIASES:
+        raise ValueError(f"unknown alias {alias!r} (aliases: {', '.join(ALIASES)})")
     get_version(problem, new, url)
     actor = actor or getpass.getuser()
     try:
@@ -107,6 +123,8 @@ def move_alias(problem: str, *, expected: int | None, new: int, reason: str, url
             s.add(AliasHistory(problem=problem, alias=alias, from_version=expected,
                                to_version=new, action=action, actor=actor, reason=reason,
                                evaluation_id=evaluation_id))
+            s.flush()
+            failpoint("registry.before_alias_commit")
     except IntegrityError as exc:
         raise AliasConflict(f"{problem!r} {alias} was set concurrently") from exc
 
@@ -134,15 +152,21 @@ def rollback(problem: str, reason: str, url: str, actor: str | None = None) -> t
     return current, previous
 
 
-def load_model(mv: ModelVersion) -> Any:
-    """Deserialize a version's artifact after checking its SHA-256.
+def load_model(mv: ModelVersion, settings: Settings) -> Any:
+    """Deserialize a version's artifact, only from under ``<home>/artifacts`` and only after its
+    SHA-256 matches the registered one (a tampered file is never unpickled).
 
     Raises:
-        ArtifactTampered: the file is missing or its hash differs.
+        ArtifactTampered: the path escapes the artifact root, the file is missing, or its hash
+            differs.
     """
     import joblib
 
-    path = Path(mv.artifact_uri)
+    root = (settings.home / "artifacts").resolve()
+    path = Path(mv.artifact_uri).resolve()
+    if not path.is_relative_to(root):
+        raise ArtifactTampered(f"{mv.problem!r} v{mv.version}: artifact {mv.artifact_uri} is "
+                               f"outside {root}; refusing to load it")
     if not path.is_file() or sha256_file(path) != mv.artifact_sha256:
         raise ArtifactTampered(f"{mv.problem!r} v{mv.version}: artifact {path} is missing or "
                                "does not match its registered SHA-256; refusing to load it")
@@ -161,6 +185,7 @@ def list_versions(problem: str, url: str) -> list[dict[str, Any]]:
                  "algorithm": mv.algorithm, "metrics": mv.metrics,
                  "artifact_uri": mv.artifact_uri, "artifact_sha256": mv.artifact_sha256,
                  "training_batch_ids": mv.training_batch_ids, "train_rows": mv.train_rows,
+                 "hyperparameters": mv.hyperparameters,
                  "created_at": mv.created_at.isoformat()} for mv in rows]
 
 

@@ -32,7 +32,8 @@ def summary(problem: str, settings: Settings) -> dict[str, Any]:
                   "metric": e.metric, "contender_value": e.contender_metrics[e.metric],
                   "champion_value": (e.champion_metrics or {}).get(e.metric),
                   "delta": e.delta, "ci": [e.ci_low, e.ci_high], "promote": e.promote,
-                  "reason": e.reason}
+                  "outcome": e.outcome or ("promote" if e.promote else "keep"),
+                  "reason": e.reason, "run_card": e.run_card_uri}
                  for e in s.scalars(select(Evaluation).where(Evaluation.problem == problem)
                                     .order_by(Evaluation.id))]
         drift = [{"batch_id": d.batch_id, "model_version": d.model_version,
@@ -64,18 +65,19 @@ def format_summary(data: dict[str, Any]) -> str:
             + (f"\n             {b['reason']}" if b["reason"] else "") for b in data["batches"]]
     out.append("Model versions:")
     for m in reversed(data["models"]):
-        val = m["metrics"]["validation"][m["algorithm"]]
         tag = f"  <- {', '.join(m['aliases'])}" if m["aliases"] else ""
+        tuned = ", ".join(f"{k}={v}" for k, v in m["hyperparameters"].items()
+                          if k not in ("algorithm", "random_state"))
         out.append(f"  v{m['version']:<3} {m['algorithm']:<24} trained on "
-                   f"{','.join(m['training_batch_ids']):<16} val roc_auc {val['roc_auc']:.4f}{tag}")
+                   f"{','.join(m['training_batch_ids']):<16} {tuned}{tag}")
     champion = data["champion"]
     out.append(f"Champion: {'none yet' if champion is None else f'v{champion}'}")
     out.append("Decisions (contender vs champion on the frozen holdout):")
     for e in data["evaluations"]:
         champ = "—" if e["champion"] is None else f"v{e['champion']}"
-        verdict = "PROMOTE" if e["promote"] else "KEEP"
         out.append(f"  holdout {','.join(e['holdout']):<6} v{e['contender']} vs {champ:<3} "
-                   f"{verdict:<7} {e['reason']}")
+                   f"{e['outcome'].upper()}: {e['reason']}"
+                   + (f"\n      run card {e['run_card']}" if e["run_card"] else ""))
     out.append("Drift (Evidently, batch vs champion's training data):")
     out += [f"  {d['batch_id']:<10} vs v{d['model_version']}: drift share {d['drift_share']:.2f}"
             f" {'DRIFT' if d['dataset_drift'] else 'ok':<5} report {d['html']}"

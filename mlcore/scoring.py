@@ -48,7 +48,7 @@ def score_batch(spec: ProblemSpec, batch_id: str, settings: Settings,
     version = version or alias_holder(spec.name, settings.db_url)
     if version is None:
         raise ModelNotFound(f"batch {batch_id!r}: {spec.name!r} has no champion to score with")
-    model = load_model(get_version(spec.name, version, settings.db_url))
+    model = load_model(get_version(spec.name, version, settings.db_url), settings)
     require_materialized(spec.name, [batch_id], settings.db_url)
     frame = historical_features(spec, [batch], settings, with_target=False)
     start = time.perf_counter()

@@ -1,74 +1,104 @@
-"""Training: the spec's candidate algorithms as scikit-learn pipelines; pick, fit, save, register.
+"""Training: the spec's candidates as scikit-learn pipelines; search, pick, fit, save, register,
+with a record of everything needed to retrain the same model (``reproduce_version``).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
+import itertools
+import json
+import platform
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as pkg_version
 from typing import Any
 
 import joblib
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
 
 from mlcore.batches import sha256_file
 from mlcore.config import Settings, TrainConfig
-from mlcore.datasets import DatasetRef, entity_bucket, load_part
-from mlcore.evaluation import compute_metrics, predict_proba
-from mlcore.problems import ProblemSpec
+from mlcore.datasets import DatasetRef, entity_bucket, load_part, write_dataset
+from mlcore.evaluation import compute_metrics, timed_scores
+from mlcore.problems import ESTIMATORS, Candidate, ProblemSpec, Scalar
+from mlcore.provenance import code_version, lock_hash
+
+_LIBRARIES = ("scikit-learn", "numpy", "pandas", "scipy", "joblib", "pyarrow", "feast")
 
 
 def _categories(spec: ProblemSpec) -> list[list[int]]:
     return [list(f.values or ()) for f in spec.features if f.kind == "categorical"]
 
 
-def _logistic(spec: ProblemSpec, hp: dict[str, Any], seed: int) -> Pipeline:
-    prep = ColumnTransformer([
-        ("num", StandardScaler(), spec.numeric),
-        ("cat", OneHotEncoder(categories=_categories(spec), handle_unknown="ignore"),
-         spec.categorical),
-    ])
-    return Pipeline([("prep", prep), ("model", LogisticRegression(random_state=seed, **hp))])
+def _estimator(path: str) -> Any:
+    if path not in ESTIMATORS:  # the spec validator checks too; never import anything else
+        raise ValueError(f"estimator {path!r} is not in the library")
+    module, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(module), name)()
 
 
-def _hist_gb(spec: ProblemSpec, hp: dict[str, Any], seed: int) -> Pipeline:
-    # Categories become 0..k-1 codes (unknown -> NaN, treated as missing) for native splits.
-    prep = ColumnTransformer([
-        ("cat", OrdinalEncoder(categories=_categories(spec), handle_unknown="use_encoded_value",
-                               unknown_value=np.nan), spec.categorical),
-        ("num", "passthrough", spec.numeric),
-    ])
-    n_cat = len(spec.categorical)
-    mask = [True] * n_cat + [False] * len(spec.numeric)
-    model = HistGradientBoostingClassifier(categorical_features=mask, random_state=seed, **hp)
+def pipeline_for(spec: ProblemSpec, candidate: Candidate, seed: int,
+                 overrides: dict[str, Scalar] | None = None) -> Pipeline:
+    """An unfitted ``Pipeline(prep, model)`` for one candidate and one point of its search space.
+
+    Raises:
+        ValueError: a hyperparameter the estimator does not take (named in the message).
+    """
+    model = _estimator(candidate.estimator)
+    params: dict[str, Any] = {**candidate.params, **(overrides or {})}
+    if "random_state" in model.get_params():
+        params["random_state"] = seed
+    if candidate.preprocessing == "one_hot":
+        prep = ColumnTransformer([
+            ("num", StandardScaler(), spec.numeric),
+            ("cat", OneHotEncoder(categories=_categories(spec), handle_unknown="ignore"),
+             spec.categorical)])
+    else:
+        # Categories become 0..k-1 codes (unknown -> NaN, treated as missing).
+        prep = ColumnTransformer([
+            ("cat", OrdinalEncoder(categories=_categories(spec), handle_unknown="use_encoded_value",
+                                   unknown_value=np.nan), spec.categorical),
+            ("num", "passthrough", spec.numeric)])
+        if "categorical_features" in model.get_params():  # native categorical splits
+            params.setdefault("categorical_features",
+                              [True] * len(spec.categorical) + [False] * len(spec.numeric))
+    try:
+        model.set_params(**params)
+    except ValueError as exc:
+        raise ValueError(f"problem {spec.name!r}: bad hyperparameters for "
+                         f"{candidate.estimator}: {exc}") from exc
     return Pipeline([("prep", prep), ("model", model)])
 
 
-ALGORITHMS: dict[str, Callable[[ProblemSpec, dict[str, Any], int], Pipeline]] = {
-    "logistic_regression": _logistic,
-    "hist_gradient_boosting": _hist_gb,
-}
-
-
-def build_pipeline(spec: ProblemSpec, algorithm: str, seed: int = 0) -> Pipeline:
-    """An unfitted pipeline for one of the spec's candidate algorithms.
+def build_pipeline(spec: ProblemSpec, algorithm: str, seed: int = 0,
+                   overrides: dict[str, Scalar] | None = None) -> Pipeline:
+    """An unfitted pipeline for one of the spec's candidates (fixed params plus ``overrides``).
 
     Raises:
-        ValueError: the algorithm is not a candidate of the spec, or not in the library.
+        ValueError: the algorithm is not a candidate of the spec.
     """
     if algorithm not in spec.algorithms:
         raise ValueError(f"algorithm {algorithm!r} is not a candidate of problem {spec.name!r} "
                          f"(candidates: {sorted(spec.algorithms)})")
-    if algorithm not in ALGORITHMS:
-        raise ValueError(f"algorithm {algorithm!r} is not in the library ({sorted(ALGORITHMS)})")
-    return ALGORITHMS[algorithm](spec, dict(spec.algorithms[algorithm]), seed)
+    return pipeline_for(spec, spec.algorithms[algorithm], seed, overrides)
+
+
+def search_space(candidate: Candidate) -> list[dict[str, Scalar]]:
+    """Every point of the candidate's grid (``[{}]`` when nothing is searched)."""
+    names = sorted(candidate.search)
+    return [dict(zip(names, combo, strict=True))
+            for combo in itertools.product(*(candidate.search[n] for n in names))]
+
+
+def _label(name: str, overrides: dict[str, Scalar]) -> str:
+    return name + ("(" + ", ".join(f"{k}={v}" for k, v in overrides.items()) + ")"
+                   if overrides else "")
 
 
 @dataclass(frozen=True)
@@ -77,28 +107,50 @@ class TrainedModel:
 
     pipeline: Pipeline
     algorithm: str
-    validation: dict[str, dict[str, float]]  # candidate -> metrics on the validation slice
-    fit_seconds: float
+    overrides: dict[str, Scalar]  # the chosen point of the search space
+    validation: dict[str, dict[str, float]]  # tried configuration -> metrics on validation
+    fit_seconds: float  # the final fit alone
 
 
 def select_and_fit(spec: ProblemSpec, train: pd.DataFrame, cfg: TrainConfig) -> TrainedModel:
-    """Fit every candidate on the fit slice, keep the best on the validation slice, refit on all.
+    """Fit every candidate configuration on the fit slice, keep the best on the validation
+    slice (a salted entity-hash share), refit it on the whole training part.
 
-    With ``cfg.algorithm`` set, only that candidate is fitted.
+    With ``cfg.algorithm`` set, only that candidate's grid is tried. A single configuration is
+    fitted once, on everything, with nothing to select.
     """
     X, y = train[spec.feature_names], train[spec.target.name].to_numpy()
-    candidates = sorted(spec.algorithms) if cfg.algorithm == "auto" else [cfg.algorithm]
-    val = (entity_bucket(train[spec.entity.key], "validation")
-           < round(cfg.validation_fraction * 100)).to_numpy()
+    names = sorted(spec.algorithms) if cfg.algorithm == "auto" else [cfg.algorithm]
+    configs = [(n, o) for n in names for o in search_space(build_candidate(spec, n))]
     scores: dict[str, dict[str, float]] = {}
-    for name in candidates:
-        model = build_pipeline(spec, name, cfg.random_state).fit(X[~val], y[~val])
-        scores[name] = compute_metrics(y[val], predict_proba(model, X[val]))
-    sign = 1 if spec.metric.direction == "maximize" else -1
-    best = max(candidates, key=lambda n: sign * scores[n][spec.metric.name])
+    best = configs[0]
+    if len(configs) > 1:
+        val = (entity_bucket(train[spec.entity.key], "validation")
+               < round(cfg.validation_fraction * 100)).to_numpy()
+        sign = 1 if spec.metric.direction == "maximize" else -1
+        best_score = -np.inf
+        for name, overrides in configs:
+            model = build_pipeline(spec, name, cfg.random_state, overrides)
+            metrics = compute_metrics(y[val], timed_scores(model.fit(X[~val], y[~val]),
+                                                           X[val], repeats=1)[0])
+            scores[_label(name, overrides)] = metrics
+            if sign * metrics[spec.metric.name] > best_score:  # NaN never wins
+                best, best_score = (name, overrides), sign * metrics[spec.metric.name]
     start = time.perf_counter()
-    final = build_pipeline(spec, best, cfg.random_state).fit(X, y)
-    return TrainedModel(final, best, scores, time.perf_counter() - start)
+    final = build_pipeline(spec, best[0], cfg.random_state, best[1]).fit(X, y)
+    return TrainedModel(final, best[0], best[1], scores, time.perf_counter() - start)
+
+
+def build_candidate(spec: ProblemSpec, name: str) -> Candidate:
+    """The spec's candidate ``name``.
+
+    Raises:
+        ValueError: no such candidate.
+    """
+    if name not in spec.algorithms:
+        raise ValueError(f"algorithm {name!r} is not a candidate of problem {spec.name!r} "
+                         f"(candidates: {sorted(spec.algorithms)})")
+    return spec.algorithms[name]
 
 
 def save_artifact(pipeline: Pipeline, settings: Settings, problem: str) -> tuple[str, str]:
@@ -112,6 +164,49 @@ def save_artifact(pipeline: Pipeline, settings: Settings, problem: str) -> tuple
     dest.parent.mkdir(exist_ok=True)
     tmp.replace(dest)
     return str(dest), sha
+
+
+def predictions_hash(p: np.ndarray) -> str:
+    """SHA-256 of a score vector's exact float64 bytes (identical means bit-for-bit)."""
+    return hashlib.sha256(np.ascontiguousarray(p, dtype="float64").tobytes()).hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Python and the versions of the libraries a fitted model depends on."""
+    found = {"python": platform.python_version()}
+    for name in _LIBRARIES:
+        try:
+            found[name] = pkg_version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def reproducibility_record(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
+                           trained: TrainedModel, batch_hashes: dict[str, str],
+                           sampled_rows: int | None, holdout_scores: np.ndarray,
+                           rows_per_second: float) -> dict[str, Any]:
+    """Everything ``reproduce_version`` needs, and what a reviewer asks about a model."""
+    candidate = spec.algorithms[trained.algorithm]
+    config = {"estimator": candidate.estimator, "preprocessing": candidate.preprocessing,
+              "params": {**candidate.params, **trained.overrides}, "seed": cfg.random_state,
+              "validation_fraction": cfg.validation_fraction, "algorithm_param": cfg.algorithm,
+              "max_train_rows": cfg.max_train_rows, "spec_hash": spec_hash(spec)}
+    return {
+        **config,
+        "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
+        "code_version": code_version(), "lock_hash": lock_hash(),
+        "libraries": library_versions(),
+        "batches": [{"batch_id": b, "sha256": batch_hashes[b]}
+                    for b in dict.fromkeys(dataset.train_batches + dataset.holdout_batches)],
+        "dataset": dataset.to_dict(), "sampled_rows": sampled_rows,
+        "feature_definitions_hash": spec.feature_definitions_hash,
+        "feature_service": spec.feature_service,
+        "selection": trained.validation,
+        "fit_seconds": round(trained.fit_seconds, 3),
+        "predict_rows_per_second": round(rows_per_second, 1),
+        "holdout_predictions_sha256": predictions_hash(holdout_scores),
+    }
 
 
 @dataclass(frozen=True)
@@ -132,25 +227,124 @@ class ContenderRef:
 
 def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
                     settings: Settings) -> ContenderRef:
-    """Train on the dataset's train part, save the artifact and register a new version."""
+    """Train on the dataset's train part, save the artifact, register a new version with its
+    reproducibility record (including the hash of its holdout predictions)."""
+    from mlcore.ingestion import published_batches
     from mlcore.monitoring import close_retrain_requests
     from mlcore.registry import register_version
 
     start = time.perf_counter()
     train = load_part(dataset.train_uri, dataset.train_hash)
+    sampled = None
     if len(train) > cfg.max_train_rows:
         train = train.sample(cfg.max_train_rows, random_state=cfg.random_state)
+        sampled = cfg.max_train_rows
     trained = select_and_fit(spec, train, cfg)
+    holdout = load_part(dataset.holdout_uri, dataset.holdout_hash)
+    scores, rps = timed_scores(trained.pipeline, holdout[spec.feature_names])
+    hashes = {b.batch_id: b.sha256 for b in published_batches(spec.name, settings.db_url)}
+    record = reproducibility_record(spec, dataset, cfg, trained, hashes, sampled, scores, rps)
     uri, sha = save_artifact(trained.pipeline, settings, spec.name)
     timings = {"fit_seconds": round(trained.fit_seconds, 3),
                "total_seconds": round(time.perf_counter() - start, 3)}
     version = register_version(
         spec, settings, algorithm=trained.algorithm, artifact_uri=uri, artifact_sha256=sha,
-        hyperparameters={"algorithm": trained.algorithm, **spec.algorithms[trained.algorithm],
+        hyperparameters={"algorithm": trained.algorithm, **record["params"],
                          "random_state": cfg.random_state},
-        dataset=dataset, train_rows=len(train), validation=trained.validation, timings=timings)
+        dataset=dataset, train_rows=len(train), validation=trained.validation, timings=timings,
+        reproducibility=record)
     close_retrain_requests(spec.name, version, settings.db_url)
     return ContenderRef(spec.name, version, trained.algorithm, uri, sha, trained.validation)
+
+
+class NotReproducible(ValueError):
+    """A version cannot be rebuilt as recorded (missing record, changed batch or features)."""
+
+
+@dataclass(frozen=True)
+class Reproduction:
+    """What ``mlcore reproduce`` found."""
+
+    problem: str
+    version: int
+    dataset_identical: bool
+    predictions_identical: bool  # retrained model vs the recorded holdout predictions
+    matches_registered: bool  # retrained model vs the registered artifact, same rows
+    max_abs_diff: float
+    rows: int
+    seconds: float
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def verified(self) -> bool:
+        """Everything matched bit for bit."""
+        return self.dataset_identical and self.predictions_identical and self.matches_registered
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return {**asdict(self), "verified": self.verified}
+
+
+def reproduce_version(spec: ProblemSpec, version: int, settings: Settings) -> Reproduction:
+    """Rebuild a version's training set from its recorded batches (from scratch, in a scratch
+    folder), retrain it with its recorded configuration and seed, and compare holdout
+    predictions with the recorded hash and with the registered artifact.
+
+    Raises:
+        NotReproducible: no record, a batch is gone or changed, or the features changed.
+    """
+    import shutil
+
+    from mlcore.ingestion import published_batches
+    from mlcore.registry import get_version, load_model
+
+    start = time.perf_counter()
+    mv = get_version(spec.name, version, settings.db_url)
+    rec = mv.reproducibility
+    if not rec:
+        raise NotReproducible(f"{spec.name!r} v{version} has no reproducibility record "
+                              "(trained before it was kept)")
+    if rec["feature_definitions_hash"] != spec.feature_definitions_hash:
+        raise NotReproducible(f"{spec.name!r} v{version}: the feature definitions changed since "
+                              "it was trained")
+    published = {b.batch_id: b for b in published_batches(spec.name, settings.db_url)}
+    batches = []
+    for b in rec["batches"]:
+        found = published.get(b["batch_id"])
+        if found is None or found.sha256 != b["sha256"]:
+            raise NotReproducible(f"{spec.name!r} v{version}: batch {b['batch_id']!r} is no "
+                                  "longer published with the content it was trained on")
+        batches.append(found)
+    scratch = settings.home / "tmp" / f"reproduce-v{version}-{time.time_ns()}"
+    try:
+        rebuilt = write_dataset(spec, settings, batches, root=scratch)
+        recorded = DatasetRef.from_dict(rec["dataset"])
+        same_data = (rebuilt.train_hash, rebuilt.holdout_hash) == (recorded.train_hash,
+                                                                    recorded.holdout_hash)
+        train = pd.read_parquet(rebuilt.train_uri)
+        if rec["sampled_rows"]:
+            train = train.sample(rec["sampled_rows"], random_state=rec["seed"])
+        candidate = Candidate(estimator=rec["estimator"], preprocessing=rec["preprocessing"],
+                              params=rec["params"])
+        model = pipeline_for(spec, candidate, rec["seed"]).fit(
+            train[spec.feature_names], train[spec.target.name].to_numpy())
+        X = pd.read_parquet(rebuilt.holdout_uri)[spec.feature_names]
+        again = timed_scores(model, X, repeats=1)[0]
+        registered = timed_scores(load_model(mv, settings), X, repeats=1)[0]
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    notes = [] if same_data else ["rebuilt training set differs from the recorded hashes"]
+    if rec["code_version"] != code_version():
+        notes.append(f"code version differs: trained with {rec['code_version']}, now "
+                     f"{code_version()}")
+    if rec["libraries"] != library_versions():
+        notes.append("library versions differ from the record")
+    return Reproduction(
+        spec.name, version, same_data,
+        predictions_hash(again) == rec["holdout_predictions_sha256"],
+        bool(np.array_equal(again, registered)), float(np.max(np.abs(again - registered),
+                                                             initial=0.0)),
+        len(X), round(time.perf_counter() - start, 3), notes)
 
 
 def spec_hash(spec: ProblemSpec) -> str:

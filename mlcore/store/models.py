@@ -75,7 +75,7 @@ class Materialization(Base):
 
 
 class ModelVersion(Base):
-    """A trained model and everything needed to reproduce it."""
+    """A trained model and everything needed to reproduce it. Write-once (a DB trigger)."""
 
     __tablename__ = "model_versions"
     __table_args__ = (UniqueConstraint("problem", "version"),)
@@ -94,6 +94,7 @@ class ModelVersion(Base):
     code_version: Mapped[str] = mapped_column(String(64))
     timings: Mapped[dict[str, Any]]
     spec_hash: Mapped[str] = mapped_column(String(64))
+    reproducibility: Mapped[dict[str, Any] | None]  # see mlcore.training.reproducibility_record
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -117,7 +118,10 @@ class Evaluation(Base):
     ci_high: Mapped[float | None] = mapped_column(Float)
     thresholds: Mapped[dict[str, Any]]
     promote: Mapped[bool]
+    outcome: Mapped[str | None] = mapped_column(String(32))  # promote | keep: ... | reject: ...
     reason: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None]  # guardrails, slices, throughput, bootstrap settings
+    run_card_uri: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -135,7 +139,9 @@ class Alias(Base):
 
 
 class AliasHistory(Base):
-    """Append-only log of every alias move: who, when, why, and the evaluation behind it."""
+    """Append-only log of every alias move: who, when, why, and the evaluation behind it.
+
+    The database refuses UPDATE and DELETE on it (a trigger, migration 0003)."""
 
     __tablename__ = "alias_history"
 

@@ -53,8 +53,8 @@ def test_task_graphs(bag, spec):
     assert graph("retrain_model") == {
         "build_dataset": ["evaluate_contender", "train_contender"],
         "train_contender": ["evaluate_contender"],
-        "evaluate_contender": ["promote_contender", "should_promote"],
-        "should_promote": ["promote_contender"], "promote_contender": []}
+        "evaluate_contender": ["mark_challenger", "promote_contender", "should_promote"],
+        "mark_challenger": [], "should_promote": ["promote_contender"], "promote_contender": []}
     assert graph("backfill_batches") == {"plan_backfill": ["run_stage"], "run_stage": []}
 
 
@@ -129,22 +129,31 @@ def test_parse_is_light(stage):
 
 
 def test_second_spec_adds_a_second_model_family(tmp_path):
-    """Adding a YAML spec adds a full set of DAGs, with no code change."""
+    """Adding a YAML spec adds a full set of DAGs, with no code change; its approval flag puts a
+    human approval step before promotion."""
     problems = tmp_path / "problems"
     problems.mkdir()
     census = (ROOT / "problems" / "census_employment.yaml").read_text()
     (problems / "census_employment.yaml").write_text(census)
+    assert "require_approval: false" in census
     (problems / "census_small.yaml").write_text(
-        census.replace("name: census_employment", "name: census_small"))
+        census.replace("name: census_employment", "name: census_small")
+        .replace("require_approval: false", "require_approval: true"))
     code = ("import json; from airflow.dag_processing.dagbag import DagBag; "
             f"b = DagBag(dag_folder={str(ROOT / 'dags')!r}); "
-            "print(json.dumps([sorted(b.dags), len(b.import_errors)]))")
+            "g = {d: {t.task_id: sorted(t.downstream_task_ids) for t in b.dags[d].tasks} "
+            "for d in ('census_small__retrain_model', 'census_employment__retrain_model')}; "
+            "print(json.dumps([sorted(b.dags), len(b.import_errors), g]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=_subprocess_env(MLCORE_PROBLEMS_DIR=str(problems)), cwd=ROOT,
                          timeout=180)
     assert out.returncode == 0, out.stderr[-2000:]
-    dags, errors = json.loads(out.stdout.strip().splitlines()[-1])
+    dags, errors, graphs = json.loads(out.stdout.strip().splitlines()[-1])
     assert errors == 0
+    gated, plain = graphs["census_small__retrain_model"], graphs["census_employment__retrain_model"]
+    assert gated["should_promote"] == ["approve_promotion"]
+    assert gated["approve_promotion"] == ["promote_contender"]
+    assert "approve_promotion" not in plain
     assert len(dags) == 2 * len(STAGES)
     assert sorted(d for d in dags if d.startswith("census_small__")) == sorted(
         f"census_small__{s}" for s in STAGES)

@@ -114,18 +114,30 @@ def test_rollback_without_a_champion_exits_2(migrated):
     assert res.code == 2 and "no champion" in res.err
 
 
-def test_promote_lists_the_alias_and_is_a_no_op_the_second_time(migrated):
+def test_a_checked_promote_without_data_to_judge_on_exits_2(migrated):
+    version = register(migrated.url)
+    res = migrated.run("promote", str(version), "--reason", "first")
+    assert res.code == 2 and "no labelled published batch" in res.err
+    assert json.loads(migrated.run("models", "--json").out)[0]["aliases"] == []
+
+
+def test_promote_force_lists_the_alias_and_is_a_no_op_the_second_time(migrated):
     version = register(migrated.url)
 
-    res = migrated.run("promote", str(version), "--reason", "first")
+    res = migrated.run("promote", str(version), "--reason", "first", "--force")
     assert res.code == 0 and f"v{version}" in res.out
     again = migrated.run("promote", str(version), "--reason", "first")
     assert again.code == 0 and "no-op" in again.out
+    challenger = migrated.run("promote", str(version), "--reason", "shadow",
+                              "--alias", "challenger")
+    assert challenger.code == 0 and "challenger" in challenger.out
 
     [model] = json.loads(migrated.run("models", "--json").out)
-    assert (model["version"], model["aliases"]) == (version, ["champion"])
+    assert (model["version"], sorted(model["aliases"])) == (version, ["challenger", "champion"])
     lineage = json.loads(migrated.run("lineage", "--model", str(version), "--json").out)
-    assert [(m["to"], m["action"]) for m in lineage["alias_history"]] == [(version, "manual")]
+    assert [(m["alias"], m["to"], m["action"]) for m in lineage["alias_history"]] == [
+        ("champion", version, "manual"), ("challenger", version, "manual")]
+    assert "forced, checks skipped" in lineage["alias_history"][0]["reason"]
     report = migrated.run("report", "--json")
     assert report.code == 0 and json.loads(report.out)["champion"] == version
     text = migrated.run("report")

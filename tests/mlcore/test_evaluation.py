@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
+import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from mlcore.evaluation import compare, compute_metrics, decide, evaluate_contender, paired_bootstrap
+from mlcore.evaluation import (
+    KEEP_TOO_CLOSE,
+    KEEP_WORSE,
+    PROMOTE,
+    REJECT_FLOOR,
+    REJECT_GUARDRAIL,
+    compute_metrics,
+    decide,
+    evaluate_contender,
+    judge,
+    paired_bootstrap,
+)
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Evaluation
 from mlcore.store.session import session_scope
@@ -35,46 +50,73 @@ def synthetic(n: int = 600, seed: int = 0):
     return y, good, poor
 
 
-@pytest.mark.parametrize("contender, champion, ci, promote, words", [
-    (0.80, None, None, True, "no champion yet"),
-    (0.75, None, None, True, "no champion yet"),
-    (0.70, None, None, False, "misses the floor"),
-    (0.86, 0.80, (0.03, 0.09), True, "beats champion"),
-    (0.78, 0.84, (-0.09, -0.03), False, "worse than"),
-    (0.81, 0.80, (-0.01, 0.03), False, "too close to call"),
-    (0.80, 0.81, (-0.04, 0.02), False, "too close to call"),
-    (0.70, 0.60, (0.05, 0.15), False, "misses the floor"),
-], ids=["no-baseline-above-floor", "no-baseline-at-floor", "no-baseline-below-floor", "better",
-        "worse", "within-tolerance-better", "within-tolerance-worse", "better-but-below-floor"])
-def test_decide_maximize(spec, contender, champion, ci, promote, words):
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("contender, champion, ci, outcome, words", [
+    (0.80, None, None, PROMOTE, "judged by the absolute floor alone"),
+    (0.75, None, None, PROMOTE, "judged by the absolute floor alone"),
+    (0.70, None, None, REJECT_FLOOR, "misses the floor"),
+    (NAN, None, None, REJECT_FLOOR, "NaN"),
+    (0.86, 0.80, (0.03, 0.09), PROMOTE, "beats the champion"),
+    (0.78, 0.84, (-0.09, -0.03), KEEP_WORSE, "worse than the champion"),
+    (0.81, 0.80, (-0.01, 0.03), KEEP_TOO_CLOSE, "too close to call"),
+    (0.80, 0.81, (-0.04, 0.02), KEEP_TOO_CLOSE, "too close to call"),
+    (0.70, 0.60, (0.05, 0.15), REJECT_FLOOR, "misses the floor"),
+    (NAN, 0.80, (0.01, 0.02), REJECT_FLOOR, "NaN"),
+    (0.86, NAN, None, REJECT_GUARDRAIL, "NaN"),
+    (0.86, 0.80, (NAN, NAN), REJECT_GUARDRAIL, "NaN"),
+], ids=["no-baseline-above-floor", "no-baseline-at-floor", "no-baseline-below-floor",
+        "no-baseline-nan", "better", "worse", "within-tolerance-better",
+        "within-tolerance-worse", "better-but-below-floor", "nan-contender", "nan-champion",
+        "nan-ci"])
+def test_decide_maximize(spec, contender, champion, ci, outcome, words):
     d = decide(spec, contender, champion, ci)
-    assert d.promote is promote
+    assert (d.outcome, d.promote) == (outcome, outcome == PROMOTE)
     assert words in d.reason
-    assert (d.metric, d.contender, d.champion) == ("roc_auc", contender, champion)
-    if champion is not None and words != "misses the floor":
+    assert d.metric == "roc_auc"
+    if outcome in (PROMOTE, KEEP_WORSE, KEEP_TOO_CLOSE) and champion is not None:
         assert d.delta == pytest.approx(contender - champion)
         assert (d.ci_low, d.ci_high) == ci
-        assert "champion kept" in d.reason or promote
+        assert "champion kept" in d.reason or outcome == PROMOTE
 
 
 def test_a_clear_win_smaller_than_the_threshold_keeps_the_champion(spec):
     d = decide(variant(spec, min_improvement=0.02), 0.81, 0.80, (0.002, 0.018))
-    assert d.promote is False and "too close to call" in d.reason
+    assert d.outcome == KEEP_TOO_CLOSE and "min improvement 0.02" in d.reason
     assert decide(variant(spec, min_improvement=0.02), 0.83, 0.80, (0.02, 0.04)).promote
 
 
-@pytest.mark.parametrize("contender, champion, ci, promote, delta, words", [
-    (0.40, None, None, True, None, "no champion yet"),
-    (0.60, None, None, False, None, "misses the floor"),
-    (0.30, 0.40, (0.05, 0.15), True, 0.10, "beats champion"),
-    (0.45, 0.40, (-0.08, -0.02), False, -0.05, "worse than"),
-    (0.39, 0.40, (-0.02, 0.04), False, 0.01, "too close to call"),
+def test_the_non_inferiority_margin_admits_a_ci_dipping_just_below_zero(spec):
+    args = (0.804, 0.800, (-0.005, 0.013))
+    assert decide(spec, *args).outcome == KEEP_TOO_CLOSE
+    assert decide(variant(spec, non_inferiority_margin=0.01), *args).outcome == PROMOTE
+    assert decide(variant(spec, non_inferiority_margin=0.004), *args).outcome == KEEP_TOO_CLOSE
+
+
+def test_a_failed_guardrail_blocks_only_a_would_be_promotion(spec):
+    failed = [{"name": "slice SEX=2", "ok": False, "detail": "delta -0.0300 (bound -0.01)"},
+              {"name": "throughput", "ok": True, "detail": "fine"}]
+    d = decide(spec, 0.86, 0.80, (0.03, 0.09), failed)
+    assert d.outcome == REJECT_GUARDRAIL and not d.promote
+    assert "slice SEX=2: delta -0.0300" in d.reason and "throughput" not in d.reason
+    assert d.guardrails == tuple(failed)
+    assert decide(spec, 0.78, 0.84, (-0.09, -0.03), failed).outcome == KEEP_WORSE
+    assert decide(spec, 0.80, None, None, failed).outcome == PROMOTE  # first model: floor only
+
+
+@pytest.mark.parametrize("contender, champion, ci, outcome, delta", [
+    (0.40, None, None, PROMOTE, None),
+    (0.60, None, None, REJECT_FLOOR, None),
+    (0.30, 0.40, (0.05, 0.15), PROMOTE, 0.10),
+    (0.45, 0.40, (-0.08, -0.02), KEEP_WORSE, -0.05),
+    (0.39, 0.40, (-0.02, 0.04), KEEP_TOO_CLOSE, 0.01),
 ], ids=["no-baseline-under-max-loss", "no-baseline-over-max-loss", "lower-loss-wins",
         "higher-loss-loses", "within-tolerance"])
 def test_decide_minimize_orients_delta_so_positive_is_better(loss_spec, contender, champion, ci,
-                                                             promote, delta, words):
+                                                             outcome, delta):
     d = decide(loss_spec, contender, champion, ci)
-    assert d.promote is promote and words in d.reason
+    assert d.outcome == outcome
     assert d.delta == (None if delta is None else pytest.approx(delta))
 
 
@@ -100,31 +142,98 @@ def test_compute_metrics_on_perfect_predictions():
     assert m["log_loss"] < 1e-5
 
 
+def frame(y: np.ndarray, sex: np.ndarray | None = None) -> pd.DataFrame:
+    """A holdout frame: the target and a SEX column (first 70% 1, rest 2 unless given)."""
+    if sex is None:
+        sex = np.where(np.arange(len(y)) < 0.7 * len(y), 1, 2)
+    return pd.DataFrame({"employed": y, "SEX": sex, "RAC1P": 1})
+
+
 @pytest.mark.parametrize("metric", ["roc_auc", "accuracy"])
-def test_compare_promotes_a_much_better_model_and_keeps_a_much_worse_one(spec, metric):
+def test_judge_promotes_a_much_better_model_and_keeps_a_much_worse_one(spec, metric):
     s = variant(spec, metric={"name": metric, "direction": "maximize"}, min_metric=0.5)
-    y, good, poor = synthetic()
-    win = compare(s, y, good, poor)
-    assert win.promote and win.delta > 0 and win.ci_low > 0
-    lose = compare(s, y, poor, good)
-    assert not lose.promote and "worse than" in lose.reason
-    assert lose.delta < 0 and lose.ci_high < 0
+    y, good, poor = synthetic(2000)
+    win, details = judge(s, frame(y), good, poor, 1000.0, 1000.0)
+    assert win.outcome == PROMOTE and win.delta > 0 and win.ci_low > 0
+    assert details["bootstrap_samples"] == 1000 and details["throughput"]["ok"] is True
+    assert {(r["column"], r["value"]) for r in details["slices"]} == {
+        ("SEX", "1"), ("SEX", "2"), ("RAC1P", "1")}
+    lose, _ = judge(s, frame(y), poor, good)
+    assert lose.outcome == KEEP_WORSE and lose.delta < 0 and lose.ci_high < 0
 
 
-def test_compare_orients_a_minimized_metric(loss_spec):
-    y, good, poor = synthetic()
-    win = compare(loss_spec, y, good, poor)
+def test_judge_orients_a_minimized_metric(loss_spec):
+    y, good, poor = synthetic(2000)
+    win, _ = judge(loss_spec, frame(y), good, poor)
     assert win.promote and win.contender < win.champion
     assert win.delta > 0 and 0 < win.ci_low <= win.delta <= win.ci_high
-    lose = compare(variant(loss_spec, min_metric=1.0), y, poor, good)
-    assert not lose.promote and "worse than" in lose.reason and lose.ci_high < 0
+    lose, _ = judge(variant(loss_spec, min_metric=1.0), frame(y), poor, good)
+    assert lose.outcome == KEEP_WORSE and lose.ci_high < 0
 
 
-def test_compare_without_a_champion_uses_the_floor_only(spec):
-    y, good, poor = synthetic()
-    assert compare(spec, y, good, None).promote
-    d = compare(spec, y, poor, None)
-    assert not d.promote and d.contender < 0.75
+def test_judge_without_a_champion_uses_the_floor_only(spec):
+    y, good, poor = synthetic(2000)
+    first, details = judge(spec, frame(y), good, None, 10.0, None)
+    assert first.outcome == PROMOTE and first.champion is None and first.ci_low is None
+    assert all(r["ok"] is None and r["note"] == "no champion" for r in details["slices"])
+    assert details["throughput"]["ok"] is None
+    assert judge(spec, frame(y), poor, None)[0].outcome == REJECT_FLOOR
+
+
+def test_a_model_better_overall_but_worse_on_one_slice_is_rejected(spec):
+    y, good, poor = synthetic(4000)
+    sex = np.where(np.arange(4000) < 3000, 1, 2)
+    mid = np.where(sex == 1, poor, good)  # champion: poor on SEX=1, good on SEX=2
+    new = np.where(sex == 1, good, poor)  # contender: the reverse; 3000 rows gain, 1000 lose
+    d, details = judge(variant(spec, min_metric=0.5), frame(y, sex), new, mid)
+    by_value = {r["value"]: r for r in details["slices"] if r["column"] == "SEX"}
+    assert d.delta > 0 and d.ci_low > 0  # better overall ...
+    assert by_value["1"]["ok"] is True and by_value["2"]["ok"] is False  # ... not for SEX=2
+    assert by_value["2"]["delta"] < -0.01 and by_value["2"]["rows"] == 1000
+    assert d.outcome == REJECT_GUARDRAIL and "slice SEX=2" in d.reason
+
+
+def test_small_slices_are_reported_not_judged(spec):
+    y, good, poor = synthetic(2000)
+    sex = np.where(np.arange(2000) < 1900, 1, 2)  # SEX=2 has 100 rows < min_slice_rows 500
+    d, details = judge(variant(spec, min_metric=0.5), frame(y, sex), good, poor)
+    small = next(r for r in details["slices"] if (r["column"], r["value"]) == ("SEX", "2"))
+    assert small["ok"] is None and "fewer than 500 rows" in small["note"]
+    assert small["rows"] == 100 and small["champion"] is not None
+    assert "slice SEX=2" not in [g["name"] for g in d.guardrails]
+
+
+def test_a_much_slower_contender_is_rejected_by_the_throughput_guardrail(spec):
+    y, good, poor = synthetic(2000)
+    d, details = judge(spec, frame(y), good, poor, 100.0, 1000.0)  # 10% of the speed
+    assert details["throughput"]["ratio"] == pytest.approx(0.1)
+    assert d.outcome == REJECT_GUARDRAIL and "throughput" in d.reason
+    assert judge(spec, frame(y), good, poor, 300.0, 1000.0)[0].outcome == PROMOTE
+
+
+def test_nan_scores_never_promote_and_say_why(spec):
+    y, good, poor = synthetic(2000)
+    broken = good.copy()
+    broken[5] = np.nan
+    d, _ = judge(variant(spec, min_metric=0.0), frame(y), broken, poor)
+    assert d.outcome == REJECT_FLOOR and not d.promote and "NaN" in d.reason
+    assert compute_metrics(y, broken) == {"roc_auc": pytest.approx(np.nan, nan_ok=True),
+                                          "accuracy": pytest.approx(np.nan, nan_ok=True),
+                                          "log_loss": pytest.approx(np.nan, nan_ok=True)}
+    d, _ = judge(variant(spec, min_metric=0.0), frame(y), good, broken)
+    assert d.outcome == REJECT_GUARDRAIL and "NaN" in d.reason
+
+
+def test_the_holdout_is_checked_by_row_key_against_both_models(spec, loop):
+    from mlcore.evaluation import UnfairHoldout, check_fair_holdout
+    from mlcore.registry import get_version
+
+    mv = get_version(spec.name, loop.contender.version, loop.settings.db_url)
+    holdout = pd.read_parquet(loop.dataset.holdout_uri)
+    check_fair_holdout(spec, holdout, [mv], loop.settings)  # 2017 rows; trained on 2015-16
+    leaked = pd.concat([holdout, pd.read_parquet(loop.dataset.train_uri).head(7)])
+    with pytest.raises(UnfairHoldout, match=f"v{mv.version} trained on 7 of the 1507"):
+        check_fair_holdout(spec, leaked, [mv], loop.settings)
 
 
 def test_evaluating_the_champion_against_itself_keeps_it_and_records_why(spec, loop):
@@ -140,3 +249,48 @@ def test_evaluating_the_champion_against_itself_keeps_it_and_records_why(spec, l
         assert row.holdout_hash == loop.dataset.holdout_hash
         assert row.contender_metrics["roc_auc"] == row.champion_metrics["roc_auc"] > 0.7
         assert row.promote is False and row.reason == out["reason"]
+        assert row.outcome == KEEP_TOO_CLOSE and row.run_card_uri == out["run_card"]
+        assert row.details["bootstrap_samples"] == 1000 and row.details["split"] == "newest_batch"
+        assert {r["column"] for r in row.details["slices"]} == {"SEX", "RAC1P"}
+        assert row.thresholds["non_inferiority_margin"] == 0.0
+
+
+def test_the_run_card_is_written_small_and_names_the_decision(spec, loop):
+    out = evaluate_contender(spec, loop.dataset, loop.contender.version, loop.settings)
+    html = Path(out["run_card"])
+    card = json.loads((html.parent / "run_card.json").read_text())
+    assert html.is_relative_to(loop.settings.home / "reports")
+    assert html.parent.name == f"evaluation={out['evaluation_id']}"
+    assert html.stat().st_size + (html.parent / "run_card.json").stat().st_size < 1_000_000
+    assert card["evaluation_id"] == out["evaluation_id"] and card["outcome"] == KEEP_TOO_CLOSE
+    assert card["delta"] == 0.0 and card["ci"] == [0.0, 0.0]
+    assert card["contender"]["roc"]["fpr"][0] == 0.0 and card["champion"] is not None
+    text = html.read_text()
+    assert KEEP_TOO_CLOSE in text and text.count("<svg") == 3
+
+
+def test_a_checked_promotion_applies_the_retrain_rules_and_force_skips_them(spec, loop):
+    from mlcore.evaluation import promote_version
+    from mlcore.registry import alias_holder, alias_log, register_version, rollback
+    from mlcore.training import build_pipeline, save_artifact
+
+    url, champion = loop.settings.db_url, loop.contender.version
+    train = pd.read_parquet(loop.dataset.train_uri)
+    worse = build_pipeline(spec, "logistic_regression").fit(train[["AGEP"] + spec.categorical]
+                                                            .assign(SCHL=1, ESP=0, RELP=0),
+                                                            train["employed"])
+    uri, sha = save_artifact(worse, loop.settings, spec.name)
+    version = register_version(
+        spec, loop.settings, algorithm="logistic_regression", artifact_uri=uri,
+        artifact_sha256=sha, hyperparameters={}, dataset=loop.dataset, train_rows=len(train),
+        validation={}, timings={}, reproducibility={"dataset": loop.dataset.to_dict()})
+
+    refused = promote_version(spec, version, "try it", loop.settings)
+    assert refused["promoted"] is False and refused["outcome"] in (KEEP_WORSE, REJECT_FLOOR)
+    assert refused["evaluation_id"] and Path(refused["run_card"]).is_file()
+    assert alias_holder(spec.name, url) == champion
+
+    forced = promote_version(spec, version, "incident 42", loop.settings, force=True)
+    assert forced["promoted"] and alias_holder(spec.name, url) == version
+    assert alias_log(spec.name, url)[-1]["reason"] == "incident 42 (forced, checks skipped)"
+    assert rollback(spec.name, "restore the fixture's champion", url) == (version, champion)

@@ -15,7 +15,7 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.evaluation", "mlcore.registry", "mlcore.scoring", "mlcore.monitoring",
            "mlcore.reporting", "mlcore.lineage", "mlcore.cli", "mlcore.store.models",
            "mlcore.store.session", "mlcore.provenance", "mlcore.locks",
-           "mlcore.backfill"]
+           "mlcore.backfill", "mlcore.runcard"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 

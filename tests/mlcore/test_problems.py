@@ -79,6 +79,7 @@ def test_a_second_spec_adds_a_second_family(tmp_path):
     small = census()
     small["name"] = "census_small"
     small["features"] = [f for f in small["features"] if f["name"] in {"AGEP", "SCHL", "SEX"}]
+    small["promotion"]["guardrails"]["slices"] = {"SEX": 0.01}
     write(tmp_path, "census_small", small)
 
     specs = load_problems(tmp_path)
@@ -88,6 +89,20 @@ def test_a_second_spec_adds_a_second_family(tmp_path):
     assert specs["census_small"].feature_view == "census_small_fv"
     assert len(specs["census_employment"].features) == 16
     assert get_problem("census_small", tmp_path).categorical == ["SCHL", "SEX"]
+
+
+def test_a_slice_guardrail_must_name_a_categorical_feature(tmp_path):
+    spec = census()
+    spec["promotion"]["guardrails"]["slices"] = {"AGEP": 0.01}
+    with pytest.raises(ValueError, match=r"slice guardrails on \['AGEP'\]"):
+        load_problem_file(write(tmp_path, "census_employment", spec))
+
+
+def test_promotion_needs_at_least_1000_bootstrap_resamples(tmp_path):
+    spec = census()
+    spec["promotion"]["bootstrap_samples"] = 200
+    with pytest.raises(ValueError, match="bootstrap_samples"):
+        load_problem_file(write(tmp_path, "census_employment", spec))
 
 
 def test_load_problems_rejects_a_name_that_differs_from_the_file_stem(tmp_path):

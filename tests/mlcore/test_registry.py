@@ -178,7 +178,7 @@ def artifact(spec, slices, settings):
 
 def test_load_model_returns_the_registered_pipeline(spec, settings, artifact):
     pipe, frame, _ = artifact
-    model = load_model(get_version(spec.name, 1, settings.db_url))
+    model = load_model(get_version(spec.name, 1, settings.db_url), settings)
     X = frame[spec.feature_names]
     np.testing.assert_array_equal(model.predict_proba(X), pipe.predict_proba(X))
 
@@ -195,4 +195,4 @@ def test_load_model_refuses_a_tampered_artifact(spec, settings, artifact, tamper
     else:
         path.unlink()
     with pytest.raises(ArtifactTampered, match="v1"):
-        load_model(get_version(spec.name, 1, settings.db_url))
+        load_model(get_version(spec.name, 1, settings.db_url), settings)

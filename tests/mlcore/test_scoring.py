@@ -51,7 +51,8 @@ def test_scoring_stores_one_score_per_row_of_the_batch(spec, loop):
 def test_scores_equal_the_champion_on_the_curated_features(spec, loop):
     score_batch(spec, "2017", loop.settings)
     curated = read_curated(get_batch(spec.name, "2017", loop.settings.db_url))
-    model = load_model(get_version(spec.name, loop.contender.version, loop.settings.db_url))
+    model = load_model(get_version(spec.name, loop.contender.version, loop.settings.db_url),
+                       loop.settings)
     want = pd.Series(predict_proba(model, curated[spec.feature_names]),
                      index=curated["id"].astype(str))
     got = stored(loop.settings, "2017", loop.contender.version).set_index("entity_key")["score"]

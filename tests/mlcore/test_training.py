@@ -29,12 +29,15 @@ def curated(spec, slices) -> pd.DataFrame:
                      ignore_index=True)
 
 
+LR = {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 300}}
+HGB = {"estimator": "sklearn.ensemble.HistGradientBoostingClassifier",
+       "preprocessing": "ordinal", "params": {"max_iter": 30, "max_leaf_nodes": 15}}
+
+
 @pytest.fixture(scope="module")
 def fast(spec) -> ProblemSpec:
     """Both candidates, with a small boosting budget so fits take well under a second."""
-    return variant(spec, algorithms={
-        "logistic_regression": {"C": 1.0, "max_iter": 300},
-        "hist_gradient_boosting": {"learning_rate": 0.1, "max_iter": 30, "max_leaf_nodes": 15}})
+    return variant(spec, algorithms={"logistic_regression": LR, "hist_gradient_boosting": HGB})
 
 
 @pytest.mark.parametrize("algorithm", ["logistic_regression", "hist_gradient_boosting"])
@@ -49,10 +52,52 @@ def test_each_spec_algorithm_fits_and_predicts_probabilities(spec, curated, algo
     assert pipe.named_steps["model"].get_params()["random_state"] == 0
 
 
-def test_pipelines_take_the_spec_hyperparameters(spec):
+def test_pipelines_take_the_spec_hyperparameters_and_search_overrides(spec):
     model = build_pipeline(spec, "hist_gradient_boosting").named_steps["model"]
     assert (model.max_iter, model.max_leaf_nodes) == (200, 31)
+    assert model.categorical_features == [True] * 15 + [False]  # native categorical splits
     assert build_pipeline(spec, "logistic_regression").named_steps["model"].max_iter == 300
+    tuned = build_pipeline(spec, "logistic_regression", 5, {"C": 0.1}).named_steps["model"]
+    assert (tuned.C, tuned.max_iter, tuned.random_state) == (0.1, 300, 5)
+
+
+def test_preprocessing_is_a_column_transformer_per_spec_choice(spec):
+    lr = build_pipeline(spec, "logistic_regression").named_steps["prep"]
+    hgb = build_pipeline(spec, "hist_gradient_boosting").named_steps["prep"]
+    assert [t[0] for t in lr.transformers] == ["num", "cat"]
+    assert type(lr.transformers[1][1]).__name__ == "OneHotEncoder"
+    assert type(hgb.transformers[0][1]).__name__ == "OrdinalEncoder"
+
+
+def test_search_space_is_the_grid_of_the_candidate(spec):
+    from mlcore.training import search_space
+
+    assert search_space(spec.algorithms["hist_gradient_boosting"]) == [
+        {"learning_rate": 0.05}, {"learning_rate": 0.1}]
+    grid = variant(spec, algorithms={"lr": {**LR, "search": {"C": [0.1, 1.0, 10.0],
+                                                             "tol": [1e-4, 1e-3]}}})
+    assert len(search_space(grid.algorithms["lr"])) == 6
+    assert search_space(variant(spec, algorithms={"lr": LR}).algorithms["lr"]) == [{}]
+
+
+@pytest.mark.parametrize("candidate, message", [
+    ({"estimator": "os.system"}, "not in the library"),
+    ({"estimator": "sklearn.svm.SVC"}, "not in the library"),
+    ({**LR, "params": {"random_state": 3}}, "seed"),
+    ({**LR, "search": {"max_iter": [100, 200]}}, "both fixed and searched"),
+    ({**LR, "search": {"C": []}}, "empty"),
+    ({**LR, "search": {"C": [1, 2, 3, 4], "tol": [1, 2, 3, 4]}}, "16 combinations"),
+    ({**LR, "params": {"C": [1, 2]}}, "params"),
+])
+def test_the_spec_refuses_candidates_outside_the_library_or_bounds(spec, candidate, message):
+    with pytest.raises(ValueError, match=message):
+        variant(spec, algorithms={"x": candidate})
+
+
+def test_a_hyperparameter_the_estimator_does_not_take_names_the_estimator(spec):
+    bad = variant(spec, algorithms={"lr": {**LR, "params": {"depth": 3}}})
+    with pytest.raises(ValueError, match="LogisticRegression.*depth"):
+        build_pipeline(bad, "lr")
 
 
 def test_an_unseen_category_does_not_break_prediction(spec, curated):
@@ -63,14 +108,10 @@ def test_an_unseen_category_does_not_break_prediction(spec, curated):
         assert pipe.predict_proba(odd).shape == (3, 2)
 
 
-@pytest.mark.parametrize("algorithms, name, message", [
-    ({"logistic_regression": {}}, "svm", "not a candidate"),
-    ({"logistic_regression": {}}, "hist_gradient_boosting", "not a candidate"),
-    ({"svm": {"C": 1.0}}, "svm", "not in the library"),
-])
-def test_an_algorithm_outside_the_spec_or_library_is_refused(spec, algorithms, name, message):
-    with pytest.raises(ValueError, match=message):
-        build_pipeline(variant(spec, algorithms=algorithms), name)
+@pytest.mark.parametrize("name", ["svm", "hist_gradient_boosting"])
+def test_an_algorithm_outside_the_spec_is_refused(spec, name):
+    with pytest.raises(ValueError, match="not a candidate"):
+        build_pipeline(variant(spec, algorithms={"logistic_regression": LR}), name)
 
 
 @pytest.mark.parametrize("metric, direction", [("roc_auc", "maximize"),
@@ -92,11 +133,23 @@ def test_auto_fits_every_candidate_and_keeps_the_best(fast, curated, metric, dir
         "hist_gradient_boosting": "HistGradientBoostingClassifier"}[trained.algorithm]
 
 
-def test_a_named_algorithm_is_the_only_one_fitted_and_is_refit_on_all_rows(fast, curated):
+def test_the_grid_is_searched_and_the_best_point_refit_on_all_rows(fast, curated):
+    grid = variant(fast, algorithms={"lr": {**LR, "search": {"C": [0.001, 1.0]}}})
+    trained = select_and_fit(grid, curated, TrainConfig(random_state=3))
+    assert set(trained.validation) == {"lr(C=0.001)", "lr(C=1.0)"}
+    best = max(trained.validation, key=lambda k: trained.validation[k]["roc_auc"])
+    assert best == f"lr(C={trained.overrides['C']})"
+    full = build_pipeline(grid, "lr", 3, trained.overrides).fit(curated[fast.feature_names],
+                                                                curated["employed"])
+    np.testing.assert_array_equal(trained.pipeline.named_steps["model"].coef_,
+                                  full.named_steps["model"].coef_)
+
+
+def test_a_single_configuration_is_fitted_once_on_all_rows(fast, curated):
     cfg = TrainConfig(algorithm="logistic_regression", random_state=3)
     trained = select_and_fit(fast, curated, cfg)
     assert trained.algorithm == "logistic_regression"
-    assert list(trained.validation) == ["logistic_regression"]
+    assert trained.validation == {} and trained.overrides == {}  # nothing to select
     full = build_pipeline(fast, "logistic_regression", 3).fit(curated[fast.feature_names],
                                                               curated["employed"])
     np.testing.assert_allclose(trained.pipeline.named_steps["model"].coef_,
@@ -111,7 +164,7 @@ def test_selection_is_reproducible(fast, curated):
 
 def test_a_non_candidate_algorithm_in_the_config_is_refused(fast, curated):
     with pytest.raises(ValueError, match="not a candidate"):
-        select_and_fit(variant(fast, algorithms={"logistic_regression": {}}), curated,
+        select_and_fit(variant(fast, algorithms={"logistic_regression": LR}), curated,
                        TrainConfig(algorithm="hist_gradient_boosting"))
 
 
@@ -141,10 +194,55 @@ def test_train_contender_registers_a_reproducible_version(spec, loop):
     assert mv.training_batch_ids == loop.dataset.train_batches == ["2015", "2016"]
     assert (mv.data_hash, mv.train_rows) == (loop.dataset.train_hash, 3000)
     assert mv.spec_hash == spec_hash(spec)
-    assert mv.hyperparameters == {"algorithm": "logistic_regression",
-                                  **spec.algorithms["logistic_regression"], "random_state": 0}
+    chosen = mv.hyperparameters
+    assert chosen["algorithm"] == "logistic_regression" and chosen["max_iter"] == 300
+    assert chosen["C"] in (0.1, 1.0) and chosen["random_state"] == 0
     assert mv.metrics["validation"] == contender.validation
+    assert set(contender.validation) == {"logistic_regression(C=0.1)",
+                                         "logistic_regression(C=1.0)"}
     assert mv.metrics["dataset_id"] == loop.dataset.dataset_id
     holdout = pd.read_parquet(loop.dataset.holdout_uri)
-    proba = load_model(mv).predict_proba(holdout[spec.feature_names])[:, 1]
+    proba = load_model(mv, loop.settings).predict_proba(holdout[spec.feature_names])[:, 1]
     assert ((proba >= 0) & (proba <= 1)).all()
+
+
+def test_the_reproducibility_record_holds_what_a_rebuild_needs(spec, loop):
+    from mlcore.provenance import lock_hash
+    from mlcore.training import predictions_hash
+
+    mv = get_version(spec.name, loop.contender.version, loop.settings.db_url)
+    rec = mv.reproducibility
+    assert rec["seed"] == 0 and rec["estimator"] == "sklearn.linear_model.LogisticRegression"
+    assert rec["params"] == {k: v for k, v in mv.hyperparameters.items()
+                             if k not in ("algorithm", "random_state")}
+    assert len(rec["config_hash"]) == 64 and rec["spec_hash"] == spec_hash(spec)
+    assert rec["lock_hash"] == lock_hash() == hashlib.sha256(
+        (Path(__file__).parents[2] / "uv.lock").read_bytes()).hexdigest()
+    assert rec["libraries"]["scikit-learn"] and rec["libraries"]["python"].startswith("3.11")
+    assert [b["batch_id"] for b in rec["batches"]] == ["2015", "2016", "2017"]
+    assert {b["sha256"] for b in rec["batches"]} == {m.sha256 for m in loop.manifests.values()}
+    assert rec["dataset"]["train_hash"] == loop.dataset.train_hash
+    assert rec["feature_definitions_hash"] == spec.feature_definitions_hash
+    assert rec["fit_seconds"] > 0 and rec["predict_rows_per_second"] > 1000
+    holdout = pd.read_parquet(loop.dataset.holdout_uri)
+    proba = load_model(mv, loop.settings).predict_proba(holdout[spec.feature_names])[:, 1]
+    assert rec["holdout_predictions_sha256"] == predictions_hash(proba)
+
+
+def test_reproduce_rebuilds_retrains_and_verifies_identical_predictions(spec, loop):
+    from mlcore.training import reproduce_version
+
+    result = reproduce_version(spec, loop.contender.version, loop.settings)
+    assert result.verified, result
+    assert (result.dataset_identical, result.predictions_identical,
+            result.matches_registered, result.max_abs_diff) == (True, True, True, 0.0)
+    assert result.rows == 1500
+    assert not list((loop.settings.home / "tmp").iterdir())  # the scratch rebuild is gone
+
+
+def test_reproduce_refuses_a_version_without_a_record_or_with_changed_features(spec, loop):
+    from mlcore.training import NotReproducible, reproduce_version
+
+    changed = variant(spec, feature_ttl_days=30)
+    with pytest.raises(NotReproducible, match="feature definitions changed"):
+        reproduce_version(changed, loop.contender.version, loop.settings)
