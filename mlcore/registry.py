@@ -4,13 +4,14 @@ rollback, and artifact loading that verifies the SHA-256 before deserializing.""
 from __future__ import annotations
 
 import getpass
+import hashlib
+import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from mlcore.batches import sha256_file
 from mlcore.config import Settings
 from mlcore.problems import ProblemSpec
 from mlcore.provenance import code_version, failpoint
@@ -167,10 +168,13 @@ def load_model(mv: ModelVersion, settings: Settings) -> Any:
     if not path.is_relative_to(root):
         raise ArtifactTampered(f"{mv.problem!r} v{mv.version}: artifact {mv.artifact_uri} is "
                                f"outside {root}; refusing to load it")
-    if not path.is_file() or sha256_file(path) != mv.artifact_sha256:
+    # Read once, hash those bytes, unpickle those bytes: a file swapped after the check is
+    # never what gets loaded.
+    data = path.read_bytes() if path.is_file() else None
+    if data is None or hashlib.sha256(data).hexdigest() != mv.artifact_sha256:
         raise ArtifactTampered(f"{mv.problem!r} v{mv.version}: artifact {path} is missing or "
                                "does not match its registered SHA-256; refusing to load it")
-    return joblib.load(path)
+    return joblib.load(io.BytesIO(data))
 
 
 def list_versions(problem: str, url: str) -> list[dict[str, Any]]:
@@ -190,7 +194,7 @@ def list_versions(problem: str, url: str) -> list[dict[str, Any]]:
 
 
 def alias_log(problem: str, url: str) -> list[dict[str, Any]]:
-    """The champion's history, oldest first."""
+    """Every alias move (champion and challenger; each entry names its alias), oldest first."""
     with session_scope(url) as s:
         rows = s.scalars(select(AliasHistory).where(AliasHistory.problem == problem)
                          .order_by(AliasHistory.id))
