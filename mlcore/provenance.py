@@ -13,17 +13,22 @@ from pathlib import Path
 
 @cache
 def code_version() -> str:
-    """The package version plus the git commit when running from a checkout."""
+    """The package version plus the git commit when running from a checkout (``.dirty`` when
+    tracked files differ from that commit, so a record never claims code it did not run)."""
     try:
         base = pkg_version("batchloop")
     except PackageNotFoundError:
         base = "unknown"
+    here = Path(__file__).parent
     try:
         sha = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                             text=True, timeout=5, cwd=Path(__file__).parent).stdout.strip()
+                             text=True, timeout=5, cwd=here).stdout.strip()
+        dirty = sha and subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                                       capture_output=True, text=True, timeout=5,
+                                       cwd=here).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        sha = ""
-    return f"{base}+{sha}" if sha else base
+        sha, dirty = "", ""
+    return f"{base}+{sha}{'.dirty' if dirty else ''}" if sha else base
 
 
 def failpoint(name: str) -> None:

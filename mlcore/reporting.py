@@ -76,7 +76,7 @@ def format_summary(data: dict[str, Any]) -> str:
     for e in data["evaluations"]:
         champ = "—" if e["champion"] is None else f"v{e['champion']}"
         out.append(f"  holdout {','.join(e['holdout']):<6} v{e['contender']} vs {champ:<3} "
-                   f"{e['outcome'].upper()}: {e['reason']}"
+                   f"{e['outcome'].upper()} — {e['reason']}"
                    + (f"\n      run card {e['run_card']}" if e["run_card"] else ""))
     out.append("Drift (Evidently, batch vs champion's training data):")
     out += [f"  {d['batch_id']:<10} vs v{d['model_version']}: drift share {d['drift_share']:.2f}"

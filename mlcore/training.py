@@ -29,6 +29,9 @@ from mlcore.evaluation import compute_metrics, timed_scores
 from mlcore.problems import ESTIMATORS, Candidate, ProblemSpec, Scalar
 from mlcore.provenance import code_version, lock_hash
 
+# Estimators that refuse sparse input: one-hot output is densified for them only (it stays
+# sparse for linear models, where it is ~6x smaller).
+_DENSE_ONLY = {"sklearn.ensemble.HistGradientBoostingClassifier", "sklearn.naive_bayes.GaussianNB"}
 _LIBRARIES = ("scikit-learn", "numpy", "pandas", "scipy", "joblib", "pyarrow", "feast")
 
 
@@ -58,7 +61,8 @@ def pipeline_for(spec: ProblemSpec, candidate: Candidate, seed: int,
         prep = ColumnTransformer([
             ("num", StandardScaler(), spec.numeric),
             ("cat", OneHotEncoder(categories=_categories(spec), handle_unknown="ignore"),
-             spec.categorical)])
+             spec.categorical)],
+            sparse_threshold=0.0 if candidate.estimator in _DENSE_ONLY else 0.3)
     else:
         # Categories become 0..k-1 codes (unknown -> NaN, treated as missing).
         prep = ColumnTransformer([

@@ -246,3 +246,16 @@ def test_reproduce_refuses_a_version_without_a_record_or_with_changed_features(s
     changed = variant(spec, feature_ttl_days=30)
     with pytest.raises(NotReproducible, match="feature definitions changed"):
         reproduce_version(changed, loop.contender.version, loop.settings)
+
+
+@pytest.mark.parametrize("estimator", sorted(__import__("mlcore.problems").problems.ESTIMATORS))
+def test_every_library_estimator_fits_and_gives_probabilities(spec, curated, estimator):
+    small = curated.head(300)
+    params = {"SGDClassifier": {"loss": "log_loss"}, "LogisticRegression": {"max_iter": 2000}
+              }.get(estimator.rsplit(".", 1)[1], {})
+    for prep in ("one_hot", "ordinal"):
+        lib = variant(spec, algorithms={"m": {"estimator": estimator, "preprocessing": prep,
+                                              "params": params}})
+        pipe = build_pipeline(lib, "m", seed=1).fit(small[spec.feature_names], small["employed"])
+        proba = pipe.predict_proba(curated.tail(50)[spec.feature_names])[:, 1]
+        assert proba.shape == (50,) and np.isfinite(proba).all()
