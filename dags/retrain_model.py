@@ -55,7 +55,11 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
         "validation_fraction": Param(0.2, type="number", minimum=0.05, maximum=0.45,
                                      description="Share of training entities used to pick "
                                                  "the algorithm."),
-        "random_state": Param(0, type="integer", minimum=0, description="Seed."),
+        "random_state": Param(0, type="integer", minimum=0, maximum=2**31 - 1,
+                              description="Seed of the split, the search and the estimators."),
+        "max_train_rows": Param(1_000_000, type="integer", minimum=100, maximum=50_000_000,
+                                description="Train on a seeded sample of at most this many "
+                                            "rows."),
         "reason": Param("", type="string", maxLength=500,
                         description="Why this retrain was run (kept with the decision)."),
     })

@@ -75,6 +75,6 @@ class TrainConfig(_RunConfig):
     until_batch: str | None = Field(None, max_length=64)
     algorithm: str = "auto"
     validation_fraction: float = Field(0.2, gt=0.0, lt=0.5)
-    random_state: int = Field(0, ge=0)
-    max_train_rows: int = Field(1_000_000, ge=100)
+    random_state: int = Field(0, ge=0, le=2**31 - 1)
+    max_train_rows: int = Field(1_000_000, ge=100, le=50_000_000)
     reason: str = Field("", max_length=500)
