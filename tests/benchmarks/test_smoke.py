@@ -1,0 +1,20 @@
+"""The benchmark scripts keep running as the code changes (quick mode: the figures mean nothing;
+`make bench` measures)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_promotion_benchmark_runs_the_whole_arrival_path(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_promotion.py"),
+                          "--quick", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "arrival -> decision" in out.stdout + out.stderr
+    assert "**ratio**" in out.stdout
+    assert not list(tmp_path.iterdir())  # its temporary home is removed
