@@ -141,12 +141,34 @@ class Validation(_Spec):
 
 
 class Drift(_Spec):
-    drift_share: float = Field(0.5, gt=0.0, le=1.0)
-    sample_rows: int = Field(50_000, ge=100)
+    """Drift of a batch against the serving model's reference profile, judged by effect size."""
+
+    drift_share: float = Field(0.5, gt=0.0, le=1.0)  # dataset drift: this share of features
+    sample_rows: int = Field(50_000, ge=100)  # each side sampled to at most this many rows
+    numeric_threshold: float = Field(0.1, gt=0.0)  # normed Wasserstein distance
+    categorical_threshold: float = Field(0.1, gt=0.0)  # Jensen-Shannon distance
+    prediction_threshold: float = Field(0.1, gt=0.0)  # on the model's scores
+    segments: tuple[str, ...] = ()  # categorical columns: drift within each of their values
+    budget_seconds: float = Field(300.0, gt=0.0)  # a drift check slower than this fails
+
+
+class Labels(_Spec):
+    """Ground truth that arrives after scoring."""
+
+    maturity_days: int = Field(0, ge=0)  # a row's label counts once its event time is this old
+    min_rows: int = Field(500, ge=1)  # fewer matured labelled rows: no performance figure
 
 
 class Retrain(_Spec):
-    schedule: str | None = None
+    """When to retrain. The policy runs on data time (the monitored batch's event time), so a
+    replay of history retrains when it would have then."""
+
+    schedule: str | None = None  # cron: a tick since the champion's newest training data
+    cooldown_days: float = Field(7.0, ge=0.0)  # no new request this soon after the last one
+    performance_drop: float = Field(0.02, gt=0.0)  # matured metric this far below its holdout
+    new_data_rows: int | None = Field(None, ge=1)  # labelled rows since the champion's data
+    lease_hours: float = Field(6.0, gt=0.0)  # a crashed retrain frees the problem after this
+    shadow_promotion: bool = False  # matured evidence may promote the challenger
 
 
 class ProblemSpec(_Spec):
@@ -164,6 +186,7 @@ class ProblemSpec(_Spec):
     promotion: Promotion
     validation: Validation = Field(default_factory=lambda: Validation())
     drift: Drift = Field(default_factory=lambda: Drift())
+    labels: Labels = Field(default_factory=lambda: Labels())
     retrain: Retrain = Field(default_factory=lambda: Retrain())
 
     @cached_property
@@ -207,6 +230,9 @@ class ProblemSpec(_Spec):
         if bad := set(self.promotion.guardrails.slices) - set(self.categorical):
             raise ValueError(f"problem {self.name!r}: slice guardrails on {sorted(bad)}, which "
                              "are not categorical features")
+        if bad := set(self.drift.segments) - set(self.categorical):
+            raise ValueError(f"problem {self.name!r}: drift segments {sorted(bad)} are not "
+                             "categorical features")
         return self
 
 

@@ -187,11 +187,13 @@ class DriftReport(Base):
     dataset_drift: Mapped[bool]
     json_uri: Mapped[str] = mapped_column(Text)
     html_uri: Mapped[str] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None]  # per-column scores/thresholds, prediction, segments
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class RetrainRequest(Base):
-    """Why a retrain should happen (schedule, drift, performance, manual) and what came of it."""
+    """Why a retrain should happen (schedule, drift, performance, new data, manual) and what came
+    of it. ``trigger`` is the first that fired; ``triggers`` every one merged into it."""
 
     __tablename__ = "retrain_requests"
 
@@ -200,6 +202,56 @@ class RetrainRequest(Base):
     trigger: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text)
     batch_id: Mapped[str | None] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|taken|trained
     resolved_by_version: Mapped[int | None] = mapped_column(Integer)
+    triggers: Mapped[list[Any] | None]
+    details: Mapped[dict[str, Any] | None]
+    taken_by: Mapped[str | None] = mapped_column(String(256))
+    resolved_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GroundTruth(Base):
+    """A label that arrived after scoring, keyed like the prediction it judges."""
+
+    __tablename__ = "ground_truth"
+    __table_args__ = (UniqueConstraint("problem", "batch_id", "entity_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str] = mapped_column(String(64))
+    entity_key: Mapped[str] = mapped_column(String(128))
+    label: Mapped[int] = mapped_column(Integer)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    arrived_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PerformanceReport(Base):
+    """A model's primary metric on one batch, over matured labelled rows only."""
+
+    __tablename__ = "performance_reports"
+    __table_args__ = (UniqueConstraint("problem", "batch_id", "model_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # champion | challenger
+    metric: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float | None] = mapped_column(Float)  # None: too few matured labels
+    predicted_rows: Mapped[int] = mapped_column(BigInteger)
+    matured_rows: Mapped[int] = mapped_column(BigInteger)
+    labelled_rows: Mapped[int] = mapped_column(BigInteger)
+    details: Mapped[dict[str, Any] | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RetrainLease(Base):
+    """Single-flight: the one retrain of a problem running now (until it ends or expires)."""
+
+    __tablename__ = "retrain_leases"
+
+    problem: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(256))
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
