@@ -2,9 +2,12 @@
 ### Monitor the champion
 
 For each scored batch (from `<problem>.predictions` events or the `batch_id` Param): Evidently
-data drift of the batch against the champion's training data, saved as JSON and HTML under
-`reports/` and recorded in the metadata store. When the dataset drifted, a retrain request is
-recorded and the `<problem>.retrain_requests` asset is updated, which triggers `retrain_model`.
+drift of the batch (features and scores) against the champion's reference profile, judged by the
+spec's effect-size thresholds, saved as JSON and HTML under `reports/` and recorded in the
+metadata store. Then the retrain policy (`mlcore/policy.py`): schedule, drift, a drop of the
+matured metric, new labelled data; several at once make one request, a pending request absorbs
+new triggers, a cooldown holds back. A filed or merged request updates the
+`<problem>.retrain_requests` asset, which triggers `retrain_model`.
 """
 
 from __future__ import annotations
@@ -40,18 +43,32 @@ def build(problem: str) -> None:
             with fail_fast():
                 return run(get_problem(problem), batch_id, get_settings()).to_dict()
 
+        @task
+        def assess_retrain(results: list[dict]) -> list[dict]:
+            """The retrain policy for each checked batch, in the order they were checked."""
+            from mlcore.config import get_settings
+            from mlcore.policy import assess
+            from mlcore.problems import get_problem
+
+            spec, settings = get_problem(problem), get_settings()
+            with fail_fast():
+                decisions = [assess(spec, r["batch_id"], settings, r).to_dict() for r in results]
+            for d in decisions:
+                print(f"batch {d['batch_id']}: {d['action']}: {d['reason']}")
+            return decisions
+
         @task.short_circuit(ignore_downstream_trigger_rules=False)
-        def drifted(results: list[dict]) -> bool:
-            return any(r["dataset_drift"] for r in results)
+        def requested(decisions: list[dict]) -> bool:
+            return any(d["requested"] for d in decisions)
 
         @task(outlets=[requests])
-        def request_retrain(results: list[dict]) -> list[int]:
-            ids = [r["retrain_request_id"] for r in results if r["retrain_request_id"]]
+        def request_retrain(decisions: list[dict]) -> list[int]:
+            ids = sorted({d["request_id"] for d in decisions if d["requested"]})
             get_current_context()["outlet_events"][requests].extra = {"request_ids": ids}
             return ids
 
-        results = detect_drift.expand(batch_id=resolve_batches())
-        drifted(results) >> request_retrain(results)
+        decisions = assess_retrain(detect_drift.expand(batch_id=resolve_batches()))
+        requested(decisions) >> request_retrain(decisions)
 
     monitor_model_dag()
 

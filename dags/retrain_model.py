@@ -26,8 +26,11 @@ from airflow.sdk import (
     Param,
     dag,
     get_current_context,
+    setup,
     task,
+    teardown,
 )
+from airflow.sdk.exceptions import AirflowSkipException
 
 from batchloop_airflow import dag_kwargs, fail_fast, problem_specs, stage_asset
 
@@ -64,6 +67,33 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
                         description="Why this retrain was run (kept with the decision)."),
     })
     def retrain_model_dag() -> None:
+        @setup
+        def start_retrain() -> dict:
+            """Single flight: take the problem's lease (skip the run if another retrain holds
+            it) and log the pending request(s) this run answers."""
+            from mlcore.config import get_settings
+            from mlcore.policy import RetrainInFlight, acquire_lease, pending_requests
+            from mlcore.problems import get_problem
+
+            ctx, url = get_current_context(), get_settings().db_url
+            holder = f"{ctx['dag'].dag_id}/{ctx['run_id']}"
+            try:
+                acquire_lease(problem, holder, url, get_problem(problem).retrain.lease_hours)
+            except RetrainInFlight as exc:
+                raise AirflowSkipException(str(exc)) from exc
+            requests = pending_requests(problem, url)
+            for r in requests:
+                print(f"answering retrain request #{r['id']} ({', '.join(r['triggers'])}): "
+                      f"{r['reason']}")
+            return {"holder": holder, "requests": requests}
+
+        @teardown
+        def release_retrain(lease: dict) -> None:
+            from mlcore.config import get_settings
+            from mlcore.policy import release_lease
+
+            release_lease(problem, lease["holder"], get_settings().db_url)
+
         @task
         def build_dataset() -> dict:
             from mlcore.config import TrainConfig, get_settings
@@ -133,16 +163,20 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
                            actor=f"airflow:{get_current_context()['run_id']}")
             return {"champion": decision["contender_version"]}
 
+        lease = start_retrain()
         dataset = build_dataset()
+        lease >> dataset
         decision = evaluate_contender(dataset, train_contender(dataset))
-        mark_challenger(decision)
+        challenger = mark_challenger(decision)
         gate = should_promote(decision)
         if approval:
             gate = gate >> ApprovalOperator(
                 task_id="approve_promotion", subject=f"Promote the {problem} contender?",
                 body="{{ ti.xcom_pull(task_ids='evaluate_contender')['summary'] }}",
                 defaults=["Reject"], response_timeout=timedelta(hours=24))
-        gate >> promote_contender(decision)
+        promoted = promote_contender(decision)
+        gate >> promoted
+        [challenger, promoted] >> release_retrain(lease)
 
     retrain_model_dag()
 

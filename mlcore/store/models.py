@@ -5,7 +5,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime
 
@@ -196,6 +207,9 @@ class RetrainRequest(Base):
     of it. ``trigger`` is the first that fired; ``triggers`` every one merged into it."""
 
     __tablename__ = "retrain_requests"
+    __table_args__ = (Index("one_pending_retrain_request", "problem", unique=True,
+                            sqlite_where=text("state = 'pending'"),
+                            postgresql_where=text("state = 'pending'")),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     problem: Mapped[str] = mapped_column(String(64))

@@ -51,10 +51,15 @@ def test_task_graphs(bag, spec):
     assert graph("materialize_features") == {"resolve_batches": ["materialize_batch"],
                                              "materialize_batch": []}
     assert graph("retrain_model") == {
+        "start_retrain": ["build_dataset", "release_retrain"],
         "build_dataset": ["evaluate_contender", "train_contender"],
         "train_contender": ["evaluate_contender"],
         "evaluate_contender": ["mark_challenger", "promote_contender", "should_promote"],
-        "mark_challenger": [], "should_promote": ["promote_contender"], "promote_contender": []}
+        "mark_challenger": ["release_retrain"], "should_promote": ["promote_contender"],
+        "promote_contender": ["release_retrain"], "release_retrain": []}
+    retrain = bag.dags[f"{spec.name}__retrain_model"]
+    assert retrain.get_task("start_retrain").is_setup
+    assert retrain.get_task("release_retrain").is_teardown
     assert graph("backfill_batches") == {"plan_backfill": ["run_stage"], "run_stage": []}
 
 

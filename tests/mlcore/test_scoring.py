@@ -93,3 +93,50 @@ def test_scoring_without_a_champion_is_not_found(spec, slices, sqlite_settings):
         score_batch(spec, "2015", sqlite_settings)
     with session_scope(sqlite_settings.db_url) as s:
         assert s.query(Prediction).count() == 0
+
+
+@pytest.fixture(scope="module")
+def shadowed(spec, slices, settings_factory):
+    """Batch 2016 materialized; champion and challenger: two real pipelines of different C."""
+    from mlcore.datasets import DatasetRef
+    from mlcore.registry import CHALLENGER, move_alias, register_version
+    from mlcore.training import build_pipeline, save_artifact
+
+    settings = settings_factory("shadow")
+    ingest_batch(spec, str(slices[2016]), "2016", settings)
+    materialize_batch(spec, "2016", settings)
+    curated = read_curated(get_batch(spec.name, "2016", settings.db_url))
+    dataset = DatasetRef("d" * 16, "/x/t", "/x/h", ["2016"], ["2016"], "entity_hash", 1, 1,
+                         "a" * 64, "b" * 64)
+    versions = []
+    for c in (1.0, 0.001):
+        pipe = build_pipeline(spec, "logistic_regression", 0, {"C": c}).fit(
+            curated[spec.feature_names], curated["employed"])
+        uri, sha = save_artifact(pipe, settings, spec.name)
+        versions.append(register_version(
+            spec, settings, algorithm="logistic_regression", artifact_uri=uri,
+            artifact_sha256=sha, hyperparameters={"C": c}, dataset=dataset, train_rows=1500,
+            validation={}, timings={}))
+    move_alias(spec.name, expected=None, new=versions[0], reason="t", url=settings.db_url)
+    move_alias(spec.name, expected=None, new=versions[1], reason="t", url=settings.db_url,
+               alias=CHALLENGER)
+    return settings, versions, curated
+
+
+def test_a_challenger_is_shadow_scored_next_to_the_champion(spec, shadowed):
+    settings, (champion, challenger), curated = shadowed
+    result = score_batch(spec, "2016", settings)
+    assert (result.model_version, result.challenger_version) == (champion, challenger)
+    for version in (champion, challenger):
+        model = load_model(get_version(spec.name, version, settings.db_url), settings)
+        want = pd.Series(predict_proba(model, curated[spec.feature_names]),
+                         index=curated["id"].astype(str))
+        got = stored(settings, "2016", version).set_index("entity_key")["score"]
+        assert len(got) == 1500
+        np.testing.assert_allclose(got.loc[want.index].to_numpy(), want.to_numpy(), rtol=1e-6)
+    assert result.challenger_mean_score == pytest.approx(stored(settings, "2016", challenger)
+                                                         ["score"].mean())
+    assert stored(settings, "2016", champion)["score"].std() != pytest.approx(
+        stored(settings, "2016", challenger)["score"].std())  # really two models
+    pinned = score_batch(spec, "2016", settings, version=champion)  # an explicit version only
+    assert pinned.challenger_version is None

@@ -59,10 +59,16 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=True))
     with op.batch_alter_table("drift_reports", schema=None) as batch_op:
         batch_op.add_column(sa.Column("details", sa.JSON(), nullable=True))
+    # De-duplication in the store: at most one pending request per problem (a partial unique
+    # index; SQLite and PostgreSQL both have them), so two monitors at once cannot file two.
+    op.create_index("one_pending_retrain_request", "retrain_requests", ["problem"], unique=True,
+                    sqlite_where=sa.text("state = 'pending'"),
+                    postgresql_where=sa.text("state = 'pending'"))
 
 
 def downgrade() -> None:
     """Drop them."""
+    op.drop_index("one_pending_retrain_request", table_name="retrain_requests")
     with op.batch_alter_table("drift_reports", schema=None) as batch_op:
         batch_op.drop_column("details")
     with op.batch_alter_table("retrain_requests", schema=None) as batch_op:

@@ -1,0 +1,284 @@
+"""Retrain policy: turn monitoring evidence into at most one well-reasoned retrain request per
+problem, and let at most one retrain per problem run at a time (a lease in the metadata store).
+
+Triggers (``retrain:`` in the spec): ``schedule`` (a cron tick since the champion's newest
+training data), ``drift`` (dataset or prediction drift of the batch), ``performance`` (the
+champion's metric on matured labels this far below its own holdout metric), ``new_data``
+(labelled rows published since the champion's newest training data), ``manual``.
+
+The policy runs on data time: ``as_of`` is the monitored batch's newest event time, so a replay
+of history (a backfill, the demo) retrains when it would have then. Several triggers at once make
+one request; a pending request absorbs later triggers (a partial unique index allows one pending
+request per problem, so two monitors at once cannot file two); no new request within
+``cooldown_days`` of the last one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from mlcore.config import Settings
+from mlcore.ingestion import get_batch, published_batches
+from mlcore.problems import ProblemSpec
+from mlcore.registry import alias_holder, get_version
+from mlcore.store.models import (
+    Batch,
+    Evaluation,
+    PerformanceReport,
+    RetrainLease,
+    RetrainRequest,
+    utcnow,
+)
+from mlcore.store.session import session_scope
+
+TRIGGERS = ("schedule", "drift", "performance", "new_data", "manual")
+
+
+def _utc(moment: datetime) -> datetime:
+    # SQLite returns naive datetimes for timezone-aware columns; they were stored as UTC.
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """One reason to retrain, with the numbers behind it."""
+
+    name: str
+    reason: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PolicyDecision:
+    """What the policy did for one batch: ``filed`` a request, ``merged`` into the pending one,
+    held back by ``cooldown``, or ``none`` fired."""
+
+    problem: str
+    batch_id: str
+    as_of: str
+    action: str
+    fired: list[dict[str, Any]]
+    request_id: int | None
+    reason: str
+
+    @property
+    def requested(self) -> bool:
+        """A request is pending because of this batch (filed or merged)."""
+        return self.action in ("filed", "merged")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return {**asdict(self), "requested": self.requested}
+
+
+def _champion_data_time(problem: str, batch_ids: list[str], url: str) -> datetime | None:
+    with session_scope(url) as s:
+        newest = s.scalar(select(func.max(Batch.event_time_max)).where(
+            Batch.problem == problem, Batch.batch_id.in_(batch_ids)))
+    return None if newest is None else _utc(newest)
+
+
+def _holdout_metric(problem: str, version: int, metric: str, url: str) -> float | None:
+    """The champion's metric on the holdout it was promoted on (None: promoted by force)."""
+    with session_scope(url) as s:
+        row = s.scalar(select(Evaluation).where(
+            Evaluation.problem == problem, Evaluation.contender_version == version,
+            Evaluation.promote.is_(True)).order_by(Evaluation.id.desc()).limit(1))
+    value = None if row is None else row.contender_metrics.get(metric)
+    return None if value is None else float(value)
+
+
+def _latest_performance(problem: str, version: int, url: str) -> PerformanceReport | None:
+    with session_scope(url) as s:
+        return s.scalar(select(PerformanceReport).where(
+            PerformanceReport.problem == problem, PerformanceReport.model_version == version,
+            PerformanceReport.value.is_not(None)).order_by(PerformanceReport.id.desc()).limit(1))
+
+
+def fired_triggers(spec: ProblemSpec, as_of: datetime, settings: Settings,
+                   drift: dict[str, Any] | None = None) -> list[Trigger]:
+    """Every trigger that fires for the champion as of ``as_of`` (data time)."""
+    from croniter import croniter
+
+    url, rule = settings.db_url, spec.retrain
+    version = alias_holder(spec.name, url)
+    if version is None:
+        return []
+    champion = get_version(spec.name, version, url)
+    since = _champion_data_time(spec.name, list(champion.training_batch_ids), url)
+    fired = []
+    if rule.schedule and since is not None:
+        due = croniter(rule.schedule, since).get_next(datetime)
+        if due <= as_of:
+            fired.append(Trigger("schedule", f"schedule '{rule.schedule}' was due at "
+                                 f"{due:%Y-%m-%d %H:%M} UTC; champion v{version}'s newest "
+                                 f"training data is from {since:%Y-%m-%d}",
+                                 {"due": due.isoformat(), "champion_data_time": since.isoformat()}))
+    if drift and (drift.get("dataset_drift") or drift.get("prediction_drift")):
+        what = (f"{drift['drift_share']:.0%} of features drifted"
+                + (f" ({', '.join(drift.get('drifted_columns') or [])})"
+                   if drift.get("drifted_columns") else "")
+                + ("; predictions drifted" if drift.get("prediction_drift") else ""))
+        fired.append(Trigger("drift", f"batch {drift['batch_id']}: {what} vs champion "
+                             f"v{version}", {"drift_share": drift["drift_share"],
+                                             "prediction_drift": drift.get("prediction_drift")}))
+    holdout = _holdout_metric(spec.name, version, spec.metric.name, url)
+    latest = _latest_performance(spec.name, version, url)
+    if holdout is not None and latest is not None and latest.value is not None:
+        sign = 1.0 if spec.metric.direction == "maximize" else -1.0
+        drop = sign * (holdout - latest.value)
+        if drop > rule.performance_drop:
+            fired.append(Trigger("performance", f"champion v{version}'s {spec.metric.name} on "
+                                 f"matured labels of batch {latest.batch_id} is {latest.value:.4f}"
+                                 f", {drop:.4f} below its holdout {holdout:.4f} (allowed "
+                                 f"{rule.performance_drop})",
+                                 {"holdout": holdout, "matured": latest.value, "drop": drop,
+                                  "batch_id": latest.batch_id}))
+    if rule.new_data_rows is not None and since is not None:
+        fresh = [b for b in published_batches(spec.name, url)
+                 if spec.target.name in b.schema and b.event_time_min is not None
+                 and since < _utc(b.event_time_min) <= as_of]
+        rows = sum(b.row_count for b in fresh)
+        if rows >= rule.new_data_rows:
+            fired.append(Trigger("new_data", f"{rows:,} labelled rows in {len(fresh)} batches "
+                                 f"since champion v{version}'s training data (threshold "
+                                 f"{rule.new_data_rows:,})", {"rows": rows}))
+    return fired
+
+
+def assess(spec: ProblemSpec, batch_id: str, settings: Settings,
+           drift: dict[str, Any] | None = None) -> PolicyDecision:
+    """Decide for one monitored batch: file, merge, hold back (cooldown) or nothing."""
+    batch = get_batch(spec.name, batch_id, settings.db_url)
+    if batch.event_time_max is None:
+        raise ValueError(f"batch {batch_id!r} of {spec.name!r} has no event time")
+    as_of = _utc(batch.event_time_max)
+    fired = fired_triggers(spec, as_of, settings, drift)
+    if not fired:
+        return PolicyDecision(spec.name, batch_id, as_of.isoformat(), "none", [], None,
+                              "no trigger fired")
+    for _attempt in range(2):  # a concurrent filer wins the unique index: merge into its request
+        try:
+            return _file(spec, batch_id, as_of, fired, settings.db_url)
+        except IntegrityError:
+            continue
+    raise RuntimeError(f"could not file a retrain request for {spec.name!r}")
+
+
+def _file(spec: ProblemSpec, batch_id: str, as_of: datetime, fired: list[Trigger],
+          url: str) -> PolicyDecision:
+    names = [t.name for t in fired]
+    reason = "; ".join(f"{t.name}: {t.reason}" for t in fired)
+    details = {"as_of": as_of.isoformat(), "batch_id": batch_id,
+               "triggers": {t.name: t.numbers for t in fired}}
+
+    def decision(action: str, request_id: int | None, why: str) -> PolicyDecision:
+        return PolicyDecision(spec.name, batch_id, as_of.isoformat(), action,
+                              [asdict(t) for t in fired], request_id, why)
+
+    with session_scope(url) as s:
+        pending = s.scalar(select(RetrainRequest).where(RetrainRequest.problem == spec.name,
+                                                        RetrainRequest.state == "pending"))
+        if pending is not None:
+            merged = list(dict.fromkeys([*(pending.triggers or [pending.trigger]), *names]))
+            pending.triggers = merged
+            if batch_id not in pending.reason:
+                pending.reason = f"{pending.reason} | batch {batch_id}: {reason}"
+            return decision("merged", pending.id, f"merged into pending request "
+                            f"#{pending.id}: {reason}")
+        last = s.scalar(select(RetrainRequest).where(RetrainRequest.problem == spec.name)
+                        .order_by(RetrainRequest.id.desc()).limit(1))
+        stamp = None if last is None else (last.details or {}).get("as_of")
+        if last is not None and stamp:
+            last_as_of = datetime.fromisoformat(stamp)
+            if as_of - last_as_of < timedelta(days=spec.retrain.cooldown_days):
+                return decision("cooldown", None, f"cooldown: request #{last.id} was filed "
+                                f"for data as of {last_as_of:%Y-%m-%d}, less than "
+                                f"{spec.retrain.cooldown_days:g} days before; not filed: "
+                                f"{reason}")
+        request = RetrainRequest(problem=spec.name, trigger=names[0], triggers=names,
+                                 reason=reason, batch_id=batch_id, details=details)
+        s.add(request)
+        s.flush()
+        return decision("filed", request.id, reason)
+
+
+def request_manual(problem: str, reason: str, url: str) -> int:
+    """File (or merge into the pending) request by hand. Returns its id."""
+    with session_scope(url) as s:
+        pending = s.scalar(select(RetrainRequest).where(RetrainRequest.problem == problem,
+                                                        RetrainRequest.state == "pending"))
+        if pending is not None:
+            pending.triggers = list(dict.fromkeys([*(pending.triggers or []), "manual"]))
+            pending.reason = f"{pending.reason} | manual: {reason}"
+            return pending.id
+        request = RetrainRequest(problem=problem, trigger="manual", triggers=["manual"],
+                                 reason=f"manual: {reason}",
+                                 details={"as_of": utcnow().isoformat()})
+        s.add(request)
+        s.flush()
+        return request.id
+
+
+def pending_requests(problem: str, url: str) -> list[dict[str, Any]]:
+    """The pending request (at most one), as plain dicts."""
+    return [r for r in list_requests(problem, url) if r["state"] == "pending"]
+
+
+def list_requests(problem: str, url: str) -> list[dict[str, Any]]:
+    """Every retrain request, oldest first (what ``mlcore requests`` prints)."""
+    with session_scope(url) as s:
+        return [{"id": r.id, "trigger": r.trigger, "triggers": r.triggers or [r.trigger],
+                 "reason": r.reason, "batch_id": r.batch_id, "state": r.state,
+                 "resolved_by_version": r.resolved_by_version, "taken_by": r.taken_by,
+                 "created_at": r.created_at.isoformat()}
+                for r in s.scalars(select(RetrainRequest).where(RetrainRequest.problem == problem)
+                                   .order_by(RetrainRequest.id))]
+
+
+class RetrainInFlight(RuntimeError):
+    """Another retrain of the problem holds the lease."""
+
+
+def acquire_lease(problem: str, holder: str, url: str, hours: float) -> None:
+    """Take the problem's retrain lease (single-flight), or raise.
+
+    A held lease is taken over only once expired (a crashed run frees the problem after
+    ``hours``). Re-acquiring by the same holder (a task retry) renews it.
+
+    Raises:
+        RetrainInFlight: another holder has it.
+    """
+    now = utcnow()
+    expires = now + timedelta(hours=hours)
+    try:
+        with session_scope(url) as s:
+            s.add(RetrainLease(problem=problem, holder=holder, acquired_at=now,
+                               expires_at=expires))
+        return
+    except IntegrityError:
+        pass
+    with session_scope(url) as s:
+        taken = s.execute(update(RetrainLease).where(
+            RetrainLease.problem == problem,
+            (RetrainLease.expires_at < now) | (RetrainLease.holder == holder),
+        ).values(holder=holder, acquired_at=now, expires_at=expires)).rowcount  # type: ignore[attr-defined]
+        if taken == 1:
+            return
+        current = s.scalar(select(RetrainLease).where(RetrainLease.problem == problem))
+    who = "someone" if current is None else f"{current.holder} (until {current.expires_at})"
+    raise RetrainInFlight(f"{problem!r} is already being retrained by {who}")
+
+
+def release_lease(problem: str, holder: str, url: str) -> bool:
+    """Give the lease back (only its holder can). Returns whether it was held."""
+    from sqlalchemy import delete
+
+    with session_scope(url) as s:
+        return bool(s.execute(delete(RetrainLease).where(
+            RetrainLease.problem == problem, RetrainLease.holder == holder)).rowcount)  # type: ignore[attr-defined]

@@ -1,0 +1,205 @@
+"""The retrain policy on SQLite and PostgreSQL: each trigger with its numbers, several at once
+make one request, a pending request absorbs later ones, the cooldown holds back, concurrent
+monitors file one request, and the single-flight lease."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from mlcore.datasets import DatasetRef
+from mlcore.policy import (
+    RetrainInFlight,
+    acquire_lease,
+    assess,
+    list_requests,
+    release_lease,
+)
+from mlcore.problems import ProblemSpec
+from mlcore.registry import move_alias, register_version
+from mlcore.store.models import (
+    Batch,
+    Evaluation,
+    PerformanceReport,
+    RetrainLease,
+    RetrainRequest,
+)
+from mlcore.store.session import session_scope
+
+P = "census_employment"
+
+
+def year_end(year: int) -> datetime:
+    return datetime(year, 12, 31, tzinfo=UTC)
+
+
+def add_batch(url: str, batch_id: str, year: int, rows: int = 1000) -> None:
+    with session_scope(url) as s:
+        s.add(Batch(problem=P, batch_id=batch_id, source_uri="file:///x", sha256="e" * 64,
+                    row_count=rows, schema_hash="c" * 64, schema={"employed": "int64"},
+                    quarantine_count=0, state="published", event_time_min=year_end(year),
+                    event_time_max=year_end(year)))
+
+
+@pytest.fixture
+def world(spec, settings):
+    """Batches 2015 and 2016 published; champion v1 trained on 2015 with holdout AUC 0.85."""
+    url = settings.db_url
+    add_batch(url, "2015", 2015)
+    add_batch(url, "2016", 2016)
+    dataset = DatasetRef("d" * 16, "/x/t", "/x/h", ["2015"], ["2015"], "entity_hash", 800, 200,
+                         "a" * 64, "b" * 64)
+    version = register_version(spec, settings, algorithm="lr", artifact_uri="/x/m",
+                               artifact_sha256="0" * 64, hyperparameters={}, dataset=dataset,
+                               train_rows=800, validation={}, timings={})
+    with session_scope(url) as s:
+        s.add(Evaluation(problem=P, contender_version=version, champion_version=None,
+                         holdout_batch_ids=["2015"], holdout_hash="b" * 64, holdout_rows=200,
+                         metric="roc_auc", contender_metrics={"roc_auc": 0.85},
+                         champion_metrics=None, thresholds={}, promote=True, outcome="promote",
+                         reason="first"))
+    move_alias(P, expected=None, new=version, reason="first", url=url)
+    return settings
+
+
+def rule(spec, **retrain) -> ProblemSpec:
+    """The spec with the given retrain knobs; by default only what a test turns on fires."""
+    base = {"schedule": None, "new_data_rows": None, "cooldown_days": 7.0}
+    return ProblemSpec.model_validate({**spec.model_dump(),
+                                       "retrain": {**spec.retrain.model_dump(), **base,
+                                                   **retrain}})
+
+
+def drift(batch_id: str, share: float = 0.6) -> dict:
+    return {"batch_id": batch_id, "dataset_drift": share >= 0.5, "prediction_drift": False,
+            "drift_share": share, "drifted_columns": ["AGEP", "SCHL"]}
+
+
+def count(url, state=None) -> int:
+    with session_scope(url) as s:
+        q = select(func.count()).select_from(RetrainRequest)
+        return s.scalar(q if state is None else q.where(RetrainRequest.state == state))
+
+
+def test_nothing_fires_without_evidence(spec, world):
+    d = assess(rule(spec), "2016", world)
+    assert (d.action, d.request_id, d.fired) == ("none", None, [])
+    assert count(world.db_url) == 0
+
+
+def test_the_schedule_fires_on_a_cron_tick_since_the_champions_data(spec, world):
+    d = assess(rule(spec, schedule="0 6 * * 1"), "2016", world)
+    assert d.action == "filed" and [t["name"] for t in d.fired] == ["schedule"]
+    assert "was due at 2016-01-04 06:00 UTC" in d.reason  # first Monday after 2015-12-31
+    # a yearly schedule whose next tick is after the batch: nothing
+    assert not assess(rule(spec, schedule="0 0 1 1 *", cooldown_days=0), "2015", world).fired
+
+
+def test_drift_fires_with_its_numbers(spec, world):
+    d = assess(rule(spec), "2016", world, drift("2016", 0.6))
+    assert d.action == "filed" and d.fired[0]["numbers"]["drift_share"] == 0.6
+    assert "60% of features drifted (AGEP, SCHL)" in d.reason
+    assert assess(rule(spec), "2016", world, drift("2016", 0.1)).action == "none"
+
+
+@pytest.mark.parametrize("matured, fires", [(0.82, True), (0.84, False)])
+def test_a_performance_drop_on_matured_labels_fires(spec, world, matured, fires):
+    with session_scope(world.db_url) as s:
+        s.add(PerformanceReport(problem=P, batch_id="2016", model_version=1, role="champion",
+                                metric="roc_auc", value=matured, predicted_rows=1000,
+                                matured_rows=1000, labelled_rows=900))
+    d = assess(rule(spec, performance_drop=0.02), "2016", world)
+    assert ([t["name"] for t in d.fired] == ["performance"]) is fires
+    if fires:
+        assert d.fired[0]["numbers"]["drop"] == pytest.approx(0.03)
+
+
+def test_new_labelled_data_fires_over_its_threshold(spec, world):
+    add_batch(world.db_url, "2017", 2017, rows=5000)
+    assert not assess(rule(spec, new_data_rows=7000), "2017", world).fired
+    d = assess(rule(spec, new_data_rows=6000), "2017", world)
+    assert d.fired[0]["name"] == "new_data" and d.fired[0]["numbers"]["rows"] == 6000
+
+
+def test_two_triggers_at_once_make_one_request_and_later_ones_merge(spec, world):
+    url = world.db_url
+    both = rule(spec, schedule="0 6 * * 1")
+    first = assess(both, "2016", world, drift("2016"))
+    assert first.action == "filed" and [t["name"] for t in first.fired] == ["schedule", "drift"]
+    add_batch(url, "2017", 2017)
+    again = assess(both, "2017", world, drift("2017"))
+    assert (again.action, again.request_id) == ("merged", first.request_id)
+    [request] = list_requests(P, url)
+    assert request["triggers"] == ["schedule", "drift"] and "batch 2017" in request["reason"]
+    assert count(url) == 1
+
+
+def test_the_cooldown_holds_back_a_new_request(spec, world):
+    url = world.db_url
+    add_batch(url, "2016b", 2016)  # same data time as 2016
+    first = assess(rule(spec), "2016", world, drift("2016"))
+    with session_scope(url) as s:  # the retrain answered it
+        s.execute(update(RetrainRequest).values(state="trained", resolved_by_version=1))
+    held = assess(rule(spec), "2016b", world, drift("2016b"))
+    assert held.action == "cooldown" and held.request_id is None
+    assert f"request #{first.request_id}" in held.reason
+    assert count(url) == 1
+    add_batch(url, "2017", 2017)
+    assert assess(rule(spec), "2017", world, drift("2017")).action == "filed"
+    assert count(url) == 2
+
+
+def test_concurrent_monitors_file_exactly_one_request(spec, world):
+    url, errors, actions = world.db_url, [], []
+    for i in range(8):
+        add_batch(url, f"c{i}", 2016)
+
+    def monitor(batch_id: str) -> None:
+        try:
+            actions.append(assess(rule(spec), batch_id, world, drift(batch_id)).action)
+        except Exception as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=monitor, args=(f"c{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert sorted(actions).count("filed") == 1 and len(actions) == 8
+    assert count(url, "pending") == 1
+
+
+def test_the_lease_is_single_flight_renewable_and_expires(world):
+    url = world.db_url
+    acquire_lease(P, "run-a", url, hours=1)
+    with pytest.raises(RetrainInFlight, match="run-a"):
+        acquire_lease(P, "run-b", url, hours=1)
+    acquire_lease(P, "run-a", url, hours=1)  # a retry of the same run renews
+    assert release_lease(P, "run-b", url) is False
+    with session_scope(url) as s:  # run-a crashed long ago
+        s.execute(update(RetrainLease).values(expires_at=datetime.now(UTC) - timedelta(hours=1)))
+    acquire_lease(P, "run-b", url, hours=1)
+    assert release_lease(P, "run-b", url) is True
+    acquire_lease(P, "run-c", url, hours=1)
+
+
+def test_concurrent_lease_takers_get_exactly_one(world):
+    url, won, lost = world.db_url, [], []
+
+    def take(i: int) -> None:
+        try:
+            acquire_lease(P, f"run-{i}", url, hours=1)
+            won.append(i)
+        except RetrainInFlight:
+            lost.append(i)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(won) == 1 and len(lost) == 7
