@@ -258,8 +258,12 @@ class UnfairHoldout(ValueError):
 
 
 def _row_keys(spec: ProblemSpec, frame: pd.DataFrame) -> np.ndarray:
-    return pd.util.hash_pandas_object(frame[[spec.entity.key, "event_timestamp"]],
-                                      index=False).to_numpy()
+    """One hash per row of (entity key as text, event time in UTC nanoseconds), whatever the
+    frame's dtypes (a Feast join and a curated file store the same moment differently)."""
+    stamps = pd.to_datetime(frame["event_timestamp"], utc=True).dt.as_unit("ns")
+    norm = pd.DataFrame({"key": frame[spec.entity.key].astype(str).to_numpy(),
+                         "at": stamps.astype("int64").to_numpy()})
+    return pd.util.hash_pandas_object(norm, index=False).to_numpy()
 
 
 def training_rows_path(mv: ModelVersion, settings: Settings) -> Path:
@@ -333,7 +337,6 @@ def evaluate_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
         UnfairHoldout: either model trained on holdout rows.
     """
     from mlcore.registry import alias_holder, get_version, load_model
-    from mlcore.runcard import roc_points, write_run_card
 
     holdout = load_part(dataset.holdout_uri, dataset.holdout_hash)
     X, y = holdout[spec.feature_names], holdout[spec.target.name].to_numpy()
@@ -344,21 +347,37 @@ def evaluate_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
     p_new, new_rps = timed_scores(load_model(new_mv, settings), X)
     p_old, old_rps = (None, None) if old_mv is None else timed_scores(
         load_model(old_mv, settings), X)
-    name = spec.metric.name
     decision, details = judge(spec, holdout, p_new, p_old, new_rps, old_rps)
     details["split"] = dataset.method
-    new_metrics = {**compute_metrics(y, p_new), "rows_per_second": new_rps}
+    return record_evaluation(spec, settings, new_mv, old_mv, y, p_new, p_old, decision, details,
+                             {"batches": dataset.holdout_batches, "rows": len(holdout),
+                              "hash": dataset.holdout_hash, "method": dataset.method})
+
+
+def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersion,
+                      old_mv: ModelVersion | None, y: np.ndarray, p_new: np.ndarray,
+                      p_old: np.ndarray | None, decision: PromotionDecision,
+                      details: dict[str, Any], holdout: dict[str, Any]) -> dict[str, Any]:
+    """Store a decision with every number used and write its run card (one transaction).
+
+    ``holdout``: ``batches``, ``rows``, ``hash``, ``method`` of the rows both were judged on.
+    """
+    from mlcore.runcard import roc_points, write_run_card
+
+    speed = details.get("throughput") or {}
+    new_metrics = {**compute_metrics(y, p_new), "rows_per_second": speed.get("contender")}
     old_metrics = None if p_old is None else {**compute_metrics(y, p_old),
-                                              "rows_per_second": old_rps}
+                                              "rows_per_second": speed.get("champion")}
+    contender, champ = new_mv.version, None if old_mv is None else old_mv.version
     with session_scope(settings.db_url) as s:
         row = Evaluation(
             problem=spec.name, contender_version=contender, champion_version=champ,
-            holdout_batch_ids=dataset.holdout_batches, holdout_hash=dataset.holdout_hash,
-            holdout_rows=len(holdout), metric=name, contender_metrics=_json(new_metrics),
-            champion_metrics=_json(old_metrics), delta=decision.delta, ci_low=decision.ci_low,
-            ci_high=decision.ci_high, thresholds=spec.promotion.model_dump(),
-            promote=decision.promote, outcome=decision.outcome, reason=decision.reason,
-            details=_json(details))
+            holdout_batch_ids=holdout["batches"], holdout_hash=holdout["hash"],
+            holdout_rows=holdout["rows"], metric=spec.metric.name,
+            contender_metrics=_json(new_metrics), champion_metrics=_json(old_metrics),
+            delta=decision.delta, ci_low=decision.ci_low, ci_high=decision.ci_high,
+            thresholds=spec.promotion.model_dump(), promote=decision.promote,
+            outcome=decision.outcome, reason=decision.reason, details=_json(details))
         s.add(row)
         s.flush()
         card = write_run_card(_json({
@@ -367,19 +386,17 @@ def evaluate_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
             "promote": decision.promote, "reason": decision.reason,
             "metric": spec.metric.model_dump(),
             "contender": {"version": contender, "algorithm": new_mv.algorithm,
-                          "metrics": new_metrics, "rows_per_second": new_rps,
+                          "metrics": new_metrics, "rows_per_second": speed.get("contender"),
                           "roc": roc_points(y, p_new)},
             "champion": None if old_mv is None or p_old is None else {
                 "version": champ, "algorithm": old_mv.algorithm, "metrics": old_metrics,
-                "rows_per_second": old_rps, "roc": roc_points(y, p_old)},
+                "rows_per_second": speed.get("champion"), "roc": roc_points(y, p_old)},
             "delta": decision.delta,
             "ci": None if decision.ci_low is None else [decision.ci_low, decision.ci_high],
             "confidence": spec.promotion.confidence,
             "bootstrap_samples": spec.promotion.bootstrap_samples,
-            "thresholds": spec.promotion.model_dump(),
-            "holdout": {"batches": dataset.holdout_batches, "rows": len(holdout),
-                        "hash": dataset.holdout_hash, "method": dataset.method},
-            "slices": details["slices"], "throughput": details["throughput"],
+            "thresholds": spec.promotion.model_dump(), "holdout": holdout,
+            "slices": details["slices"], "throughput": speed,
             "guardrails": list(decision.guardrails)}),
             settings.partition("reports", spec.name) / f"evaluation={row.id}")
         row.run_card_uri = str(card.html_path)
@@ -388,7 +405,7 @@ def evaluate_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
              contender, decision.outcome, decision.reason, card.html_path, card.bytes)
     return {**_json(decision.to_dict()), "evaluation_id": eval_id,
             "contender_version": contender, "champion_version": champ,
-            "holdout_batches": dataset.holdout_batches, "run_card": str(card.html_path)}
+            "holdout_batches": holdout["batches"], "run_card": str(card.html_path)}
 
 
 def _json(value: Any) -> Any:
