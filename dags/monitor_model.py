@@ -21,6 +21,7 @@ from batchloop_airflow import (
     dag_kwargs,
     fail_fast,
     problem_specs,
+    publish_monitoring_page,
     resolve_batches,
     stage_asset,
 )
@@ -69,6 +70,7 @@ def build(problem: str) -> None:
 
         decisions = assess_retrain(detect_drift.expand(batch_id=resolve_batches()))
         requested(decisions) >> request_retrain(decisions)
+        decisions >> publish_monitoring_page(problem)
 
     monitor_model_dag()
 

@@ -32,7 +32,13 @@ from airflow.sdk import (
 )
 from airflow.sdk.exceptions import AirflowSkipException
 
-from batchloop_airflow import dag_kwargs, fail_fast, problem_specs, stage_asset
+from batchloop_airflow import (
+    dag_kwargs,
+    fail_fast,
+    problem_specs,
+    publish_monitoring_page,
+    stage_asset,
+)
 
 STAGE = Path(__file__).stem
 
@@ -176,6 +182,7 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
                 defaults=["Reject"], response_timeout=timedelta(hours=24))
         promoted = promote_contender(decision)
         gate >> promoted
+        [challenger, promoted] >> publish_monitoring_page(problem)
         [challenger, promoted] >> release_retrain(lease)
 
     retrain_model_dag()

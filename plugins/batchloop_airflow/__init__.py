@@ -9,8 +9,9 @@ from batchloop_airflow.tasks import (
            batch_id_param,
            batch_ids_from_context,
            fail_fast,
+           publish_monitoring_page,
            resolve_batches,
 )
 
 __all__ = ["batch_id_param", "batch_ids_from_context", "dag_kwargs", "fail_fast", "problem_specs",
-           "resolve_batches", "stage_asset"]
+           "publish_monitoring_page", "resolve_batches", "stage_asset"]

@@ -62,3 +62,15 @@ def fail_fast() -> Iterator[None]:
     except (BatchError, BatchConflict, NotEnoughData, ProblemNotFound, AliasConflict,
             ArtifactTampered, FileNotFoundError, ValueError) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@task(trigger_rule="none_failed")
+def publish_monitoring_page(problem: str) -> str:
+    """Rewrite the problem's static monitoring page (after each monitoring or retrain run) and
+    log where it is."""
+    from mlcore.config import get_settings
+    from mlcore.monitoring_page import write_monitoring_page
+
+    page = write_monitoring_page(problem, get_settings())
+    print(f"monitoring page: {page.path} ({page.bytes:,} bytes)")
+    return str(page.path)
