@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 from mlcore.config import Settings, get_settings
@@ -151,6 +152,45 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_BAD_INPUT if result.bad_input else EXIT_FAILED if result.failed else EXIT_OK
 
 
+def cmd_labels(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.labels import ingest_labels
+
+    r = ingest_labels(_problem(args, settings), args.file, args.batch_id, settings)
+    head = (f"labels for batch {r.batch_id}: {r.inserted} stored, {r.unchanged} already stored"
+            if r.inserted else f"labels for batch {r.batch_id} already stored (no-op): "
+                               f"{r.rows} labels")
+    print(f"{head}; {r.batch_labels} of {r.batch_rows} rows of the batch labelled; "
+          f"sha256 {r.sha256}")
+
+
+def _performance_text(rows: list[dict[str, Any]], empty: str) -> str:
+    return "\n".join(
+        f"{r['batch_id']:<12} v{r['model_version']:<4} {r['role']:<10} {r['metric']} "
+        + (f"{r['value']:.4f}" if r["value"] is not None else "n/a   ")
+        + f"  labelled {r['labelled_rows']}/{r['predicted_rows']} ({r['coverage']:.1%}), "
+        f"matured {r['matured_rows']}"
+        + (f"  ({r['details']['reason']})" if (r["details"] or {}).get("reason") else "")
+        for r in rows) or empty
+
+
+def cmd_performance(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.labels import measure_performance, performance_history
+
+    spec = _problem(args, settings)
+    if args.as_of is not None and args.batch is None:
+        raise ValueError("--as-of needs --batch (the history shows what was recorded)")
+    rows = (performance_history(spec.name, settings.db_url) if args.batch is None else
+            [r.to_dict() for r in measure_performance(spec, args.batch, settings, args.as_of)])
+    empty = ("no performance reports yet (mlcore labels FILE --batch-id ID)" if args.batch is None
+             else f"batch {args.batch}: no model version has scored it yet; nothing to measure")
+    _emit(args, rows, lambda rs: _performance_text(rs, empty))
+
+
+def _timestamp(text: str) -> datetime:
+    when = datetime.fromisoformat(text)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
     from mlcore.reporting import format_summary, summary
 
@@ -204,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=ORDERS, default="given",
                    help="given (default) or the batches' event time, oldest first")
     verb("report", cmd_report, "the loop's summary", read=True)
+    p = verb("labels", cmd_labels, "store late ground-truth labels of a published batch")
+    p.add_argument("file", help="parquet/CSV with the entity key and target columns")
+    p.add_argument("--batch-id", required=True)
+    p = verb("performance", cmd_performance, "performance on matured labels: the history, or "
+             "one batch measured now", read=True)
+    p.add_argument("--batch", metavar="ID", help="measure every version that scored this batch")
+    p.add_argument("--as-of", type=_timestamp, metavar="ISO",
+                   help="with --batch: the evaluation time for maturity (default: now)")
     return parser
 
 

@@ -11,6 +11,7 @@ OUTPUTS = {
     "predictions": "a batch was scored by the champion (score_batch)",
     "retrain_requests": "monitoring asked for a retrain (monitor_model)",
     "champion": "the champion alias moved (retrain_model)",
+    "labels": "a batch's late ground-truth labels were stored and measured (ingest_labels)",
 }
 
 

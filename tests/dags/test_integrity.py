@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["ingest_batch", "materialize_features", "score_batch", "monitor_model", "retrain_model",
-          "backfill_batches"]
+          "backfill_batches", "ingest_labels"]
 HEAVY = ["pandas", "sklearn", "feast", "evidently", "scipy", "mlcore.training", "mlcore.features"]
 
 
@@ -55,12 +55,20 @@ def test_task_graphs(bag, spec):
         "build_dataset": ["evaluate_contender", "train_contender"],
         "train_contender": ["evaluate_contender"],
         "evaluate_contender": ["mark_challenger", "promote_contender", "should_promote"],
-        "mark_challenger": ["release_retrain"], "should_promote": ["promote_contender"],
-        "promote_contender": ["release_retrain"], "release_retrain": []}
+        "mark_challenger": ["publish_monitoring_page", "release_retrain"],
+        "should_promote": ["promote_contender"],
+        "promote_contender": ["publish_monitoring_page", "release_retrain"],
+        "publish_monitoring_page": [], "release_retrain": []}
     retrain = bag.dags[f"{spec.name}__retrain_model"]
     assert retrain.get_task("start_retrain").is_setup
     assert retrain.get_task("release_retrain").is_teardown
     assert graph("backfill_batches") == {"plan_backfill": ["run_stage"], "run_stage": []}
+    assert graph("monitor_model") == {
+        "resolve_batches": ["detect_drift"], "detect_drift": ["assess_retrain"],
+        "assess_retrain": ["publish_monitoring_page", "request_retrain", "requested"],
+        "requested": ["request_retrain"], "request_retrain": [], "publish_monitoring_page": []}
+    assert graph("ingest_labels") == {"ingest_labels": ["measure_performance"],
+                                      "measure_performance": []}
 
 
 def test_assets_chain_the_stages(bag, spec):
@@ -79,6 +87,11 @@ def test_assets_chain_the_stages(bag, spec):
     backfill = bag.dags[f"{p}__backfill_batches"]
     assert type(backfill.timetable).__name__ == "NullTimetable"
     assert all(not t.outlets for t in backfill.tasks)
+    # labels arrive by hand (or an upstream system's trigger); the event follows the measurement
+    labels = bag.dags[f"{p}__ingest_labels"]
+    assert type(labels.timetable).__name__ == "NullTimetable"
+    assert [a.uri for a in labels.get_task("measure_performance").outlets] == [
+        f"batchloop://{p}/labels"]
 
 
 def test_backfill_runs_one_mapped_task_per_batch_with_a_fixed_cap(bag, spec):
@@ -109,9 +122,10 @@ def test_backfill_params_match_the_mlcore_config(bag, spec):
 def test_every_param_maps_to_a_config_field(bag):
     from mlcore.backfill import BackfillConfig
     from mlcore.config import BatchConfig, IngestConfig, TrainConfig
+    from mlcore.labels import LabelsConfig
 
     fields = set().union(*(m.model_fields for m in (IngestConfig, BatchConfig, TrainConfig,
-                                                     BackfillConfig)))
+                                                     BackfillConfig, LabelsConfig)))
     for dag in bag.dags.values():
         for key, param in dag.params.items():
             assert key in fields, f"{dag.dag_id}: Param {key!r} maps to no mlcore.config field"

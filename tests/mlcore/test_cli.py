@@ -258,3 +258,50 @@ def test_batches_shows_the_rejection_decision(migrated, slices, tmp_path):
     assert shown.code == 0 and "batch 'r1': missing required columns ['AGEP']" in shown.out
     (row,) = json.loads(migrated.run("batches", "--json").out)
     assert row["state"] == "rejected" and "AGEP" in row["reason"]
+
+
+def test_labels_then_performance(migrated, slices, tmp_path):
+    """`mlcore labels` stores a batch's late labels (no-op on repeat, conflict exits 3, bad input
+    exits 2); `mlcore performance` measures a batch now, or lists what was recorded."""
+    assert migrated.run("ingest", str(slices[2015]), "--batch-id", "2015").code == 0
+    keys = pd.read_parquet(slices[2015])["id"]
+    version = register(migrated.url)
+    with session_scope(migrated.url) as s:
+        s.add_all([Prediction(problem="census_employment", batch_id="2015", entity_key=str(k),
+                              model_version=version, score=i / len(keys))
+                   for i, k in enumerate(keys)])
+    assert "no performance reports yet" in migrated.run("performance").out
+
+    first = migrated.run("labels", str(slices[2015]), "--batch-id", "2015")
+    assert first.code == 0, first.err
+    assert "labels for batch 2015: 1500 stored, 0 already stored; 1500 of 1500 rows" in first.out
+    again = migrated.run("labels", str(slices[2015]), "--batch-id", "2015")
+    assert again.code == 0 and "already stored (no-op): 1500 labels" in again.out
+
+    flipped = tmp_path / "flipped.csv"
+    frame = pd.read_parquet(slices[2015])[["id", "employed"]]
+    frame.assign(employed=1 - frame["employed"]).to_csv(flipped, index=False)
+    conflict = migrated.run("labels", str(flipped), "--batch-id", "2015")
+    assert conflict.code == 3 and conflict.err.startswith("conflict: labels for batch '2015'")
+    missing = tmp_path / "missing.csv"
+    frame.assign(employed=frame["employed"].where(frame.index > 0)).to_csv(missing, index=False)
+    bad = migrated.run("labels", str(missing), "--batch-id", "2015")
+    assert bad.code == 2 and "never imputed" in bad.err
+    assert migrated.run("labels", str(slices[2015]), "--batch-id", "nope").code == 2
+
+    measured = migrated.run("performance", "--batch", "2015", "--as-of", "2030-01-01",
+                            "--json")
+    assert measured.code == 0, measured.err
+    [row] = json.loads(measured.out)
+    assert (row["model_version"], row["role"], row["labelled_rows"], row["coverage"]) == (
+        version, "other", 1500, 1.0)
+    assert row["details"]["as_of"] == "2030-01-01T00:00:00+00:00"
+    history = migrated.run("performance")
+    assert history.code == 0 and f"2015         v{version:<4} other      roc_auc 0." in history.out
+    assert "labelled 1500/1500 (100.0%), matured 1500" in history.out
+    early = migrated.run("performance", "--batch", "2015", "--as-of", "2015-06-01")
+    assert early.code == 0 and "n/a" in early.out and "fewer than labels.min_rows" in early.out
+    assert migrated.run("performance", "--as-of", "2015-06-01").code == 2
+    assert migrated.run("ingest", str(slices[2016]), "--batch-id", "2016").code == 0
+    unscored = migrated.run("performance", "--batch", "2016")
+    assert unscored.code == 0 and "2016: no model version has scored it yet" in unscored.out

@@ -15,7 +15,8 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.evaluation", "mlcore.registry", "mlcore.scoring", "mlcore.monitoring",
            "mlcore.reporting", "mlcore.lineage", "mlcore.cli", "mlcore.store.models",
            "mlcore.store.session", "mlcore.provenance", "mlcore.locks",
-           "mlcore.backfill", "mlcore.runcard"]
+           "mlcore.backfill", "mlcore.runcard", "mlcore.monitoring_page", "mlcore.labels",
+           "mlcore.policy", "mlcore.shadow"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 
@@ -49,6 +50,7 @@ def test_importing_all_of_mlcore_does_not_import_airflow():
     ("mlcore.cli", set()),
     ("mlcore.features", {"pandas", "numpy", "sqlalchemy"}),
     ("mlcore.monitoring", {"pandas", "numpy", "sqlalchemy"}),
+    ("mlcore.monitoring_page", {"numpy"}),  # numpy through mlcore.runcard's page helpers
 ])
 def test_light_modules_defer_heavy_imports(module, allowed):
     heavy = loaded_after(module) & set(HEAVY)

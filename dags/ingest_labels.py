@@ -1,0 +1,70 @@
+"""
+### Ingest labels
+
+Late ground truth for a published batch: a parquet/CSV file with the entity key and the target
+column (other columns are ignored) is validated as a whole and stored keyed by (batch, entity) in
+one transaction. Re-running the same file is a no-op; a different label for a stored key is
+refused as a conflict; a missing or non-0/1 label, a duplicate key or keys that are not rows of
+the batch refuse the whole file (nothing stored, no retries).
+
+Then measures every model version that scored the batch (the champion, a shadow challenger) on
+the matured labelled rows only (`labels.maturity_days` in the problem spec), with the label
+coverage; none yet: nothing to measure. Re-running with the same file re-measures (more rows may
+have matured). Emits `<problem>.labels` with the batch ID once measured.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow.sdk import Param, dag, get_current_context, task
+
+from batchloop_airflow import dag_kwargs, fail_fast, problem_specs, stage_asset
+from batchloop_airflow.tasks import BATCH_ID_PATTERN
+
+STAGE = Path(__file__).stem
+
+
+def build(problem: str) -> None:
+    labels = stage_asset(problem, "labels")
+
+    @dag(**dag_kwargs(problem, STAGE, __doc__), schedule=None, params={
+        "batch_id": Param("", type="string", pattern=BATCH_ID_PATTERN, title="Batch ID",
+                          description="The published batch these labels belong to."),
+        "source": Param("", type="string", minLength=1, title="Labels file",
+                        description="Path or file:// URI of a parquet/CSV file with the entity "
+                                    "key and target columns."),
+    })
+    def ingest_labels_dag() -> None:
+        @task
+        def ingest_labels() -> dict:
+            from mlcore.config import get_settings
+            from mlcore.labels import LabelsConfig
+            from mlcore.labels import ingest_labels as run
+            from mlcore.problems import get_problem
+
+            ctx = get_current_context()
+            with fail_fast():
+                cfg = LabelsConfig.from_params(ctx["params"])
+                result = run(get_problem(problem), cfg.source, cfg.batch_id, get_settings())
+            return result.to_dict()
+
+        @task(outlets=[labels])
+        def measure_performance(stored: dict) -> list[dict]:
+            from mlcore.config import get_settings
+            from mlcore.labels import measure_performance as run
+            from mlcore.problems import get_problem
+
+            with fail_fast():
+                results = run(get_problem(problem), stored["batch_id"], get_settings())
+            get_current_context()["outlet_events"][labels].extra = {
+                "batch_id": stored["batch_id"]}
+            return [r.to_dict() for r in results]
+
+        measure_performance(ingest_labels())
+
+    ingest_labels_dag()
+
+
+for _spec in problem_specs():
+    build(_spec.name)
