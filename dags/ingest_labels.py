@@ -11,6 +11,11 @@ Then measures every model version that scored the batch (the champion, a shadow 
 the matured labelled rows only (`labels.maturity_days` in the problem spec), with the label
 coverage; none yet: nothing to measure. Re-running with the same file re-measures (more rows may
 have matured). Emits `<problem>.labels` with the batch ID once measured.
+
+Then the evidence is used: the retrain policy sees the champion's matured metric (a drop below its
+holdout metric files a `performance` request, which updates `<problem>.retrain_requests`), the
+shadow challenger is judged against the champion on the matured labels (recorded with a run card;
+`retrain.shadow_promotion` lets it become champion), and the monitoring page is rewritten.
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ from pathlib import Path
 
 from airflow.sdk import Param, dag, get_current_context, task
 
-from batchloop_airflow import dag_kwargs, fail_fast, problem_specs, stage_asset
+from batchloop_airflow import (
+    dag_kwargs,
+    fail_fast,
+    problem_specs,
+    publish_monitoring_page,
+    stage_asset,
+)
 from batchloop_airflow.tasks import BATCH_ID_PATTERN
 
 STAGE = Path(__file__).stem
@@ -27,6 +38,7 @@ STAGE = Path(__file__).stem
 
 def build(problem: str) -> None:
     labels = stage_asset(problem, "labels")
+    requests = stage_asset(problem, "retrain_requests")
 
     @dag(**dag_kwargs(problem, STAGE, __doc__), schedule=None, params={
         "batch_id": Param("", type="string", pattern=BATCH_ID_PATTERN, title="Batch ID",
@@ -61,7 +73,46 @@ def build(problem: str) -> None:
                 "batch_id": stored["batch_id"]}
             return [r.to_dict() for r in results]
 
-        measure_performance(ingest_labels())
+        @task
+        def assess_retrain(stored: dict) -> dict:
+            from mlcore.config import get_settings
+            from mlcore.policy import assess
+            from mlcore.problems import get_problem
+
+            with fail_fast():
+                decision = assess(get_problem(problem), stored["batch_id"], get_settings())
+            print(f"retrain policy: {decision.action}: {decision.reason}")
+            return decision.to_dict()
+
+        @task.short_circuit(ignore_downstream_trigger_rules=False)
+        def requested(decision: dict) -> bool:
+            return bool(decision["requested"])
+
+        @task(outlets=[requests])
+        def request_retrain(decision: dict) -> int:
+            get_current_context()["outlet_events"][requests].extra = {
+                "request_ids": [decision["request_id"]]}
+            return int(decision["request_id"])
+
+        @task
+        def compare_shadow() -> dict | None:
+            from mlcore.config import get_settings
+            from mlcore.problems import get_problem
+            from mlcore.shadow import compare_shadow as run
+
+            with fail_fast():
+                result = run(get_problem(problem), get_settings())
+            if result is not None:
+                print(f"shadow: {result['outcome']}: {result['reason']}")
+            return result
+
+        stored = ingest_labels()
+        measured = measure_performance(stored)
+        decision = assess_retrain(stored)
+        shadow = compare_shadow()
+        measured >> [decision, shadow]
+        requested(decision) >> request_retrain(decision)
+        [decision, shadow] >> publish_monitoring_page(problem)
 
     ingest_labels_dag()
 

@@ -67,8 +67,12 @@ def test_task_graphs(bag, spec):
         "resolve_batches": ["detect_drift"], "detect_drift": ["assess_retrain"],
         "assess_retrain": ["publish_monitoring_page", "request_retrain", "requested"],
         "requested": ["request_retrain"], "request_retrain": [], "publish_monitoring_page": []}
-    assert graph("ingest_labels") == {"ingest_labels": ["measure_performance"],
-                                      "measure_performance": []}
+    assert graph("ingest_labels") == {
+        "ingest_labels": ["assess_retrain", "measure_performance"],
+        "measure_performance": ["assess_retrain", "compare_shadow"],
+        "assess_retrain": ["publish_monitoring_page", "request_retrain", "requested"],
+        "requested": ["request_retrain"], "request_retrain": [],
+        "compare_shadow": ["publish_monitoring_page"], "publish_monitoring_page": []}
 
 
 def test_assets_chain_the_stages(bag, spec):
