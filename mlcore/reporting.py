@@ -46,13 +46,18 @@ def summary(problem: str, settings: Settings) -> dict[str, Any]:
             .where(Prediction.problem == problem)
             .group_by(Prediction.batch_id, Prediction.model_version)
             .order_by(Prediction.batch_id))}
-        requests = [{"id": r.id, "trigger": r.trigger, "state": r.state, "reason": r.reason}
+        requests = [{"id": r.id, "trigger": r.trigger, "triggers": r.triggers or [r.trigger],
+                     "state": r.state, "reason": r.reason, "batch_id": r.batch_id,
+                     "resolved_by_version": r.resolved_by_version}
                     for r in s.scalars(select(RetrainRequest)
-                                       .where(RetrainRequest.problem == problem))]
+                                       .where(RetrainRequest.problem == problem)
+                                       .order_by(RetrainRequest.id))]
+    from mlcore.labels import performance_history
     return {"problem": problem, "batches": batches(problem, url),
             "models": list_versions(problem, url), "champion": alias_holder(problem, url),
             "evaluations": evals, "drift": drift, "predictions": preds,
             "retrain_requests": requests, "alias_history": alias_log(problem, url),
+            "performance": performance_history(problem, url),
             "home": str(settings.home)}
 
 
@@ -82,6 +87,17 @@ def format_summary(data: dict[str, Any]) -> str:
     out += [f"  {d['batch_id']:<10} vs v{d['model_version']}: drift share {d['drift_share']:.2f}"
             f" {'DRIFT' if d['dataset_drift'] else 'ok':<5} report {d['html']}"
             for d in data["drift"]]
+    out.append("Retrain requests (the policy's triggers and what answered them):")
+    for r in data["retrain_requests"]:
+        answer = f" -> v{r['resolved_by_version']}" if r["resolved_by_version"] else ""
+        out.append(f"  #{r['id']:<3} batch {r['batch_id'] or '—':<6} "
+                   f"{'+'.join(r['triggers']):<20} {r['state']}{answer}\n"
+                   f"      {r['reason'][:200]}")
+    out.append("Performance on matured labels:")
+    out += [f"  {p['batch_id']:<10} v{p['model_version']} {p['role']:<10} {p['metric']} "
+            + ("—" if p["value"] is None else f"{p['value']:.4f}")
+            + f"  coverage {p['labelled_rows']}/{p['predicted_rows']}"
+            for p in data["performance"]]
     out.append("Predictions stored: " + ", ".join(f"{k}: {v}" for k, v in
                                                    data["predictions"].items()))
     return "\n".join(out)

@@ -28,22 +28,38 @@ def console_with_logs_to(path: Path) -> TextIO:
 
 
 def run_year(problem: str, year: int, source: Path, first: bool, out: TextIO) -> None:
+    """One yearly batch through the loop. After the first year, retraining happens only when the
+    retrain policy filed a request (schedule, drift, performance drop, new data)."""
+    from mlcore.config import get_settings
+    from mlcore.policy import pending_requests
+
     batch = str(year)
-    steps = [("ingest_batch", {"batch_id": batch, "source": str(source)}),
-             ("materialize_features", {"batch_id": batch})]
-    if not first:
-        steps += [("score_batch", {"batch_id": batch}), ("monitor_model", {"batch_id": batch})]
-    steps += [("retrain_model", {"until_batch": batch,
-                                 "reason": f"demo: {year} batch published"})]
-    for stage, conf in steps:
+
+    def run(stage: str, conf: dict) -> None:
         start = time.perf_counter()
         result = run_dag(f"{problem}__{stage}", conf)
         print(f"  {year} {stage:<22} {result['state']:<8} {time.perf_counter() - start:6.1f} s"
               f"  run {result['run_id']}", file=out)
 
+    run("ingest_batch", {"batch_id": batch, "source": str(source)})
+    run("materialize_features", {"batch_id": batch})
+    if first:
+        run("retrain_model", {"until_batch": batch, "reason": "demo: the first model"})
+        return
+    run("score_batch", {"batch_id": batch})
+    run("monitor_model", {"batch_id": batch})
+    # the year's outcomes (the same yearly file carries them) arrive after scoring
+    run("ingest_labels", {"batch_id": batch, "source": str(source)})
+    for request in pending_requests(problem, get_settings().db_url):
+        print(f"       retrain request #{request['id']} ({', '.join(request['triggers'])}): "
+              f"{request['reason'][:160]}", file=out)
+        run("retrain_model", {"until_batch": batch,
+                              "reason": f"request #{request['id']}: {request['reason']}"[:500]})
+
 
 def main(problem: str = "census_employment") -> int:
     from mlcore.config import get_settings
+    from mlcore.monitoring_page import write_monitoring_page
     from mlcore.problems import get_problem
     from mlcore.registry import alias_holder
     from mlcore.reporting import format_summary, summary
@@ -64,6 +80,8 @@ def main(problem: str = "census_employment") -> int:
     airflow_seconds = time.perf_counter() - started
     settings = get_settings()
     print(f"\n{format_summary(summary(problem, settings))}", file=out)
+    page = write_monitoring_page(problem, settings)
+    print(f"\nMonitoring page: {page.path}", file=out)
     print(f"\nDemo wall time (Airflow runs): {airflow_seconds:.0f} s", file=out)
     champion = alias_holder(problem, settings.db_url)
     if champion is not None:  # the champion can be rebuilt from its record, bit for bit
