@@ -191,6 +191,21 @@ def _timestamp(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def cmd_requests(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.policy import list_requests, request_manual
+
+    problem = _problem(args, settings).name
+    if args.file:
+        request_id = request_manual(problem, args.file, settings.db_url)
+        print(f"retrain request #{request_id} pending (trigger retrain_model, or wait for its "
+              "asset-scheduled run)")
+        return
+    _emit(args, list_requests(problem, settings.db_url), lambda rs: "\n".join(
+        f"#{r['id']:<3} {r['created_at'][:19]} {'+'.join(r['triggers']):<22} {r['state']:<8}"
+        + (f" -> v{r['resolved_by_version']}" if r["resolved_by_version"] else "")
+        + f"\n     {r['reason']}" for r in rs) or "no retrain requests")
+
+
 def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
     from mlcore.reporting import format_summary, summary
 
@@ -244,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=ORDERS, default="given",
                    help="given (default) or the batches' event time, oldest first")
     verb("report", cmd_report, "the loop's summary", read=True)
+    p = verb("requests", cmd_requests, "retrain requests (trigger, reason, what answered them); "
+             "--file REASON files one by hand", read=True)
+    p.add_argument("--file", metavar="REASON", help="file a manual retrain request")
     p = verb("labels", cmd_labels, "store late ground-truth labels of a published batch")
     p.add_argument("file", help="parquet/CSV with the entity key and target columns")
     p.add_argument("--batch-id", required=True)

@@ -305,3 +305,14 @@ def test_labels_then_performance(migrated, slices, tmp_path):
     assert migrated.run("ingest", str(slices[2016]), "--batch-id", "2016").code == 0
     unscored = migrated.run("performance", "--batch", "2016")
     assert unscored.code == 0 and "2016: no model version has scored it yet" in unscored.out
+
+
+def test_requests_lists_and_files_a_manual_retrain_request(migrated):
+    assert migrated.run("requests").out.strip() == "no retrain requests"
+    filed = migrated.run("requests", "--file", "new census methodology")
+    assert filed.code == 0 and "#1 pending" in filed.out
+    again = migrated.run("requests", "--file", "and a second reason")  # merged, not a second
+    assert again.code == 0 and "#1 pending" in again.out
+    [request] = json.loads(migrated.run("requests", "--json").out)
+    assert (request["triggers"], request["state"]) == (["manual"], "pending")
+    assert "new census methodology" in request["reason"] and "second" in request["reason"]
