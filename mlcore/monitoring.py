@@ -1,25 +1,55 @@
-"""Monitoring: Evidently data drift of a batch against the champion's training data; the report
-is stored (JSON + HTML, DB row) and drift files a retrain request."""
+"""Monitoring: drift of a batch against the champion's own reference profile (a sample of its
+training features and scores, written when it was trained), judged per column by Evidently with
+the spec's effect-size thresholds, overall and within segments; reports in JSON and compact HTML
+and a row in the metadata store. Whether drift asks for a retrain is the policy's business."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+import functools
+import hashlib
+import html
+import io
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pandas as pd
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, update
 
 from mlcore.config import Settings
 from mlcore.ingestion import get_batch, read_curated
 from mlcore.problems import ProblemSpec
-from mlcore.registry import ModelNotFound, alias_holder, get_version
-from mlcore.store.models import DriftReport, RetrainRequest
+from mlcore.registry import ModelNotFound, alias_holder, get_version, load_model
+from mlcore.store.models import DriftReport, ModelVersion, RetrainRequest
 from mlcore.store.session import session_scope
+
+PREDICTION = "prediction"
+MIN_SEGMENT_ROWS = 200  # smaller segment values (either side) are reported as skipped
+
+
+class DriftCheckFailed(ValueError):
+    """No drift verdict could be reached (mismatched columns, Evidently failed, over budget)."""
+
+
+class DriftBudgetExceeded(DriftCheckFailed):
+    """The check took longer than ``spec.drift.budget_seconds``."""
+
+
+class Stattest(NamedTuple):
+    """How one column is judged: drift when ``score >= threshold`` (both are distances)."""
+
+    kind: str  # numeric | categorical
+    method: str  # Evidently stattest name
+    threshold: float
 
 
 @dataclass(frozen=True)
 class DriftResult:
-    """Dataset-level drift verdict and where the reports are."""
+    """Dataset-level drift verdict, prediction drift, per-column details and the report paths."""
 
     problem: str
     batch_id: str
@@ -27,95 +57,375 @@ class DriftResult:
     drift_share: float
     drifted_columns: list[str]
     dataset_drift: bool
+    prediction_drift: bool
     json_uri: str
     html_uri: str
-    retrain_request_id: int | None
+    details: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
         return asdict(self)
 
 
-def _sample(frame: pd.DataFrame, rows: int) -> pd.DataFrame:
-    return frame.sample(rows, random_state=0) if len(frame) > rows else frame
+def stattests(spec: ProblemSpec) -> dict[str, Stattest]:
+    """Per-column tests from the spec: normed Wasserstein for numeric features, Jensen-Shannon
+    for categorical ones, and the score (a probability, so numeric) with its own threshold."""
+    d = spec.drift
+    tests = {f.name: Stattest("numeric", "wasserstein", d.numeric_threshold) if f.kind == "numeric"
+             else Stattest("categorical", "jensenshannon", d.categorical_threshold)
+             for f in spec.features}
+    return {**tests, PREDICTION: Stattest("numeric", "wasserstein", d.prediction_threshold)}
 
 
-def drift_report(reference: pd.DataFrame, current: pd.DataFrame, spec: ProblemSpec) -> Any:
-    """Run Evidently's DataDriftPreset over the spec's features; returns the Snapshot."""
+def _sample(frame: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
+    out = frame.sample(rows, random_state=seed) if len(frame) > rows else frame
+    return out.reset_index(drop=True)
+
+
+def write_reference_profile(spec: ProblemSpec, train: pd.DataFrame, pipeline: Any, out_dir: Path,
+                            seed: int) -> dict[str, Any]:
+    """Write a model's reference profile next to its artifact: a seeded sample (at most
+    ``spec.drift.sample_rows``) of its training features and segment columns, plus its score
+    on those rows, as ``out_dir/reference.parquet`` (written atomically).
+
+    Returns:
+        ``{"uri", "sha256", "rows", "columns"}`` for the version's reproducibility record.
+    """
+    from mlcore.batches import sha256_file
+    from mlcore.evaluation import predict_proba
+
+    columns = list(dict.fromkeys([*spec.feature_names, *spec.drift.segments]))
+    sample = _sample(train[columns], spec.drift.sample_rows, seed)
+    sample[PREDICTION] = predict_proba(pipeline, sample[spec.feature_names])
+    dest = out_dir / "reference.parquet"
+    tmp = out_dir / f".reference-{time.time_ns()}.parquet"
+    sample.to_parquet(tmp, index=False)
+    sha = sha256_file(tmp)
+    tmp.replace(dest)
+    return {"uri": str(dest), "sha256": sha, "rows": len(sample), "columns": list(sample.columns)}
+
+
+def check_columns(reference: pd.DataFrame, current: pd.DataFrame, tests: dict[str, Stattest],
+                  batch_id: str) -> None:
+    """Both sides must have every tested column, with the same kind of dtype (any numeric dtype
+    for numeric columns), so a mismatch can never read as "no drift".
+
+    Raises:
+        DriftCheckFailed: naming the batch and the columns.
+    """
+    def kind(frame: pd.DataFrame, col: str) -> str:
+        k = frame[col].dtype.kind
+        return "number" if tests[col].kind == "numeric" and k in "iuf" else k
+
+    problems = [f"{c} missing from the {side}" for c in tests
+                for side, frame in (("reference", reference), ("current batch", current))
+                if c not in frame.columns]
+    both = [c for c in tests if c in reference.columns and c in current.columns]
+    problems += [f"{c} is {reference[c].dtype} in the reference but {current[c].dtype} now"
+                 for c in both if kind(reference, c) != kind(current, c)]
+    problems += [f"{c} must be numeric, is {reference[c].dtype}" for c in both
+                 if tests[c].kind == "numeric" and kind(reference, c) == kind(current, c)
+                 != "number"]
+    if problems:
+        raise DriftCheckFailed(f"batch {batch_id!r}: reference and current columns do not match "
+                               f"({'; '.join(problems)}); no drift verdict")
+
+
+def _finite(values: pd.Series, column: str) -> pd.Series:
+    out = values.replace([-math.inf, math.inf], float("nan")).dropna()
+    if out.empty:
+        raise ValueError(f"column {column!r} has no values on a side")
+    return out
+
+
+@functools.cache
+def drift_metric() -> Any:
+    """The Evidently metric each column is judged with (built on first use: Evidently loads
+    lazily). Its score is Evidently's registered stattest, the function ``ValueDrift`` calls, on
+    the column with NaN/inf dropped as ``ValueDrift`` drops them; its test fails (drift) unless
+    ``score < threshold``. Unlike ``ValueDrift`` it builds no plotly widgets: those were ~75% of
+    the run time (benchmarks/BENCHMARKS.md) and the compact HTML report does not use them.
+    """
+    from evidently.core.metric_types import SingleValueCalculation, SingleValueMetric
+    from evidently.legacy.calculations.stattests import get_stattest
+    from evidently.tests import lt
+
+    class StattestDrift(SingleValueMetric):
+        column: str
+        method: str
+        threshold: float
+
+        def _default_tests_with_reference(self, context: Any) -> list[Any]:
+            return [lt(self.threshold).bind_single(self.get_fingerprint())]
+
+    class StattestDriftCalculation(SingleValueCalculation[StattestDrift]):
+        def calculate(self, context: Any, current_data: Any, reference_data: Any) -> Any:
+            m = self.metric
+            kind = reference_data.column(m.column).type
+            ref, cur = (_finite(d.column(m.column).data, m.column)
+                        for d in (reference_data, current_data))
+            test = get_stattest(ref, cur, kind, m.method)
+            return self.result(test(ref, cur, kind, m.threshold).drift_score)
+
+        def display_name(self) -> str:
+            return f"{self.metric.method} drift of {self.metric.column}"
+
+    return StattestDrift
+
+
+def run_drift(reference: pd.DataFrame, current: pd.DataFrame,
+              tests: dict[str, Stattest]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """One Evidently run: a ``drift_metric()`` per column with its stattest and threshold.
+
+    Returns:
+        (the snapshot as JSON-able dict, ``{column: {method, score, threshold, drift}}``) with
+        each verdict read from Evidently's own per-column test.
+
+    Raises:
+        ValueError: Evidently gave no finite score for a column.
+    """
     from evidently import DataDefinition, Dataset, Report
-    from evidently.presets import DataDriftPreset
 
-    definition = DataDefinition(numerical_columns=spec.numeric,
-                                categorical_columns=spec.categorical)
-    ref = Dataset.from_pandas(reference[spec.feature_names], data_definition=definition)
-    cur = Dataset.from_pandas(current[spec.feature_names], data_definition=definition)
-    report = Report([DataDriftPreset(drift_share=spec.drift.drift_share)], include_tests=True)
-    return report.run(current_data=cur, reference_data=ref)
+    definition = DataDefinition(
+        numerical_columns=[c for c, t in tests.items() if t.kind == "numeric"],
+        categorical_columns=[c for c, t in tests.items() if t.kind == "categorical"])
+    cols, metric = list(tests), drift_metric()
+    report = Report([metric(column=c, method=t.method, threshold=t.threshold)
+                     for c, t in tests.items()], include_tests=True)
+    snapshot = report.run(
+        current_data=Dataset.from_pandas(current[cols], data_definition=definition),
+        reference_data=Dataset.from_pandas(reference[cols], data_definition=definition))
+    raw = json.loads(snapshot.json())
+    scores = {m["config"]["column"]: m["value"] for m in raw["metrics"]}
+    failed = {t["metric_config"]["params"]["column"] for t in raw["tests"]
+              if t["status"] == "FAIL"}
+    if bad := [c for c in cols if not isinstance(scores.get(c), float | int)
+               or not math.isfinite(scores[c])]:
+        raise ValueError(f"no finite drift score for {bad}")
+    return raw, {c: {"method": t.method, "score": float(scores[c]), "threshold": t.threshold,
+                     "drift": c in failed} for c, t in tests.items()}
 
 
-def summarize(snapshot: Any, spec: ProblemSpec) -> tuple[float, list[str]]:
-    """(share of drifted features, drifted feature names) read from the preset's own tests."""
-    result = snapshot.dict()
-    share = next(float(m["value"]["share"]) for m in result["metrics"]
-                 if "DriftedColumnsCount" in m["config"]["type"])
-    drifted = sorted({c for t in result["tests"] if str(t["status"]).endswith("FAIL")
-                      for c in spec.feature_names if t.get("metric_config", {}).get(
-                          "params", {}).get("column") == c})
-    return share, drifted
+def _describe(ref: pd.Series, cur: pd.Series, kind: str) -> dict[str, Any]:
+    """What moved, for people: means for numbers, the value whose share moved most otherwise."""
+    if kind == "numeric":
+        return {"reference_mean": float(ref.mean()), "current_mean": float(cur.mean())}
+    shares = pd.concat([ref.value_counts(normalize=True), cur.value_counts(normalize=True)],
+                       axis=1, keys=["ref", "cur"]).fillna(0.0)
+    top = (shares["cur"] - shares["ref"]).abs().idxmax()
+    return {"value": str(top), "reference_share": float(shares.at[top, "ref"]),
+            "current_share": float(shares.at[top, "cur"])}
+
+
+def _verdict(columns: dict[str, dict[str, Any]], spec: ProblemSpec) -> dict[str, Any]:
+    features = [c for c in columns if c != PREDICTION]
+    drifted = [c for c in features if columns[c]["drift"]]
+    share = len(drifted) / len(features)
+    return {"drift_share": share, "drifted_columns": drifted,
+            "dataset_drift": share >= spec.drift.drift_share,
+            "prediction_drift": bool(columns.get(PREDICTION, {}).get("drift", False))}
+
+
+def measure_drift(reference: pd.DataFrame, current: pd.DataFrame, spec: ProblemSpec,
+                  check: Callable[[str], None] = lambda stage: None,
+                  ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The drift step on in-memory frames: every column, then within each value of each segment
+    column (values with fewer than ``MIN_SEGMENT_ROWS`` rows on either side are skipped).
+    ``check(stage)`` runs after each Evidently run (the budget).
+
+    Returns:
+        (details for the store: ``columns`` (features) and ``prediction``, each with method,
+        score, threshold, drift; the verdict; ``segments`` keyed "<column>=<value>"; row
+        counts), and the Evidently snapshots keyed "all" / "<column>=<value>".
+    """
+    tests = stattests(spec)
+    snapshot, columns = run_drift(reference, current, tests)
+    check("all columns")
+    for c, t in tests.items():
+        columns[c].update(kind=t.kind, **_describe(reference[c], current[c], t.kind))
+    snapshots, segments = {"all": snapshot}, {}
+    for col in spec.drift.segments:
+        sub = {c: t for c, t in tests.items() if c != col}
+        for value in sorted(set(reference[col].unique()) | set(current[col].unique())):
+            key = f"{col}={value}"
+            ref, cur = reference[reference[col] == value], current[current[col] == value]
+            entry: dict[str, Any] = {"column": col, "value": str(value),
+                                     "rows": [len(ref), len(cur)]}
+            if min(len(ref), len(cur)) < MIN_SEGMENT_ROWS:
+                entry["skipped"] = f"fewer than {MIN_SEGMENT_ROWS} rows on a side"
+            else:
+                snapshots[key], cols = run_drift(ref, cur, sub)
+                entry.update(_verdict(cols, spec), scores={c: v["score"] for c, v in cols.items()})
+                check(f"segment {key}")
+            segments[key] = entry
+    prediction = columns.pop(PREDICTION)
+    details = {"columns": columns, "prediction": prediction, **_verdict(columns, spec),
+               "prediction_drift": prediction["drift"], "segments": segments,
+               "rows": {"reference": len(reference), "current": len(current)}}
+    return details, snapshots
+
+
+class _Budget:
+    """Cooperative deadline, checked between steps (see ``detect_drift``)."""
+
+    def __init__(self, batch_id: str, seconds: float) -> None:
+        self.batch_id, self.seconds, self.start = batch_id, seconds, time.perf_counter()
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def check(self, stage: str) -> None:
+        if (spent := self.elapsed()) > self.seconds:
+            raise DriftBudgetExceeded(f"batch {self.batch_id!r}: drift check over its budget "
+                                      f"({spent:.1f} s > {self.seconds:g} s, after {stage}); "
+                                      "no drift verdict")
+
+
+def _reference(spec: ProblemSpec, mv: ModelVersion, model: Any, settings: Settings,
+               batch_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The champion's reference profile (SHA-256 checked), or for versions trained before
+    profiles existed, its training batches' curated rows scored now."""
+    from mlcore.evaluation import predict_proba
+
+    profile = (mv.reproducibility or {}).get("reference_profile")
+    if profile is None:
+        frames = [read_curated(get_batch(spec.name, b, settings.db_url))
+                  for b in mv.training_batch_ids]
+        frame = _sample(pd.concat(frames, ignore_index=True), spec.drift.sample_rows)
+        frame[PREDICTION] = predict_proba(model, frame[spec.feature_names])
+        return frame, {"source": "training_batches", "batches": list(mv.training_batch_ids)}
+    path = Path(profile["uri"])
+    data = path.read_bytes() if path.is_file() else b""
+    if hashlib.sha256(data).hexdigest() != profile["sha256"]:
+        raise DriftCheckFailed(f"batch {batch_id!r}: {spec.name!r} v{mv.version}'s reference "
+                               f"profile {path} is missing or does not match its recorded "
+                               "SHA-256; no drift verdict")
+    frame = _sample(pd.read_parquet(io.BytesIO(data)), spec.drift.sample_rows)
+    return frame, {"source": "profile", "uri": profile["uri"], "sha256": profile["sha256"]}
 
 
 def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftResult:
-    """Compare a batch with the champion's training batches; file a retrain request on drift.
+    """Measure a batch's drift against the champion's reference profile; store the verdict.
+
+    The budget (``spec.drift.budget_seconds``) is checked between steps, not by interrupting
+    one: stopping numpy/Evidently mid-run needs a subprocess (re-importing Evidently, ~7 s, and
+    copying the frames) or SIGALRM (main thread only); sampling bounds each run instead, and
+    the hard stop is the orchestrator's task timeout.
 
     Raises:
         ModelNotFound: there is no champion (nothing to compare against).
+        DriftCheckFailed: mismatched columns, a bad reference profile, Evidently failing, or the
+            budget exceeded (nothing is recorded then).
     """
+    from mlcore.evaluation import predict_proba
+
+    budget = _Budget(batch_id, spec.drift.budget_seconds)
     batch = get_batch(spec.name, batch_id, settings.db_url)
     version = alias_holder(spec.name, settings.db_url)
     if version is None:
         raise ModelNotFound(f"batch {batch_id!r}: {spec.name!r} has no champion to monitor")
     champion = get_version(spec.name, version, settings.db_url)
-    n = spec.drift.sample_rows
-    reference = _sample(pd.concat([read_curated(get_batch(spec.name, b, settings.db_url),
-                                                spec.feature_names)
-                                   for b in champion.training_batch_ids]), n)
-    current = _sample(read_curated(batch, spec.feature_names), n)
-    snapshot = drift_report(reference, current, spec)
-    share, drifted = summarize(snapshot, spec)
-    out = settings.partition("reports", spec.name, batch_id)
+    model = load_model(champion, settings)
+    reference, source = _reference(spec, champion, model, settings, batch_id)
+    current = _sample(read_curated(batch), spec.drift.sample_rows)
+    tests = stattests(spec)
+    check_columns(reference, current, {c: tests[c] for c in spec.feature_names}, batch_id)
+    if reference.empty or current.empty:
+        raise DriftCheckFailed(f"batch {batch_id!r}: no rows to compare "
+                               f"(reference {len(reference)}, current {len(current)})")
+    current[PREDICTION] = predict_proba(model, current[spec.feature_names])
+    check_columns(reference, current, tests, batch_id)
+    budget.check("loading and scoring")
+    try:
+        details, snapshots = measure_drift(reference, current, spec, budget.check)
+    except DriftBudgetExceeded:
+        raise
+    except Exception as exc:  # Evidently raising, or giving no score
+        raise DriftCheckFailed(f"batch {batch_id!r}: Evidently failed ({type(exc).__name__}: "
+                               f"{exc}); no drift verdict") from exc
+    details.update(reference=source, seconds=round(budget.elapsed(), 3),
+                   budget_seconds=spec.drift.budget_seconds)
+    result = DriftResult(spec.name, batch_id, version, details["drift_share"],
+                         details["drifted_columns"], details["dataset_drift"],
+                         details["prediction_drift"], "", "", details)
+    paths = _write_reports(result, snapshots, settings)
+    result = replace(result, json_uri=paths[0], html_uri=paths[1])
+    _record(result, settings.db_url)
+    return result
+
+
+def _write_reports(result: DriftResult, snapshots: dict[str, Any],
+                   settings: Settings) -> tuple[str, str]:
+    out = settings.partition("reports", result.problem, result.batch_id)
     out.mkdir(parents=True, exist_ok=True)
-    json_path, html_path = out / f"drift_v{version}.json", out / f"drift_v{version}.html"
-    snapshot.save_json(str(json_path))
-    snapshot.save_html(str(html_path))
-    is_drift = share >= spec.drift.drift_share
-    request_id = _record(spec, batch_id, version, share, drifted, is_drift,
-                         (str(json_path), str(html_path)), settings.db_url)
-    return DriftResult(spec.name, batch_id, version, share, drifted, is_drift, str(json_path),
-                       str(html_path), request_id)
+    paths = []
+    for suffix, text in (("json", json.dumps({**result.to_dict(), "evidently": snapshots})),
+                         ("html", render_html(result))):
+        path = out / f"drift_v{result.model_version}.{suffix}"
+        tmp = out / f".{path.name}-{time.time_ns()}"
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+        paths.append(str(path))
+    return paths[0], paths[1]
 
 
-def _record(spec: ProblemSpec, batch_id: str, version: int, share: float, drifted: list[str],
-            is_drift: bool, paths: tuple[str, str], url: str) -> int | None:
+def _cell(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
+
+
+def render_html(result: DriftResult) -> str:
+    """A compact, self-contained HTML report (Evidently's own embeds a ~3.9 MB bundle; the full
+    Evidently results are in the JSON report next to it)."""
+    d = result.details
+    rows = "".join(
+        f"<tr class={'drift' if c['drift'] else 'ok'}><td>{_cell(name)}</td><td>{c['kind']}</td>"
+        f"<td>{c['method']}</td><td>{_cell(c['score'])}</td><td>{_cell(c['threshold'])}</td>"
+        f"<td>{'DRIFT' if c['drift'] else 'ok'}</td><td>{_cell(_moved(c))}</td></tr>"
+        for name, c in {**d["columns"], PREDICTION: d["prediction"]}.items())
+    segs = "".join(
+        f"<tr><td>{_cell(key)}</td><td>{e['rows'][0]} / {e['rows'][1]}</td>"
+        + (f"<td colspan=3>skipped: {_cell(e['skipped'])}</td>" if "skipped" in e else
+           f"<td>{e['drift_share']:.0%}</td><td>{_cell(', '.join(e['drifted_columns']))}</td>"
+           f"<td>{'DRIFT' if e['prediction_drift'] else 'ok'}</td>") + "</tr>"
+        for key, e in d["segments"].items())
+    title = f"Drift: {result.problem} batch {result.batch_id} vs champion v{result.model_version}"
+    return (f"<!DOCTYPE html><html><head><meta charset=utf-8><title>{_cell(title)}</title><style>"
+            "body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
+            "tr.drift{background:#fdd}table{border-collapse:collapse}</style></head><body>"
+            f"<h1>{_cell(title)}</h1><p>Dataset drift: <b>{result.dataset_drift}</b> "
+            f"({result.drift_share:.0%} of features drifted: "
+            f"{_cell(', '.join(result.drifted_columns) or 'none')}). Prediction drift: "
+            f"<b>{result.prediction_drift}</b>. Rows: reference {d['rows']['reference']}, current "
+            f"{d['rows']['current']}. Reference: {_cell(_source(d['reference']))}. Took "
+            f"{d['seconds']} s. Evidently's full results: drift_v{result.model_version}.json.</p>"
+            "<h2>Columns</h2><table><tr><th>column</th><th>kind</th><th>method</th><th>score</th>"
+            f"<th>threshold</th><th>verdict</th><th>reference → current</th></tr>{rows}</table>"
+            "<h2>Segments</h2><table><tr><th>segment</th><th>rows (ref / cur)</th><th>drift share"
+            f"</th><th>drifted</th><th>prediction</th></tr>{segs}</table></body></html>")
+
+
+def _source(ref: dict[str, Any]) -> str:
+    if ref["source"] == "profile":
+        return f"profile {ref['uri']} (sha256 {ref['sha256'][:16]})"
+    return f"training batches {', '.join(ref['batches'])} (no profile recorded)"
+
+
+def _moved(c: dict[str, Any]) -> str:
+    if "reference_mean" in c:
+        return f"mean {c['reference_mean']:.3f} → {c['current_mean']:.3f}"
+    return f"share of {c['value']}: {c['reference_share']:.1%} → {c['current_share']:.1%}"
+
+
+def _record(result: DriftResult, url: str) -> None:
     with session_scope(url) as s:
-        s.execute(delete(DriftReport).where(DriftReport.problem == spec.name,
-                                            DriftReport.batch_id == batch_id,
-                                            DriftReport.model_version == version))
-        s.add(DriftReport(problem=spec.name, batch_id=batch_id, model_version=version,
-                          drift_share=share, drifted_columns=drifted, dataset_drift=is_drift,
-                          json_uri=paths[0], html_uri=paths[1]))
-        if not is_drift:
-            return None
-        pending = s.scalar(select(RetrainRequest.id).where(  # a retried check files no second one
-            RetrainRequest.problem == spec.name, RetrainRequest.batch_id == batch_id,
-            RetrainRequest.trigger == "drift", RetrainRequest.state == "pending"))
-        if pending is not None:
-            return int(pending)
-        request = RetrainRequest(problem=spec.name, trigger="drift", batch_id=batch_id,
-                                 reason=f"batch {batch_id}: {share:.0%} of features drifted "
-                                        f"vs champion v{version} ({', '.join(drifted)})")
-        s.add(request)
-        s.flush()
-        return request.id
+        s.execute(delete(DriftReport).where(DriftReport.problem == result.problem,
+                                            DriftReport.batch_id == result.batch_id,
+                                            DriftReport.model_version == result.model_version))
+        s.add(DriftReport(problem=result.problem, batch_id=result.batch_id,
+                          model_version=result.model_version, drift_share=result.drift_share,
+                          drifted_columns=result.drifted_columns,
+                          dataset_drift=result.dataset_drift, json_uri=result.json_uri,
+                          html_uri=result.html_uri, details=result.details))
 
 
 def close_retrain_requests(problem: str, version: int, url: str) -> int:

@@ -233,8 +233,10 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
                     settings: Settings) -> ContenderRef:
     """Train on the dataset's train part, save the artifact, register a new version with its
     reproducibility record (including the hash of its holdout predictions)."""
+    from pathlib import Path
+
     from mlcore.ingestion import published_batches
-    from mlcore.monitoring import close_retrain_requests
+    from mlcore.monitoring import close_retrain_requests, write_reference_profile
     from mlcore.registry import register_version
 
     start = time.perf_counter()
@@ -249,6 +251,8 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
     hashes = {b.batch_id: b.sha256 for b in published_batches(spec.name, settings.db_url)}
     record = reproducibility_record(spec, dataset, cfg, trained, hashes, sampled, scores, rps)
     uri, sha = save_artifact(trained.pipeline, settings, spec.name)
+    record["reference_profile"] = write_reference_profile(  # before the write-once registration
+        spec, train, trained.pipeline, Path(uri).parent, cfg.random_state)
     timings = {"fit_seconds": round(trained.fit_seconds, 3),
                "total_seconds": round(time.perf_counter() - start, 3)}
     version = register_version(
