@@ -51,6 +51,7 @@ test-slow: install ## tests marked slow (full-size data)
 bench: install ## ratio benchmarks (results in benchmarks/BENCHMARKS.md)
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_promotion.py
+	$(PY) benchmarks/bench_drift.py
 
 lint: install
 	$(VENV)/bin/ruff check .

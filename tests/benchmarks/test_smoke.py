@@ -18,3 +18,11 @@ def test_promotion_benchmark_runs_the_whole_arrival_path(tmp_path):
     assert "arrival -> decision" in out.stdout + out.stderr
     assert "**ratio**" in out.stdout
     assert not list(tmp_path.iterdir())  # its temporary home is removed
+
+
+def test_drift_benchmark_runs_and_agrees_with_numpy():
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_drift.py"), "--quick"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "0 differ" in out.stdout  # numpy/scipy and the drift step agree on every column
+    assert "detect_drift" in out.stdout
