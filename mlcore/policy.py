@@ -174,7 +174,7 @@ def _file(spec: ProblemSpec, batch_id: str, as_of: datetime, fired: list[Trigger
           url: str) -> PolicyDecision:
     names = [t.name for t in fired]
     reason = "; ".join(f"{t.name}: {t.reason}" for t in fired)
-    details = {"as_of": as_of.isoformat(), "batch_id": batch_id,
+    details = {"as_of": as_of.isoformat(), "batch_id": batch_id, "batches": [batch_id],
                "triggers": {t.name: t.numbers for t in fired}}
 
     def decision(action: str, request_id: int | None, why: str) -> PolicyDecision:
@@ -187,8 +187,10 @@ def _file(spec: ProblemSpec, batch_id: str, as_of: datetime, fired: list[Trigger
         if pending is not None:
             merged = list(dict.fromkeys([*(pending.triggers or [pending.trigger]), *names]))
             pending.triggers = merged
-            if batch_id not in pending.reason:
+            seen = (pending.details or {}).get("batches") or [pending.batch_id]
+            if batch_id not in seen:  # the same batch assessed again (labels) adds no new text
                 pending.reason = f"{pending.reason} | batch {batch_id}: {reason}"
+                pending.details = {**(pending.details or {}), "batches": [*seen, batch_id]}
             return decision("merged", pending.id, f"merged into pending request "
                             f"#{pending.id}: {reason}")
         last = s.scalar(select(RetrainRequest).where(RetrainRequest.problem == spec.name)

@@ -33,7 +33,8 @@ def summary(problem: str, settings: Settings) -> dict[str, Any]:
                   "champion_value": (e.champion_metrics or {}).get(e.metric),
                   "delta": e.delta, "ci": [e.ci_low, e.ci_high], "promote": e.promote,
                   "outcome": e.outcome or ("promote" if e.promote else "keep"),
-                  "reason": e.reason, "run_card": e.run_card_uri}
+                  "reason": e.reason, "run_card": e.run_card_uri,
+                  "method": (e.details or {}).get("split")}
                  for e in s.scalars(select(Evaluation).where(Evaluation.problem == problem)
                                     .order_by(Evaluation.id))]
         drift = [{"batch_id": d.batch_id, "model_version": d.model_version,
@@ -80,7 +81,8 @@ def format_summary(data: dict[str, Any]) -> str:
     out.append("Decisions (contender vs champion on the frozen holdout):")
     for e in data["evaluations"]:
         champ = "—" if e["champion"] is None else f"v{e['champion']}"
-        out.append(f"  holdout {','.join(e['holdout']):<6} v{e['contender']} vs {champ:<3} "
+        where = ",".join(e["holdout"]) + (" (shadow)" if e.get("method") == "shadow" else "")
+        out.append(f"  holdout {where:<6} v{e['contender']} vs {champ:<3} "
                    f"{e['outcome'].upper()} — {e['reason']}"
                    + (f"\n      run card {e['run_card']}" if e["run_card"] else ""))
     out.append("Drift (Evidently, batch vs champion's training data):")

@@ -9,6 +9,7 @@ time is at least ``labels.maturity_days`` old; an unlabelled row is never given 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -93,6 +94,9 @@ def compare_shadow(spec: ProblemSpec, settings: Settings,
     p_new, p_old = rows["p_challenger"].to_numpy(), rows["p_champion"].to_numpy()
     decision, details = judge(spec, rows, p_new, p_old)
     details["split"] = "shadow"
+    if decision.promote and not spec.retrain.shadow_promotion:
+        decision = replace(decision, reason=f"{decision.reason} (shadow evidence only: "
+                           "retrain.shadow_promotion is off, the champion stays)")
     batches = sorted(rows["batch_id"].unique().tolist())
     digest = hashlib.sha256(pd.util.hash_pandas_object(
         rows[["batch_id", "entity_key", spec.target.name]], index=False).to_numpy().tobytes())

@@ -203,3 +203,11 @@ def test_concurrent_lease_takers_get_exactly_one(world):
     for t in threads:
         t.join()
     assert len(won) == 1 and len(lost) == 7
+
+
+def test_assessing_the_same_batch_again_adds_no_second_reason(spec, world):
+    first = assess(rule(spec), "2016", world, drift("2016"))
+    again = assess(rule(spec), "2016", world, drift("2016"))  # e.g. after its labels arrived
+    assert (again.action, again.request_id) == ("merged", first.request_id)
+    [request] = list_requests(P, world.db_url)
+    assert request["reason"] == first.reason

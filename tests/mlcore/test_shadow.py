@@ -83,6 +83,7 @@ def test_matured_evidence_judges_the_challenger_and_may_promote_it(spec, shadow_
     kept = compare_shadow(spec, settings)  # shadow_promotion is off in the spec
     assert (kept["outcome"], kept["rows"], kept["promoted"]) == (PROMOTE, 1500, False)
     assert kept["contender_version"] == challenger and kept["delta"] > 0.2
+    assert "shadow_promotion is off" in kept["reason"]
     assert kept["holdout_batches"] == ["2016"] and alias_holder(spec.name, settings.db_url) == \
         champion
 
