@@ -155,7 +155,16 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
 
         @task.short_circuit
         def should_promote(decision: dict) -> bool:
-            return bool(decision["promote"])
+            """The decision, unless monitoring of the champion's newest batch failed."""
+            from mlcore.config import get_settings
+            from mlcore.policy import promotion_hold
+
+            if not decision["promote"]:
+                return False
+            hold = promotion_hold(problem, get_settings().db_url)
+            if hold:
+                print(f"promotion held: {hold}")
+            return hold is None
 
         @task(outlets=[champion])
         def promote_contender(decision: dict) -> dict:

@@ -284,3 +284,30 @@ def release_lease(problem: str, holder: str, url: str) -> bool:
     with session_scope(url) as s:
         return bool(s.execute(delete(RetrainLease).where(
             RetrainLease.problem == problem, RetrainLease.holder == holder)).rowcount)  # type: ignore[attr-defined]
+
+
+def promotion_hold(problem: str, url: str) -> str | None:
+    """Why a promotion must wait, or None: the newest batch the champion scored has no drift
+    check against it (the check failed, ran out of budget, or has not run yet). Monitoring that
+    failed must not be followed by a champion change nobody could vet."""
+    from mlcore.store.models import DriftReport, Prediction
+
+    champion = alias_holder(problem, url)
+    if champion is None:
+        return None
+    with session_scope(url) as s:
+        scored = select(Prediction.batch_id).where(
+            Prediction.problem == problem, Prediction.model_version == champion).distinct()
+        newest = s.scalar(select(Batch.batch_id).where(
+            Batch.problem == problem, Batch.batch_id.in_(scored))
+            .order_by(Batch.event_time_max.desc(), Batch.id.desc()).limit(1))
+        if newest is None:
+            return None
+        checked = s.scalar(select(func.count()).select_from(DriftReport).where(
+            DriftReport.problem == problem, DriftReport.batch_id == newest,
+            DriftReport.model_version == champion))
+    if checked:
+        return None
+    return (f"batch {newest} was scored by champion v{champion} but has no drift check against "
+            "it (failed, over budget or not run): promotion held until monitor_model succeeds "
+            "for it")

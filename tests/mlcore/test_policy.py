@@ -211,3 +211,20 @@ def test_assessing_the_same_batch_again_adds_no_second_reason(spec, world):
     assert (again.action, again.request_id) == ("merged", first.request_id)
     [request] = list_requests(P, world.db_url)
     assert request["reason"] == first.reason
+
+
+def test_a_failed_drift_check_holds_promotion(world):
+    from mlcore.policy import promotion_hold
+    from mlcore.store.models import DriftReport, Prediction
+
+    url = world.db_url
+    assert promotion_hold(P, url) is None  # nothing scored yet
+    with session_scope(url) as s:
+        s.add(Prediction(problem=P, batch_id="2016", entity_key="1", model_version=1,
+                         score=0.5))
+    hold = promotion_hold(P, url)
+    assert hold and "batch 2016" in hold and "v1" in hold  # scored, drift check missing
+    with session_scope(url) as s:
+        s.add(DriftReport(problem=P, batch_id="2016", model_version=1, drift_share=0.0,
+                          drifted_columns=[], dataset_drift=False, json_uri="j", html_uri="h"))
+    assert promotion_hold(P, url) is None
