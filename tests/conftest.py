@@ -165,6 +165,23 @@ def run_or_error():
     return _run
 
 
+@pytest.fixture(scope="session")
+def task_tries():
+    """``task_tries(dag_id)``: {task_id: (state, try number)} of the DAG's newest run."""
+    def _tries(dag_id: str) -> dict[str, tuple[str, int]]:
+        from airflow.models import DagRun, TaskInstance
+        from airflow.utils.session import create_session
+
+        with create_session() as s:
+            last = (s.query(DagRun).filter(DagRun.dag_id == dag_id)
+                    .order_by(DagRun.id.desc()).first())
+            return {ti.task_id: (str(ti.state), ti.try_number) for ti in
+                    s.query(TaskInstance).filter(TaskInstance.run_id == last.run_id,
+                                                 TaskInstance.dag_id == dag_id)}
+
+    return _tries
+
+
 def _make_settings(base: Path):
     from mlcore.config import Settings
     from mlcore.store.session import upgrade

@@ -48,17 +48,6 @@ def _labels_events(spec):
                 .filter(AssetModel.uri == f"batchloop://{spec.name}/labels")]
 
 
-def _task_tries(dag_id):
-    from airflow.models import DagRun, TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as s:
-        last = s.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
-        return {ti.task_id: (str(ti.state), ti.try_number) for ti in
-                s.query(TaskInstance).filter(TaskInstance.run_id == last.run_id,
-                                             TaskInstance.dag_id == dag_id)}
-
-
 def _stored(url):
     with session_scope(url) as s:
         labels = s.scalar(select(func.count()).select_from(GroundTruth))
@@ -69,7 +58,7 @@ def _stored(url):
 
 
 def test_labels_dag_stores_and_measures_then_refuses_a_conflict(
-        airflow_db, mlcore_env, spec, slices, scored_2016, run_or_error, tmp_path):
+        airflow_db, mlcore_env, spec, slices, scored_2016, run_or_error, tmp_path, task_tries):
     dag_id, (champion, challenger) = f"{spec.name}__ingest_labels", scored_2016
     conf = {"batch_id": "2016", "source": str(slices[2016])}  # the yearly file, features and all
 
@@ -93,7 +82,7 @@ def test_labels_dag_stores_and_measures_then_refuses_a_conflict(
     frame.assign(employed=1 - frame["employed"]).to_parquet(flipped, index=False)
     _, error = run_or_error(dag_id, {"batch_id": "2016", "source": str(flipped)})
     assert error is not None and "ingest_labels" in error
-    tries = _task_tries(dag_id)
+    tries = task_tries(dag_id)
     assert tries["ingest_labels"] == ("failed", 1)  # bad input: no retries
     assert tries["measure_performance"][0] == "upstream_failed"
     assert _stored(mlcore_env.db_url)[0] == 1500

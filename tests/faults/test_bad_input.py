@@ -12,29 +12,18 @@ from mlcore.store.models import Batch, Prediction
 from mlcore.store.session import session_scope
 
 
-def _task_tries(dag_id):
-    from airflow.models import DagRun, TaskInstance
-    from airflow.utils.session import create_session
-
-    with create_session() as s:
-        last = s.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id.desc()).first()
-        return {ti.task_id: (str(ti.state), ti.try_number) for ti in
-                s.query(TaskInstance).filter(TaskInstance.run_id == last.run_id,
-                                             TaskInstance.dag_id == dag_id)}
-
-
 def _batches(url):
     with session_scope(url) as s:
         return {(b.batch_id, b.state) for b in s.scalars(select(Batch))}
 
 
 def test_missing_source_fails_once_and_publishes_nothing(airflow_db, mlcore_env, spec, run_or_error,
-                                                         tmp_path):
+                                                         tmp_path, task_tries):
     dag_id = f"{spec.name}__ingest_batch"
     missing = str(tmp_path / "nope.parquet")
     result, error = run_or_error(dag_id, {"batch_id": "b1", "source": missing})
     assert result is None and "failed" in error
-    assert _task_tries(dag_id)["ingest_batch"] == ("failed", 1)  # bad input: no retries
+    assert task_tries(dag_id)["ingest_batch"] == ("failed", 1)  # bad input: no retries
     assert _batches(mlcore_env.db_url) == set()
     assert not (mlcore_env.home / "curated").exists()
 
@@ -66,7 +55,8 @@ def test_hostile_batch_id_is_refused_by_every_per_batch_stage(airflow_db, mlcore
 
 
 def test_conflicting_reingest_is_refused_and_published_data_kept(airflow_db, mlcore_env, spec,
-                                                                 slices, run_or_error, tmp_path):
+                                                                 slices, run_or_error, tmp_path,
+                                                                 task_tries):
     dag_id = f"{spec.name}__ingest_batch"
     assert run_or_error(dag_id, {"batch_id": "b2", "source": str(slices[2015])})[1] is None
     curated = mlcore_env.partition("curated", spec.name, "b2") / "part-0.parquet"
@@ -75,7 +65,7 @@ def test_conflicting_reingest_is_refused_and_published_data_kept(airflow_db, mlc
     pd.read_parquet(slices[2015]).head(100).to_parquet(other)
     _, error = run_or_error(dag_id, {"batch_id": "b2", "source": str(other)})
     assert error is not None
-    assert _task_tries(dag_id)["ingest_batch"] == ("failed", 1)
+    assert task_tries(dag_id)["ingest_batch"] == ("failed", 1)
     assert hashlib.sha256(curated.read_bytes()).hexdigest() == before
     assert _batches(mlcore_env.db_url) == {("b2", "published")}
 
@@ -92,11 +82,12 @@ def test_rejected_batch_names_batch_and_cause(airflow_db, mlcore_env, spec, slic
     assert "batch 'b3': missing required columns ['AGEP']" in caplog.text
 
 
-def test_materialize_without_batch_id_fails_fast(airflow_db, mlcore_env, spec, run_or_error):
+def test_materialize_without_batch_id_fails_fast(airflow_db, mlcore_env, spec, run_or_error,
+                                                  task_tries):
     dag_id = f"{spec.name}__materialize_features"
     _, error = run_or_error(dag_id, {})
     assert error is not None
-    assert _task_tries(dag_id)["resolve_batches"] == ("failed", 1)
+    assert task_tries(dag_id)["resolve_batches"] == ("failed", 1)
 
 
 def test_scoring_without_champion_is_skipped_not_failed(airflow_db, mlcore_env, spec, slices,
@@ -107,7 +98,8 @@ def test_scoring_without_champion_is_skipped_not_failed(airflow_db, mlcore_env, 
     assert result["tasks"]["score_batch[0]"]["state"] == "skipped"
 
 
-def test_tampered_artifact_is_never_loaded(airflow_db, mlcore_env, spec, slices, run_or_error):
+def test_tampered_artifact_is_never_loaded(airflow_db, mlcore_env, spec, slices, run_or_error,
+                                           task_tries):
     p = spec.name
     run_or_error(f"{p}__ingest_batch", {"batch_id": "t1", "source": str(slices[2015])})
     run_or_error(f"{p}__materialize_features", {"batch_id": "t1"})
@@ -118,15 +110,16 @@ def test_tampered_artifact_is_never_loaded(airflow_db, mlcore_env, spec, slices,
         fh.write(b"tampered")
     _, error = run_or_error(f"{p}__score_batch", {"batch_id": "t1"})
     assert error is not None
-    assert _task_tries(f"{p}__score_batch")["score_batch"] == ("failed", 1)
+    assert task_tries(f"{p}__score_batch")["score_batch"] == ("failed", 1)
     with session_scope(mlcore_env.db_url) as s:
         assert s.scalars(select(Prediction)).first() is None
 
 
-def test_a_run_never_inherits_the_previous_runs_params(airflow_db, mlcore_env, spec, run_or_error):
+def test_a_run_never_inherits_the_previous_runs_params(airflow_db, mlcore_env, spec, run_or_error,
+                                                       task_tries):
     """Regression: in-process runs leaked one run's batch_id into the next run's Params."""
     dag_id = f"{spec.name}__materialize_features"
     _, error = run_or_error(dag_id, {"batch_id": "zzz"})
     assert "materialize_batch" in error  # got as far as the (unpublished) batch
     _, error = run_or_error(dag_id, {})
-    assert _task_tries(dag_id)["resolve_batches"] == ("failed", 1)
+    assert task_tries(dag_id)["resolve_batches"] == ("failed", 1)
