@@ -87,10 +87,7 @@ def build_pipeline(spec: ProblemSpec, algorithm: str, seed: int = 0,
     Raises:
         ValueError: the algorithm is not a candidate of the spec.
     """
-    if algorithm not in spec.algorithms:
-        raise ValueError(f"algorithm {algorithm!r} is not a candidate of problem {spec.name!r} "
-                         f"(candidates: {sorted(spec.algorithms)})")
-    return pipeline_for(spec, spec.algorithms[algorithm], seed, overrides)
+    return pipeline_for(spec, build_candidate(spec, algorithm), seed, overrides)
 
 
 def search_space(candidate: Candidate) -> list[dict[str, Scalar]]:
