@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mlcore.config import Settings
@@ -28,8 +28,10 @@ from mlcore.problems import ProblemSpec
 from mlcore.registry import alias_holder, get_version
 from mlcore.store.models import (
     Batch,
+    DriftReport,
     Evaluation,
     PerformanceReport,
+    Prediction,
     RetrainLease,
     RetrainRequest,
     utcnow,
@@ -279,8 +281,6 @@ def acquire_lease(problem: str, holder: str, url: str, hours: float) -> None:
 
 def release_lease(problem: str, holder: str, url: str) -> bool:
     """Give the lease back (only its holder can). Returns whether it was held."""
-    from sqlalchemy import delete
-
     with session_scope(url) as s:
         return bool(s.execute(delete(RetrainLease).where(
             RetrainLease.problem == problem, RetrainLease.holder == holder)).rowcount)  # type: ignore[attr-defined]
@@ -290,8 +290,6 @@ def promotion_hold(problem: str, url: str) -> str | None:
     """Why a promotion must wait, or None: the newest batch the champion scored has no drift
     check against it (the check failed, ran out of budget, or has not run yet). Monitoring that
     failed must not be followed by a champion change nobody could vet."""
-    from mlcore.store.models import DriftReport, Prediction
-
     champion = alias_holder(problem, url)
     if champion is None:
         return None
