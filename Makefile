@@ -20,7 +20,7 @@ export PYTHONPATH := $(CURDIR)/plugins
 export PATH := $(VENV)/bin:$(PATH)
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning
 
-.PHONY: install demo test test-slow lint up bench clean
+.PHONY: install browser demo test test-slow lint up bench clean
 
 $(UV):
 	$(PY_BOOT) -m venv $(BOOT)
@@ -32,6 +32,9 @@ $(VENV)/.synced: $(UV) pyproject.toml uv.lock
 
 install: $(VENV)/.synced ## locked environment in .venv
 
+browser: ## Debian's chromium + chromium-driver (the UI view's browser test)
+	bash scripts/ensure_browser.sh
+
 $(AIRFLOW_HOME)/airflow.db: $(VENV)/.synced
 	mkdir -p $(AIRFLOW_HOME)
 	$(VENV)/bin/airflow db migrate >/dev/null
@@ -42,7 +45,7 @@ demo: install ## the whole loop through Airflow on the four yearly batches (fres
 	$(VENV)/bin/mlcore init
 	$(PY) scripts/demo.py
 
-test: install ## the test suite (needs PostgreSQL on 127.0.0.1:5432)
+test: install browser ## the test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on :6379)
 	$(PY) -m pytest -q
 
 test-slow: install ## tests marked slow (full-size data)
