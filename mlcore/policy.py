@@ -219,7 +219,9 @@ def request_manual(problem: str, reason: str, url: str) -> int:
                                                         RetrainRequest.state == "pending"))
         if pending is not None:
             pending.triggers = list(dict.fromkeys([*(pending.triggers or []), "manual"]))
-            pending.reason = f"{pending.reason} | manual: {reason}"
+            entry = f"manual: {reason}"
+            if entry not in pending.reason.split(" | "):  # the same request filed twice: once
+                pending.reason = f"{pending.reason} | {entry}"
             return pending.id
         request = RetrainRequest(problem=problem, trigger="manual", triggers=["manual"],
                                  reason=f"manual: {reason}",

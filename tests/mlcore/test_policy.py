@@ -17,6 +17,7 @@ from mlcore.policy import (
     assess,
     list_requests,
     release_lease,
+    request_manual,
 )
 from mlcore.problems import ProblemSpec
 from mlcore.registry import move_alias, register_version
@@ -211,6 +212,14 @@ def test_assessing_the_same_batch_again_adds_no_second_reason(spec, world):
     assert (again.action, again.request_id) == ("merged", first.request_id)
     [request] = list_requests(P, world.db_url)
     assert request["reason"] == first.reason
+
+
+def test_filing_the_same_manual_request_twice_keeps_one_reason(world):
+    first = request_manual(P, "new features", world.db_url)
+    assert request_manual(P, "new features", world.db_url) == first
+    assert request_manual(P, "bad labels", world.db_url) == first
+    [request] = list_requests(P, world.db_url)
+    assert request["reason"] == "manual: new features | manual: bad labels"
 
 
 def test_a_failed_drift_check_holds_promotion(world):
