@@ -3,6 +3,7 @@
 -- data volume is empty; on an existing volume create them by hand (see deploy/README.md).
 --   airflow  created by the image itself (POSTGRES_DB): Airflow metadata + Celery results
 --   mlcore   mlcore's metadata store (MLCORE_DATABASE_URL)
---   feast    reserved for the Feast SQL registry / online store (deploy/feature_store.postgres.yaml)
+--   feast    the Feast SQL registry and PostgreSQL online store (FEAST_PG_DATABASE;
+--            deploy/feature_store.postgres.yaml, feature_store.redis.yaml)
 CREATE DATABASE mlcore;
 CREATE DATABASE feast;

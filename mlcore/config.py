@@ -6,7 +6,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +27,20 @@ class Settings(BaseSettings):
     database_url: str | None = None
     problems_dir: Path = Field(default_factory=lambda: _repo_dir("problems"))
     feature_repo: Path = Field(default_factory=lambda: _repo_dir("feature_repo"))
+    # An alternative feature_store.yaml (e.g. deploy/feature_store.postgres.yaml); None: the one
+    # in ``feature_repo``. The definitions always come from ``feature_repo``.
+    feast_config: Path | None = None
+
+    @field_validator("feast_config", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: Any) -> Any:
+        # `MLCORE_FEAST_CONFIG=` (e.g. compose's ${MLCORE_FEAST_CONFIG:-}) means the default.
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def feast_config_file(self) -> Path:
+        """The ``feature_store.yaml`` Feast opens: ``MLCORE_FEAST_CONFIG`` or the repo's own."""
+        return self.feast_config or self.feature_repo / "feature_store.yaml"
 
     @property
     def db_url(self) -> str:

@@ -78,11 +78,22 @@ def _feast_env(settings: Settings) -> None:
 
 
 def feature_store(settings: Settings) -> FeatureStore:
-    """The Feast store of ``feature_repo/`` over this settings' home."""
+    """The Feast store of ``feature_repo/`` over this settings' home.
+
+    Configured by ``settings.feast_config_file``: ``MLCORE_FEAST_CONFIG`` (a production variant
+    such as ``deploy/feature_store.postgres.yaml``) or ``feature_repo/feature_store.yaml``.
+    Relative paths in that file resolve against ``feature_repo/``, as with the default.
+
+    Raises:
+        FileNotFoundError: the configured ``feature_store.yaml`` does not exist.
+    """
     from feast import FeatureStore
 
+    config = settings.feast_config_file.resolve()
+    if not config.is_file():
+        raise FileNotFoundError(f"Feast config {config} not found (MLCORE_FEAST_CONFIG)")
     _feast_env(settings)
-    return FeatureStore(repo_path=str(settings.feature_repo.resolve()))
+    return FeatureStore(repo_path=str(settings.feature_repo.resolve()), fs_yaml_file=config)
 
 
 def apply_definitions(settings: Settings) -> list[str]:
@@ -110,12 +121,18 @@ def apply_definitions(settings: Settings) -> list[str]:
 
 
 @contextlib.contextmanager
-def online_store_lock(settings: Settings) -> Iterator[None]:
+def online_store_lock(settings: Settings, store: FeatureStore) -> Iterator[None]:
     """Serialize writers of the embedded SQLite online store across processes.
 
     Feast opens it without a busy timeout, so two concurrent materializations (two mapped tasks,
-    two problems) fail with "database is locked". Server stores need no lock.
+    two problems) fail with "database is locked". Server stores (PostgreSQL, Redis) take
+    concurrent writers themselves: no lock for them.
     """
+    from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
+
+    if not isinstance(store.config.online_store, SqliteOnlineStoreConfig):
+        yield
+        return
     with file_lock(settings.home / "feast" / "online_store.lock"):
         yield
 
@@ -146,7 +163,7 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     # A late or re-run older batch must not regress the online store: materialize up to the
     # newest window already online, so Feast keeps the latest row per entity.
     online_end = max(end, _latest_window_end(spec.name, settings.db_url) or end)
-    with online_store_lock(settings):
+    with online_store_lock(settings, store):
         store.materialize(start_date=start, end_date=online_end,
                           feature_views=[spec.feature_view])
     _record(spec, batch_id, dest, len(frame), start, end, settings.db_url)
@@ -212,3 +229,19 @@ def historical_features(spec: ProblemSpec, batches: list[Batch], settings: Setti
             f"batches {', '.join(ids)} of {spec.name!r}: {len(entity_df) - len(out.dropna())} of "
             f"{len(entity_df)} rows have no features as of their event time (outside the TTL?)")
     return out.sort_values(ROW_ID).drop(columns=[ROW_ID]).reset_index(drop=True)
+
+
+def online_features(spec: ProblemSpec, keys: list[Any], settings: Settings) -> pd.DataFrame:
+    """The newest materialized features of each entity, read from the online store.
+
+    Works with whichever online store the Feast config names (SQLite, PostgreSQL, Redis).
+
+    Returns:
+        One row per key, in input order: the entity key and the feature service's features
+        (missing values for a key that was never materialized).
+    """
+    store = feature_store(settings)
+    service = store.get_feature_service(spec.feature_service)
+    got = store.get_online_features(features=service,
+                                    entity_rows=[{spec.entity.key: k} for k in keys]).to_dict()
+    return pd.DataFrame(got)[[spec.entity.key, *spec.feature_names]]

@@ -222,3 +222,22 @@ def loop(settings_factory, spec, slices):
                url=settings.db_url, actor="tests")
     return SimpleNamespace(settings=settings, manifests=manifests, dataset=dataset,
                            contender=contender)
+
+
+@pytest.fixture(scope="session")
+def claim_redis_db():
+    """A function claiming an empty Redis db on 127.0.0.1:6379 (from 15 down) with a marker key:
+    returns ``(client, db)``; the caller flushes that db when done."""
+    def claim():
+        import redis
+
+        token = uuid.uuid4().hex
+        for db in range(15, 7, -1):
+            client = redis.Redis(host="127.0.0.1", port=6379, db=db)
+            if client.set("batchloop:test-claim", token, nx=True) and client.dbsize() == 1:
+                return client, db
+            if client.get("batchloop:test-claim") == token.encode():
+                client.delete("batchloop:test-claim")
+        raise RuntimeError("no empty Redis db in 8..15 on 127.0.0.1:6379")
+
+    return claim

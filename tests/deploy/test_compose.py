@@ -307,22 +307,44 @@ def test_lock_export_has_runtime_pins_only() -> None:
 
 # --- Feast production variant -------------------------------------------------------------------
 
-def test_feast_postgres_variant(monkeypatch: pytest.MonkeyPatch) -> None:
-    raw = (DEPLOY / "feature_store.postgres.yaml").read_text()
-    for name, value in {"FEAST_PG_HOST": "postgres", "FEAST_PG_USER": "feast-user",
-                        "FEAST_PG_PASSWORD": "sentinel-feast-3b9e", "MLCORE_HOME": "/x"}.items():
+FEAST_ENV = {"FEAST_PG_HOST": "postgres", "FEAST_PG_PORT": "5432", "FEAST_PG_DATABASE": "feast",
+             "FEAST_PG_USER": "feast-user", "FEAST_PG_PASSWORD": "sentinel-feast-3b9e",
+             "FEAST_REDIS_CONNECTION": "redis:6379,db=1", "MLCORE_HOME": "/x"}
+
+
+@pytest.mark.parametrize("store", ["postgres", "redis"])
+def test_feast_variants(monkeypatch: pytest.MonkeyPatch, store: str) -> None:
+    raw = (DEPLOY / f"feature_store.{store}.yaml").read_text()
+    for name, value in FEAST_ENV.items():
         monkeypatch.setenv(name, value)
-    variant = yaml.safe_load(os.path.expandvars(raw))  # what feast.repo_config does
+    expanded = os.path.expandvars(raw)  # what feast.repo_config does
+    assert "${" not in "".join(ln.split("#")[0] for ln in expanded.splitlines())
+    variant = yaml.safe_load(expanded)
     embedded = yaml.safe_load((ROOT / "feature_repo" / "feature_store.yaml").read_text())
     for key in ("project", "provider", "offline_store", "entity_key_serialization_version"):
         assert variant[key] == embedded[key], key
     registry = urlsplit(variant["registry"]["path"])
     assert variant["registry"]["registry_type"] == "sql"
-    assert (registry.scheme, registry.hostname, registry.path) == \
-        ("postgresql+psycopg2", "postgres", "/feast")
+    assert (registry.scheme, registry.hostname, registry.port, registry.path) == \
+        ("postgresql+psycopg2", "postgres", 5432, "/feast")
     assert registry.password == "sentinel-feast-3b9e"
     online = variant["online_store"]
-    assert (online["type"], online["sslmode"], online["database"]) == \
-        ("postgres", "disable", "feast")
-    assert online["password"] == "sentinel-feast-3b9e"
+    if store == "postgres":
+        assert (online["type"], online["sslmode"], online["database"], online["port"]) == \
+            ("postgres", "disable", "feast", 5432)
+        assert online["password"] == "sentinel-feast-3b9e"
+    else:
+        assert (online["type"], online["connection_string"]) == ("redis", "redis:6379,db=1")
     assert re.search(r"^CREATE DATABASE feast;", (DEPLOY / "postgres-init.sql").read_text(), re.M)
+
+
+def test_feast_is_wired_into_the_stack(config: dict[str, Any]) -> None:
+    for name in AIRFLOW_SERVICES:
+        env = env_of(config, name)
+        assert (env["FEAST_PG_HOST"], env["FEAST_PG_PORT"], env["FEAST_PG_DATABASE"],
+                env["FEAST_REDIS_CONNECTION"]) == ("postgres", "5432", "feast", "redis:6379,db=1")
+        assert env["FEAST_PG_PASSWORD"] == SENTINELS["POSTGRES_PASSWORD"], name
+        mounts = {v["target"]: v for v in config["services"][name]["volumes"]}
+        selected = mounts[env["MLCORE_FEAST_CONFIG"]]  # the default: the PostgreSQL variant
+        assert Path(selected["source"]) == DEPLOY / "feature_store.postgres.yaml", name
+        assert selected["read_only"], name

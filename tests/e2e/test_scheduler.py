@@ -1,8 +1,11 @@
-"""The real scheduler path: `airflow standalone`, a REST trigger, and the Asset hand-off.
+"""The real scheduler, production-shaped: `airflow standalone` over PostgreSQL, one REST trigger,
+and the Asset chain running the rest by itself.
 
-`dag.test()` runs one DAG; only the scheduler turns ingest's asset event into an
-asset-triggered materialize run. This test starts a private standalone instance (own home,
-ports and SQLite DB), so it never touches `make up`'s.
+`dag.test()` runs one DAG; only the scheduler turns an asset event into the next stage's run.
+This module starts one private standalone instance (own home and ports; LocalExecutor) with
+Airflow's metadata DB, mlcore's store and the Feast registry + online store each in a fresh
+PostgreSQL database (`deploy/feature_store.postgres.yaml` via MLCORE_FEAST_CONFIG), all dropped
+afterwards. It never touches `make up`'s instance.
 """
 
 from __future__ import annotations
@@ -15,22 +18,30 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import create_engine, func, select, text
 
-from mlcore.store.models import Materialization
-from mlcore.store.session import session_scope, upgrade
+from mlcore.store.models import DriftReport, Materialization, Prediction
+from mlcore.store.session import get_engine, session_scope, upgrade
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
+PG = urlsplit(os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"))
+CHAIN = ("ingest_batch", "materialize_features", "score_batch", "monitor_model")
 
 
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _pg_url(database: str, scheme: str = "postgresql+psycopg2") -> str:
+    return urlunsplit(PG._replace(scheme=scheme, path=f"/{database}"))
 
 
 def _api(base: str, path: str, body: dict | None = None, method: str = "GET") -> dict:
@@ -49,19 +60,52 @@ def _wait(what: str, check, timeout: float, log: Path):
                 return result
         except (OSError, ValueError, KeyError, IndexError):
             pass
-        time.sleep(2)
+        time.sleep(1)
     tail = log.read_text()[-4000:] if log.exists() else ""
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
+def _seed_champion(spec, settings, source: Path) -> int:
+    """A champion trained on a first batch through mlcore's API (no Airflow run, no events)."""
+    from mlcore.config import TrainConfig
+    from mlcore.datasets import build_dataset
+    from mlcore.features import apply_definitions, materialize_batch
+    from mlcore.ingestion import ingest_batch
+    from mlcore.registry import move_alias
+    from mlcore.training import train_contender
+
+    apply_definitions(settings)  # what `mlcore init` does
+    ingest_batch(spec, str(source), "seed-2015", settings)
+    materialize_batch(spec, "seed-2015", settings)
+    model = train_contender(spec, build_dataset(spec, settings),
+                            TrainConfig(algorithm="logistic_regression"), settings)
+    move_alias(spec.name, expected=None, new=model.version, reason="seeded by the test",
+               url=settings.db_url, actor="tests")
+    return int(model.version)
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, spec, slices):
+    """Standalone over fresh PG databases, with a seeded champion; yields what the test needs."""
+    from mlcore.config import Settings
+
     home = tmp_path_factory.mktemp("standalone")
-    port = _free_port()
-    mlcore_home = home / "mlcore"
-    env = {**os.environ,
+    dbs = {role: f"batchloop_{role}_{uuid.uuid4().hex[:8]}" for role in ("af", "ml", "feast")}
+    admin = create_engine(_pg_url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in dbs.values():
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    port, mlcore_home, mlcore_url = _free_port(), home / "mlcore", _pg_url(dbs["ml"])
+    feast_env = {"FEAST_PG_HOST": PG.hostname or "127.0.0.1", "FEAST_PG_PORT": str(PG.port or 5432),
+                 "FEAST_PG_USER": PG.username or "postgres", "FEAST_PG_DATABASE": dbs["feast"],
+                 "FEAST_PG_PASSWORD": PG.password or "unused-trust-auth"}
+    feast_config = ROOT / "deploy" / "feature_store.postgres.yaml"
+    env = {**os.environ, **feast_env,
            "AIRFLOW_HOME": str(home), "MLCORE_HOME": str(mlcore_home),
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+           "MLCORE_DATABASE_URL": mlcore_url, "MLCORE_FEAST_CONFIG": str(feast_config),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _pg_url(dbs["af"]),
+           # Airflow derives postgresql+asyncpg otherwise, and asyncpg is not in uv.lock.
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": _pg_url(dbs["af"], "postgresql+psycopg"),
            "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
            "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
            "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
@@ -69,56 +113,85 @@ def server(tmp_path_factory):
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
            "AIRFLOW__CORE__PARALLELISM": "2",
            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+           "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
            "PYTHONPATH": str(ROOT / "plugins"),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    mlcore_home.mkdir()
-    upgrade(f"sqlite:///{mlcore_home / 'mlcore.db'}")
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    log = home / "standalone.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        _wait("a healthy scheduler and the DAGs",
+    log, proc = home / "standalone.log", None
+    try:  # standalone migrates the empty metadata DB itself ("Checking database is initialized")
+        with log.open("wb") as out:
+            proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        mlcore_home.mkdir()
+        upgrade(mlcore_url)
+        settings = Settings(home=mlcore_home, database_url=mlcore_url, feast_config=feast_config,
+                            problems_dir=ROOT / "problems", feature_repo=ROOT / "feature_repo")
+        with pytest.MonkeyPatch.context() as mp:  # while the server starts
+            for key, value in {**feast_env, "MLCORE_HOME": str(mlcore_home)}.items():
+                mp.setenv(key, value)
+            champion = _seed_champion(spec, settings, slices[2015])
+        base = f"http://127.0.0.1:{port}"
+        _wait("a healthy scheduler and the chain's DAGs",
               lambda: _api(base, "/monitor/health")["scheduler"]["status"] == "healthy"
-              and _api(base, "/dags?tags=stage:materialize_features")["total_entries"] == 1,
+              and all(_api(base, f"/dags/{spec.name}__{stage}")["dag_id"] for stage in CHAIN),
               240, log)
-        yield base, mlcore_home, log
+        yield base, mlcore_url, _pg_url(dbs["af"]), champion, log
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        get_engine(mlcore_url).dispose()
+        with admin.connect() as conn:
+            for name in dbs.values():
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
 
 
-def test_ingest_event_schedules_materialize_under_the_real_scheduler(server, spec, slices):
-    base, mlcore_home, log = server
-    p = spec.name
-    for stage in ("ingest_batch", "materialize_features"):
+def _count(url: str, model, **where) -> int:
+    with session_scope(url) as s:
+        q = select(func.count()).select_from(model)
+        for key, value in where.items():
+            q = q.where(getattr(model, key) == value)
+        return int(s.scalar(q) or 0)
+
+
+def test_one_rest_trigger_runs_the_asset_chain_under_the_real_scheduler(server, spec, slices):
+    base, mlcore_url, airflow_url, champion, log = server
+    p, batch = spec.name, "sched-2016"
+    for stage in CHAIN:
         _api(base, f"/dags/{p}__{stage}", {"is_paused": False}, "PATCH")
-    run = _api(base, f"/dags/{p}__ingest_batch/dagRuns",
-               {"logical_date": None, "conf": {"batch_id": "sched-1",
-                                               "source": str(slices[2015])}}, "POST")
+    trigger = _api(base, f"/dags/{p}__ingest_batch/dagRuns",
+                   {"logical_date": None, "conf": {"batch_id": batch,
+                                                   "source": str(slices[2016])}}, "POST")
 
-    def ingest_done():
-        state = _api(base, f"/dags/{p}__ingest_batch/dagRuns/{run['dag_run_id']}")["state"]
-        assert state != "failed", "ingest failed"
-        return state == "success"
+    def finished(stage: str):
+        def check():
+            runs = _api(base, f"/dags/{p}__{stage}/dagRuns")["dag_runs"]
+            done = [r for r in runs if r["state"] in ("success", "failed")]
+            return done[0] if done else None
+        return check
 
-    _wait("the ingest run", ingest_done, 180, log)
-
-    def materialized():
-        runs = _api(base, f"/dags/{p}__materialize_features/dagRuns")["dag_runs"]
-        done = [r for r in runs if r["state"] in ("success", "failed")]
-        return done[0] if done else None
-
-    mat = _wait("an asset-triggered materialize run", materialized, 240, log)
-    assert mat["run_type"] == "asset_triggered" and mat["state"] == "success"
-    with session_scope(f"sqlite:///{mlcore_home / 'mlcore.db'}") as s:
+    runs = {}
+    for stage in CHAIN:  # in order: each stage's run exists only once the previous one emitted
+        runs[stage] = _wait(f"a finished {stage} run", finished(stage), 150, log)
+        assert runs[stage]["state"] == "success", (runs[stage], log.read_text()[-4000:])
+    assert runs["ingest_batch"]["dag_run_id"] == trigger["dag_run_id"]
+    # nobody triggered the others: the scheduler did, on the asset events
+    assert [runs[stage]["run_type"] for stage in CHAIN[1:]] == ["asset_triggered"] * 3
+    # mlcore's PG store: the batch materialized, scored by the seeded champion, drift-checked
+    with session_scope(mlcore_url) as s:
         rows = s.scalars(select(Materialization.rows).where(
-            Materialization.batch_id == "sched-1")).all()
+            Materialization.batch_id == batch)).all()
     assert rows == [1500]
+    assert _count(mlcore_url, Prediction, batch_id=batch, model_version=champion) == 1500
+    assert _count(mlcore_url, DriftReport, batch_id=batch, model_version=champion) == 1
+    # Airflow's PG metadata DB holds the four runs (one each: the chain ran once)
+    engine = create_engine(airflow_url)
+    with engine.connect() as conn:
+        recorded = conn.execute(text("select dag_id, run_type, state from dag_run")).all()
+    engine.dispose()
+    assert sorted(tuple(r) for r in recorded) == sorted(
+        (f"{p}__{stage}", runs[stage]["run_type"], "success") for stage in CHAIN)

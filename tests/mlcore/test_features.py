@@ -1,10 +1,15 @@
 """Features through a real Feast store (SQLite registry and online store, parquet offline store):
-offline partitions, online values, point-in-time joins, idempotent materialization."""
+offline partitions, online values, point-in-time joins, idempotent materialization; and the
+production Feast configs (``MLCORE_FEAST_CONFIG``) on the real PostgreSQL and Redis."""
 
 from __future__ import annotations
 
+import os
+import threading
+import uuid
 from pathlib import Path
 from types import SimpleNamespace
+from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import pytest
@@ -17,6 +22,8 @@ from mlcore.features import (
     feature_store,
     historical_features,
     materialize_batch,
+    online_features,
+    online_store_lock,
 )
 from mlcore.ingestion import get_batch, ingest_batch, read_curated
 from mlcore.store.models import Materialization
@@ -213,3 +220,127 @@ def test_point_in_time_join_picks_the_value_as_of_each_row(spec, recurring, tmp_
 def test_rematerializing_an_older_batch_keeps_the_newest_online_value(spec, recurring):
     materialize_batch(spec, "a2015", recurring)
     assert online(recurring, spec, [3])["AGEP"].tolist() == [31.0]
+
+
+# MLCORE_FEAST_CONFIG: the Feast config is selectable; the production variants in deploy/ run
+# against the real PostgreSQL and Redis of this machine.
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+PG_ADMIN = urlsplit(os.environ.get("BATCHLOOP_TEST_PG",
+                                   "postgresql+psycopg2://postgres@127.0.0.1:5432"))
+
+
+def test_feast_config_setting_reads_the_environment(monkeypatch, tmp_path):
+    from mlcore.config import Settings
+
+    monkeypatch.delenv("MLCORE_FEAST_CONFIG", raising=False)
+    default = Settings(home=tmp_path, feature_repo=tmp_path / "repo")
+    assert default.feast_config is None
+    assert default.feast_config_file == tmp_path / "repo" / "feature_store.yaml"
+    monkeypatch.setenv("MLCORE_FEAST_CONFIG", str(DEPLOY / "feature_store.redis.yaml"))
+    assert Settings(home=tmp_path).feast_config_file == DEPLOY / "feature_store.redis.yaml"
+    monkeypatch.setenv("MLCORE_FEAST_CONFIG", " ")  # compose's ${MLCORE_FEAST_CONFIG:-}
+    assert Settings(home=tmp_path).feast_config is None
+
+
+def test_a_missing_feast_config_is_named(sqlite_settings, tmp_path):
+    absent = tmp_path / "nope.yaml"
+    with pytest.raises(FileNotFoundError, match="nope.yaml"):
+        feature_store(sqlite_settings.model_copy(update={"feast_config": absent}))
+
+
+def test_an_alternative_config_replaces_the_embedded_one(spec, sqlite_settings, slices, tmp_path):
+    embedded = (sqlite_settings.feature_repo / "feature_store.yaml").read_text()
+    alt = tmp_path / "alt.yaml"
+    alt.write_text(embedded.replace("/feast/registry.db", "/feast/alt_registry.db")
+                   .replace("/feast/online_store.db", "/feast/alt_online.db"))
+    settings = sqlite_settings.model_copy(update={"feast_config": alt})
+    ingest_batch(spec, str(slices[2015]), "2015", settings)
+    materialize_batch(spec, "2015", settings)
+    assert sorted(p.name for p in (settings.home / "feast").glob("*.db")) == \
+        ["alt_online.db", "alt_registry.db"]
+    got = online_features(spec, KEYS[2015], settings).set_index("id")
+    want = read_curated(get_batch(spec.name, "2015", settings.db_url)).set_index("id")
+    pd.testing.assert_frame_equal(got.astype("float64"),
+                                  want.loc[KEYS[2015], spec.feature_names].astype("float64"),
+                                  check_names=False)
+
+
+@pytest.fixture(scope="module", params=["postgres", "redis"])
+def server_store(request, settings_factory, spec, slices):
+    """2015 materialized through deploy/feature_store.<store>.yaml: registry in a fresh PG
+    database, online store in it or in a claimed Redis db (dropped / flushed afterwards)."""
+    from sqlalchemy import create_engine, text
+
+    name = f"batchloop_feast_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(urlunsplit(PG_ADMIN._replace(path="/postgres")),
+                          isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    claim = request.getfixturevalue("claim_redis_db")
+    client, db = claim() if request.param == "redis" else (None, -1)
+    env = {"FEAST_PG_HOST": PG_ADMIN.hostname, "FEAST_PG_PORT": str(PG_ADMIN.port or 5432),
+           "FEAST_PG_USER": PG_ADMIN.username, "FEAST_PG_DATABASE": name,
+           "FEAST_PG_PASSWORD": PG_ADMIN.password or "unused-trust-auth",
+           "FEAST_REDIS_CONNECTION": f"127.0.0.1:6379,db={db}"}
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            for key, value in env.items():
+                mp.setenv(key, str(value))
+            mp.setenv("MLCORE_HOME", os.environ.get("MLCORE_HOME", ""))  # restored on exit
+            settings = settings_factory(f"feast_{request.param}").model_copy(
+                update={"feast_config": DEPLOY / f"feature_store.{request.param}.yaml"})
+            ingest_batch(spec, str(slices[2015]), "2015", settings)
+            materialize_batch(spec, "2015", settings)
+            yield SimpleNamespace(settings=settings, kind=request.param, redis=client,
+                                  pg=f"{urlunsplit(PG_ADMIN._replace(path=''))}/{name}")
+    finally:
+        if client is not None:
+            client.flushdb()
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def test_server_stores_serve_the_curated_values(spec, server_store):
+    from sqlalchemy import create_engine, text
+
+    settings = server_store.settings
+    curated = read_curated(get_batch(spec.name, "2015", settings.db_url))
+    got = online_features(spec, [*curated["id"], 10_000_000], settings)
+    assert got["id"].tolist() == [*curated["id"], 10_000_000]
+    pd.testing.assert_frame_equal(got[spec.feature_names].head(1500).astype("float64"),
+                                  curated[spec.feature_names].astype("float64"))
+    assert got.iloc[-1][spec.feature_names].isna().all()
+    # nothing went to the embedded SQLite files: the registry is in PG, the rows in PG/Redis
+    assert not list((settings.home / "feast").glob("*.db"))
+    engine = create_engine(server_store.pg)
+    with engine.connect() as conn:
+        views = conn.execute(text("select feature_view_name from feature_views")).scalars().all()
+        if server_store.kind == "postgres":
+            rows = conn.execute(text(f"select count(distinct entity_key) from "
+                                     f"batchloop_{spec.feature_view}")).scalar()
+    engine.dispose()
+    assert views == [spec.feature_view]
+    assert (rows if server_store.kind == "postgres" else server_store.redis.dbsize() - 1) == 1500
+
+
+def _lock_blocks(settings, store) -> bool:
+    entered = threading.Event()
+
+    def other() -> None:
+        with online_store_lock(settings, store):
+            entered.set()
+
+    with online_store_lock(settings, store):
+        thread = threading.Thread(target=other, daemon=True)
+        thread.start()
+        blocked = not entered.wait(0.5)
+    thread.join(10)
+    return blocked and entered.is_set()
+
+
+def test_only_the_sqlite_online_store_is_locked(fx, server_store):
+    assert _lock_blocks(fx.settings, feature_store(fx.settings))
+    assert not _lock_blocks(server_store.settings, feature_store(server_store.settings))
+    assert not (server_store.settings.home / "feast" / "online_store.lock").exists()
