@@ -171,6 +171,32 @@ class Retrain(_Spec):
     shadow_promotion: bool = False  # matured evidence may promote the challenger
 
 
+# The stages a problem gets a DAG for: one ``dags/<stage>.py`` each, DAG id ``<problem>__<stage>``.
+DAG_STAGES = ("ingest_batch", "materialize_features", "score_batch", "monitor_model",
+              "ingest_labels", "retrain_model", "backfill_batches")
+MAX_DEADLINE_MINUTES = 7 * 24 * 60
+
+
+class Alerts(_Spec):
+    """On-call alerting the spec owns. Where alerts go is deployment config (Airflow Connections
+    and env, see RUNBOOK.md), not the spec."""
+
+    # stage -> minutes: a run of that stage still unfinished this long after it was queued pages
+    # on-call ("deadline missed"); a stage not listed has no deadline.
+    deadline_minutes: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check_deadlines(self) -> Alerts:
+        if unknown := set(self.deadline_minutes) - set(DAG_STAGES):
+            raise ValueError(f"alerts.deadline_minutes: unknown stages {sorted(unknown)} "
+                             f"(stages: {', '.join(DAG_STAGES)})")
+        for stage, minutes in self.deadline_minutes.items():
+            if not 0 < minutes <= MAX_DEADLINE_MINUTES:
+                raise ValueError(f"alerts.deadline_minutes.{stage} must be in (0, "
+                                 f"{MAX_DEADLINE_MINUTES}] minutes, got {minutes}")
+        return self
+
+
 class ProblemSpec(_Spec):
     """One declared model family. Every stage reads its columns, metric and policy from here."""
 
@@ -188,6 +214,7 @@ class ProblemSpec(_Spec):
     drift: Drift = Field(default_factory=lambda: Drift())
     labels: Labels = Field(default_factory=lambda: Labels())
     retrain: Retrain = Field(default_factory=lambda: Retrain())
+    alerts: Alerts = Field(default_factory=lambda: Alerts())
 
     @cached_property
     def feature_names(self) -> list[str]:

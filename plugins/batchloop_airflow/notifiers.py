@@ -1,65 +1,208 @@
-"""Failure alerts: what the on-call engineer needs to act, as one structured log line and, when
-``BATCHLOOP_ALERT_WEBHOOK`` is set, a JSON POST to that URL (a generic HTTP webhook; chat and
-paging tools accept one). Airflow calls ``on_failure_callback`` only when a task has failed for
-good, so retries do not alert.
+"""On-call alerts that always arrive: a task's failure callback, a DAG-level sweep for tasks that
+were killed, and the per-stage run deadline.
+
+* ``notify_failure`` (every task's ``on_failure_callback``): Airflow calls it only when a task
+  has failed for good, so retries do not alert. It runs in the task's own process.
+* ``notify_run_failure`` (every DAG's ``on_failure_callback``): runs in the dag-processor when a
+  run fails. A task whose process was SIGKILLed (OOM killer) never runs its own callback
+  (apache/airflow#60858: the supervisor reports it failed, nobody calls back), so the sweep
+  alerts every failed task of the run that has no journaled alert, as ``task_killed`` with the
+  signal from the task log.
+* ``deadline_missed``: the ``AsyncCallback`` of the stage's ``DeadlineAlert`` (triggerer).
+
+Every alert is journaled (``alert_journal``: dedup + audit), logged as one JSON line and sent to
+each configured channel (``alert_channels``). Nothing here raises into Airflow: an alert that
+cannot be sent must not mask the task's failure.
 """
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
 import json
 import logging
-import os
-import urllib.request
 from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from batchloop_airflow import alert_journal
+from batchloop_airflow.alert_channels import redact, send_all
+from batchloop_airflow.alerts import (
+    KIND_FAILED,
+    KIND_KILLED,
+    deadline_payload,
+    error_class,
+    killed_error,
+    last_attempt,
+    process_exit,
+    task_payload,
+    ti_key,
+    ti_log_url,
+)
+
 log = logging.getLogger("batchloop.alerts")
 
 
-def alert_payload(context: dict[str, Any]) -> dict[str, Any]:
-    """The essentials of a failed task: where, which batch, what broke, what to do."""
-    ti, params = context.get("ti"), context.get("params") or {}
-    dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "?")
-    problem = dag_id.split("__", 1)[0]
-    exc = context.get("exception")
-    task_id = getattr(ti, "task_id", None)
-    batch = params.get("batch_id") or params.get("until_batch")
-    key = f"{dag_id}|{task_id}|{batch}|{type(exc).__name__ if exc else 'failed'}"
-    return {
-        "problem": problem, "dag_id": dag_id, "task_id": task_id, "run_id": context.get("run_id"),
-        "try_number": getattr(ti, "try_number", None), "batch_id": batch,
-        "error": f"{type(exc).__name__}: {exc}" if exc else context.get("reason"),
-        "log_url": getattr(ti, "log_url", None),
-        "runbook": "README.md#operator-cli",
-        "dedup_key": hashlib.sha256(key.encode()).hexdigest()[:16],
-        "next_steps": [f"airflow tasks states-for-dag-run {dag_id} {context.get('run_id')}",
-                       f"mlcore batches --problem {problem}",
-                       f"mlcore rollback --problem {problem} --reason '<why>'  # if a bad "
-                       "model was promoted"],
-    }
+def deliver(payload: dict[str, Any]) -> dict[str, str]:
+    """Journal, log and send one alert unless its dedup key was already sent.
+
+    Returns each channel's outcome (``{"journal": "duplicate"}`` when deduplicated).
+    """
+    payload = redact(payload)
+    claim = alert_journal.claim(payload)
+    if claim is None:
+        log.info("BATCHLOOP ALERT %s already sent (dedup); not sending again",
+                 payload["dedup_key"])
+        return {"journal": "duplicate"}
+    log.error("BATCHLOOP ALERT %s", json.dumps(payload, default=str))
+    outcomes = send_all(payload)
+    claim.record(outcomes)
+    return outcomes
 
 
-class FailureAlert(BaseNotifier):
-    """``on_failure_callback``: log the alert as one JSON line (picked up by log shipping) and
-    POST it to ``BATCHLOOP_ALERT_WEBHOOK`` when set. A sink that is down is logged, never
-    raised: the alert must not mask the task's own failure."""
+def _map_index(ti: Any) -> int:
+    value = getattr(ti, "map_index", None)
+    return value if isinstance(value, int) else -1
+
+
+def batch_of(context: Any, ti: Any, map_index: int) -> str | None:
+    """The batch a failed task worked on: the run's Param, else what ``resolve_batches`` handed
+    the mapped task, else the triggering asset events' batch IDs. None when unknown."""
+    params = context.get("params") or {}
+    if explicit := params.get("batch_id") or params.get("until_batch"):
+        return str(explicit)
+    dag = context.get("dag")
+    try:
+        if ti is not None and dag is not None and "resolve_batches" in dag.task_ids:
+            ids = ti.xcom_pull(task_ids="resolve_batches", map_indexes=-1) or []
+            if ids:
+                return str(ids[map_index]) if 0 <= map_index < len(ids) else ",".join(ids)
+        events = context.get("triggering_asset_events") or {}
+        ids = [str(e.extra["batch_id"]) for evs in events.values() for e in evs
+               if (e.extra or {}).get("batch_id")]
+        return ",".join(dict.fromkeys(ids)) or None
+    except Exception:  # noqa: BLE001 - the batch enriches the alert; never lose the alert for it
+        return None
+
+
+def _error_text(exc: BaseException) -> str:
+    """``<Class>: <message>``, the class being the real error's (fail_fast's wrapper message
+    already starts with it)."""
+    message = str(exc)
+    return message if message.startswith(f"{error_class(exc)}:") else (
+        f"{type(exc).__name__}: {message}")
+
+
+def task_alert(context: Any) -> dict[str, Any]:
+    """The alert of the task in ``context`` that failed for good. Without an exception the
+    process died without reporting one (the scheduler found it): ``task_killed``."""
+    ti, exc = context["ti"], context.get("exception")
+    dag_id, run_id, map_index = ti.dag_id, ti.run_id, _map_index(ti)
+    kind = KIND_FAILED if exc is not None else KIND_KILLED
+    exit_info = None if exc is not None else process_exit(
+        dag_id, run_id, ti.task_id, map_index, ti.try_number)
+    error = _error_text(exc) if exc is not None else killed_error(exit_info)
+    return task_payload(kind=kind, dag_id=dag_id, run_id=run_id, task_id=ti.task_id,
+                        map_index=map_index, try_number=ti.try_number,
+                        batch_id=batch_of(context, ti, map_index), error=error,
+                        error_cls=error_class(exc),
+                        log_url=getattr(ti, "log_url", None), exit_info=exit_info)
+
+
+def failed_tasks(dag: Any, run_id: str) -> list[tuple[str, int]]:
+    """(task_id, map_index) of every failed task instance of the run (via the Task SDK)."""
+    from airflow.sdk.execution_time.task_runner import RuntimeTaskInstance
+
+    states = RuntimeTaskInstance.get_task_states(dag_id=dag.dag_id, run_ids=[run_id])
+    failed = []
+    for key, state in (states.get(run_id) or {}).items():
+        if str(state) != "failed":
+            continue
+        if key in dag.task_ids:
+            failed.append((key, -1))
+        else:  # a mapped instance: "<task_id>_<map_index>"
+            task_id, _, index = key.rpartition("_")
+            failed.append((task_id, int(index)) if index.isdigit() else (key, -1))
+    return failed
+
+
+def killed_alerts(context: Any) -> list[dict[str, Any]]:
+    """``task_killed`` alerts for the run's failed tasks that have no journaled alert."""
+    dag, run_id, ti = context["dag"], context["run_id"], context.get("ti")
+    known = (ti.task_id, _map_index(ti)) if ti is not None else None
+    try:
+        failed = failed_tasks(dag, run_id)
+    except Exception as exc:  # noqa: BLE001 - fall back to the task the scheduler named
+        log.warning("BATCHLOOP ALERT sweep: task states unavailable (%s)", type(exc).__name__)
+        failed = []
+    if known and known not in failed:
+        failed.append(known)
+    alerts = []
+    for task_id, map_index in failed:
+        mine = (task_id, map_index) == known
+        try_number = ti.try_number if mine else last_attempt(dag.dag_id, run_id, task_id,
+                                                             map_index)
+        if alert_journal.alerted(ti_key(dag.dag_id, run_id, task_id, map_index), try_number):
+            log.info("BATCHLOOP ALERT sweep: %s.%s try %s already alerted by its own callback",
+                     dag.dag_id, task_id, try_number)
+            continue
+        exit_info = process_exit(dag.dag_id, run_id, task_id, map_index, try_number)
+        alerts.append(task_payload(
+            kind=KIND_KILLED, dag_id=dag.dag_id, run_id=run_id, task_id=task_id,
+            map_index=map_index, try_number=try_number, error=killed_error(exit_info),
+            batch_id=batch_of(context, ti, map_index), exit_info=exit_info,
+            log_url=ti_log_url(dag.dag_id, run_id, task_id, map_index, try_number)))
+    return alerts
+
+
+class _AlertNotifier(BaseNotifier):
+    """A notifier without templates: nothing to render (and ``dag.test`` hands DAG callbacks a
+    SerializedDAG, which has no template environment to render with)."""
+
+    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
+        """No template fields: nothing to do."""
+
+
+class FailureAlert(_AlertNotifier):
+    """Task ``on_failure_callback``: alert once for a task that failed for good."""
 
     def notify(self, context: Any) -> None:
-        """Send one alert for a failed task."""
-        body = json.dumps(alert_payload(context), default=str)
-        log.error("BATCHLOOP ALERT %s", body)
-        url = os.environ.get("BATCHLOOP_ALERT_WEBHOOK")
-        if not url:
-            return
-        request = urllib.request.Request(url, data=body.encode(), method="POST",
-                                         headers={"Content-Type": "application/json"})
+        """Send the task's alert; log (never raise) if that fails."""
         try:
-            with urllib.request.urlopen(request, timeout=5):
-                pass
-        except OSError as exc:
-            log.error("BATCHLOOP ALERT not delivered to the webhook: %s", exc)
+            deliver(task_alert(context))
+        except Exception:  # noqa: BLE001 - must not mask the task's own failure
+            log.exception("BATCHLOOP ALERT could not be built or sent")
+
+
+class RunFailureSweep(_AlertNotifier):
+    """DAG ``on_failure_callback``: alert the run's failed tasks nobody alerted (killed ones)."""
+
+    def notify(self, context: Any) -> None:
+        """Send a ``task_killed`` alert per unalerted failed task; log (never raise) on error."""
+        try:
+            for payload in killed_alerts(context):
+                deliver(payload)
+        except Exception:  # noqa: BLE001 - a callback that raises helps nobody
+            log.exception("BATCHLOOP ALERT sweep failed")
+
+
+async def deadline_missed(context: dict[str, Any], minutes: float = 0.0) -> str:
+    """``AsyncCallback`` of a stage's ``DeadlineAlert`` (runs in the triggerer): alert that the
+    run was not finished in time. Returns each channel's outcome as JSON."""
+    run = context.get("dag_run") or {}
+    conf = run.get("conf") or {}
+    payload = deadline_payload(
+        dag_id=str(run.get("dag_id")), run_id=str(run.get("dag_run_id")),
+        batch_id=conf.get("batch_id") or conf.get("until_batch"), minutes=minutes,
+        deadline_time=str((context.get("deadline") or {}).get("deadline_time")),
+        queued_at=run.get("queued_at"), state=run.get("state"),
+        deadline_id=(context.get("deadline") or {}).get("id"))
+    try:
+        outcomes = await asyncio.to_thread(deliver, payload)
+    except Exception as exc:  # noqa: BLE001 - report, do not crash the triggerer's callback
+        log.exception("BATCHLOOP ALERT deadline alert failed")
+        outcomes = {"deliver": f"failed: {type(exc).__name__}"}
+    return json.dumps(outcomes)
 
 
 notify_failure = FailureAlert()
+notify_run_failure = RunFailureSweep()

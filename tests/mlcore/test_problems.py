@@ -135,3 +135,45 @@ def test_get_problem_unknown_name_lists_the_known_ones(tmp_path):
 def test_get_problem_in_an_empty_folder_says_none_are_known(tmp_path):
     with pytest.raises(ProblemNotFound, match="known: none"):
         get_problem("census_employment", tmp_path)
+
+
+def test_census_spec_sets_generous_deadlines_for_the_batch_stages(spec):
+    assert spec.alerts.deadline_minutes == {
+        "ingest_batch": 60, "materialize_features": 60, "score_batch": 60, "monitor_model": 60,
+        "ingest_labels": 60}
+
+
+def test_deadlines_are_optional(tmp_path):
+    data = census()
+    data.pop("alerts")
+    spec = load_problem_file(write(tmp_path, "census_employment", data))
+    assert spec.alerts.deadline_minutes == {}
+
+
+@pytest.mark.parametrize("deadlines, needle", [
+    ({"ingest": 60}, "unknown stages ['ingest']"),
+    ({"ingest_batch": 0}, "ingest_batch must be in (0, 10080]"),
+    ({"score_batch": -5}, "score_batch must be in"),
+    ({"monitor_model": 10081}, "monitor_model must be in"),
+    ({"ingest_batch": "soon"}, "deadline_minutes.ingest_batch"),
+], ids=["unknown-stage", "zero", "negative", "over-a-week", "not-a-number"])
+def test_a_bad_deadline_is_refused_naming_the_file(tmp_path, deadlines, needle):
+    data = census()
+    data["alerts"] = {"deadline_minutes": deadlines}
+    path = write(tmp_path, "census_employment", data)
+    with pytest.raises(ValueError) as exc:
+        load_problem_file(path)
+    assert str(path) in str(exc.value) and needle in str(exc.value)
+
+
+def test_an_unknown_alerts_key_is_refused(tmp_path):
+    data = census()
+    data["alerts"]["page_everyone"] = True
+    with pytest.raises(ValueError, match="page_everyone"):
+        load_problem_file(write(tmp_path, "census_employment", data))
+
+
+def test_the_stage_list_matches_the_dag_files():
+    from mlcore.problems import DAG_STAGES
+
+    assert sorted(DAG_STAGES) == sorted(p.stem for p in (ROOT / "dags").glob("*.py"))

@@ -1,0 +1,225 @@
+"""What an on-call alert says: its kind, where, which batch, what broke and what to do.
+
+Three kinds, one payload shape (a flat JSON object; ``alert_channels`` renders it for humans):
+
+* ``task_failed``: a task raised and failed for good (retries used up or a fail-fast error).
+* ``task_killed``: a task failed without its own failure handler running: the process was
+  SIGKILLed (the kernel's OOM killer) or its worker was lost. Found by the DAG-level sweep.
+* ``deadline_missed``: a run was still unfinished at the spec's deadline for its stage.
+
+Every alert links to the RUNBOOK.md section for its kind (or error class, or stage) and carries a
+``dedup_key``: the same failure found by two paths (task callback and the sweep) is one alert.
+Light at import (stdlib only): DAG files import it at parse time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+KIND_FAILED, KIND_KILLED, KIND_DEADLINE = "task_failed", "task_killed", "deadline_missed"
+TITLES = {KIND_FAILED: "TASK FAILED", KIND_KILLED: "TASK KILLED", KIND_DEADLINE: "DEADLINE MISSED"}
+
+# RUNBOOK.md anchors (``<a id="...">``): by mlcore error class, else by kind, else by stage.
+ERROR_ANCHORS = {
+    "BatchRejected": "batch-rejected", "InvalidBatchId": "batch-rejected",
+    "LabelsRejected": "batch-rejected", "BatchNotFound": "batch-not-found",
+    "BatchConflict": "batch-conflict", "LabelConflict": "batch-conflict",
+    "UnfairHoldout": "unfair-holdout", "DriftCheckFailed": "drift-check-failed",
+    "DriftBudgetExceeded": "drift-check-failed", "NotEnoughData": "not-enough-data",
+    "AliasConflict": "alias-conflict", "ArtifactTampered": "artifact-tampered",
+    "ProblemNotFound": "bad-input", "FileNotFoundError": "bad-input",
+}
+KIND_ANCHORS = {KIND_KILLED: "task-killed", KIND_DEADLINE: "deadline-missed"}
+DELIVERY_ANCHOR = "alert-delivery-failed"
+# Airflow's wrappers around the real error (fail_fast raises AirflowFailException from it).
+_WRAPPERS = {"AirflowFailException", "AirflowException", "AirflowTaskTerminated"}
+
+
+def runbook_link(anchor: str) -> str:
+    """``<BATCHLOOP_RUNBOOK_URL or RUNBOOK.md>#<anchor>``."""
+    return f"{os.environ.get('BATCHLOOP_RUNBOOK_URL') or 'RUNBOOK.md'}#{anchor}"
+
+
+def stage_anchor(stage: str) -> str:
+    """The RUNBOOK.md section of a stage (``ingest_batch`` -> ``stage-ingest-batch``)."""
+    return "stage-" + stage.replace("_", "-")
+
+
+def anchor_for(kind: str, stage: str, error_class: str | None) -> str:
+    """The most specific RUNBOOK.md section for an alert."""
+    if kind == KIND_FAILED and error_class in ERROR_ANCHORS:
+        return ERROR_ANCHORS[error_class]
+    return KIND_ANCHORS.get(kind) or stage_anchor(stage)
+
+
+def error_class(exc: BaseException | None) -> str | None:
+    """The class name of the real error: the cause Airflow's fail-fast wrapper was raised from."""
+    while exc is not None and type(exc).__name__ in _WRAPPERS and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return type(exc).__name__ if exc is not None else None
+
+
+def ti_key(dag_id: str, run_id: str, task_id: str, map_index: int) -> str:
+    """A short stable hash naming one task instance (the prefix of its dedup keys)."""
+    return hashlib.sha256(f"{dag_id}|{run_id}|{task_id}|{map_index}".encode()).hexdigest()[:12]
+
+
+def dedup_key(dag_id: str, run_id: str, task_id: str, map_index: int,
+              try_number: int | None) -> str:
+    """One key per failed try of a task instance, whichever path reports it."""
+    return f"{ti_key(dag_id, run_id, task_id, map_index)}-t{try_number or 0}"
+
+
+def split_dag_id(dag_id: str) -> tuple[str, str]:
+    """``<problem>__<stage>`` -> (problem, stage)."""
+    problem, _, stage = dag_id.partition("__")
+    return problem, stage or dag_id
+
+
+def next_steps(kind: str, dag_id: str, run_id: str, batch_id: str | None) -> list[str]:
+    """The exact commands to inspect, re-run and (if a bad model went out) roll back."""
+    problem, _ = split_dag_id(dag_id)
+    dag, run = shlex.quote(dag_id), shlex.quote(run_id)
+    steps = [f"airflow tasks states-for-dag-run {dag} {run}",
+             f"mlcore batches --problem {problem}"]
+    if batch_id:
+        steps.append(f"mlcore lineage --problem {problem} --batch {shlex.quote(batch_id)}")
+    if kind != KIND_DEADLINE:
+        steps.append(f"airflow dags clear {dag} --run-id {run} --only-failed --yes"
+                     "  # re-run the failed tasks once the cause is fixed")
+    steps.append(f"mlcore rollback --problem {problem} --reason '<why>'"
+                 "  # only if a bad model was promoted")
+    return steps
+
+
+def task_payload(*, kind: str, dag_id: str, run_id: str, task_id: str, map_index: int = -1,
+                 try_number: int | None, batch_id: str | None, error: str | None,
+                 error_cls: str | None = None, log_url: str | None = None,
+                 exit_info: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The alert of one task instance that failed for good (``task_failed``/``task_killed``)."""
+    problem, stage = split_dag_id(dag_id)
+    return {
+        "kind": kind, "title": TITLES[kind], "problem": problem, "stage": stage,
+        "dag_id": dag_id, "task_id": task_id, "map_index": map_index, "run_id": run_id,
+        "try_number": try_number, "batch_id": batch_id, "error": error, "error_class": error_cls,
+        **({"exit": exit_info} if kind == KIND_KILLED else {}),
+        "log_url": log_url, "runbook": runbook_link(anchor_for(kind, stage, error_cls)),
+        "dedup_key": dedup_key(dag_id, run_id, task_id, map_index, try_number),
+        "next_steps": next_steps(kind, dag_id, run_id, batch_id),
+    }
+
+
+def killed_error(exit_info: dict[str, Any] | None) -> str:
+    """The ``error`` text of a killed task, with the signal/exit code when the log had it."""
+    if exit_info and exit_info.get("signal"):
+        return (f"task process killed by {exit_info['signal']} (exit code "
+                f"{exit_info.get('exit_code')}): likely out of memory (OOM killer); its failure "
+                "handler never ran")
+    if exit_info and exit_info.get("exit_code") is not None:
+        return (f"task process exited abnormally (exit code {exit_info['exit_code']}) without "
+                "reporting an error")
+    return ("task process died without reporting an error (killed, e.g. by the OOM killer, or "
+            "its worker was lost); no exit code found in the task log")
+
+
+def process_exit(dag_id: str, run_id: str, task_id: str, map_index: int,
+                 try_number: int | None) -> dict[str, Any] | None:
+    """How the task process ended, from the supervisor's lines in the local task log.
+
+    The supervisor logs ``Process terminated by signal`` (with ``signal``/``signal_name``) or
+    ``Process exited abnormally`` (``exit_code``). Reads the default log file layout under
+    ``[logging] base_log_folder``; None when the file is not on this host.
+    """
+    path = task_log_dir(dag_id, run_id, task_id, map_index)
+    if path is None or try_number is None:
+        return None
+    log_file = path / f"attempt={try_number}.log"
+    try:
+        with log_file.open("rb") as fh:
+            fh.seek(max(0, log_file.stat().st_size - 65536))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "Process terminated by signal" not in line and "Process exited abnormally" not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        code = event.get("signal", event.get("exit_code"))
+        return {"exit_code": code, "signal": event.get("signal_name"),
+                "source": str(log_file.name)}
+    return None
+
+
+def task_log_dir(dag_id: str, run_id: str, task_id: str, map_index: int) -> Path | None:
+    """The folder of a task instance's attempt logs (Airflow's default filename template)."""
+    try:
+        from airflow.configuration import conf
+
+        base = Path(conf.get("logging", "base_log_folder"))
+    except Exception:  # noqa: BLE001 - no Airflow config here: no local logs either
+        return None
+    path = base / f"dag_id={dag_id}" / f"run_id={run_id}" / f"task_id={task_id}"
+    return path / f"map_index={map_index}" if map_index >= 0 else path
+
+
+def last_attempt(dag_id: str, run_id: str, task_id: str, map_index: int) -> int | None:
+    """The highest ``attempt=N.log`` of a task instance on this host, if any."""
+    path = task_log_dir(dag_id, run_id, task_id, map_index)
+    tries = [int(p.stem.split("=", 1)[1]) for p in (path.glob("attempt=*.log") if path else [])
+             if p.stem.split("=", 1)[1].isdigit()]
+    return max(tries) if tries else None
+
+
+def _ui_base() -> str | None:
+    try:
+        from airflow.configuration import conf
+
+        return str(conf.get("api", "base_url", fallback="") or "").rstrip("/") or None
+    except Exception:  # noqa: BLE001 - no Airflow config: no links
+        return None
+
+
+def run_url(dag_id: str, run_id: str) -> str | None:
+    """The Airflow UI page of a DAG run (``[api] base_url``), None without a base URL."""
+    base = _ui_base()
+    return f"{base}/dags/{dag_id}/runs/{quote(run_id, safe='')}" if base else None
+
+
+def ti_log_url(dag_id: str, run_id: str, task_id: str, map_index: int,
+               try_number: int | None) -> str | None:
+    """The UI log page of a try (the same URL as Airflow's ``ti.log_url``)."""
+    run = run_url(dag_id, run_id)
+    if run is None:
+        return None
+    mapped = f"/mapped/{map_index}" if map_index >= 0 else ""
+    return f"{run}/tasks/{task_id}{mapped}" + (f"?try_number={try_number}" if try_number else "")
+
+
+def deadline_payload(*, dag_id: str, run_id: str, batch_id: str | None, minutes: float,
+                     deadline_time: str | None, queued_at: str | None, state: str | None,
+                     deadline_id: str | None) -> dict[str, Any]:
+    """The alert of a run still unfinished at its stage's deadline (``deadline_missed``)."""
+    problem, stage = split_dag_id(dag_id)
+    key = hashlib.sha256(f"{dag_id}|{run_id}|{deadline_id}".encode()).hexdigest()[:12]
+    return {
+        "kind": KIND_DEADLINE, "title": TITLES[KIND_DEADLINE], "problem": problem,
+        "stage": stage, "dag_id": dag_id, "task_id": None, "run_id": run_id,
+        "try_number": None, "batch_id": batch_id,
+        "error": (f"run not finished {minutes:g} min after it was queued (queued {queued_at}, "
+                  f"deadline {deadline_time}, state now {state}); the spec's "
+                  f"alerts.deadline_minutes.{stage}"),
+        "error_class": None, "deadline_minutes": minutes, "deadline_time": deadline_time,
+        "log_url": run_url(dag_id, run_id),
+        "runbook": runbook_link(KIND_ANCHORS[KIND_DEADLINE]),
+        "dedup_key": f"{key}-deadline",
+        "next_steps": next_steps(KIND_DEADLINE, dag_id, run_id, batch_id),
+    }

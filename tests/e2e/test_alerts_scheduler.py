@@ -1,0 +1,210 @@
+"""Alerts only the real scheduler can produce, under a private ``airflow standalone`` (own home,
+ports, SQLite DB, problems dir), with real sinks started here (loopback HTTP + SMTP):
+
+* a Batchloop task SIGKILLed at a precise point (``MLCORE_FAILPOINT=ingest.after_stage_write``,
+  every try) never runs its own failure callback (apache/airflow#60858); the DAG-level sweep in
+  the dag-processor still alerts, exactly once, as ``task_killed`` with the signal;
+* a run still unfinished at its stage's deadline (a spec copy with a 3 s deadline for
+  ``materialize_features``) alerts ``deadline_missed`` from the triggerer, and the run still
+  finishes.
+
+``dag.test`` cannot show either: it runs tasks in-process (a SIGKILL would kill pytest) and
+never checks deadlines. One test here needs no standalone: each batch stage's DAG, parsed as
+the dag-processor parses it, carries its spec deadline and the DAG-level sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from test_alerts import (
+    alerts_at,
+    assert_carries_the_payload,
+    channel_env,
+    email_text,
+    free_port,
+    start_http_sink,
+    start_smtp_sink,
+)
+from test_scheduler import _api, _wait
+
+from mlcore.store.session import upgrade
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+DEADLINE_MINUTES = 0.05  # 3 s: any real materialize run (Feast import alone ~5 s) is later
+
+
+def _problems_dir(base: Path) -> Path:
+    """A copy of the specs where materialize_features has a 3 s deadline, ingest none."""
+    spec = yaml.safe_load((ROOT / "problems" / "census_employment.yaml").read_text())
+    spec["alerts"] = {"deadline_minutes": {"materialize_features": DEADLINE_MINUTES}}
+    folder = base / "problems"
+    folder.mkdir()
+    (folder / "census_employment.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder
+
+
+def test_each_batch_stage_dag_gets_the_spec_deadline(spec, monkeypatch):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from batchloop_airflow.defaults import deadlines_enabled
+    from mlcore.problems import DAG_STAGES
+
+    assert not deadlines_enabled()  # a plain process (dag.test): none, see defaults.py
+    monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "client")  # as in the dag-processor
+    assert deadlines_enabled()
+    monkeypatch.setenv("BATCHLOOP_DEADLINES", "off")
+    assert not deadlines_enabled()
+    monkeypatch.setenv("BATCHLOOP_DEADLINES", "on")
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    for stage in DAG_STAGES:
+        dag = bag.dags[f"{spec.name}__{stage}"]
+        assert type(dag.on_failure_callback).__name__ == "RunFailureSweep"
+        minutes = spec.alerts.deadline_minutes.get(stage)
+        if minutes is None:
+            assert not dag.deadline, stage
+            continue
+        [alert] = dag.deadline
+        assert type(alert.reference).__name__ == "DagRunQueuedAtDeadline"
+        assert alert.interval.total_seconds() == minutes * 60
+        assert alert.callback.path == "batchloop_airflow.notifiers.deadline_missed"
+        assert alert.callback.kwargs == {"minutes": minutes}
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    home = tmp_path_factory.mktemp("alerts_standalone")
+    http, smtp = start_http_sink(), start_smtp_sink()
+    port, mlcore_home = free_port(), home / "mlcore"
+    env = {**os.environ, **channel_env(http.port, smtp.port),
+           "AIRFLOW_HOME": str(home), "MLCORE_HOME": str(mlcore_home),
+           "MLCORE_PROBLEMS_DIR": str(_problems_dir(home)),
+           "MLCORE_FAILPOINT": "ingest.after_stage_write", "BATCHLOOP_RETRY_DELAY": "1",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+           "AIRFLOW__CORE__PARALLELISM": "2",
+           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+           "PYTHONPATH": str(ROOT / "plugins"),
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("MLCORE_DATABASE_URL", "AIRFLOW_CONN_MLCORE_DB", "BATCHLOOP_DEADLINES"):
+        env.pop(name, None)
+    mlcore_home.mkdir()
+    upgrade(f"sqlite:///{mlcore_home / 'mlcore.db'}")
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    log = home / "standalone.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait("a healthy scheduler and the DAGs",
+              lambda: _api(base, "/monitor/health")["scheduler"]["status"] == "healthy"
+              and _api(base, "/dags?tags=stage:materialize_features")["total_entries"] == 1,
+              240, log)
+        yield SimpleNamespace(base=base, home=home, mlcore_home=mlcore_home, log=log,
+                              http=http, smtp=smtp, problems=Path(env["MLCORE_PROBLEMS_DIR"]))
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        http.server.shutdown()
+        smtp.controller.stop()
+
+
+def _trigger(stack, dag_id: str, conf: dict) -> str:
+    _api(stack.base, f"/dags/{dag_id}", {"is_paused": False}, "PATCH")
+    run = _api(stack.base, f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf},
+               "POST")
+    return str(run["dag_run_id"])
+
+
+def _finished(stack, dag_id: str, run_id: str) -> str:
+    def state():
+        s = _api(stack.base, f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+        return s if s in ("success", "failed") else None
+
+    return str(_wait(f"{dag_id} run {run_id} to finish", state, 240, stack.log))
+
+
+def _alerts_for(stack, run_id: str, count: int = 1) -> dict[str, list]:
+    """Wait for ``count`` webhook alerts of the run, then a little longer: a duplicate would
+    arrive within seconds (both alert paths run right after the run fails)."""
+    def mine():
+        got = [a for a in alerts_at(stack.http, stack.smtp)["webhook"] if a["run_id"] == run_id]
+        return got if len(got) >= count else None
+
+    _wait(f"{count} alert(s) of run {run_id}", mine, 120, stack.log)
+    time.sleep(5)
+    got = alerts_at(stack.http, stack.smtp)
+    return {"webhook": [a for a in got["webhook"] if a["run_id"] == run_id],
+            "slack": [t for t in got["slack"] if run_id in t],
+            "email": [m for m in got["email"] if run_id in email_text(m)]}
+
+
+def test_a_killed_task_still_alerts_once_with_its_signal(stack, slices):
+    dag_id = "census_employment__ingest_batch"
+    run_id = _trigger(stack, dag_id, {"batch_id": "killed-1", "source": str(slices[2015])})
+    assert _finished(stack, dag_id, run_id) == "failed"
+    [ti] = _api(stack.base, f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+    assert (ti["state"], ti["try_number"]) == ("failed", 3)  # killed on every try
+
+    got = _alerts_for(stack, run_id)
+    assert {k: len(v) for k, v in got.items()} == {"webhook": 1, "slack": 1, "email": 1}
+    [alert] = got["webhook"]
+    assert (alert["kind"], alert["dag_id"], alert["task_id"], alert["try_number"]) == (
+        "task_killed", dag_id, "ingest_batch", 3)
+    assert alert["batch_id"] == "killed-1" and alert["problem"] == "census_employment"
+    assert alert["exit"] == {"exit_code": -9, "signal": "SIGKILL", "source": "attempt=3.log"}
+    assert "SIGKILL" in alert["error"] and "out of memory" in alert["error"]
+    assert alert["runbook"] == "RUNBOOK.md#task-killed"
+    assert alert["log_url"].startswith(f"{stack.base}/dags/{dag_id}/runs/")
+    assert alert["log_url"].endswith("/tasks/ingest_batch?try_number=3")
+    assert_carries_the_payload(email_text(got["email"][0]), alert)
+    entry = json.loads((stack.mlcore_home / "alerts" / f"{alert['dedup_key']}.json").read_text())
+    assert entry["deliveries"] == {"webhook": "sent", "webhook_connection": "sent",
+                                   "slack": "sent", "email": "sent"}
+
+
+def test_a_missed_deadline_alerts_and_the_run_still_finishes(stack, slices):
+    from mlcore.config import Settings
+    from mlcore.ingestion import ingest_batch
+    from mlcore.problems import get_problem
+
+    settings = Settings(home=stack.mlcore_home, problems_dir=stack.problems,
+                        feature_repo=ROOT / "feature_repo")
+    ingest_batch(get_problem("census_employment", stack.problems), str(slices[2016]), "late-1",
+                 settings)  # published here: the standalone's ingest is failpointed
+    dag_id = "census_employment__materialize_features"
+    run_id = _trigger(stack, dag_id, {"batch_id": "late-1"})
+
+    got = _alerts_for(stack, run_id)
+    assert _finished(stack, dag_id, run_id) == "success"  # late is not failed
+    assert {k: len(v) for k, v in got.items()} == {"webhook": 1, "slack": 1, "email": 1}
+    [alert] = got["webhook"]
+    assert (alert["kind"], alert["dag_id"], alert["batch_id"]) == (
+        "deadline_missed", dag_id, "late-1")
+    assert alert["deadline_minutes"] == DEADLINE_MINUTES and alert["task_id"] is None
+    assert "not finished 0.05 min after it was queued" in alert["error"]
+    assert alert["runbook"] == "RUNBOOK.md#deadline-missed"
+    assert alert["log_url"].startswith(f"{stack.base}/dags/{dag_id}/runs/")
+    assert_carries_the_payload(email_text(got["email"][0]), alert)
+    assert (stack.mlcore_home / "alerts" / f"{alert['dedup_key']}.json").is_file()
