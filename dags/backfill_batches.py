@@ -50,27 +50,27 @@ def build(problem: str) -> None:
     def backfill_batches_dag() -> None:
         @task
         def plan_backfill() -> list[str]:
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.backfill import BackfillConfig, plan
-            from mlcore.config import get_settings
             from mlcore.problems import get_problem
 
             with fail_fast():
                 cfg = BackfillConfig.from_params(get_current_context()["params"])
-                items = plan(get_problem(problem), cfg.stage, cfg.batch_ids, get_settings(),
+                items = plan(get_problem(problem), cfg.stage, cfg.batch_ids, mlcore_settings(),
                              cfg.policy, cfg.order)
             print("\n".join(f"{i.batch_id}: {i.action} ({i.reason})" for i in items))
             return [i.batch_id for i in items if i.action != "skip"]
 
         @task(max_active_tis_per_dagrun=MAX_PARALLEL)
         def run_stage(batch_id: str) -> dict:
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.backfill import BackfillConfig
             from mlcore.backfill import run_stage as run
-            from mlcore.config import get_settings
             from mlcore.problems import get_problem
 
             with fail_fast():
                 cfg = BackfillConfig.from_params(get_current_context()["params"])
-                return run(get_problem(problem), cfg.stage, batch_id, get_settings())
+                return run(get_problem(problem), cfg.stage, batch_id, mlcore_settings())
 
         run_stage.expand(batch_id=plan_backfill())
 

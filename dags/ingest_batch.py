@@ -33,7 +33,8 @@ def build(problem: str) -> None:
     def ingest_batch_dag() -> None:
         @task(task_id="ingest_batch", outlets=[curated])
         def ingest() -> dict:
-            from mlcore.config import IngestConfig, get_settings
+            from batchloop_airflow import settings as mlcore_settings
+            from mlcore.config import IngestConfig
             from mlcore.ingestion import ingest_batch
             from mlcore.problems import get_problem
 
@@ -41,7 +42,7 @@ def build(problem: str) -> None:
             with fail_fast():
                 cfg = IngestConfig.from_params(ctx["params"])
                 manifest = ingest_batch(get_problem(problem), cfg.source, cfg.batch_id,
-                                        get_settings()).to_dict()
+                                        mlcore_settings()).to_dict()
             ctx["outlet_events"][curated].extra = {"batch_id": cfg.batch_id}
             return manifest
 

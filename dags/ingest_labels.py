@@ -50,7 +50,7 @@ def build(problem: str) -> None:
     def ingest_labels_dag() -> None:
         @task
         def ingest_labels() -> dict:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.labels import LabelsConfig
             from mlcore.labels import ingest_labels as run
             from mlcore.problems import get_problem
@@ -58,29 +58,29 @@ def build(problem: str) -> None:
             ctx = get_current_context()
             with fail_fast():
                 cfg = LabelsConfig.from_params(ctx["params"])
-                result = run(get_problem(problem), cfg.source, cfg.batch_id, get_settings())
+                result = run(get_problem(problem), cfg.source, cfg.batch_id, mlcore_settings())
             return result.to_dict()
 
         @task(outlets=[labels])
         def measure_performance(stored: dict) -> list[dict]:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.labels import measure_performance as run
             from mlcore.problems import get_problem
 
             with fail_fast():
-                results = run(get_problem(problem), stored["batch_id"], get_settings())
+                results = run(get_problem(problem), stored["batch_id"], mlcore_settings())
             get_current_context()["outlet_events"][labels].extra = {
                 "batch_id": stored["batch_id"]}
             return [r.to_dict() for r in results]
 
         @task
         def assess_retrain(stored: dict) -> dict:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.policy import assess
             from mlcore.problems import get_problem
 
             with fail_fast():
-                decision = assess(get_problem(problem), stored["batch_id"], get_settings())
+                decision = assess(get_problem(problem), stored["batch_id"], mlcore_settings())
             print(f"retrain policy: {decision.action}: {decision.reason}")
             return decision.to_dict()
 
@@ -96,12 +96,12 @@ def build(problem: str) -> None:
 
         @task
         def compare_shadow() -> dict | None:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.problems import get_problem
             from mlcore.shadow import compare_shadow as run
 
             with fail_fast():
-                result = run(get_problem(problem), get_settings())
+                result = run(get_problem(problem), mlcore_settings())
             if result is not None:
                 print(f"shadow: {result['outcome']}: {result['reason']}")
             return result

@@ -33,12 +33,12 @@ def build(problem: str) -> None:
     def materialize_features_dag() -> None:
         @task(outlets=[features])
         def materialize_batch(batch_id: str) -> dict:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.features import materialize_batch as run
             from mlcore.problems import get_problem
 
             with fail_fast():
-                result = run(get_problem(problem), batch_id, get_settings()).to_dict()
+                result = run(get_problem(problem), batch_id, mlcore_settings()).to_dict()
             get_current_context()["outlet_events"][features].extra = {"batch_id": batch_id}
             return result
 

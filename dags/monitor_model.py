@@ -37,21 +37,21 @@ def build(problem: str) -> None:
     def monitor_model_dag() -> None:
         @task
         def detect_drift(batch_id: str) -> dict:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.monitoring import detect_drift as run
             from mlcore.problems import get_problem
 
             with fail_fast():
-                return run(get_problem(problem), batch_id, get_settings()).to_dict()
+                return run(get_problem(problem), batch_id, mlcore_settings()).to_dict()
 
         @task
         def assess_retrain(results: list[dict]) -> list[dict]:
             """The retrain policy for each checked batch, in the order they were checked."""
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.policy import assess
             from mlcore.problems import get_problem
 
-            spec, settings = get_problem(problem), get_settings()
+            spec, settings = get_problem(problem), mlcore_settings()
             with fail_fast():
                 decisions = [assess(spec, r["batch_id"], settings, r).to_dict() for r in results]
             for d in decisions:

@@ -77,11 +77,11 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
         def start_retrain() -> dict:
             """Single flight: take the problem's lease (skip the run if another retrain holds
             it) and log the pending request(s) this run answers."""
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.policy import RetrainInFlight, acquire_lease, pending_requests
             from mlcore.problems import get_problem
 
-            ctx, url = get_current_context(), get_settings().db_url
+            ctx, url = get_current_context(), mlcore_settings().db_url
             holder = f"{ctx['dag'].dag_id}/{ctx['run_id']}"
             try:
                 acquire_lease(problem, holder, url, get_problem(problem).retrain.lease_hours)
@@ -95,24 +95,26 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
 
         @teardown
         def release_retrain(lease: dict) -> None:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.policy import release_lease
 
-            release_lease(problem, lease["holder"], get_settings().db_url)
+            release_lease(problem, lease["holder"], mlcore_settings().db_url)
 
         @task
         def build_dataset() -> dict:
-            from mlcore.config import TrainConfig, get_settings
+            from batchloop_airflow import settings as mlcore_settings
+            from mlcore.config import TrainConfig
             from mlcore.datasets import build_dataset as run
             from mlcore.problems import get_problem
 
             with fail_fast():
                 cfg = TrainConfig.from_params(get_current_context()["params"])
-                return run(get_problem(problem), get_settings(), cfg.until_batch).to_dict()
+                return run(get_problem(problem), mlcore_settings(), cfg.until_batch).to_dict()
 
         @task
         def train_contender(dataset: dict) -> dict:
-            from mlcore.config import TrainConfig, get_settings
+            from batchloop_airflow import settings as mlcore_settings
+            from mlcore.config import TrainConfig
             from mlcore.datasets import DatasetRef
             from mlcore.problems import get_problem
             from mlcore.training import train_contender as run
@@ -120,18 +122,18 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
             with fail_fast():
                 cfg = TrainConfig.from_params(get_current_context()["params"])
                 return run(get_problem(problem), DatasetRef.from_dict(dataset), cfg,
-                           get_settings()).to_dict()
+                           mlcore_settings()).to_dict()
 
         @task
         def evaluate_contender(dataset: dict, contender: dict) -> dict:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.datasets import DatasetRef
             from mlcore.evaluation import evaluate_contender as run
             from mlcore.problems import get_problem
 
             with fail_fast():
                 decision = run(get_problem(problem), DatasetRef.from_dict(dataset),
-                               contender["version"], get_settings())
+                               contender["version"], mlcore_settings())
             summary = SUMMARY.format(**decision)
             print(summary)  # the task log shows the outcome and where the run card is
             return {**decision, "summary": summary}
@@ -139,13 +141,13 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
         @task
         def mark_challenger(decision: dict) -> int | None:
             """A too-close contender is shadow-scored next to the champion as `challenger`."""
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.evaluation import KEEP_TOO_CLOSE
             from mlcore.registry import CHALLENGER, alias_holder, move_alias
 
             if decision["outcome"] != KEEP_TOO_CLOSE:
                 return None
-            url = get_settings().db_url
+            url = mlcore_settings().db_url
             with fail_fast():
                 move_alias(problem, alias=CHALLENGER, url=url, new=decision["contender_version"],
                            expected=alias_holder(problem, url, CHALLENGER),
@@ -156,25 +158,25 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
         @task.short_circuit
         def should_promote(decision: dict) -> bool:
             """The decision, unless monitoring of the champion's newest batch failed."""
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.policy import promotion_hold
 
             if not decision["promote"]:
                 return False
-            hold = promotion_hold(problem, get_settings().db_url)
+            hold = promotion_hold(problem, mlcore_settings().db_url)
             if hold:
                 print(f"promotion held: {hold}")
             return hold is None
 
         @task(outlets=[champion])
         def promote_contender(decision: dict) -> dict:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.registry import move_alias
 
             with fail_fast():
                 move_alias(problem, expected=decision["champion_version"],
                            new=decision["contender_version"], reason=decision["reason"],
-                           url=get_settings().db_url, evaluation_id=decision["evaluation_id"],
+                           url=mlcore_settings().db_url, evaluation_id=decision["evaluation_id"],
                            actor=f"airflow:{get_current_context()['run_id']}")
             return {"champion": decision["contender_version"]}
 

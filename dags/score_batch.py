@@ -33,12 +33,12 @@ def build(problem: str) -> None:
     def score_batch_dag() -> None:
         @task(outlets=[predictions])
         def score_batch(batch_id: str) -> dict:
-            from mlcore.config import get_settings
+            from batchloop_airflow import settings as mlcore_settings
             from mlcore.problems import get_problem
             from mlcore.scoring import score_batch as run
 
             with fail_fast():
-                result = run(get_problem(problem), batch_id, get_settings()).to_dict()
+                result = run(get_problem(problem), batch_id, mlcore_settings()).to_dict()
             get_current_context()["outlet_events"][predictions].extra = {"batch_id": batch_id}
             return result
 

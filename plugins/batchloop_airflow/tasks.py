@@ -68,9 +68,9 @@ def fail_fast() -> Iterator[None]:
 def publish_monitoring_page(problem: str) -> str:
     """Rewrite the problem's static monitoring page (after each monitoring or retrain run) and
     log where it is."""
-    from mlcore.config import get_settings
+    from batchloop_airflow.connections import settings
     from mlcore.monitoring_page import write_monitoring_page
 
-    page = write_monitoring_page(problem, get_settings())
+    page = write_monitoring_page(problem, settings())
     print(f"monitoring page: {page.path} ({page.bytes:,} bytes)")
     return str(page.path)

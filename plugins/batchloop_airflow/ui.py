@@ -126,7 +126,7 @@ def create_app() -> "FastAPI":
     def read(render: Callable[[Any], str]) -> HTMLResponse:
         from sqlalchemy.exc import SQLAlchemyError
 
-        from mlcore.config import get_settings
+        from batchloop_airflow.connections import settings as get_settings
 
         settings = get_settings()
         if _store_missing(settings):
@@ -151,8 +151,8 @@ def create_app() -> "FastAPI":
     @app.get("/problems/{problem}", response_class=HTMLResponse)
     def problem(problem: str) -> HTMLResponse:
         """One problem: versions, aliases, evaluations, batches, lineage."""
+        from batchloop_airflow.connections import settings as get_settings
         from batchloop_airflow.ui_page import problem_data, render_problem
-        from mlcore.config import get_settings
         from mlcore.problems import load_problems
 
         spec = load_problems(get_settings().problems_dir).get(problem)
@@ -164,7 +164,7 @@ def create_app() -> "FastAPI":
     @app.api_route("/reports/{path:path}", methods=["GET", "HEAD"])
     def report(path: str) -> Response:
         """A file under ``<MLCORE_HOME>/reports`` (run card, monitoring page, drift report)."""
-        from mlcore.config import get_settings
+        from batchloop_airflow.connections import settings as get_settings
 
         found = resolve_report(get_settings().home, path)
         if found is None:
