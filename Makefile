@@ -55,6 +55,8 @@ bench: install ## ratio benchmarks (results in benchmarks/BENCHMARKS.md)
 	$(PY) benchmarks/bench_ingest.py
 	$(PY) benchmarks/bench_promotion.py
 	$(PY) benchmarks/bench_drift.py
+	$(PY) benchmarks/bench_materialize.py
+	$(PY) benchmarks/bench_online_read.py
 
 lint: install
 	$(VENV)/bin/ruff check .

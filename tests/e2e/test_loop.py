@@ -76,7 +76,8 @@ def test_loop_runs_every_dag_and_lands_in_every_store(airflow_db, mlcore_env, sl
         assert list(settings.partition("reports", p, b).glob("drift_v*.html"))
     # Feast online store (SQLite) holds every materialized entity
     online = sqlite3.connect(settings.home / "feast" / "online_store.db")
-    (n,) = online.execute(f"select count(distinct entity_key) from batchloop_{p}_fv").fetchone()
+    (n,) = online.execute(
+        f"select count(distinct entity_key) from batchloop_{p}_fv_wide").fetchone()
     assert n == 4500
     # Airflow's own DB recorded the runs (what `make up` shows)
     from airflow.models import DagRun

@@ -16,7 +16,7 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.reporting", "mlcore.lineage", "mlcore.cli", "mlcore.store.models",
            "mlcore.store.session", "mlcore.provenance", "mlcore.locks",
            "mlcore.backfill", "mlcore.runcard", "mlcore.monitoring_page", "mlcore.labels",
-           "mlcore.policy", "mlcore.shadow"]
+           "mlcore.policy", "mlcore.shadow", "mlcore.feast_sqlite"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 
