@@ -67,7 +67,8 @@ def test_backfill_dag_over_two_batches(airflow_db, mlcore_env, slices, spec, run
     tries = _tries(dag_id)
     assert tries[("run_stage", 0)] == ("failed", 1) and tries[("run_stage", 1)][0] == "success"
     assert _materialized(settings.db_url)["2016"] != done["2016"]  # policy all redid it
-    assert [e["batch_id"] for e in _ledger(settings, spec.name)] == ["2015", "2016", "2016"]
+    ledger = [e["batch_id"] for e in _ledger(settings, spec.name)]  # first run: either order
+    assert sorted(ledger[:2]) == ["2015", "2016"] and ledger[2:] == ["2016"]
 
 
 @pytest.mark.parametrize("conf", [
