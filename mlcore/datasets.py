@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
+import tempfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pandas.util import hash_array
 
 from mlcore.batches import BatchNotFound, check_batch_id
 from mlcore.config import Settings
-from mlcore.features import historical_features, require_materialized
-from mlcore.ingestion import published_batches
+from mlcore.features import (
+    ROW_ID,
+    FeatureRetrievalError,
+    feature_store,
+    historical_features,
+    require_materialized,
+)
+from mlcore.ingestion import parquet_files, published_batches
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch
 
@@ -103,13 +114,10 @@ def labelled_batches(spec: ProblemSpec, settings: Settings, until: str | None) -
     return batches
 
 
-def _split(frame: pd.DataFrame, plan: SplitPlan, spec: ProblemSpec
-           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _held(frame: pd.DataFrame, plan: SplitPlan, spec: ProblemSpec) -> np.ndarray:
     if plan.method == "entity_hash":
-        held = entity_bucket(frame[spec.entity.key]) < 20
-        return frame[~held], frame[held]
-    held = frame["batch_id"].isin(plan.holdout_batches)
-    return frame[~held], frame[held]
+        return (entity_bucket(frame[spec.entity.key]) < 20).to_numpy()
+    return frame["batch_id"].isin(plan.holdout_batches).to_numpy()
 
 
 def build_dataset(spec: ProblemSpec, settings: Settings, until: str | None = None) -> DatasetRef:
@@ -129,8 +137,12 @@ def write_dataset(spec: ProblemSpec, settings: Settings, batches: list[Batch],
     dataset_id = hashlib.sha256(key).hexdigest()[:16]
     root = root or settings.home / "datasets" / f"problem={spec.name}" / f"dataset={dataset_id}"
     require_materialized(spec.name, [b.batch_id for b in batches], settings.db_url)
-    frame = historical_features(spec, batches, settings)
-    train, holdout = (part.reset_index(drop=True) for part in _split(frame, plan, spec))
+    frame = point_in_time_features(spec, batches, settings)
+    held = _held(frame, plan, spec)
+    train, holdout = frame[~held], frame[held]
+    del frame  # the two parts are copies: never hold three frames of this size at once
+    for part in (train, holdout):
+        part.reset_index(drop=True, inplace=True)
     root.mkdir(parents=True, exist_ok=True)
     for name, part in (("train", train), ("holdout", holdout)):
         tmp = root / f".{name}.parquet.tmp"
@@ -151,3 +163,178 @@ def load_part(uri: str, expected_hash: str) -> pd.DataFrame:
     if frame_hash(frame) != expected_hash:
         raise ValueError(f"dataset part {uri} changed since it was built (hash mismatch)")
     return frame
+
+
+# ---------------------------------------------------------------------------- bounded retrieval
+
+# Rows per Feast call on the file (dask) offline store. Its point-in-time join holds several
+# copies of both inputs (3 GiB peak at 2M entity rows; over 9 GiB, killed, at 10M): above this,
+# the join runs per entity-key hash bucket (benchmarks/BENCHMARKS.md, scale curve).
+PIT_BUCKET_ROWS = 1_000_000
+
+
+def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Settings,
+                           with_target: bool = True) -> pd.DataFrame:
+    """``features.historical_features`` in bounded memory: the same frame and the same errors.
+
+    On the file offline store, when the batches' entity rows or the offline rows exceed
+    ``PIT_BUCKET_ROWS``, both are split by a hash of the entity key into parquet files under
+    ``<home>/tmp`` and Feast's own join runs once per bucket. An entity row can only match
+    offline rows of its own key, so the buckets' joins together are the whole join; the rows
+    are put back in input order. Other offline stores join in their database: unchanged.
+
+    Raises:
+        FeatureRetrievalError: an entity row got no features as of its event time.
+    """
+    from feast import FileSource
+
+    store = feature_store(settings)
+    view = store.get_feature_view(spec.feature_view)
+    service = store.get_feature_service(spec.feature_service)
+    src = _bucketable_source(store, view, service, spec)
+    entity_files = [f for b in batches for f in parquet_files(Path(b.curated_uri or ""))]
+    buckets = 1 if src is None else -(-max(_count(entity_files), _count(
+        parquet_files(Path(src.path)))) // PIT_BUCKET_ROWS)
+    if src is None or buckets <= 1:
+        return historical_features(spec, batches, settings, with_target)
+    (settings.home / "tmp").mkdir(parents=True, exist_ok=True)
+    cols = [spec.entity.key, "event_timestamp"] + ([spec.target.name] if with_target else [])
+    refs = [f"{view.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
+    out = _Assembled(_count(entity_files))
+    with tempfile.TemporaryDirectory(prefix="pit-", dir=settings.home / "tmp") as tmp:
+        ent = [Path(tmp) / f"entity-{i}.parquet" for i in range(buckets)]
+        off = [Path(tmp) / f"offline-{i}.parquet" for i in range(buckets)]
+        n_ent = _to_buckets(_entity_rows(batches, cols), spec.entity.key, ent)
+        n_off = _to_buckets(_batches(parquet_files(Path(src.path))), spec.entity.key, off)
+        for i in (i for i in range(buckets) if n_ent[i]):
+            bucket_view = copy.copy(view)
+            bucket_view.batch_source = FileSource(
+                name=src.name, path=str(off[i]), timestamp_field=src.timestamp_field,
+                created_timestamp_column=src.created_timestamp_column)
+            out.add(_join_bucket(store, bucket_view, refs, ent[i], n_off[i] > 0), spec)
+    return out.frame(spec, batches)
+
+
+def _bucketable_source(store: Any, view: Any, service: Any, spec: ProblemSpec) -> Any:
+    """The view's parquet source (a local folder, path made absolute) when the join can be split
+    by entity key: the file (dask) offline store, one view keyed by the spec's key, no renames."""
+    from feast import FileSource
+    from feast.infra.offline_stores.dask import DaskOfflineStoreConfig
+
+    src = view.batch_source
+    if (not isinstance(store.config.offline_store, DaskOfflineStoreConfig)
+            or not isinstance(src, FileSource) or src.field_mapping
+            or [p.name_to_use() for p in service.feature_view_projections] != [view.name]
+            or view.projection.join_key_map or view.join_keys != [spec.entity.key]):
+        return None
+    path = FileSource.get_uri_for_file_path(store.config.repo_path, src.path)
+    if not Path(path).is_dir():  # remote (s3://...) or not written yet: Feast reads it whole
+        return None
+    return FileSource(name=src.name, path=path, timestamp_field=src.timestamp_field,
+                      created_timestamp_column=src.created_timestamp_column)
+
+
+def _count(files: list[Path]) -> int:
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def _batches(files: list[Path], columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:
+    for f in files:
+        yield from pq.ParquetFile(f).iter_batches(columns=columns)
+
+
+def _entity_rows(batches: list[Batch], cols: list[str]) -> Iterator[pa.RecordBatch]:
+    """The entity rows ``historical_features`` builds: ``cols``, batch_id, then the row id."""
+    start = 0
+    for b in batches:
+        for rb in _batches(parquet_files(Path(b.curated_uri or "")), cols):
+            ids = pa.array(np.arange(start, start + rb.num_rows, dtype=np.int64))
+            start += rb.num_rows
+            yield pa.RecordBatch.from_arrays(
+                [*rb.columns, pa.array([b.batch_id] * rb.num_rows, pa.string()), ids],
+                [*cols, "batch_id", ROW_ID])
+
+
+def _to_buckets(rows: Iterator[pa.RecordBatch], key: str, paths: list[Path]) -> list[int]:
+    """Write each row to ``paths[hash(key) % len(paths)]``; rows written per bucket."""
+    k, counts = len(paths), [0] * len(paths)
+    writers: dict[int, pq.ParquetWriter] = {}
+    try:
+        for rb in rows:
+            which = hash_array(rb.column(key).to_numpy(zero_copy_only=False)) % np.uint64(k)
+            order = np.argsort(which, kind="stable")
+            table = pa.Table.from_batches([rb]).take(pa.array(order))
+            edges = np.searchsorted(which[order], np.arange(k + 1, dtype=np.uint64))
+            for i in map(int, np.flatnonzero(np.diff(edges))):
+                if i not in writers:
+                    writers[i] = pq.ParquetWriter(paths[i], table.schema)
+                writers[i].write_table(table.slice(edges[i], edges[i + 1] - edges[i]))
+                counts[i] += int(edges[i + 1] - edges[i])
+    finally:
+        for w in writers.values():
+            w.close()
+    return counts
+
+
+def _join_bucket(store: Any, view: Any, refs: list[str], entity_file: Path,
+                 has_offline_rows: bool) -> tuple[pd.DataFrame, int]:
+    """Feast's join for one bucket, as ``FeatureStore.get_historical_features`` calls it.
+    Returns (the joined rows, how many entity rows were asked for)."""
+    from feast.infra.offline_stores.dask import DaskOfflineStore
+    from feast.utils import make_df_tzaware
+
+    entity_df = pd.read_parquet(entity_file)
+    if not has_offline_rows:  # nothing to join with: every row lacks features
+        return entity_df.iloc[:0], len(entity_df)
+    if store.config.coerce_tz_aware:
+        entity_df = make_df_tzaware(entity_df)
+    job = DaskOfflineStore.get_historical_features(
+        config=store.config, feature_views=[view], feature_refs=refs, entity_df=entity_df,
+        registry=store.registry, project=store.project, full_feature_names=False)
+    return job.to_df(), len(entity_df)
+
+
+class _Assembled:
+    """Bucket results placed by row id into one array per column (no concat and sort copies)."""
+
+    def __init__(self, rows: int) -> None:
+        self.rows, self.asked, self.complete, self.failed = rows, 0, 0, False
+        self.columns: dict[str, np.ndarray] = {}
+        self.dtypes: dict[str, Any] = {}
+
+    def add(self, joined: tuple[pd.DataFrame, int], spec: ProblemSpec) -> None:
+        out, asked = joined
+        self.asked += asked
+        self.complete += len(out.dropna())
+        if len(out) != asked or out[spec.feature_names].isna().any().any():
+            self.failed = True  # reported by ``frame``
+            return
+        pos = out[ROW_ID].to_numpy()
+        for c in out.columns.drop(ROW_ID):
+            col = out[c]
+            if c not in self.columns:
+                self.dtypes[c] = col.dtype
+                tz = isinstance(col.dtype, pd.DatetimeTZDtype)
+                self.columns[c] = np.empty(self.rows, "int64" if tz else col.dtype)
+            if col.dtype != self.dtypes[c]:
+                raise FeatureRetrievalError(f"column {c!r} came back as {col.dtype} and "
+                                            f"{self.dtypes[c]} from different buckets")
+            self.columns[c][pos] = (col.array.asi8 if isinstance(col.dtype, pd.DatetimeTZDtype)
+                                    else col.to_numpy())
+
+    def frame(self, spec: ProblemSpec, batches: list[Batch]) -> pd.DataFrame:
+        """The joined rows in input order, or ``historical_features``' error."""
+        if self.failed or self.asked != self.rows:
+            ids = ", ".join(b.batch_id for b in batches)
+            raise FeatureRetrievalError(
+                f"batches {ids} of {spec.name!r}: {self.rows - self.complete} of {self.rows} "
+                "rows have no features as of their event time (outside the TTL?)")
+        data = {}
+        for c, values in self.columns.items():
+            dtype = self.dtypes[c]
+            if isinstance(dtype, pd.DatetimeTZDtype):
+                naive = pd.Series(values.view(f"datetime64[{dtype.unit}]"))
+                data[c] = naive.dt.tz_localize("UTC").dt.tz_convert(dtype.tz)
+            else:
+                data[c] = pd.Series(values, copy=False)
+        return pd.DataFrame(data, copy=False)

@@ -373,3 +373,12 @@ def read_curated(batch: Batch, columns: list[str] | None = None) -> pd.DataFrame
     return pd.read_parquet(Path(batch.curated_uri or ""), columns=columns)
 
 
+def parquet_files(root: Path) -> list[Path]:
+    """The parquet files ``pd.read_parquet(root)`` reads, in its order: ``root`` itself when it
+    is a file, else the ``*.parquet`` files under it, skipping ``.``/``_``-prefixed names."""
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*.parquet")
+                  if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts))
+
+

@@ -21,10 +21,10 @@ import pandas as pd
 from sqlalchemy import delete, update
 
 from mlcore.config import Settings
-from mlcore.ingestion import get_batch, read_curated
+from mlcore.ingestion import get_batch, parquet_files, read_curated
 from mlcore.problems import ProblemSpec
 from mlcore.registry import ModelNotFound, alias_holder, get_version, load_model
-from mlcore.store.models import DriftReport, ModelVersion, RetrainRequest
+from mlcore.store.models import Batch, DriftReport, ModelVersion, RetrainRequest
 from mlcore.store.session import session_scope
 
 PREDICTION = "prediction"
@@ -80,6 +80,34 @@ def stattests(spec: ProblemSpec) -> dict[str, Stattest]:
 def _sample(frame: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
     out = frame.sample(rows, random_state=seed) if len(frame) > rows else frame
     return out.reset_index(drop=True)
+
+
+def sample_curated(batch: Batch, rows: int, seed: int = 0) -> pd.DataFrame:
+    """``_sample(read_curated(batch), rows, seed)``, the same rows in the same order, read one
+    row group at a time: memory grows with ``rows``, not with the batch (10M rows read whole
+    were 3.5 GiB to keep 50k; benchmarks/BENCHMARKS.md, scale curve)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = parquet_files(Path(batch.curated_uri or ""))
+    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    if total <= rows:
+        return _sample(read_curated(batch), rows, seed)
+    # DataFrame.sample's own draw: RandomState(seed).choice(total, rows, replace=False).
+    wanted = np.random.RandomState(seed).choice(total, size=rows, replace=False)
+    order = np.argsort(wanted, kind="stable")
+    ascending, pieces, offset = wanted[order], [], 0
+    for f in files:
+        pf = pq.ParquetFile(f)
+        for group in range(pf.num_row_groups):
+            n = pf.metadata.row_group(group).num_rows
+            lo, hi = np.searchsorted(ascending, [offset, offset + n])
+            if hi > lo:
+                pieces.append(pf.read_row_group(group).take(pa.array(ascending[lo:hi] - offset)))
+            offset += n
+    table = pa.concat_tables(pieces).take(pa.array(np.argsort(order, kind="stable")))
+    return table.to_pandas()
 
 
 def write_reference_profile(spec: ProblemSpec, train: pd.DataFrame, pipeline: Any, out_dir: Path,
@@ -327,7 +355,7 @@ def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftR
     champion = get_version(spec.name, version, settings.db_url)
     model = load_model(champion, settings)
     reference, source = _reference(spec, champion, model, settings, batch_id)
-    current = _sample(read_curated(batch), spec.drift.sample_rows)
+    current = sample_curated(batch, spec.drift.sample_rows)
     tests = stattests(spec)
     check_columns(reference, current, {c: tests[c] for c in spec.feature_names}, batch_id)
     if reference.empty or current.empty:
