@@ -16,11 +16,13 @@ export AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS := True
 export AIRFLOW__API__HOST := 127.0.0.1
 export AIRFLOW__API__PORT := 8080
 export AIRFLOW__CORE__PARALLELISM ?= 4
+# LocalExecutor that imports the tasks' libraries once before forking (plugins/batchloop_airflow/executor.py)
+export AIRFLOW__CORE__EXECUTOR ?= batchloop_airflow.executor.PreloadingLocalExecutor
 export PYTHONPATH := $(CURDIR)/plugins
 export PATH := $(VENV)/bin:$(PATH)
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning
 
-.PHONY: install browser demo test test-slow lint up bench clean
+.PHONY: install browser demo test test-slow lint up bench bench-quick clean
 
 $(UV):
 	$(PY_BOOT) -m venv $(BOOT)
@@ -51,12 +53,13 @@ test: install browser ## the test suite (needs PostgreSQL on 127.0.0.1:5432 and 
 test-slow: install ## tests marked slow (full-size data)
 	$(PY) -m pytest -q -m slow
 
-bench: install ## ratio benchmarks (results in benchmarks/BENCHMARKS.md)
-	$(PY) benchmarks/bench_ingest.py
-	$(PY) benchmarks/bench_promotion.py
-	$(PY) benchmarks/bench_drift.py
-	$(PY) benchmarks/bench_materialize.py
-	$(PY) benchmarks/bench_online_read.py
+BENCHES := ingest promotion drift materialize online_read scale
+
+bench: install ## every benchmark, full size (about 1 h 30; results go in benchmarks/BENCHMARKS.md)
+	set -e; for b in $(BENCHES); do echo "== bench_$$b"; $(PY) benchmarks/bench_$$b.py; done
+
+bench-quick: install ## every benchmark in quick mode (smoke run, a few minutes; figures mean little)
+	set -e; for b in $(BENCHES); do echo "== bench_$$b --quick"; $(PY) benchmarks/bench_$$b.py --quick; done
 
 lint: install
 	$(VENV)/bin/ruff check .

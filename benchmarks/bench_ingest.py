@@ -352,8 +352,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workdir", type=Path, default=None,
                    help="temp dir parent (default: the system temp dir; never the repo)")
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 20k / 100k rows, 1 round (the figures mean little)")
     p.add_argument("--child", nargs=3, metavar=("SRC", "HOME", "BATCH"), help=argparse.SUPPRESS)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rows, args.big_rows, args.rounds = 20_000, 100_000, 1
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

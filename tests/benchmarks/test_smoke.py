@@ -26,3 +26,12 @@ def test_drift_benchmark_runs_and_agrees_with_numpy():
     assert out.returncode == 0, out.stderr[-3000:]
     assert "0 differ" in out.stdout  # numpy/scipy and the drift step agree on every column
     assert "detect_drift" in out.stdout
+
+
+def test_ingest_benchmark_runs_both_measurements(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ingest.py"),
+                          "--quick", "--workdir", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ratio, clean (0 quarantined)" in out.stdout
+    assert "peak memory, child process | 100,000" in out.stdout
