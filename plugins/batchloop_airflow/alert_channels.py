@@ -21,6 +21,7 @@ import html
 import json
 import logging
 import os
+import time
 import urllib.request
 from collections.abc import Callable
 from functools import partial
@@ -34,6 +35,7 @@ WEBHOOK_ENV, EMAIL_TO_ENV, EMAIL_FROM_ENV = (
 WEBHOOK_CONN, SLACK_CONN, SMTP_CONN = (
     "batchloop_alert_webhook", "batchloop_alert_slack", "batchloop_alert_smtp")
 TIMEOUT_SECONDS = 10
+RETRY_DELAY_SECONDS = 2.0  # one more try per failed channel, after this pause
 _SHOWN = ("kind", "title", "problem", "stage", "dag_id", "task_id", "map_index", "run_id",
           "try_number", "batch_id", "error", "error_class", "exit", "log_url", "runbook",
           "dedup_key", "next_steps")
@@ -188,12 +190,30 @@ def send_all(payload: dict[str, Any]) -> dict[str, str]:
         log.error("BATCHLOOP ALERT channel lookup failed: %s: %s", type(exc).__name__, exc)
         return {"lookup": f"failed: {type(exc).__name__}: {exc}"}
     for name, send in channels:
-        try:
-            send(payload)
-            outcomes[name] = "sent"
-        except Exception as exc:  # noqa: BLE001 - one channel down must not stop the others
-            outcomes[name] = str(redact(f"failed: {type(exc).__name__}: {exc}"))[:500]
-            log.error("BATCHLOOP ALERT DELIVERY FAILED channel=%s dedup_key=%s: %s (runbook %s)",
-                      name, payload.get("dedup_key"), outcomes[name],
-                      runbook_link(DELIVERY_ANCHOR))
+        outcomes[name] = _send(name, send, payload)
     return outcomes
+
+
+def _send(name: str, send: Callable[[dict[str, Any]], None], payload: dict[str, Any]) -> str:
+    """One channel, tried twice: a dropped connection or a busy relay should not cost the
+    on-call engineer the alert (an SMTP session cut mid-DATA was seen under heavy load)."""
+    try:
+        send(payload)
+        return "sent"
+    except Exception as exc:  # noqa: BLE001 - one channel down must not stop the others
+        first = _reason(exc)
+    log.warning("BATCHLOOP ALERT channel=%s dedup_key=%s %s; trying once more", name,
+                payload.get("dedup_key"), first)
+    time.sleep(RETRY_DELAY_SECONDS)
+    try:
+        send(payload)
+        return f"sent (2nd try; 1st {first})"
+    except Exception as exc:  # noqa: BLE001
+        second = _reason(exc)
+    log.error("BATCHLOOP ALERT DELIVERY FAILED channel=%s dedup_key=%s: %s (runbook %s)",
+              name, payload.get("dedup_key"), second, runbook_link(DELIVERY_ANCHOR))
+    return f"{second} (2 tries)"
+
+
+def _reason(exc: Exception) -> str:
+    return str(redact(f"failed: {type(exc).__name__}: {exc}"))[:400]
