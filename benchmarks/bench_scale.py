@@ -487,6 +487,28 @@ def verdict(stage: str, runs: dict[int, dict[str, Any]], tol: float) -> tuple[bo
     return ok, ("linear: " if ok else "DEFECT: ") + why
 
 
+def median_of(rounds: list[dict[int, dict[str, Any]]]) -> dict[int, dict[str, Any]]:
+    """Per size and stage: the round with the median seconds (its sub-steps), with the median
+    seconds and median peak RSS over the rounds and every round's seconds. A failed round wins
+    (a defect in any round is reported, not hidden by the median)."""
+    import statistics
+
+    out: dict[int, dict[str, Any]] = {}
+    for n in rounds[0]:
+        out[n] = {}
+        for stage in {st for r in rounds for st in r.get(n, {})}:
+            runs = [r[n][stage] for r in rounds if stage in r.get(n, {})]
+            if any(not x.get("ok") for x in runs):
+                out[n][stage] = next(x for x in runs if not x.get("ok"))
+                continue
+            mid = sorted(runs, key=lambda x: x["seconds"])[(len(runs) - 1) // 2]
+            out[n][stage] = {**mid, "seconds": statistics.median(x["seconds"] for x in runs),
+                             "peak_rss_mib": int(statistics.median(x["peak_rss_mib"]
+                                                                   for x in runs)),
+                             "rounds_s": [round(x["seconds"], 2) for x in runs]}
+    return out
+
+
 def render(results: dict[int, dict[str, Any]], tol: float,
            meta: dict[str, Any]) -> tuple[str, bool]:
     """Markdown: the curve (stage x size), sub-steps, and the linearity verdict per stage."""
@@ -496,8 +518,9 @@ def render(results: dict[int, dict[str, Any]], tol: float,
              f"Machine: {meta.get('machine')}; load before {meta.get('load_before')}, after "
              f"{meta.get('load_after')}; OMP_NUM_THREADS={meta.get('threads')}; champion: "
              f"{meta.get('champion')}.", "",
-             f"| stage | rows | seconds | rows/s | peak RSS MiB | base MiB | s/row vs {ref:,} | "
-             "s/row vs previous size |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             f"| stage | rows | seconds (median) | rounds s | rows/s | peak RSS MiB (median) | "
+             f"base MiB | s/row vs {ref:,} | s/row vs previous size |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     all_ok = True
     for stage in (*STAGES, "train"):
         prev = None
@@ -506,16 +529,17 @@ def render(results: dict[int, dict[str, Any]], tol: float,
             if r is None:
                 continue
             if not r.get("ok"):
-                lines.append(f"| {stage} | {n:,} | **{r.get('error')}** | | "
+                lines.append(f"| {stage} | {n:,} | **{r.get('error')}** | | | "
                              f"{r['peak_rss_mib']:,} | | | |")
                 continue
             first = results[ref].get(stage)
             vs_ref = (f"{_per_row(r, n) / _per_row(first, ref):.2f}x"
                       if first and first.get("ok") else "-")
             vs_prev = f"{_per_row(r, n) / _per_row(*prev):.2f}x" if prev else "-"
-            lines.append(f"| {stage} | {n:,} | {r['seconds']:.2f} | {n / r['seconds']:,.0f} | "
-                         f"{r['peak_rss_mib']:,} | {r['base_rss_mib']:,} | {vs_ref} | "
-                         f"{vs_prev} |")
+            each = " / ".join(f"{x:.2f}" for x in r.get("rounds_s", [r["seconds"]]))
+            lines.append(f"| {stage} | {n:,} | {r['seconds']:.2f} | {each} | "
+                         f"{n / r['seconds']:,.0f} | {r['peak_rss_mib']:,} | "
+                         f"{r['base_rss_mib']:,} | {vs_ref} | {vs_prev} |")
             prev = (r, n)
     lines += ["", "| stage | verdict |", "|---|---|"]
     for stage in STAGES:
@@ -562,6 +586,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
     p.add_argument("--tolerance", type=float, default=1.5, help="max per-row cost growth")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="runs of every size (fresh homes each); medians reported")
     p.add_argument("--champion", default="hist_gradient_boosting",
                    help="the spec's candidate trained once as champion (smallest size)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS (default 1)")
@@ -596,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         return 1 if args.check and not ok else 0
     if args.quick:
-        args.sizes, args.champion = list(QUICK_SIZES), "logistic_regression"
+        args.sizes, args.champion, args.rounds = list(QUICK_SIZES), "logistic_regression", 1
         args.verify = True
     # At the largest size the one-piece join still fits (it is what is too big above that).
     args.verify_at = max((n for n in args.sizes if n <= VERIFY_MAX_ROWS and args.verify),
@@ -605,9 +631,10 @@ def main(argv: list[str] | None = None) -> int:
     if parent.is_relative_to(ROOT):
         sys.exit("refusing to write benchmark files inside the repo")
     meta: dict[str, Any] = {"started": utc_now(), "code": code(), "threads": args.threads,
+                            "rounds": args.rounds,
                             "champion": f"{args.champion}, trained on {min(args.sizes):,} rows",
                             "load_before": machine()["load"]}
-    results = {}
+    rounds: list[dict[int, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=parent) as tmp:
         work = Path(tmp)
         base = load_real()
@@ -615,14 +642,19 @@ def main(argv: list[str] | None = None) -> int:
         log(f"fork server ready in {work}: {server.base_rss:,} MiB after imports")
         champion = None
         try:
-            for n in sorted(args.sizes):
-                results[n] = {}
-                try:
-                    champion = run_size(server, n, base, work, args, champion, results[n])
-                except RuntimeError as exc:
-                    log(f"{n:,} rows: stopped: {exc}")
+            for rnd in range(args.rounds):
+                rounds.append({})
+                for n in sorted(args.sizes):
+                    rounds[-1][n] = {}
+                    log(f"round {rnd + 1} of {args.rounds}, {n:,} rows")
+                    try:
+                        champion = run_size(server, n, base, work, args, champion,
+                                            rounds[-1][n])
+                    except RuntimeError as exc:
+                        log(f"{n:,} rows: stopped: {exc}")
         finally:
             server.close()
+        results = median_of(rounds)
     meta.update(ended=utc_now(), machine=machine()["machine"], load_after=machine()["load"])
     table, ok = render(results, args.tolerance, meta)
     print(table)
