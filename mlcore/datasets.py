@@ -191,7 +191,7 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
     store = feature_store(settings)
     view = store.get_feature_view(spec.feature_view)
     service = store.get_feature_service(spec.feature_service)
-    src = _bucketable_source(store, view, service, spec)
+    src = bucketable_source(store, view, service, spec)
     entity_files = [f for b in batches for f in parquet_files(Path(b.curated_uri or ""))]
     buckets = 1 if src is None else -(-max(_count(entity_files), _count(
         parquet_files(Path(src.path)))) // PIT_BUCKET_ROWS)
@@ -215,7 +215,7 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
     return out.frame(spec, batches)
 
 
-def _bucketable_source(store: Any, view: Any, service: Any, spec: ProblemSpec) -> Any:
+def bucketable_source(store: Any, view: Any, service: Any, spec: ProblemSpec) -> Any:
     """The view's parquet source (a local folder, path made absolute) when the join can be split
     by entity key: the file (dask) offline store, one view keyed by the spec's key, no renames."""
     from feast import FileSource

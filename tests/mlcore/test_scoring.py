@@ -13,7 +13,7 @@ from mlcore.features import materialize_batch
 from mlcore.ingestion import get_batch, ingest_batch, read_curated
 from mlcore.registry import ModelNotFound, get_version, load_model
 from mlcore.scoring import score_batch
-from mlcore.store.models import Prediction
+from mlcore.store.models import ModelVersion, Prediction
 from mlcore.store.session import session_scope
 
 
@@ -140,3 +140,109 @@ def test_a_challenger_is_shadow_scored_next_to_the_champion(spec, shadowed):
         stored(settings, "2016", challenger)["score"].std())  # really two models
     pinned = score_batch(spec, "2016", settings, version=champion)  # an explicit version only
     assert pinned.challenger_version is None
+
+
+# ---------------------------------------------------------------------------- own-partition path
+
+@pytest.fixture(scope="module")
+def partitions(spec, slices, settings_factory, tmp_path_factory):
+    """Four materialized batches whose keys overlap: ``older`` re-sends 300 keys of ``2017``
+    one year earlier (older: loses to 2017's rows; newer for its own rows: excluded), ``tie``
+    re-sends 200 rows of ``2016`` at the same key and event time with other AGEP values (a
+    tie Feast breaks by its sort order). A LogisticRegression champion fitted on 2016."""
+    from mlcore.datasets import DatasetRef
+    from mlcore.registry import move_alias, register_version
+    from mlcore.training import build_pipeline, save_artifact
+
+    settings = settings_factory("partitions")
+    tmp = tmp_path_factory.mktemp("partitions")
+    s2016, s2017 = pd.read_parquet(slices[2016]), pd.read_parquet(slices[2017])
+    older = s2017.head(300).assign(year=2016)
+    tie = s2016.head(200).assign(AGEP=lambda d: d["AGEP"] + 7)
+    for name, frame in (("2016", s2016), ("2017", s2017), ("older", older), ("tie", tie)):
+        path = tmp / f"{name}.parquet"
+        frame.to_parquet(path, index=False)
+        ingest_batch(spec, str(path), name, settings)
+        materialize_batch(spec, name, settings)
+    curated = read_curated(get_batch(spec.name, "2016", settings.db_url))
+    pipe = build_pipeline(spec, "logistic_regression", 0).fit(curated[spec.feature_names],
+                                                              curated["employed"])
+    uri, sha = save_artifact(pipe, settings, spec.name)
+    dataset = DatasetRef("d" * 16, "/x/t", "/x/h", ["2016"], ["2016"], "entity_hash", 1, 1,
+                         "a" * 64, "b" * 64)
+    version = register_version(
+        spec, settings, algorithm="logistic_regression", artifact_uri=uri, artifact_sha256=sha,
+        hyperparameters={}, dataset=dataset, train_rows=1500, validation={}, timings={})
+    move_alias(spec.name, expected=None, new=version, reason="t", url=settings.db_url)
+    return settings, version
+
+
+@pytest.mark.parametrize("batch_id", ["2017", "older"])
+def test_batch_features_are_the_point_in_time_join(spec, partitions, batch_id):
+    """Keys also held elsewhere at an older or a newer time: the own partition's rows are the
+    only candidates at the row's time, so the fast path is taken and is Feast's frame."""
+    from mlcore.datasets import point_in_time_features
+    from mlcore.scoring import batch_features, own_partition_features
+
+    settings, _ = partitions
+    batch = get_batch(spec.name, batch_id, settings.db_url)
+    want = point_in_time_features(spec, [batch], settings, with_target=False)
+    assert own_partition_features(spec, batch, settings) is not None
+    pd.testing.assert_frame_equal(batch_features(spec, batch, settings), want, check_exact=True)
+
+
+@pytest.mark.parametrize("batch_id", ["2016", "tie"])
+def test_a_tie_in_another_partition_is_left_to_feast(spec, slices, partitions, batch_id):
+    """A (key, time) held by two partitions: Feast keeps either row (its sort order decides;
+    seen to differ from one query to the next), so the own partition is not provably its
+    answer and ``batch_features`` is Feast's join."""
+    from mlcore.datasets import point_in_time_features
+    from mlcore.scoring import batch_features, own_partition_features
+
+    settings, _ = partitions
+    batch = get_batch(spec.name, batch_id, settings.db_url)
+    assert own_partition_features(spec, batch, settings) is None
+    got = batch_features(spec, batch, settings)
+    want = point_in_time_features(spec, [batch], settings, with_target=False)
+    untied = [c for c in want.columns if c != "AGEP"]
+    pd.testing.assert_frame_equal(got[untied], want[untied], check_exact=True)
+    pd.testing.assert_frame_equal(got.iloc[200:], want.iloc[200:], check_exact=True)
+    own = pd.read_parquet(slices[2016]).head(200)["AGEP"].to_numpy().astype("float32")
+    tied = got.head(200)["AGEP"].to_numpy()
+    assert ((tied == own) | (tied == own + 7)).all()  # one of the two tied rows
+
+
+@pytest.mark.parametrize("batch_id", ["2017", "older"])
+def test_scores_are_the_champion_on_the_point_in_time_frame(spec, partitions, batch_id):
+    from mlcore.datasets import point_in_time_features
+
+    settings, version = partitions
+    result = score_batch(spec, batch_id, settings)
+    frame = point_in_time_features(spec, [get_batch(spec.name, batch_id, settings.db_url)],
+                                   settings, with_target=False)
+    model = load_model(get_version(spec.name, version, settings.db_url), settings)
+    want = pd.Series(predict_proba(model, frame[spec.feature_names]),
+                     index=frame["id"].astype(str))
+    got = stored(settings, batch_id, version).set_index("entity_key")["score"]
+    assert result.rows == len(got) == len(want)
+    np.testing.assert_array_equal(got.loc[want.index].to_numpy(), want.to_numpy())
+    assert result.mean_score == float(want.mean())
+
+
+def test_sqlite_predictions_keep_the_orm_datetime_text(spec, partitions):
+    """The bulk path stores ``created_at`` as the ORM does (it once stored ``...+00:00``)."""
+    import re
+
+    from sqlalchemy import text
+
+    settings, version = partitions
+    score_batch(spec, "older", settings)
+    with session_scope(settings.db_url) as s:
+        stamps = set(s.scalars(text("SELECT DISTINCT created_at FROM predictions "
+                                    "WHERE batch_id = 'older'")))
+        orm = s.scalar(text("SELECT created_at FROM model_versions LIMIT 1"))
+        read = s.scalars(select(Prediction.created_at).where(Prediction.batch_id == "older"))
+        orm_read = s.scalar(select(ModelVersion.created_at).limit(1))
+        assert {r.tzinfo for r in read} == {orm_read.tzinfo}  # read back as ORM rows are
+    pattern = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
+    assert len(stamps) == 1 and pattern.fullmatch(stamps.pop()) and pattern.fullmatch(orm)
