@@ -53,7 +53,7 @@ test: install browser ## the test suite (needs PostgreSQL on 127.0.0.1:5432 and 
 test-slow: install ## tests marked slow (full-size data)
 	$(PY) -m pytest -q -m slow
 
-BENCHES := ingest promotion drift materialize online_read scale
+BENCHES := ingest promotion drift materialize online_read scoring orchestration freshness scale
 
 bench: install ## every benchmark, full size (about 1 h 30; results go in benchmarks/BENCHMARKS.md)
 	set -e; for b in $(BENCHES); do echo "== bench_$$b"; $(PY) benchmarks/bench_$$b.py; done
