@@ -155,9 +155,10 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
                            actor=f"airflow:{get_current_context()['run_id']}")
             return int(decision["contender_version"])
 
-        @task.short_circuit
+        @task.short_circuit(ignore_downstream_trigger_rules=False)
         def should_promote(decision: dict) -> bool:
-            """The decision, unless monitoring of the champion's newest batch failed."""
+            """The decision, unless monitoring of the champion's newest batch failed. False skips
+            the promotion only: the monitoring page (``none_failed``) is still refreshed."""
             from batchloop_airflow import settings as mlcore_settings
             from mlcore.policy import promotion_hold
 
