@@ -415,13 +415,13 @@ def need(result: dict[str, Any], what: str) -> dict[str, Any]:
 
 
 def run_size(server: Server, n: int, base: Any, work: Path, args: argparse.Namespace,
-             champion: Path | None, out: dict[str, Any]) -> Path:
+             champion: Path | None, out: dict[str, Any], rnd: int = 1) -> Path:
     """Every stage at ``n`` rows in a fresh home, results into ``out``; the champion's home.
 
     Raises:
         RuntimeError: a step the rest depends on failed (its result is in ``out`` if measured).
     """
-    home, batch = work / f"home-{n}", f"scale-{n}"
+    home, batch = work / f"home-{n}-round{rnd}", f"scale-{n}"
     log(f"{n:,} rows: synthesizing input ...")
     src = write_input(work / f"input-{n}.parquet", n, base, seed=n)
     need(server.run("setup", home), "setup")
@@ -542,6 +542,9 @@ def render(results: dict[int, dict[str, Any]], tol: float,
                          f"{n / r['seconds']:,.0f} | {r['peak_rss_mib']:,} | "
                          f"{r['base_rss_mib']:,} | {vs_ref} | {vs_prev} |")
             prev = (r, n)
+    for why in meta.get("stopped", []):
+        all_ok = False
+        lines.append(f"\n**DEFECT: stopped** ({why})")
     lines += ["", "| stage | verdict |", "|---|---|"]
     for stage in STAGES:
         runs = {n: results[n][stage] for n in sizes if stage in results[n]}
@@ -650,9 +653,11 @@ def main(argv: list[str] | None = None) -> int:
                     log(f"round {rnd + 1} of {args.rounds}, {n:,} rows")
                     try:
                         champion = run_size(server, n, base, work, args, champion,
-                                            rounds[-1][n])
+                                            rounds[-1][n], rnd + 1)
                     except RuntimeError as exc:
                         log(f"{n:,} rows: stopped: {exc}")
+                        meta.setdefault("stopped", []).append(
+                            f"round {rnd + 1}, {n:,} rows: {exc}")
         finally:
             server.close()
         results = median_of(rounds)
