@@ -27,7 +27,7 @@ from mlcore.features import (
     historical_features,
     require_materialized,
 )
-from mlcore.ingestion import parquet_files, published_batches
+from mlcore.ingestion import parquet_files, parquet_rows, published_batches
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch
 
@@ -192,20 +192,23 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
     view = store.get_feature_view(spec.feature_view)
     service = store.get_feature_service(spec.feature_service)
     src = bucketable_source(store, view, service, spec)
-    entity_files = [f for b in batches for f in parquet_files(Path(b.curated_uri or ""))]
-    buckets = 1 if src is None else -(-max(_count(entity_files), _count(
-        parquet_files(Path(src.path)))) // PIT_BUCKET_ROWS)
-    if src is None or buckets <= 1:
+    if src is None:
+        return historical_features(spec, batches, settings, with_target)
+    entity_rows = parquet_rows([f for b in batches
+                                for f in parquet_files(Path(b.curated_uri or ""))])
+    offline_files = parquet_files(Path(src.path))
+    buckets = -(-max(entity_rows, parquet_rows(offline_files)) // PIT_BUCKET_ROWS)
+    if buckets <= 1:
         return historical_features(spec, batches, settings, with_target)
     (settings.home / "tmp").mkdir(parents=True, exist_ok=True)
     cols = [spec.entity.key, "event_timestamp"] + ([spec.target.name] if with_target else [])
     refs = [f"{view.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
-    out = _Assembled(_count(entity_files))
+    out = _Assembled(entity_rows)
     with tempfile.TemporaryDirectory(prefix="pit-", dir=settings.home / "tmp") as tmp:
         ent = [Path(tmp) / f"entity-{i}.parquet" for i in range(buckets)]
         off = [Path(tmp) / f"offline-{i}.parquet" for i in range(buckets)]
         n_ent = _to_buckets(_entity_rows(batches, cols), spec.entity.key, ent)
-        n_off = _to_buckets(_batches(parquet_files(Path(src.path))), spec.entity.key, off)
+        n_off = _to_buckets(_batches(offline_files), spec.entity.key, off)
         for i in (i for i in range(buckets) if n_ent[i]):
             bucket_view = copy.copy(view)
             bucket_view.batch_source = FileSource(
@@ -232,10 +235,6 @@ def bucketable_source(store: Any, view: Any, service: Any, spec: ProblemSpec) ->
         return None
     return FileSource(name=src.name, path=path, timestamp_field=src.timestamp_field,
                       created_timestamp_column=src.created_timestamp_column)
-
-
-def _count(files: list[Path]) -> int:
-    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
 
 
 def _batches(files: list[Path], columns: list[str] | None = None) -> Iterator[pa.RecordBatch]:

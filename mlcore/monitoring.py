@@ -21,7 +21,7 @@ import pandas as pd
 from sqlalchemy import delete, update
 
 from mlcore.config import Settings
-from mlcore.ingestion import get_batch, parquet_files, read_curated
+from mlcore.ingestion import get_batch, parquet_files, parquet_rows, read_curated
 from mlcore.problems import ProblemSpec
 from mlcore.registry import ModelNotFound, alias_holder, get_version, load_model
 from mlcore.store.models import Batch, DriftReport, ModelVersion, RetrainRequest
@@ -91,7 +91,7 @@ def sample_curated(batch: Batch, rows: int, seed: int = 0) -> pd.DataFrame:
     import pyarrow.parquet as pq
 
     files = parquet_files(Path(batch.curated_uri or ""))
-    total = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    total = parquet_rows(files)
     if total <= rows:
         return _sample(read_curated(batch), rows, seed)
     # DataFrame.sample's own draw: RandomState(seed).choice(total, rows, replace=False).

@@ -240,13 +240,13 @@ def _numeric(col: pd.Series) -> bool:
 def _tied_elsewhere(files: list[Path], key: str, ts: str, entity: pd.DataFrame) -> bool:
     """Does another partition hold a row with the key and event time of an entity row?"""
     keys = entity[key]
+    mine = pd.MultiIndex.from_arrays([keys.to_numpy(), entity[EVENT_TS].array.asi8])
     for f in files:
         other = pd.read_parquet(f, columns=[key, ts])
         other = other[other[key].isin(keys)]
         if other.empty:
             continue
         pairs = pd.MultiIndex.from_arrays([other[key].to_numpy(), other[ts].array.asi8])
-        mine = pd.MultiIndex.from_arrays([keys.to_numpy(), entity[EVENT_TS].array.asi8])
         if pairs.isin(mine).any():
             return True
     return False
