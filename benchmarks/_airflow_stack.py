@@ -24,7 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, code, log, utc_now  # noqa: E402,F401
+
 BIN = Path(sys.executable).parent
 PROBLEM = "census_employment"
 
@@ -46,10 +47,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def ts(value: str | None) -> float | None:
@@ -346,22 +343,6 @@ def idle_seconds(times: dict[str, Any]) -> float:
     if cur_e is not None and cur_s is not None:
         busy += cur_e - cur_s
     return (times["end"] - times["start"]) - busy
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-
-
-def code() -> str:
-    """The commit, and whether the product (mlcore/ dags/ plugins/ Makefile) differs from it."""
-    def git(*cmd: str) -> str:
-        out = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout if out.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD").strip() or "unknown"
-    dirty = sorted({line[3:].split("/")[0] for line in git(
-        "status", "--porcelain", "--", "mlcore", "dags", "plugins", "Makefile").splitlines()})
-    return f"{commit} ({'uncommitted changes in ' + ', '.join(dirty) if dirty else 'as committed'})"
 
 
 def machine() -> str:

@@ -67,6 +67,7 @@ from _airflow_stack import (  # noqa: E402
     task_breakdown,
     utc_now,
 )
+from _common import work_parent  # noqa: E402
 
 INGEST, MATERIALIZE = f"{PROBLEM}__ingest_batch", f"{PROBLEM}__materialize_features"
 TARGET = 1.5
@@ -272,9 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         args.real_rows, args.synthetic_rows = args.real_rows or 2000, min(args.synthetic_rows,
                                                                           20_000)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    parent = Path(args.workdir or tempfile.gettempdir()).resolve()
-    if parent.is_relative_to(ROOT):
-        sys.exit("refusing to write benchmark files inside the repo")
+    parent = work_parent(args.workdir)
     tmp = Path(tempfile.mkdtemp(prefix="bench-freshness-", dir=parent))
     res: dict[str, Any] = {"started": utc_now(), "code": code(), "load_before": os.getloadavg(),
                            "machine": machine(),

@@ -44,16 +44,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import ROOT, load, log, work_parent  # noqa: E402,F401
+
 sys.dont_write_bytecode = True
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "census_ma_employment"
 TARGET = 20.0
 VARIANTS = ("ours", "baseline", "bare Feast")
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def batch_file(work: Path, name: str, entities: int, synthetic: bool) -> Path:
@@ -245,10 +242,6 @@ def machine() -> str:
             f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}, {libs}")
 
 
-def load() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--entities", type=int, default=1_000_000, help="synthetic batch size")
@@ -268,9 +261,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    parent = Path(args.workdir or tempfile.gettempdir()).resolve()
-    if parent.is_relative_to(ROOT):
-        sys.exit("refusing to write benchmark files inside the repo")
+    parent = work_parent(args.workdir)
     from mlcore.problems import get_problem
 
     spec = get_problem("census_employment", ROOT / "problems")

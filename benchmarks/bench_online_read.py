@@ -47,7 +47,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench_materialize import ROOT, batch_file, load, log, machine
+from _common import ROOT, load, log, work_parent  # noqa: E402
+from bench_materialize import batch_file, machine
 
 RATIO_TARGET = 5.0
 ABS_TARGET_MS = {1: 10.0, 100: 50.0}
@@ -195,9 +196,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    parent = Path(args.workdir or tempfile.gettempdir()).resolve()
-    if parent.is_relative_to(ROOT):
-        sys.exit("refusing to write benchmark files inside the repo")
+    parent = work_parent(args.workdir)
     from mlcore.problems import get_problem
 
     spec = get_problem("census_employment", ROOT / "problems")

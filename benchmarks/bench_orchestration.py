@@ -63,6 +63,7 @@ from _airflow_stack import (  # noqa: E402
     task_breakdown,
     utc_now,
 )
+from _common import work_parent  # noqa: E402
 
 DAG_ID = f"{PROBLEM}__retrain_model"
 ALGO = "logistic_regression"
@@ -328,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.parse_rounds = 1, 1
         args.rows_per_batch = args.rows_per_batch or 1500
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    parent = Path(args.workdir or tempfile.gettempdir()).resolve()
-    if parent.is_relative_to(ROOT):
-        sys.exit("refusing to write benchmark files inside the repo")
+    parent = work_parent(args.workdir)
     tmp = Path(tempfile.mkdtemp(prefix="bench-orchestration-", dir=parent))
     res: dict[str, Any] = {"started": utc_now(), "code": code(), "load_before": os.getloadavg(),
                            "machine": machine(), "rows_per_batch": args.rows_per_batch,

@@ -56,9 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from _common import ROOT, code, load, log, utc_now, work_parent  # noqa: E402,F401
+
 sys.dont_write_bytecode = True  # write nothing into the repo (feature_repo/ is imported by Feast)
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "census_ma_employment"
 PROBLEM = "census_employment"
 ALGO = "hgb_bench"
@@ -406,37 +407,12 @@ def machine() -> str:
             f"pandas {pd.__version__}, numpy {np.__version__}")
 
 
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-
-
-def code() -> str:
-    """The commit, and whether mlcore/ differs from it (read-only git calls)."""
-    import subprocess
-
-    def git(*cmd: str) -> str:
-        out = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
-        return out.stdout.strip() if out.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "mlcore")
-    return f"{commit} (mlcore/ {'has uncommitted changes' if dirty else 'as committed'})"
-
-
-def load() -> str:
-    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def openmp_threads() -> str:
     from threadpoolctl import threadpool_info
 
     found = [f"{p['internal_api']} {p['num_threads']} thread(s)" for p in threadpool_info()
              if p["user_api"] == "openmp"]
     return ", ".join(found) or "no OpenMP runtime loaded"
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------- main
@@ -470,9 +446,7 @@ def main(argv: list[str] | None = None) -> int:
                  args.rows_per_batch, args.quick)
     # Before numpy / scikit-learn load their thread pools (nothing heavy is imported above).
     os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
-    parent = Path(args.workdir or tempfile.gettempdir()).resolve()
-    if parent.is_relative_to(ROOT):
-        sys.exit("refusing to write benchmark files inside the repo")
+    parent = work_parent(args.workdir)
 
     meta: dict[str, Any] = {"load_before": load(), "started": utc_now(), "code": code()}
     tmp = Path(tempfile.mkdtemp(prefix="bench-promotion-", dir=parent))

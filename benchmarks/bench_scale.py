@@ -45,6 +45,7 @@ from typing import Any
 sys.dont_write_bytecode = True  # Feast imports feature_repo/*.py: write nothing into the repo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import code, log, utc_now, work_parent  # noqa: E402
 from bench_ingest import PROBLEM, ROOT, load_real, machine, write_input  # noqa: E402
 
 STAGES = ("ingest", "features", "retrieval", "drift", "scoring")
@@ -564,27 +565,6 @@ def render(results: dict[int, dict[str, Any]], tol: float,
 
 # ---------------------------------------------------------------------------- main
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-
-
-def code() -> str:
-    """The commit, and whether mlcore/ differs from it (read-only git calls)."""
-    import subprocess
-
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True)
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    dirty = git("status", "--porcelain", "--", "mlcore")
-    return (f"{git('rev-parse', '--short', 'HEAD') or 'unknown'} (mlcore/ "
-            f"{'has uncommitted changes' if dirty else 'as committed'})")
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
@@ -631,9 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     # At the largest size the one-piece join still fits (it is what is too big above that).
     args.verify_at = max((n for n in args.sizes if n <= VERIFY_MAX_ROWS and args.verify),
                          default=None)
-    parent = Path(args.workdir or tempfile.gettempdir()).resolve()
-    if parent.is_relative_to(ROOT):
-        sys.exit("refusing to write benchmark files inside the repo")
+    parent = work_parent(args.workdir)
     meta: dict[str, Any] = {"started": utc_now(), "code": code(), "threads": args.threads,
                             "rounds": args.rounds,
                             "champion": f"{args.champion}, trained on {min(args.sizes):,} rows",

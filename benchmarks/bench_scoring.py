@@ -55,9 +55,9 @@ from typing import Any
 sys.dont_write_bytecode = True  # Feast imports feature_repo/*.py: write nothing into the repo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_promotion import code, load, machine, openmp_threads  # noqa: E402
+from _common import ROOT, code, load, log, utc_now, work_parent  # noqa: E402
+from bench_promotion import machine, openmp_threads  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "census_ma_employment"
 PROBLEM = "census_employment"
 HISTORY, REAL = (2015, 2016, 2017), 2018
@@ -313,14 +313,6 @@ def render(data: dict[str, Any], meta: dict[str, Any]) -> tuple[str, bool]:
     return "\n".join(lines), met
 
 
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def utc_now() -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--rounds", type=int, default=3, help="rounds (medians reported)")
@@ -346,9 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.threads < 1 or args.synthetic_rows < 1:
         sys.exit("--rounds, --threads and --synthetic-rows must be >= 1")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before numpy / scikit-learn load
-    parent = Path(args.workdir or tempfile.gettempdir()).resolve()
-    if parent.is_relative_to(ROOT):
-        sys.exit("refusing to write benchmark files inside the repo")
+    parent = work_parent(args.workdir)
     meta: dict[str, Any] = {"started": utc_now(), "code": code(), "load_before": load()}
     work = Path(tempfile.mkdtemp(prefix="bench-scoring-", dir=parent))
     try:
