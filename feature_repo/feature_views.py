@@ -5,7 +5,7 @@ from datetime import timedelta
 from data_sources import SOURCES
 from entities import ENTITIES
 from feast import FeatureView, Field
-from problem_specs import FEATURE_TYPES, load_specs
+from problem_specs import feature_fields, load_specs
 
 VIEWS = {}
 for _spec in load_specs():
@@ -14,7 +14,8 @@ for _spec in load_specs():
         entities=[ENTITIES[_spec["name"]]],
         # How long a feature row stays valid for a point-in-time join after its event time.
         ttl=timedelta(days=_spec.get("feature_ttl_days", 400)),
-        schema=[Field(name=f["name"], dtype=FEATURE_TYPES[f["kind"]]) for f in _spec["features"]],
+        schema=[Field(name=name, dtype=dtype) for f in _spec["features"]
+                for name, dtype in feature_fields(f)],
         source=SOURCES[_spec["name"]],
         online=True,
         tags={"problem": _spec["name"]},

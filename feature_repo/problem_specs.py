@@ -9,14 +9,30 @@ from pathlib import Path
 
 import yaml
 from feast import ValueType
-from feast.types import Float32, Int64, String
+from feast.types import Bool, Float64, Int64, String
 
 PROBLEMS_DIR = Path(os.environ.get("MLCORE_PROBLEMS_DIR", Path(__file__).parents[1] / "problems"))
 # Filled in by mlcore (absolute); the fallback matches its default for a hand-run `feast apply`.
 MLCORE_HOME = Path(os.environ.get("MLCORE_HOME", Path.cwd() / ".mlcore"))
 
 KEY_TYPES = {"int64": ValueType.INT64, "string": ValueType.STRING}
-FEATURE_TYPES = {"numeric": Float32, "categorical": Int64, "string": String}
+VALUE_TYPES = {"float": Float64, "int": Int64, "str": String, "bool": Bool}
+
+
+def feature_fields(feature):
+    """(column, Feast type) of each model column of one declared feature, as mlcore stores it
+    (``mlcore.problems.Feature``): numeric Float64; categorical by its vocabulary's type (Int64,
+    String, Bool); boolean Bool; a timestamp Float64 per declared part."""
+    kind = feature["kind"]
+    if kind == "timestamp":
+        return [(f"{feature['name']}_{part}", Float64) for part in feature.get("parts") or ()]
+    if kind == "numeric":
+        return [(feature["name"], Float64)]
+    if kind == "boolean":
+        return [(feature["name"], Bool)]
+    first = (feature.get("values") or [""])[0]
+    kind = "bool" if isinstance(first, bool) else "int" if isinstance(first, int) else "str"
+    return [(feature["name"], VALUE_TYPES[kind])]
 
 
 def load_specs():

@@ -304,8 +304,11 @@ class _Assembled:
     def add(self, joined: tuple[pd.DataFrame, int], spec: ProblemSpec) -> None:
         out, asked = joined
         self.asked += asked
-        self.complete += len(out.dropna())
-        if len(out) != asked or out[spec.feature_names].isna().any().any():
+        from mlcore.features import missing_features
+
+        lacking = missing_features(out, spec)
+        self.complete += len(out) - int(lacking.sum())
+        if len(out) != asked or lacking.any():
             self.failed = True  # reported by ``frame``
             return
         pos = out[ROW_ID].to_numpy()

@@ -168,6 +168,12 @@ def column_values(values: pd.Series, value_type: ValueType) -> list[Any]:
             if missing.any() else out
     if value_type == ValueType.INT64 and values.dtype.kind in "iu":
         return values.tolist()
+    if value_type in (ValueType.STRING, ValueType.BOOL):  # text or 0/1, None where missing
+        plain = values.astype(object)
+        if value_type == ValueType.STRING and values.dtype == object \
+                and not all(isinstance(v, str) for v in plain.dropna().head(1000)):
+            plain = plain.map(lambda v: v if v is None or v != v else str(v))
+        return plain.where(values.notna(), None).tolist()
     kind = NATIVE.get(value_type, PROTO)
     return [_native(kind, v) for v in python_values_to_proto_values(values.tolist(), value_type)]
 

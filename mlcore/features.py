@@ -57,12 +57,20 @@ class MaterializationResult:
 
 
 def engineer(curated: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
-    """The offline-store row of each entity: key, event time and features with Feast's dtypes."""
-    out = curated[[spec.entity.key, "event_timestamp"]].copy()
-    for feat in spec.features:
-        out[feat.name] = curated[feat.name].astype("float32" if feat.kind == "numeric"
-                                                   else "int64")
-    return out
+    """The offline-store row of each entity: key, event time and the model's feature columns
+    (timestamp parts included) in their curated types, which the Feast view declares:
+    numeric Float64, categorical Int64/String/Bool by vocabulary, boolean Bool."""
+    return curated[[spec.entity.key, "event_timestamp", *spec.feature_names]].copy()
+
+
+def missing_features(frame: pd.DataFrame, spec: ProblemSpec) -> np.ndarray:
+    """Rows a point-in-time join found no feature row for: a required (non-nullable) feature
+    is missing, or, when every feature is nullable, all of them are."""
+    nullable = {c for f in spec.features if f.nullable for c in f.model_columns}
+    required = [c for c in spec.feature_names if c not in nullable]
+    if required:
+        return frame[required].isna().any(axis=1).to_numpy()
+    return frame[spec.feature_names].isna().all(axis=1).to_numpy()
 
 
 def write_offline(frame: pd.DataFrame, dest: Path) -> None:
@@ -258,9 +266,10 @@ def historical_features(spec: ProblemSpec, batches: list[Batch], settings: Setti
     store = feature_store(settings)
     service = store.get_feature_service(spec.feature_service)
     out = store.get_historical_features(entity_df=entity_df, features=service).to_df()
-    if len(out) != len(entity_df) or out[spec.feature_names].isna().any().any():
+    if len(out) != len(entity_df) or missing_features(out, spec).any():
+        found = len(out) - int(missing_features(out, spec).sum())
         raise FeatureRetrievalError(
-            f"batches {', '.join(ids)} of {spec.name!r}: {len(entity_df) - len(out.dropna())} of "
+            f"batches {', '.join(ids)} of {spec.name!r}: {len(entity_df) - found} of "
             f"{len(entity_df)} rows have no features as of their event time (outside the TTL?)")
     return out.sort_values(ROW_ID).drop(columns=[ROW_ID]).reset_index(drop=True)
 

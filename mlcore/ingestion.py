@@ -41,6 +41,10 @@ from mlcore.problems import ProblemSpec
 from mlcore.provenance import code_version, failpoint
 from mlcore.store.models import Batch, QuarantinedRow, utcnow
 from mlcore.store.session import session_scope
+from mlcore.columns import category_values, parse_bool, parse_timestamp, time_part
+from mlcore.problems import Feature
+from mlcore.columns import label_key
+from mlcore.targets import ClassesUnknown, TargetCoder, fix_classes, local_coder, target_coder
 from mlcore.validation import (
     check_columns,
     duplicate_mask,
@@ -132,9 +136,36 @@ class _Source:
                 yield from pd.read_csv(self.path, chunksize=CHUNK_ROWS)
 
 
-def curate_table(valid: pd.DataFrame, spec: ProblemSpec,
-                 when: pd.Series | None = None) -> pa.Table:
-    """Typed curated rows as Arrow: key, event_timestamp, features (float64/int64), target.
+ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "str": pa.string(), "bool": pa.bool_()}
+
+
+def _feature_arrays(raw: pd.Series, feat: Feature) -> dict[str, pa.Array]:
+    """A valid input column as its curated column(s): numeric float64 (NaN where a nullable
+    value is missing); categorical in its vocabulary's own type and boolean as bool (null where
+    missing); a timestamp as UTC timestamp plus one float64 column per declared part."""
+    if feat.kind == "numeric":
+        return {feat.name: pa.array(numeric(raw).to_numpy(dtype="float64"))}
+    if feat.kind == "timestamp":
+        stamps = parse_timestamp(raw)
+        out = {feat.name: pa.array(stamps, pa.timestamp("ns", tz="UTC"))}
+        for part, column in zip(feat.parts or (), feat.model_columns, strict=True):
+            out[column] = pa.array(time_part(stamps, part))
+        return out
+    if feat.kind == "categorical" and feat.value_type == "int":
+        num = numeric(raw).to_numpy()
+        nan = np.isnan(num)
+        return {feat.name: pa.array(np.where(nan, 0, num).astype("int64"),
+                                    mask=nan if nan.any() else None)}
+    values = (category_values(raw, feat.values or (), feat.value_type)
+              if feat.kind == "categorical" else parse_bool(raw))
+    return {feat.name: pa.array(values.to_numpy(), ARROW_TYPES[feat.value_type],
+                                from_pandas=True)}
+
+
+def curate_table(valid: pd.DataFrame, spec: ProblemSpec, when: pd.Series | None = None,
+                 coder: TargetCoder | None = None) -> pa.Table:
+    """Typed curated rows as Arrow: key, event_timestamp, inputs in their stored types (with
+    timestamp parts), the target encoded by ``coder`` (``mlcore.targets``).
 
     Built column by column from numpy (no pandas frame to consolidate and re-index).
     """
@@ -145,11 +176,12 @@ def curate_table(valid: pd.DataFrame, spec: ProblemSpec,
         "event_timestamp": pa.array(pd.DatetimeIndex(when).asi8, pa.timestamp("ns", tz="UTC")),
     }
     for feat in spec.features:
-        kind = "float64" if feat.kind == "numeric" else "int64"
-        cols[feat.name] = pa.array(numeric(valid[feat.name]).to_numpy().astype(kind))
+        cols.update(_feature_arrays(valid[feat.name], feat))
     if spec.target.name in valid.columns:
-        cols[spec.target.name] = pa.array(numeric(valid[spec.target.name]).to_numpy()
-                                          .astype("int64"))
+        target = valid[spec.target.name]
+        codes = (coder or local_coder(spec, target)).encode(target)
+        cols[spec.target.name] = pa.array(codes if spec.target.kind == "regression"
+                                          else codes.astype("int64"))
     return pa.table(cols)
 
 
@@ -172,7 +204,19 @@ class _Outcome:
     ts_max: pd.Timestamp | None = None
 
 
-def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime) -> _Outcome:
+def _target_coder(src: _Source, spec: ProblemSpec, url: str) -> tuple[TargetCoder | None, bool]:
+    """The coder labels are encoded with, and whether its classes were learnt from this file
+    (to be fixed when it publishes). None when the file carries no target."""
+    if spec.target.name not in src.columns:
+        return None, False
+    try:
+        return target_coder(spec, url), False
+    except ClassesUnknown:
+        return local_coder(spec, src.read_columns([spec.target.name])[spec.target.name]), True
+
+
+def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime,
+            coder: TargetCoder | None = None) -> _Outcome:
     """Validate and curate chunk by chunk into ``staging/part-0.parquet``; memory ~ one chunk."""
     key_col, time_col = spec.entity.key, spec.event_time.column
     ids = src.read_columns([key_col, time_col])
@@ -185,8 +229,8 @@ def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime) -> _O
                 out.schema = {str(c): str(t) for c, t in chunk.dtypes.items()}
             n = len(chunk)
             dup, when = dups[out.rows:out.rows + n], event_time(chunk[time_col], spec)
-            bad, violations = row_violations(chunk, spec, now, out.rows, dup, when)
-            table = curate_table(chunk.loc[~bad], spec, when[~bad])
+            bad, violations = row_violations(chunk, spec, now, out.rows, dup, when, coder)
+            table = curate_table(chunk.loc[~bad], spec, when[~bad], coder)
             writer = writer or pq.ParquetWriter(staging / "part-0.parquet", table.schema)
             writer.write_table(table)
             _tally(out, n, bad, violations, table.column("event_timestamp"))
@@ -311,7 +355,8 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
         src = _Source(raw, batch_id)
         rows = max(src.rows, 0)
         check_columns(src.columns, spec, batch_id)
-        out = _stream(src, spec, staging, now)
+        coder, learnt = _target_coder(src, spec, settings.db_url)
+        out = _stream(src, spec, staging, now, coder)
     except BatchRejected as exc:
         log.error("%s", exc)
         shutil.rmtree(staging, ignore_errors=True)
@@ -329,6 +374,8 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
         _finish(spec, batch_id, {**common, "state": "rejected", "reason": why}, out.violations,
                 settings.db_url)
         raise BatchRejected(why)
+    if learnt and coder is not None and coder.classes is not None:
+        _fix_classes(spec, batch_id, coder, staging, settings.db_url)
     raw_staging = _staging(raw_dir)
     shutil.copy2(raw, raw_staging / raw.name)
     failpoint("ingest.after_stage_write")
@@ -342,6 +389,21 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
         "event_time_min": out.ts_min.to_pydatetime() if out.ts_min is not None else None,
         "event_time_max": out.ts_max.to_pydatetime() if out.ts_max is not None else None,
     }, out.violations, settings.db_url)
+
+
+def _fix_classes(spec: ProblemSpec, batch_id: str, coder: TargetCoder, staging: Path,
+                 url: str) -> None:
+    """Fix the class list this first labelled batch was encoded with.
+
+    Raises:
+        BatchRejected: another batch fixed a different list meanwhile (re-run to re-encode).
+    """
+    stored = fix_classes(spec.name, list(coder.classes or ()), f"batch {batch_id}", url)
+    if [label_key(c) for c in stored] != [label_key(c) for c in coder.classes or ()]:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise BatchRejected(f"batch {batch_id!r}: its labels were encoded with classes "
+                            f"{list(coder.classes or ())}, but another batch fixed {stored} "
+                            "first; re-run the ingest")
 
 
 def published_batches(problem: str, url: str) -> list[Batch]:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -31,35 +31,148 @@ class EventTime(_Spec):
     kind: Literal["timestamp", "year_end"] = "timestamp"
 
 
+Label = bool | int | str
+TIME_PARTS = ("year", "month", "day", "day_of_week", "day_of_year", "hour", "minute",
+              "is_weekend")
+# YAML 1.1 reads yes/no/on/off as booleans: a label or category written that way is matched
+# against the data's text forms of a boolean as well (see ``mlcore.columns.label_key``).
+
+
 class Target(_Spec):
+    """What is predicted. ``binary``: two labels, ``positive`` names the positive one (default
+    1 / true); ``classes`` may list both. ``multiclass``: ``classes`` declared, or learnt from the
+    first labelled batch and then fixed. ``regression``: a float."""
+
     name: str
-    kind: Literal["binary"] = "binary"
+    kind: Literal["binary", "multiclass", "regression"] = "binary"
+    positive: Label | None = None
+    classes: tuple[Label, ...] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Target:
+        if self.kind == "regression" and (self.positive is not None or self.classes):
+            raise ValueError(f"target {self.name!r}: a regression target has no positive label "
+                             "or classes")
+        if self.kind == "multiclass" and self.positive is not None:
+            raise ValueError(f"target {self.name!r}: positive is for binary targets only")
+        if self.classes is not None:
+            from mlcore.columns import label_key
+
+            keys = [label_key(c) for c in self.classes]
+            if len(set(keys)) != len(keys):
+                raise ValueError(f"target {self.name!r}: classes repeat a label")
+            want = 2 if self.kind == "binary" else None
+            if want and len(keys) != want or len(keys) < 2:
+                raise ValueError(f"target {self.name!r}: a {self.kind} target needs "
+                                 f"{'exactly 2' if want else 'at least 2'} classes, "
+                                 f"got {len(keys)}")
+            if self.positive is not None and label_key(self.positive) not in keys:
+                raise ValueError(f"target {self.name!r}: positive {self.positive!r} is not one "
+                                 f"of the classes {list(self.classes)}")
+        return self
+
+    @property
+    def is_classification(self) -> bool:
+        """Binary or multiclass."""
+        return self.kind != "regression"
 
 
 class Feature(_Spec):
+    """One input column. ``numeric``: int or float, optional ``min``/``max``. ``categorical``:
+    ``values`` (strings, ints or bools) is the vocabulary; a value outside it quarantines its row
+    unless ``unknown: other`` (then it reaches the model as an unknown category). ``boolean``:
+    true/false (also 1/0, yes/no as text). ``timestamp``: parsed (ISO 8601 text or a timestamp
+    column, naive = UTC) and expanded into ``parts``, each a numeric model feature
+    ``<name>_<part>``. ``nullable: true``: a missing value is data, not a bad row."""
+
     name: str
-    kind: Literal["numeric", "categorical"]
+    kind: Literal["numeric", "categorical", "boolean", "timestamp"]
     min: float | None = None
     max: float | None = None
-    values: tuple[int, ...] | None = None
+    values: tuple[bool | int | str, ...] | None = None
+    unknown: Literal["quarantine", "other"] = "quarantine"
+    nullable: bool = False
+    parts: tuple[Literal[TIME_PARTS], ...] | None = None  # type: ignore[valid-type]
     description: str = ""
 
     @model_validator(mode="after")
     def _check_kind(self) -> Feature:
-        if self.kind == "categorical" and not self.values:
-            raise ValueError(f"categorical feature {self.name!r} needs its allowed values")
+        if self.kind == "categorical":
+            if not self.values:
+                raise ValueError(f"categorical feature {self.name!r} needs its allowed values")
+            types = {_value_type(v) for v in self.values}
+            if len(types) > 1:
+                raise ValueError(f"categorical feature {self.name!r}: values mix types "
+                                 f"{sorted(types)}; write them all as text (quoted) or all "
+                                 "as numbers")
+            from mlcore.columns import label_key
+
+            if len({label_key(v) for v in self.values}) != len(self.values):
+                raise ValueError(f"categorical feature {self.name!r}: values repeat")
+        elif self.values is not None or self.unknown != "quarantine":
+            raise ValueError(f"feature {self.name!r}: values/unknown are for categorical "
+                             f"features, not {self.kind}")
+        if self.kind != "numeric" and (self.min is not None or self.max is not None):
+            raise ValueError(f"feature {self.name!r}: min/max are for numeric features")
+        if self.kind == "timestamp":
+            if not self.parts:
+                raise ValueError(f"timestamp feature {self.name!r} needs its parts (any of "
+                                 f"{', '.join(TIME_PARTS)})")
+            if len(set(self.parts)) != len(self.parts):
+                raise ValueError(f"timestamp feature {self.name!r}: parts repeat")
+        elif self.parts is not None:
+            raise ValueError(f"feature {self.name!r}: parts are for timestamp features")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"feature {self.name!r}: min {self.min} > max {self.max}")
         return self
+
+    @property
+    def value_type(self) -> str:
+        """How the column is stored: ``float`` (numeric, timestamp parts), ``int``, ``str`` or
+        ``bool`` (categorical by its vocabulary; boolean), ``timestamp`` (the raw timestamp)."""
+        if self.kind == "numeric":
+            return "float"
+        if self.kind == "boolean":
+            return "bool"
+        if self.kind == "timestamp":
+            return "timestamp"
+        return _value_type((self.values or ("",))[0])
+
+    @property
+    def model_columns(self) -> list[str]:
+        """The model (and Feast) feature columns this input yields."""
+        if self.kind == "timestamp":
+            return [f"{self.name}_{p}" for p in self.parts or ()]
+        return [self.name]
+
+
+def _value_type(value: bool | int | str) -> str:
+    return "bool" if isinstance(value, bool) else "int" if isinstance(value, int) else "str"
+
+
+# Metrics by target kind, with the direction each implies (``metric.direction`` must agree).
+METRICS_BY_KIND: dict[str, dict[str, str]] = {
+    "binary": {"roc_auc": "maximize", "pr_auc": "maximize", "log_loss": "minimize",
+               "brier": "minimize", "accuracy": "maximize", "f1": "maximize"},
+    "multiclass": {"log_loss": "minimize", "accuracy": "maximize", "f1_macro": "maximize",
+                   "roc_auc_ovr": "maximize"},
+    "regression": {"rmse": "minimize", "mae": "minimize", "r2": "maximize", "mape": "minimize"},
+}
+DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "rmse"}
 
 
 class Metric(_Spec):
-    name: Literal["roc_auc", "accuracy", "log_loss"] = "roc_auc"
-    direction: Literal["maximize", "minimize"] = "maximize"
+    """The primary metric; ``direction`` is implied by the name (written, it must agree)."""
+
+    name: str | None = None
+    direction: Literal["maximize", "minimize"] | None = None
 
 
-# The algorithm library: the scikit-learn classifiers a spec may name (import paths, checked on
-# load without importing scikit-learn; ``mlcore.training`` imports only these). Each has
-# ``predict_proba``; ``random_state`` is seeded where the estimator takes one.
-ESTIMATORS = frozenset({
+# The algorithm library: the scikit-learn estimators a spec may name, by the target kinds each
+# serves (import paths, checked on load without importing scikit-learn; ``mlcore.training``
+# imports only these). Classifiers have ``predict_proba``; ``random_state`` is seeded where the
+# estimator takes one.
+CLASSIFIERS = frozenset({
     "sklearn.linear_model.LogisticRegression",
     "sklearn.linear_model.SGDClassifier",
     "sklearn.ensemble.HistGradientBoostingClassifier",
@@ -68,6 +181,25 @@ ESTIMATORS = frozenset({
     "sklearn.ensemble.GradientBoostingClassifier",
     "sklearn.tree.DecisionTreeClassifier",
     "sklearn.naive_bayes.GaussianNB",
+})
+REGRESSORS = frozenset({
+    "sklearn.linear_model.LinearRegression",
+    "sklearn.linear_model.Ridge",
+    "sklearn.linear_model.Lasso",
+    "sklearn.linear_model.ElasticNet",
+    "sklearn.linear_model.SGDRegressor",
+    "sklearn.ensemble.HistGradientBoostingRegressor",
+    "sklearn.ensemble.RandomForestRegressor",
+    "sklearn.ensemble.ExtraTreesRegressor",
+    "sklearn.ensemble.GradientBoostingRegressor",
+    "sklearn.tree.DecisionTreeRegressor",
+})
+ESTIMATORS = CLASSIFIERS | REGRESSORS
+# Estimators that take missing values themselves; the others get a median imputer (plus a
+# missing-indicator column) in front of nullable numeric features.
+NAN_NATIVE = frozenset({
+    "sklearn.ensemble.HistGradientBoostingClassifier",
+    "sklearn.ensemble.HistGradientBoostingRegressor",
 })
 MAX_SEARCH_COMBINATIONS = 12
 Scalar = bool | int | float | str | None
@@ -216,20 +348,70 @@ class ProblemSpec(_Spec):
     retrain: Retrain = Field(default_factory=lambda: Retrain())
     alerts: Alerts = Field(default_factory=lambda: Alerts())
 
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_metric(cls, data: Any) -> Any:
+        """An unnamed metric is the kind's default; an unwritten direction the metric's."""
+        if not isinstance(data, dict):
+            return data
+        target = data.get("target")
+        kind = target.get("kind", "binary") if isinstance(target, dict) else "binary"
+        metric = dict(data.get("metric") or {})
+        metric["name"] = metric.get("name") or DEFAULT_METRIC.get(kind, "roc_auc")
+        if metric["name"] in METRICS_BY_KIND.get(kind, {}):
+            metric.setdefault("direction", METRICS_BY_KIND[kind][metric["name"]])
+        return {**data, "metric": metric}
+
     @cached_property
-    def feature_names(self) -> list[str]:
-        """Feature columns in declaration order."""
+    def inputs(self) -> list[str]:
+        """The declared input columns (a batch file's feature columns), in declaration order."""
         return [f.name for f in self.features]
 
     @cached_property
+    def feature_names(self) -> list[str]:
+        """The model's (and Feast's) feature columns: the inputs, with each timestamp feature
+        expanded into its parts."""
+        return [c for f in self.features for c in f.model_columns]
+
+    @cached_property
+    def column_kinds(self) -> dict[str, str]:
+        """Each model feature column: ``numeric`` or ``categorical`` (booleans included)."""
+        return {c: "numeric" if f.kind in ("numeric", "timestamp") else "categorical"
+                for f in self.features for c in f.model_columns}
+
+    @cached_property
     def numeric(self) -> list[str]:
-        """Numeric feature columns."""
-        return [f.name for f in self.features if f.kind == "numeric"]
+        """Numeric model feature columns (timestamp parts included)."""
+        return [c for c, k in self.column_kinds.items() if k == "numeric"]
 
     @cached_property
     def categorical(self) -> list[str]:
-        """Categorical feature columns."""
-        return [f.name for f in self.features if f.kind == "categorical"]
+        """Categorical model feature columns (boolean features included)."""
+        return [c for c, k in self.column_kinds.items() if k == "categorical"]
+
+    def feature(self, name: str) -> Feature:
+        """The declared feature ``name``."""
+        return next(f for f in self.features if f.name == name)
+
+    def vocabulary(self, column: str) -> list[Any]:
+        """The categories of a categorical model column, as stored (bools for ``boolean``)."""
+        f = self.feature(column)
+        return [False, True] if f.kind == "boolean" else list(f.values or ())
+
+    @property
+    def metric_name(self) -> str:
+        """The primary metric (the kind's default when the spec names none)."""
+        return self.metric.name or DEFAULT_METRIC[self.target.kind]
+
+    @property
+    def direction(self) -> str:
+        """``maximize`` or ``minimize``, implied by the metric."""
+        return METRICS_BY_KIND[self.target.kind][self.metric_name]
+
+    @property
+    def sign(self) -> float:
+        """+1 when larger is better, -1 otherwise."""
+        return 1.0 if self.direction == "maximize" else -1.0
 
     @property
     def feature_view(self) -> str:
@@ -251,9 +433,16 @@ class ProblemSpec(_Spec):
 
     @model_validator(mode="after")
     def _check_columns(self) -> ProblemSpec:
-        names = [self.entity.key, self.target.name, *self.feature_names]
-        if len(set(names)) != len(names):
-            raise ValueError(f"problem {self.name!r}: entity, target and features must differ")
+        names = [self.entity.key, self.target.name, self.event_time.column, *self.inputs]
+        if self.event_time.column in self.inputs:  # the event time may also be a feature
+            names.remove(self.event_time.column)
+        if len(set(names)) != len(names) or len(set(self.feature_names)) != len(
+                self.feature_names) or set(self.feature_names) & {self.entity.key,
+                                                                 self.target.name}:
+            raise ValueError(f"problem {self.name!r}: entity key, event time, target and "
+                             "feature columns must differ")
+        self._check_metric()
+        self._check_estimators()
         if bad := set(self.promotion.guardrails.slices) - set(self.categorical):
             raise ValueError(f"problem {self.name!r}: slice guardrails on {sorted(bad)}, which "
                              "are not categorical features")
@@ -261,6 +450,25 @@ class ProblemSpec(_Spec):
             raise ValueError(f"problem {self.name!r}: drift segments {sorted(bad)} are not "
                              "categorical features")
         return self
+
+
+    def _check_metric(self) -> None:
+        allowed = METRICS_BY_KIND[self.target.kind]
+        if self.metric.name is not None and self.metric.name not in allowed:
+            raise ValueError(f"problem {self.name!r}: metric {self.metric.name!r} does not fit a "
+                             f"{self.target.kind} target (allowed: {', '.join(allowed)})")
+        if self.metric.direction != self.direction:
+            raise ValueError(f"problem {self.name!r}: metric {self.metric_name} is to "
+                             f"{self.direction}, but the spec says {self.metric.direction}")
+
+    def _check_estimators(self) -> None:
+        allowed = REGRESSORS if self.target.kind == "regression" else CLASSIFIERS
+        for name, c in self.algorithms.items():
+            if c.estimator not in allowed:
+                what = "regressor" if self.target.kind == "regression" else "classifier"
+                raise ValueError(f"problem {self.name!r}: algorithm {name!r} uses "
+                                 f"{c.estimator}, not a {what}; a {self.target.kind} target "
+                                 f"takes: {', '.join(sorted(allowed))}")
 
 
 class ProblemNotFound(LookupError):

@@ -17,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from mlcore.batches import BatchRejected
-from mlcore.problems import ProblemSpec
+from mlcore.columns import category_values, missing, parse_bool, parse_timestamp, vocabulary_codes
+from mlcore.problems import Feature, ProblemSpec
+from mlcore.targets import TargetCoder, local_coder
 
 VIOLATION_COLUMNS = ["row_number", "rule", "reason"]
 
@@ -37,7 +39,7 @@ class ValidationResult:
 
 def required_columns(spec: ProblemSpec) -> list[str]:
     """Columns every batch must carry (the target is optional: unlabelled batches are scored)."""
-    return [spec.entity.key, spec.event_time.column, *spec.feature_names]
+    return list(dict.fromkeys([spec.entity.key, spec.event_time.column, *spec.inputs]))
 
 
 def check_columns(columns: list[str], spec: ProblemSpec, batch_id: str) -> None:
@@ -129,7 +131,8 @@ def duplicate_mask(keys: pd.Series, times: pd.Series) -> np.ndarray:
 
 
 def _row_rules(df: pd.DataFrame, spec: ProblemSpec, now: datetime, duplicates: np.ndarray | None,
-               when: pd.Series | None) -> dict[str, tuple[pd.Series, str]]:
+               when: pd.Series | None,
+               coder: TargetCoder | None = None) -> dict[str, tuple[pd.Series, str]]:
     """Each rule as (mask of failing rows, reason). Vectorized: one pass per column."""
     raw_key = df[spec.entity.key]
     key = entity_keys(raw_key, spec)
@@ -149,35 +152,59 @@ def _row_rules(df: pd.DataFrame, spec: ProblemSpec, now: datetime, duplicates: n
                                                  f"{horizon.isoformat()}"),
     }
     for feat in spec.features:
-        col = numeric(df[feat.name])
-        if feat.kind == "categorical":
-            # numpy's isin compares against a small set pass by pass: ~10x pandas' hash isin
-            allowed = np.isin(col.to_numpy(), np.asarray(feat.values or (), dtype="float64"))
-            rules[f"{feat.name}_not_allowed"] = (pd.Series(~allowed, index=col.index),
-                                                 f"{feat.name} not in its allowed values")
-            continue
+        rules.update(feature_rules(df[feat.name], feat))
+    if spec.target.name in df.columns:
+        coder = coder or local_coder(spec, df[spec.target.name])
+        codes = coder.encode(df[spec.target.name])
+        rules["target_invalid"] = (pd.Series(np.isnan(codes), index=df.index),
+                                   f"{spec.target.name} is missing or not {coder.describe()}")
+    return rules
+
+
+def feature_rules(raw: pd.Series, feat: Feature) -> dict[str, tuple[pd.Series, str]]:
+    """The row rules of one feature column, by its kind (masks of failing rows, reasons)."""
+    name, index = feat.name, raw.index
+    if feat.kind == "numeric":
+        col = numeric(raw)
+        finite = np.isfinite(col)
+        bad = ~finite & ~pd.Series(missing(raw), index=index) if feat.nullable else ~finite
         lo = -np.inf if feat.min is None else feat.min
         hi = np.inf if feat.max is None else feat.max
-        rules[f"{feat.name}_not_finite"] = (~np.isfinite(col),
-                                            f"{feat.name} is missing, NaN, inf or not a number")
-        rules[f"{feat.name}_out_of_range"] = (np.isfinite(col) & ((col < lo) | (col > hi)),
-                                              f"{feat.name} outside [{lo}, {hi}]")
-    if spec.target.name in df.columns:
-        target = numeric(df[spec.target.name])
-        rules["target_invalid"] = (~target.isin([0, 1]), f"{spec.target.name} is not 0 or 1")
+        what = "NaN, inf or not a number" if feat.nullable else "missing, NaN, inf or not a number"
+        return {f"{name}_not_finite": (bad, f"{name} is {what}"),
+                f"{name}_out_of_range": (finite & ((col < lo) | (col > hi)),
+                                         f"{name} outside [{lo}, {hi}]")}
+    absent = missing(raw)
+    if feat.kind == "categorical":
+        outside = np.isnan(vocabulary_codes(raw, feat.values or ())) & ~absent
+        if feat.unknown == "other":  # kept, but it must still be a value of the vocabulary's type
+            outside &= pd.isna(category_values(raw, feat.values or (), feat.value_type)).to_numpy()
+        bad = outside | (absent & (not feat.nullable))
+        return {f"{name}_not_allowed": (pd.Series(bad, index=index),
+                                        f"{name} {'' if feat.nullable else 'missing or '}not in "
+                                        "its allowed values")}
+    valid = (parse_bool(raw).notna().to_numpy() if feat.kind == "boolean"
+             else parse_timestamp(raw).notna().to_numpy())
+    what = "a boolean (true/false, 1/0, yes/no)" if feat.kind == "boolean" else \
+        "an ISO 8601 timestamp"
+    rules = {f"{name}_invalid": (pd.Series(~valid & ~absent, index=index),
+                                 f"{name} is not {what}")}
+    if not feat.nullable:
+        rules[f"{name}_missing"] = (pd.Series(absent, index=index), f"{name} is missing")
     return rules
 
 
 def row_violations(df: pd.DataFrame, spec: ProblemSpec, now: datetime, offset: int = 0,
-                   duplicates: np.ndarray | None = None,
-                   when: pd.Series | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+                   duplicates: np.ndarray | None = None, when: pd.Series | None = None,
+                   coder: TargetCoder | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Bad-row mask and violations of one chunk; ``offset`` is the chunk's first row number.
 
     ``duplicates`` is the chunk's slice of a whole-file duplicate mask (None: this chunk only);
-    ``when`` its parsed event times when the caller already has them.
+    ``when`` its parsed event times when the caller already has them; ``coder`` the problem's
+    target coder (None: the spec's declared classes, or those of this chunk).
     """
     frames, bad = [], np.zeros(len(df), dtype=bool)
-    for rule, (mask, reason) in _row_rules(df, spec, now, duplicates, when).items():
+    for rule, (mask, reason) in _row_rules(df, spec, now, duplicates, when, coder).items():
         values = np.asarray(mask)
         failing = values if values.dtype == bool else np.asarray(mask.fillna(True), dtype=bool)
         if failing.any():

@@ -179,8 +179,11 @@ class Prediction(Base):
     batch_id: Mapped[str] = mapped_column(String(64))
     entity_key: Mapped[str] = mapped_column(String(128))
     model_version: Mapped[int] = mapped_column(Integer)
+    # binary: P(positive); multiclass: P(predicted class); regression: the predicted value
     score: Mapped[float] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    label: Mapped[str | None] = mapped_column(String(128))  # multiclass: the predicted class
+    probabilities: Mapped[str | None] = mapped_column(Text)  # multiclass: JSON list per class
 
 
 class DriftReport(Base):
@@ -235,7 +238,8 @@ class GroundTruth(Base):
     problem: Mapped[str] = mapped_column(String(64))
     batch_id: Mapped[str] = mapped_column(String(64))
     entity_key: Mapped[str] = mapped_column(String(128))
-    label: Mapped[int] = mapped_column(Integer)
+    # the target as encoded: binary 0/1, multiclass the class's position, regression the value
+    label: Mapped[float] = mapped_column(Float)
     source_sha256: Mapped[str] = mapped_column(String(64))
     arrived_at: Mapped[datetime] = mapped_column(default=utcnow)
 
@@ -269,3 +273,15 @@ class RetrainLease(Base):
     holder: Mapped[str] = mapped_column(String(256))
     acquired_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+
+
+class TargetClasses(Base):
+    """A classification problem's fixed label list: declared in the spec, or learnt from its
+    first labelled batch. Write-once: the class order is the meaning of every stored code."""
+
+    __tablename__ = "target_classes"
+
+    problem: Mapped[str] = mapped_column(String(64), primary_key=True)
+    classes: Mapped[list[Any]] = mapped_column(JSON)
+    source: Mapped[str] = mapped_column(Text)  # "spec", or "batch <id>" it was learnt from
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -73,7 +73,7 @@ def online(settings, spec, ids: list[int]) -> pd.DataFrame:
 def test_engineer_casts_features_to_feast_dtypes(spec, fx):
     out = engineer(fx.curated[2015], spec)
     assert list(out.columns) == ["id", "event_timestamp", *spec.feature_names]
-    assert out["AGEP"].dtype == "float32"
+    assert out["AGEP"].dtype == "float64"
     assert all(out[c].dtype == "int64" for c in spec.categorical)
 
 

@@ -45,7 +45,7 @@ def test_every_categorical_feature_lists_its_values(spec):
 
 @pytest.mark.parametrize("mutate, needle", [
     (lambda d: d["features"][1].pop("values"), "SCHL"),
-    (lambda d: d["metric"].update(name="f1"), "f1"),
+    (lambda d: d["metric"].update(name="rmse"), "rmse"),
     (lambda d: d["metric"].update(direction="up"), "direction"),
     (lambda d: d.update(owner="someone"), "owner"),
     (lambda d: d["features"][0].update(name="employed"), "must differ"),
