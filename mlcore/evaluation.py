@@ -304,11 +304,13 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersio
 
     ``holdout``: ``batches``, ``rows``, ``hash``, ``method`` of the rows both were judged on.
     """
-    from mlcore.runcard import roc_points, write_run_card
+    from mlcore.runcard import model_curves, write_run_card
 
+    kind = spec.target.kind
+    classes = version_classes(new_mv)
     speed = details.get("throughput") or {}
-    new_metrics = {**compute_metrics(y, p_new), "rows_per_second": speed.get("contender")}
-    old_metrics = None if p_old is None else {**compute_metrics(y, p_old),
+    new_metrics = {**compute_metrics(y, p_new, kind), "rows_per_second": speed.get("contender")}
+    old_metrics = None if p_old is None else {**compute_metrics(y, p_old, kind),
                                               "rows_per_second": speed.get("champion")}
     contender, champ = new_mv.version, None if old_mv is None else old_mv.version
     with session_scope(settings.db_url) as s:
@@ -326,13 +328,14 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersio
             "problem": spec.name, "evaluation_id": row.id,
             "created_at": row.created_at.isoformat(), "outcome": decision.outcome,
             "promote": decision.promote, "reason": decision.reason,
-            "metric": spec.metric.model_dump(),
+            "metric": spec.metric.model_dump(), "target": {"kind": kind, "classes": classes},
             "contender": {"version": contender, "algorithm": new_mv.algorithm,
                           "metrics": new_metrics, "rows_per_second": speed.get("contender"),
-                          "roc": roc_points(y, p_new)},
+                          "curves": model_curves(kind, y, p_new, classes)},
             "champion": None if old_mv is None or p_old is None else {
                 "version": champ, "algorithm": old_mv.algorithm, "metrics": old_metrics,
-                "rows_per_second": speed.get("champion"), "roc": roc_points(y, p_old)},
+                "rows_per_second": speed.get("champion"),
+                "curves": model_curves(kind, y, p_old, classes)},
             "delta": decision.delta,
             "ci": None if decision.ci_low is None else [decision.ci_low, decision.ci_high],
             "confidence": spec.promotion.confidence,
@@ -348,6 +351,15 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersio
     return {**_json(decision.to_dict()), "evaluation_id": eval_id,
             "contender_version": contender, "champion_version": champ,
             "holdout_batches": holdout["batches"], "run_card": str(card.html_path)}
+
+
+def version_classes(mv: ModelVersion) -> list[str]:
+    """The class names a version predicts, from its record (binary before target kinds: 0, 1;
+    regression: none)."""
+    target = (mv.reproducibility or {}).get("target")
+    if target is None:
+        return ["0", "1"]
+    return list(target["classes"])
 
 
 def _json(value: Any) -> Any:

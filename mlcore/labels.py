@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 from pydantic import Field
-from sqlalchemy import Integer, String, bindparam, delete, func, insert, literal, select
+from sqlalchemy import Float, String, bindparam, delete, func, insert, literal, select
 
 from mlcore.batches import BatchConflict, BatchError, check_batch_id, sha256_file
 from mlcore.config import Settings, _RunConfig
@@ -28,7 +28,9 @@ from mlcore.problems import ProblemSpec
 from mlcore.registry import CHALLENGER, CHAMPION, ModelNotFound, alias_holder
 from mlcore.store.models import Batch, GroundTruth, PerformanceReport, Prediction, utcnow
 from mlcore.store.session import session_scope
-from mlcore.validation import entity_keys, numeric
+from mlcore.scoring import stored_outputs
+from mlcore.targets import TargetCoder, learn_coder, local_coder
+from mlcore.validation import entity_keys
 
 _CHUNK = 10_000
 _EXAMPLES = 5
@@ -66,7 +68,7 @@ class LabelsResult:
     rows: int  # labels in the file
     inserted: int
     unchanged: int  # already stored with the same label
-    positives: int
+    positives: int | None  # binary targets only
     batch_labels: int  # labels stored for the batch now
     batch_rows: int
 
@@ -138,12 +140,15 @@ def read_labels(path: Path, spec: ProblemSpec, batch_id: str) -> pd.DataFrame:
                              f"or CSV file ({type(exc).__name__}: {exc})") from exc
 
 
-def clean_labels(raw: pd.DataFrame, spec: ProblemSpec, batch_id: str) -> pd.DataFrame:
-    """Validated labels as (``entity_key`` str, ``label`` int64). Any bad row refuses the file.
+def clean_labels(raw: pd.DataFrame, spec: ProblemSpec, batch_id: str,
+                 coder: TargetCoder | None = None) -> pd.DataFrame:
+    """Validated labels as (``entity_key`` str, ``label`` float64 encoded by ``coder``: binary
+    0/1, multiclass the class's position, regression the value). Any bad row refuses the file.
 
     Raises:
-        LabelsRejected: no rows; a key missing or not of the spec's dtype; a label not 0/1
-            (a missing label is refused, never imputed); a key more than once.
+        LabelsRejected: no rows; a key missing or not of the spec's dtype; a label that is not
+            valid for the target (a missing label is refused, never imputed); a key more than
+            once.
     """
     key_col, target = spec.entity.key, spec.target.name
     if raw.empty:
@@ -153,13 +158,13 @@ def clean_labels(raw: pd.DataFrame, spec: ProblemSpec, batch_id: str) -> pd.Data
         raise LabelsRejected(_refusal(batch_id, f"{int(bad.sum())} rows have {key_col} missing "
                                       f"or not a valid {spec.entity.dtype}; row numbers",
                                       np.flatnonzero(bad)))
-    label = numeric(raw[target])
-    if (bad := ~label.isin([0, 1]).to_numpy()).any():
+    coder = coder or local_coder(spec, raw[target])
+    label = coder.encode(raw[target])
+    if (bad := np.isnan(label)).any():
         raise LabelsRejected(_refusal(batch_id, f"{int(bad.sum())} rows have {target} missing "
-                                      "or not 0/1 (labels are never imputed); row numbers",
-                                      np.flatnonzero(bad)))
-    out = pd.DataFrame({"entity_key": key_strings(keys, spec).to_numpy(),
-                        "label": label.to_numpy().astype("int64")})
+                                      f"or not {coder.describe()} (labels are never imputed); "
+                                      "row numbers", np.flatnonzero(bad)))
+    out = pd.DataFrame({"entity_key": key_strings(keys, spec).to_numpy(), "label": label})
     if (dup := out["entity_key"].duplicated(keep=False).to_numpy()).any():
         repeated = out.loc[dup, "entity_key"].unique()
         raise LabelsRejected(_refusal(batch_id, f"{len(repeated)} keys appear more than once",
@@ -213,7 +218,7 @@ def _store(problem: str, batch_id: str, labels: pd.DataFrame, sha: str,
     return len(keys), int(known.sum()), total
 
 
-def _insert(conn: Any, common: dict[str, Any], keys: list[str], labels: list[int]) -> None:
+def _insert(conn: Any, common: dict[str, Any], keys: list[str], labels: list[float]) -> None:
     """Insert one chunk with Core, not the ORM (whose per-row bookkeeping is 3x slower).
 
     PostgreSQL: one ``INSERT ... SELECT FROM unnest(keys, labels)``; 70k rows in ~0.4 s where
@@ -226,7 +231,7 @@ def _insert(conn: Any, common: dict[str, Any], keys: list[str], labels: list[int
     from sqlalchemy.dialects.postgresql import ARRAY
 
     pairs = func.unnest(bindparam("keys", keys, ARRAY(String)),
-                        bindparam("labels", labels, ARRAY(Integer))
+                        bindparam("labels", labels, ARRAY(Float))
                         ).table_valued("k", "v").render_derived(name="pairs")
     consts = [literal(v, getattr(GroundTruth, c).type).label(c) for c, v in common.items()]
     conn.execute(insert(GroundTruth).from_select([*common, "entity_key", "label"],
@@ -240,7 +245,7 @@ def _counts(s: Any, problem: str, batch_id: str, sha: str | None = None) -> tupl
     if sha is not None:
         query = query.where(GroundTruth.source_sha256 == sha)
     n, positives = s.execute(query).one()
-    return int(n), int(positives)
+    return int(n), int(round(float(positives)))
 
 
 def ingest_labels(spec: ProblemSpec, source: str, batch_id: str,
@@ -266,13 +271,20 @@ def ingest_labels(spec: ProblemSpec, source: str, batch_id: str,
             (seen, positives), (total, _) = (_counts(s, spec.name, batch_id, sha),
                                              _counts(s, spec.name, batch_id))
         if seen:  # this very file was stored before: a no-op
+            positives = positives if spec.target.kind == "binary" else None
             return LabelsResult(spec.name, batch_id, uri, sha, seen, 0, seen, positives, total,
                                 len(batch_keys))
-        labels = clean_labels(read_labels(path, spec, batch_id), spec, batch_id)
+        raw = read_labels(path, spec, batch_id)
+        try:
+            coder = learn_coder(spec, url, raw[spec.target.name], batch_id) if len(raw) else None
+        except ValueError as exc:
+            raise LabelsRejected(f"labels for batch {batch_id!r}: {exc}; nothing stored") from exc
+        labels = clean_labels(raw, spec, batch_id, coder)
         _check_known(labels, batch_keys, batch_id)
         inserted, unchanged, total = _store(spec.name, batch_id, labels, sha, url)
     return LabelsResult(spec.name, batch_id, uri, sha, len(labels), inserted, unchanged,
-                        int(labels["label"].sum()), total, len(batch_keys))
+                        int(round(float(labels["label"].sum())))
+                        if spec.target.kind == "binary" else None, total, len(batch_keys))
 
 
 def role_of(problem: str, version: int, url: str) -> str:
@@ -301,8 +313,9 @@ def joined_labels(spec: ProblemSpec, batch: Batch, version: int, url: str) -> pd
     where = (Prediction.problem == spec.name, Prediction.batch_id == batch.batch_id,
              Prediction.model_version == version)
     with session_scope(url) as s:
-        preds = _frame(s, select(Prediction.entity_key, Prediction.score).where(*where),
-                       ["entity_key", "score"])
+        preds = _frame(s, select(Prediction.entity_key, Prediction.score,
+                                 Prediction.probabilities).where(*where),
+                       ["entity_key", "score", "probabilities"])
         labels = _stored_labels(s, spec.name, batch.batch_id)
     if preds.empty:
         raise NoPredictions(f"batch {batch.batch_id!r} of {spec.name!r}: model version "
@@ -330,13 +343,14 @@ def measure(joined: pd.DataFrame, spec: ProblemSpec, as_of: datetime) -> dict[st
         matured = (joined["event_timestamp"] <= cutoff).to_numpy(dtype=bool)
     labelled = joined["label"].notna().to_numpy()
     used = matured & labelled
-    y = joined["label"].to_numpy()[used].astype("int64")
-    p = joined["score"].to_numpy(dtype="float64")[used]
+    y = joined["label"].to_numpy(dtype="float64")[used]
+    probs = joined["probabilities"].tolist() if "probabilities" in joined else None
+    p = stored_outputs(joined["score"].to_numpy(dtype="float64"), probs)[used]
     n, predicted = int(used.sum()), len(joined)
     value, reason = None, None
     if n < spec.labels.min_rows:
         reason = f"{n} matured labelled rows, fewer than labels.min_rows={spec.labels.min_rows}"
-    elif np.isnan(v := metric(spec.metric.name, y, p)):
+    elif np.isnan(v := metric(spec.metric.name, y, p, spec.target.kind)):
         reason = "metric undefined on the matured labelled rows (a single class or " \
                  "non-finite scores)"
     else:
@@ -348,7 +362,8 @@ def measure(joined: pd.DataFrame, spec: ProblemSpec, as_of: datetime) -> dict[st
                 "unmatured_rows": int((~matured).sum()),
                 "unmatured_labelled_rows": int((labelled & ~matured).sum()),
                 "matured_coverage": n / int(matured.sum()) if matured.any() else 0.0,
-                "positives_share": float(y.mean()) if n else None}}
+                "positives_share": float(y.mean()) if n and spec.target.kind == "binary"
+                else None}}
 
 
 def _record(spec: ProblemSpec, result: PerformanceResult, url: str) -> None:

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import delete, update
 
@@ -67,14 +68,45 @@ class DriftResult:
         return asdict(self)
 
 
-def stattests(spec: ProblemSpec) -> dict[str, Stattest]:
-    """Per-column tests from the spec: normed Wasserstein for numeric features, Jensen-Shannon
-    for categorical ones, and the score (a probability, so numeric) with its own threshold."""
+def prediction_columns(outputs: np.ndarray, classes: list[str]) -> dict[str, np.ndarray]:
+    """A model's outputs as drift columns: ``prediction`` (binary P(positive), regression the
+    value), or one ``prediction:<class>`` probability per class (multiclass)."""
+    if outputs.ndim == 1:
+        return {PREDICTION: outputs}
+    return {f"{PREDICTION}:{c}": outputs[:, i] for i, c in enumerate(classes)}
+
+
+def is_prediction(column: str) -> bool:
+    """A model-output column (see ``prediction_columns``), not a feature."""
+    return column == PREDICTION or column.startswith(f"{PREDICTION}:")
+
+
+def stattests(spec: ProblemSpec, classes: list[str] | None = None) -> dict[str, Stattest]:
+    """Per-column tests from the spec: normed Wasserstein for numeric features (timestamp parts
+    included), Jensen-Shannon for categorical and boolean ones, and the model's outputs
+    (probabilities, or predicted values: numeric) with their own threshold."""
     d = spec.drift
-    tests = {f.name: Stattest("numeric", "wasserstein", d.numeric_threshold) if f.kind == "numeric"
+    tests = {c: Stattest("numeric", "wasserstein", d.numeric_threshold) if k == "numeric"
              else Stattest("categorical", "jensenshannon", d.categorical_threshold)
-             for f in spec.features}
-    return {**tests, PREDICTION: Stattest("numeric", "wasserstein", d.prediction_threshold)}
+             for c, k in spec.column_kinds.items()}
+    outputs = [PREDICTION] if spec.target.kind != "multiclass" or not classes else [
+        f"{PREDICTION}:{c}" for c in classes]
+    return {**tests, **{c: Stattest("numeric", "wasserstein", d.prediction_threshold)
+                        for c in outputs}}
+
+
+def comparable(frame: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
+    """Categorical columns as text (``label_key``; None where missing), so a column compares
+    alike whether it was read from Feast or a curated file, with or without missing values."""
+    from mlcore.columns import label_key
+
+    out = frame.copy()
+    for c in spec.categorical:
+        if c in out.columns:
+            codes, uniques = pd.factorize(out[c], use_na_sentinel=True)
+            table = np.array([label_key(u) for u in uniques] + [None], dtype=object)
+            out[c] = table[codes]
+    return out
 
 
 def _sample(frame: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
@@ -120,11 +152,13 @@ def write_reference_profile(spec: ProblemSpec, train: pd.DataFrame, pipeline: An
         ``{"uri", "sha256", "rows", "columns"}`` for the version's reproducibility record.
     """
     from mlcore.batches import sha256_file
-    from mlcore.evaluation import predict_proba
+    from mlcore.targets import model_target, predict
 
     columns = list(dict.fromkeys([*spec.feature_names, *spec.drift.segments]))
     sample = _sample(train[columns], spec.drift.sample_rows, seed)
-    sample[PREDICTION] = predict_proba(pipeline, sample[spec.feature_names])
+    outputs = predict(pipeline, sample[spec.feature_names])
+    sample = comparable(sample, spec).assign(
+        **prediction_columns(outputs, model_target(pipeline)["classes"]))
     dest = out_dir / "reference.parquet"
     tmp = out_dir / f".reference-{time.time_ns()}.parquet"
     sample.to_parquet(tmp, index=False)
@@ -246,12 +280,24 @@ def _describe(ref: pd.Series, cur: pd.Series, kind: str) -> dict[str, Any]:
 
 
 def _verdict(columns: dict[str, dict[str, Any]], spec: ProblemSpec) -> dict[str, Any]:
-    features = [c for c in columns if c != PREDICTION]
+    features = [c for c in columns if not is_prediction(c)]
     drifted = [c for c in features if columns[c]["drift"]]
     share = len(drifted) / len(features)
     return {"drift_share": share, "drifted_columns": drifted,
             "dataset_drift": share >= spec.drift.drift_share,
-            "prediction_drift": bool(columns.get(PREDICTION, {}).get("drift", False))}
+            "prediction_drift": any(v.get("drift", False) for c, v in columns.items()
+                                    if is_prediction(c))}
+
+
+def _prediction_entry(columns: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Take the output columns out of ``columns``: the one entry, or for one per class the
+    class that moved most, with every class under ``per_class``."""
+    outputs = {c: columns.pop(c) for c in [c for c in columns if is_prediction(c)]}
+    if list(outputs) == [PREDICTION]:
+        return outputs[PREDICTION]
+    top = max(outputs, key=lambda c: outputs[c]["score"])
+    return {**outputs[top], "column": top, "drift": any(v["drift"] for v in outputs.values()),
+            "per_class": {c.split(":", 1)[1]: v for c, v in outputs.items()}}
 
 
 def measure_drift(reference: pd.DataFrame, current: pd.DataFrame, spec: ProblemSpec,
@@ -266,7 +312,8 @@ def measure_drift(reference: pd.DataFrame, current: pd.DataFrame, spec: ProblemS
         score, threshold, drift; the verdict; ``segments`` keyed "<column>=<value>"; row
         counts), and the Evidently snapshots keyed "all" / "<column>=<value>".
     """
-    tests = stattests(spec)
+    classes = [c.split(":", 1)[1] for c in reference.columns if c.startswith(f"{PREDICTION}:")]
+    tests = stattests(spec, classes)
     snapshot, columns = run_drift(reference, current, tests)
     check("all columns")
     for c, t in tests.items():
@@ -286,7 +333,7 @@ def measure_drift(reference: pd.DataFrame, current: pd.DataFrame, spec: ProblemS
                 entry.update(_verdict(cols, spec), scores={c: v["score"] for c, v in cols.items()})
                 check(f"segment {key}")
             segments[key] = entry
-    prediction = columns.pop(PREDICTION)
+    prediction = _prediction_entry(columns)
     details = {"columns": columns, "prediction": prediction, **_verdict(columns, spec),
                "prediction_drift": prediction["drift"], "segments": segments,
                "rows": {"reference": len(reference), "current": len(current)}}
@@ -313,14 +360,15 @@ def _reference(spec: ProblemSpec, mv: ModelVersion, model: Any, settings: Settin
                batch_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The champion's reference profile (SHA-256 checked), or for versions trained before
     profiles existed, its training batches' curated rows scored now."""
-    from mlcore.evaluation import predict_proba
+    from mlcore.targets import model_target, predict
 
     profile = (mv.reproducibility or {}).get("reference_profile")
     if profile is None:
         frames = [read_curated(get_batch(spec.name, b, settings.db_url))
                   for b in mv.training_batch_ids]
         frame = _sample(pd.concat(frames, ignore_index=True), spec.drift.sample_rows)
-        frame[PREDICTION] = predict_proba(model, frame[spec.feature_names])
+        frame = comparable(frame, spec).assign(**prediction_columns(
+            predict(model, frame[spec.feature_names]), model_target(model)["classes"]))
         return frame, {"source": "training_batches", "batches": list(mv.training_batch_ids)}
     path = Path(profile["uri"])
     data = path.read_bytes() if path.is_file() else b""
@@ -345,7 +393,7 @@ def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftR
         DriftCheckFailed: mismatched columns, a bad reference profile, Evidently failing, or the
             budget exceeded (nothing is recorded then).
     """
-    from mlcore.evaluation import predict_proba
+    from mlcore.targets import model_target, predict
 
     budget = _Budget(batch_id, spec.drift.budget_seconds)
     batch = get_batch(spec.name, batch_id, settings.db_url)
@@ -356,12 +404,15 @@ def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftR
     model = load_model(champion, settings)
     reference, source = _reference(spec, champion, model, settings, batch_id)
     current = sample_curated(batch, spec.drift.sample_rows)
-    tests = stattests(spec)
-    check_columns(reference, current, {c: tests[c] for c in spec.feature_names}, batch_id)
+    classes = model_target(model)["classes"]
+    tests = stattests(spec, classes)
+    check_columns(reference, comparable(current, spec),
+                  {c: tests[c] for c in spec.feature_names}, batch_id)
     if reference.empty or current.empty:
         raise DriftCheckFailed(f"batch {batch_id!r}: no rows to compare "
                                f"(reference {len(reference)}, current {len(current)})")
-    current[PREDICTION] = predict_proba(model, current[spec.feature_names])
+    outputs = predict(model, current[spec.feature_names])
+    current = comparable(current, spec).assign(**prediction_columns(outputs, classes))
     check_columns(reference, current, tests, batch_id)
     budget.check("loading and scoring")
     try:

@@ -16,12 +16,13 @@ from sqlalchemy import Table, delete, insert
 from mlcore.config import Settings
 from mlcore.datasets import bucketable_source, point_in_time_features
 from mlcore.evaluation import predict_proba
-from mlcore.features import feature_store, require_materialized
+from mlcore.features import feature_store, missing_features, require_materialized
 from mlcore.ingestion import get_batch, parquet_files, read_curated
 from mlcore.problems import ProblemSpec
 from mlcore.registry import CHALLENGER, ModelNotFound, alias_holder, get_version, load_model
 from mlcore.store.models import Batch, Prediction, utcnow
 from mlcore.store.session import session_scope
+from mlcore.targets import model_target
 
 _CHUNK = 50_000  # predictions per INSERT
 _PREDICT_ROWS = 1_000_000  # rows per predict_proba call
@@ -69,15 +70,46 @@ def score_batch(spec: ProblemSpec, batch_id: str, settings: Settings,
     start = time.perf_counter()
     scores = _predict(model, frame, spec.feature_names)
     rps = len(frame) / max(time.perf_counter() - start, 1e-9)
-    _store(spec.name, batch_id, version, keys, scores, settings.db_url)
+    mean = _store(spec.name, batch_id, version, keys, rows_of(model, scores), settings.db_url)
     shadow_mean = None
     if shadow is not None and shadow != version:
         challenger = load_model(get_version(spec.name, shadow, settings.db_url), settings)
         shadow_scores = _predict(challenger, frame, spec.feature_names)
-        _store(spec.name, batch_id, shadow, keys, shadow_scores, settings.db_url)
-        shadow_mean = float(shadow_scores.mean())
-    return ScoringResult(spec.name, batch_id, version, len(keys), float(scores.mean()), rps,
+        shadow_mean = _store(spec.name, batch_id, shadow, keys, rows_of(challenger, shadow_scores),
+                             settings.db_url)
+    return ScoringResult(spec.name, batch_id, version, len(keys), mean, rps,
                          shadow if shadow_mean is not None else None, shadow_mean)
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Prediction columns as stored: ``score`` always; multiclass also ``label`` (the predicted
+    class) and ``probabilities`` (JSON list in class order)."""
+
+    score: np.ndarray
+    label: list[str] | None = None
+    probabilities: list[str] | None = None
+
+
+def rows_of(model: Any, outputs: np.ndarray) -> _Rows:
+    """What is stored of a model's outputs: binary P(positive), regression the value,
+    multiclass P(predicted class) with the class and every probability."""
+    if outputs.ndim == 1:
+        return _Rows(outputs)
+    names = np.array(model_target(model)["classes"], dtype=object)
+    best = outputs.argmax(axis=1)
+    probs = ["[" + ",".join(map(repr, row)) + "]" for row in outputs.tolist()]
+    return _Rows(outputs[np.arange(len(outputs)), best], names[best].tolist(), probs)
+
+
+def stored_outputs(scores: np.ndarray, probabilities: list[str | None] | None) -> np.ndarray:
+    """Model outputs back from stored rows (the inverse of ``rows_of``): the scores, or for
+    multiclass the (n, k) probability matrix parsed from ``probabilities``."""
+    if probabilities is None or not len(probabilities) or probabilities[0] is None:
+        return np.asarray(scores, dtype="float64")
+    import json
+
+    return np.asarray([json.loads(p) for p in probabilities], dtype="float64")
 
 
 def _keys(col: pd.Series) -> list[str]:
@@ -108,8 +140,8 @@ def _sqlite_text(table: Table, dialect: Any, now: Any) -> Any:
     return process(now) if process is not None else now
 
 
-def _store(problem: str, batch_id: str, version: int, keys: list[str], scores: Any,
-           url: str) -> None:
+def _store(problem: str, batch_id: str, version: int, keys: list[str], rows: _Rows,
+           url: str) -> float:
     """Replace one version's predictions for a batch, in one transaction.
 
     Core inserts of ``_CHUNK`` rows, the constant columns computed once: on SQLite straight to
@@ -120,7 +152,9 @@ def _store(problem: str, batch_id: str, version: int, keys: list[str], scores: A
     default and a DATETIME conversion per row); benchmarks/BENCHMARKS.md, scale curve.
     """
     table = cast(Table, Prediction.__table__)
-    now, values = utcnow(), np.asarray(scores, dtype="float64").tolist()
+    now, values = utcnow(), np.asarray(rows.score, dtype="float64").tolist()
+    extra = {} if rows.label is None else {"label": rows.label,
+                                           "probabilities": rows.probabilities}
     with session_scope(url) as s:
         s.execute(delete(Prediction).where(Prediction.problem == problem,
                                            Prediction.batch_id == batch_id,
@@ -128,18 +162,23 @@ def _store(problem: str, batch_id: str, version: int, keys: list[str], scores: A
         conn = s.connection()
         if conn.dialect.name == "sqlite":
             created = _sqlite_text(table, conn.dialect, now)
+            names = "".join(f", {c}" for c in extra)
             sql = (f"INSERT INTO {table.name} (problem, batch_id, entity_key, model_version, "
-                   "score, created_at) VALUES (?, ?, ?, ?, ?, ?)")
+                   f"score, created_at{names}) VALUES (?, ?, ?, ?, ?, ?{', ?' * len(extra)})")
             for lo in range(0, len(keys), _CHUNK):
                 conn.exec_driver_sql(sql, list(zip(
                     repeat(problem), repeat(batch_id), keys[lo:lo + _CHUNK], repeat(version),
-                    values[lo:lo + _CHUNK], repeat(created))))
-            return
+                    values[lo:lo + _CHUNK], repeat(created),
+                    *(col[lo:lo + _CHUNK] for col in extra.values()))))
+            return float(np.mean(rows.score)) if len(keys) else float("nan")
         for lo in range(0, len(keys), _CHUNK):
             conn.execute(insert(table), [
                 {"problem": problem, "batch_id": batch_id, "entity_key": k,
-                 "model_version": version, "score": v, "created_at": now}
-                for k, v in zip(keys[lo:lo + _CHUNK], values[lo:lo + _CHUNK], strict=True)])
+                 "model_version": version, "score": v, "created_at": now,
+                 **{c: col[lo + i] for c, col in extra.items()}}
+                for i, (k, v) in enumerate(zip(keys[lo:lo + _CHUNK], values[lo:lo + _CHUNK],
+                                               strict=True))])
+    return float(np.mean(rows.score)) if len(keys) else float("nan")
 
 # ---------------------------------------------------------------------------- features of one batch
 #
@@ -205,13 +244,14 @@ def own_partition_features(spec: ProblemSpec, batch: Batch,
     # predict_proba 1.2-2.3x slower at 1M rows (measured: LogisticRegression 5.0 vs 2.2 s).
     parts = [pq.read_table(f, columns=cols).to_pandas() for f in mine]
     offline = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-    if not (_numeric(entity[key]) and all(_numeric(offline[c]) for c in [key, *refs])
+    if not (_numeric(entity[key]) and _numeric(offline[key])
+            and all(offline[c].dtype.kind in "iufbO" for c in refs)
             and entity[key].dtype == offline[key].dtype
             and entity[EVENT_TS].dtype == offline[ts].dtype == "datetime64[ns, UTC]"):
         return None
     if (len(offline) != len(entity) or entity.isna().any().any()
-            or offline.isna().any().any()):
-        return None  # NaN features: Feast's path raises the error
+            or offline[[key, ts]].isna().any().any() or missing_features(offline, spec).any()):
+        return None  # features missing: Feast's path raises the error
     ent_k, ent_t = entity[key].to_numpy(), entity[EVENT_TS].array.asi8
     if not (np.array_equal(ent_k, offline[key].to_numpy())
             and np.array_equal(ent_t, offline[ts].array.asi8)):

@@ -22,6 +22,7 @@ from mlcore.evaluation import check_fair_holdout, judge, record_evaluation
 from mlcore.ingestion import get_batch, read_curated
 from mlcore.problems import ProblemSpec
 from mlcore.registry import CHALLENGER, alias_holder, get_version, move_alias
+from mlcore.scoring import stored_outputs
 from mlcore.store.models import GroundTruth, ModelVersion, Prediction, utcnow
 from mlcore.store.session import session_scope
 
@@ -41,22 +42,23 @@ def evidence(spec: ProblemSpec, settings: Settings, champion: ModelVersion,
     versions = (champion.version, challenger.version)
     with session_scope(url) as s:
         scored = pd.DataFrame(s.execute(select(
-            Prediction.batch_id, Prediction.entity_key, Prediction.model_version, Prediction.score)
+            Prediction.batch_id, Prediction.entity_key, Prediction.model_version, Prediction.score,
+            Prediction.probabilities)
             .where(Prediction.problem == spec.name, Prediction.model_version.in_(versions))).all(),
-            columns=["batch_id", "entity_key", "model_version", "score"])
+            columns=["batch_id", "entity_key", "model_version", "score", "probabilities"])
         labels = pd.DataFrame(s.execute(select(
             GroundTruth.batch_id, GroundTruth.entity_key, GroundTruth.label)
             .where(GroundTruth.problem == spec.name)).all(),
             columns=["batch_id", "entity_key", "label"])
     if scored.empty or labels.empty:
         return pd.DataFrame()
-    wide = scored.pivot_table(index=["batch_id", "entity_key"], columns="model_version",
-                              values="score").dropna()  # scored by both
-    wide.columns = ["p_champion" if v == champion.version else "p_challenger"
-                    for v in wide.columns]
-    if set(wide.columns) != {"p_champion", "p_challenger"}:
+    sides = [scored[scored["model_version"] == v].drop(columns="model_version").rename(
+        columns={"score": f"p_{role}", "probabilities": f"probs_{role}"})
+        for v, role in ((champion.version, "champion"), (challenger.version, "challenger"))]
+    wide = sides[0].merge(sides[1], on=["batch_id", "entity_key"])  # scored by both
+    if wide.empty:
         return pd.DataFrame()
-    rows = wide.reset_index().merge(labels, on=["batch_id", "entity_key"])  # labelled only
+    rows = wide.merge(labels, on=["batch_id", "entity_key"])  # labelled only
     rows = rows[~rows["batch_id"].isin(_seen_batches(champion) | _seen_batches(challenger))]
     parts = []
     for batch_id, part in rows.groupby("batch_id", sort=True):
@@ -91,7 +93,8 @@ def compare_shadow(spec: ProblemSpec, settings: Settings,
                           f"and challenger v{chall}; {spec.labels.min_rows} needed"}
     check_fair_holdout(spec, rows, [champion, challenger], settings)
     y = rows[spec.target.name].to_numpy()
-    p_new, p_old = rows["p_challenger"].to_numpy(), rows["p_champion"].to_numpy()
+    p_new, p_old = (stored_outputs(rows[f"p_{r}"].to_numpy(), rows[f"probs_{r}"].tolist())
+                    for r in ("challenger", "champion"))
     decision, details = judge(spec, rows, p_new, p_old)
     details["split"] = "shadow"
     if decision.promote and not spec.retrain.shadow_promotion:

@@ -209,10 +209,17 @@ def _plain(value: Any) -> Any:
 TARGET_ATTR = "batchloop_target_"  # set on a fitted pipeline: {"kind", "classes"}
 
 
-def mark(model: Any, coder: TargetCoder) -> Any:
+def mark(model: Any, kind: str, classes: list[str]) -> Any:
     """Record on a fitted model what it predicts (kind and class names), for ``predict``."""
-    setattr(model, TARGET_ATTR, {"kind": coder.kind, "classes": coder.class_names})
+    setattr(model, TARGET_ATTR, {"kind": kind, "classes": list(classes)})
     return model
+
+
+def coder_for_codes(kind: str, y: np.ndarray) -> TargetCoder:
+    """A stand-in coder for encoded labels alone (class names are the codes)."""
+    if kind == "multiclass":
+        return TargetCoder(kind, tuple(range(int(np.nanmax(y)) + 1 if len(y) else 2)))
+    return TargetCoder(kind, None)
 
 
 def model_target(model: Any) -> dict[str, Any]:

@@ -19,24 +19,24 @@ import joblib
 import numpy as np
 import pandas as pd
 from sklearn.compose import ColumnTransformer
+from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import OneHotEncoder, OrdinalEncoder, StandardScaler
+from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlcore.batches import sha256_file
 from mlcore.config import Settings, TrainConfig
 from mlcore.datasets import DatasetRef, entity_bucket, load_part, write_dataset
 from mlcore.evaluation import compute_metrics, timed_scores
-from mlcore.problems import ESTIMATORS, Candidate, ProblemSpec, Scalar
+from mlcore.preprocessing import CategoryCodes
+from mlcore.problems import ESTIMATORS, NAN_NATIVE, Candidate, ProblemSpec, Scalar
+from mlcore.targets import TargetCoder, coder_for_codes, mark, model_target, target_coder
 from mlcore.provenance import code_version, lock_hash
 
 # Estimators that refuse sparse input: one-hot output is densified for them only (it stays
 # sparse for linear models, where it is ~6x smaller).
-_DENSE_ONLY = {"sklearn.ensemble.HistGradientBoostingClassifier", "sklearn.naive_bayes.GaussianNB"}
+_DENSE_ONLY = {"sklearn.ensemble.HistGradientBoostingClassifier",
+               "sklearn.ensemble.HistGradientBoostingRegressor", "sklearn.naive_bayes.GaussianNB"}
 _LIBRARIES = ("scikit-learn", "numpy", "pandas", "scipy", "joblib", "pyarrow", "feast")
-
-
-def _categories(spec: ProblemSpec) -> list[list[int]]:
-    return [list(f.values or ()) for f in spec.features if f.kind == "categorical"]
 
 
 def _estimator(path: str) -> Any:
@@ -46,9 +46,46 @@ def _estimator(path: str) -> Any:
     return getattr(importlib.import_module(module), name)()
 
 
+def missing_values_plan(spec: ProblemSpec, candidate: Candidate) -> dict[str, str]:
+    """How each nullable model column's missing values reach the estimator (recorded with the
+    version): passed as NaN to estimators that take it, else a median plus a missing-indicator
+    column (numeric) or an all-zero one-hot / NaN code (categories)."""
+    plan = {}
+    for f in spec.features:
+        if not f.nullable:
+            continue
+        for column in f.model_columns:
+            if spec.column_kinds[column] == "categorical":
+                plan[column] = ("all-zero one-hot" if candidate.preprocessing == "one_hot"
+                                else "missing category code (NaN)")
+            elif candidate.estimator in NAN_NATIVE:
+                plan[column] = "passed as NaN (the estimator handles missing values)"
+            else:
+                plan[column] = "imputed: median, plus a missing-indicator column"
+    return plan
+
+
+def _numeric_prep(spec: ProblemSpec, candidate: Candidate) -> Any:
+    impute = bool(missing_values_plan(spec, candidate)) and any(
+        v.startswith("imputed") for v in missing_values_plan(spec, candidate).values())
+    steps: list[tuple[str, Any]] = []
+    if impute:
+        steps.append(("impute", SimpleImputer(strategy="median", add_indicator=True)))
+    if candidate.preprocessing == "one_hot":
+        steps.append(("scale", StandardScaler()))
+    if not steps:
+        return "passthrough"
+    return steps[0][1] if len(steps) == 1 else Pipeline(steps)
+
+
 def pipeline_for(spec: ProblemSpec, candidate: Candidate, seed: int,
                  overrides: dict[str, Scalar] | None = None) -> Pipeline:
     """An unfitted ``Pipeline(prep, model)`` for one candidate and one point of its search space.
+
+    Categories (strings, ints or bools) become codes of the declared vocabulary first
+    (``CategoryCodes``); ``one_hot`` then one-hot encodes them and scales numerics, ``ordinal``
+    passes the codes on (HistGradientBoosting splits them natively). Nullable numerics are
+    imputed for estimators that cannot take NaN (``missing_values_plan``).
 
     Raises:
         ValueError: a hyperparameter the estimator does not take (named in the message).
@@ -57,18 +94,17 @@ def pipeline_for(spec: ProblemSpec, candidate: Candidate, seed: int,
     params: dict[str, Any] = {**candidate.params, **(overrides or {})}
     if "random_state" in model.get_params():
         params["random_state"] = seed
+    codes = CategoryCodes([spec.vocabulary(c) for c in spec.categorical])
+    num = _numeric_prep(spec, candidate)
     if candidate.preprocessing == "one_hot":
+        sizes = [np.arange(len(spec.vocabulary(c)), dtype="float64") for c in spec.categorical]
         prep = ColumnTransformer([
-            ("num", StandardScaler(), spec.numeric),
-            ("cat", OneHotEncoder(categories=_categories(spec), handle_unknown="ignore"),
-             spec.categorical)],
+            ("num", num, spec.numeric),
+            ("cat", Pipeline([("codes", codes), ("one_hot", OneHotEncoder(
+                categories=sizes, handle_unknown="ignore"))]), spec.categorical)],
             sparse_threshold=0.0 if candidate.estimator in _DENSE_ONLY else 0.3)
     else:
-        # Categories become 0..k-1 codes (unknown -> NaN, treated as missing).
-        prep = ColumnTransformer([
-            ("cat", OrdinalEncoder(categories=_categories(spec), handle_unknown="use_encoded_value",
-                                   unknown_value=np.nan), spec.categorical),
-            ("num", "passthrough", spec.numeric)])
+        prep = ColumnTransformer([("cat", codes, spec.categorical), ("num", num, spec.numeric)])
         if "categorical_features" in model.get_params():  # native categorical splits
             params.setdefault("categorical_features",
                               [True] * len(spec.categorical) + [False] * len(spec.numeric))
@@ -113,14 +149,18 @@ class TrainedModel:
     fit_seconds: float  # the final fit alone
 
 
-def select_and_fit(spec: ProblemSpec, train: pd.DataFrame, cfg: TrainConfig) -> TrainedModel:
+def select_and_fit(spec: ProblemSpec, train: pd.DataFrame, cfg: TrainConfig,
+                   coder: TargetCoder | None = None) -> TrainedModel:
     """Fit every candidate configuration on the fit slice, keep the best on the validation
     slice (a salted entity-hash share), refit it on the whole training part.
 
     With ``cfg.algorithm`` set, only that candidate's grid is tried. A single configuration is
-    fitted once, on everything, with nothing to select.
+    fitted once, on everything, with nothing to select. Each fitted model is marked with what it
+    predicts (``coder``: the problem's classes; default: the codes seen).
     """
     X, y = train[spec.feature_names], train[spec.target.name].to_numpy()
+    coder = coder or coder_for_codes(spec.target.kind, y)
+    kind, classes = spec.target.kind, coder.class_names
     names = sorted(spec.algorithms) if cfg.algorithm == "auto" else [cfg.algorithm]
     configs = [(n, o) for n in names for o in search_space(build_candidate(spec, n))]
     scores: dict[str, dict[str, float]] = {}
@@ -132,13 +172,14 @@ def select_and_fit(spec: ProblemSpec, train: pd.DataFrame, cfg: TrainConfig) -> 
         best_score = -np.inf
         for name, overrides in configs:
             model = build_pipeline(spec, name, cfg.random_state, overrides)
-            metrics = compute_metrics(y[val], timed_scores(model.fit(X[~val], y[~val]),
-                                                           X[val], repeats=1)[0])
+            fitted = mark(model.fit(X[~val], y[~val]), kind, classes)
+            metrics = compute_metrics(y[val], timed_scores(fitted, X[val], repeats=1)[0], kind)
             scores[_label(name, overrides)] = metrics
             if sign * metrics[spec.metric.name] > best_score:  # NaN never wins
                 best, best_score = (name, overrides), sign * metrics[spec.metric.name]
     start = time.perf_counter()
-    final = build_pipeline(spec, best[0], cfg.random_state, best[1]).fit(X, y)
+    final = mark(build_pipeline(spec, best[0], cfg.random_state, best[1]).fit(X, y), kind,
+                 classes)
     return TrainedModel(final, best[0], best[1], scores, time.perf_counter() - start)
 
 
@@ -192,7 +233,10 @@ def reproducibility_record(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainCon
     config = {"estimator": candidate.estimator, "preprocessing": candidate.preprocessing,
               "params": {**candidate.params, **trained.overrides}, "seed": cfg.random_state,
               "validation_fraction": cfg.validation_fraction, "algorithm_param": cfg.algorithm,
-              "max_train_rows": cfg.max_train_rows, "spec_hash": spec_hash(spec)}
+              "max_train_rows": cfg.max_train_rows, "spec_hash": spec_hash(spec),
+              "target": {"kind": spec.target.kind,
+                         "classes": model_target(trained.pipeline)["classes"]},
+              "missing_values": missing_values_plan(spec, candidate)}
     return {
         **config,
         "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest(),
@@ -242,7 +286,7 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
     if len(train) > cfg.max_train_rows:
         train = train.sample(cfg.max_train_rows, random_state=cfg.random_state)
         sampled = cfg.max_train_rows
-    trained = select_and_fit(spec, train, cfg)
+    trained = select_and_fit(spec, train, cfg, target_coder(spec, settings.db_url))
     holdout = load_part(dataset.holdout_uri, dataset.holdout_hash)
     scores, rps = timed_scores(trained.pipeline, holdout[spec.feature_names])
     hashes = {b.batch_id: b.sha256 for b in published_batches(spec.name, settings.db_url)}
@@ -333,6 +377,8 @@ def reproduce_version(spec: ProblemSpec, version: int, settings: Settings) -> Re
                               params=rec["params"])
         model = pipeline_for(spec, candidate, rec["seed"]).fit(
             train[spec.feature_names], train[spec.target.name].to_numpy())
+        target = rec.get("target", {"kind": "binary", "classes": ["0", "1"]})
+        mark(model, target["kind"], target["classes"])
         X = pd.read_parquet(rebuilt.holdout_uri)[spec.feature_names]
         again = timed_scores(model, X, repeats=1)[0]
         registered = timed_scores(load_model(mv, settings), X, repeats=1)[0]

@@ -217,9 +217,9 @@ def test_nan_scores_never_promote_and_say_why(spec):
     broken[5] = np.nan
     d, _ = judge(variant(spec, min_metric=0.0), frame(y), broken, poor)
     assert d.outcome == REJECT_FLOOR and not d.promote and "NaN" in d.reason
-    assert compute_metrics(y, broken) == {"roc_auc": pytest.approx(np.nan, nan_ok=True),
-                                          "accuracy": pytest.approx(np.nan, nan_ok=True),
-                                          "log_loss": pytest.approx(np.nan, nan_ok=True)}
+    got = compute_metrics(y, broken)
+    assert set(got) == {"roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "f1"}
+    assert all(np.isnan(v) for v in got.values())
     d, _ = judge(variant(spec, min_metric=0.0), frame(y), good, broken)
     assert d.outcome == REJECT_GUARDRAIL and "NaN" in d.reason
 

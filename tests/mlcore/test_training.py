@@ -65,8 +65,9 @@ def test_preprocessing_is_a_column_transformer_per_spec_choice(spec):
     lr = build_pipeline(spec, "logistic_regression").named_steps["prep"]
     hgb = build_pipeline(spec, "hist_gradient_boosting").named_steps["prep"]
     assert [t[0] for t in lr.transformers] == ["num", "cat"]
-    assert type(lr.transformers[1][1]).__name__ == "OneHotEncoder"
-    assert type(hgb.transformers[0][1]).__name__ == "OrdinalEncoder"
+    assert [type(step).__name__ for _, step in lr.transformers[1][1].steps] == [
+        "CategoryCodes", "OneHotEncoder"]
+    assert type(hgb.transformers[0][1]).__name__ == "CategoryCodes"
 
 
 def test_search_space_is_the_grid_of_the_candidate(spec):
@@ -123,7 +124,7 @@ def test_auto_fits_every_candidate_and_keeps_the_best(fast, curated, metric, dir
 
     assert set(trained.validation) == {"logistic_regression", "hist_gradient_boosting"}
     for scores in trained.validation.values():
-        assert set(scores) == {"roc_auc", "accuracy", "log_loss"}
+        assert set(scores) == {"roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "f1"}
         assert 0.5 < scores["roc_auc"] <= 1.0
     pick = min if direction == "minimize" else max
     assert trained.algorithm == pick(trained.validation,
@@ -248,7 +249,21 @@ def test_reproduce_refuses_a_version_without_a_record_or_with_changed_features(s
         reproduce_version(changed, loop.contender.version, loop.settings)
 
 
-@pytest.mark.parametrize("estimator", sorted(__import__("mlcore.problems").problems.ESTIMATORS))
+@pytest.mark.parametrize("estimator", sorted(__import__("mlcore.problems").problems.REGRESSORS))
+def test_every_library_regressor_fits_and_predicts_values(spec, curated, estimator):
+    small = curated.head(300)
+    for prep in ("one_hot", "ordinal"):
+        lib = variant(spec, target={"name": "employed", "kind": "regression"}, metric={},
+                      algorithms={"m": {"estimator": estimator, "preprocessing": prep}})
+        assert lib.metric.name == "rmse" and lib.direction == "minimize"
+        pipe = build_pipeline(lib, "m", seed=1).fit(small[spec.feature_names],
+                                                   small["employed"].astype(float))
+        values = pipe.predict(curated.tail(50)[spec.feature_names])
+        assert values.shape == (50,) and np.isfinite(values).all()
+
+
+@pytest.mark.parametrize("estimator",
+                         sorted(__import__("mlcore.problems").problems.CLASSIFIERS))
 def test_every_library_estimator_fits_and_gives_probabilities(spec, curated, estimator):
     small = curated.head(300)
     params = {"SGDClassifier": {"loss": "log_loss"}, "LogisticRegression": {"max_iter": 2000}
