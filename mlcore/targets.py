@@ -137,17 +137,25 @@ def target_coder(spec: ProblemSpec, url: str) -> TargetCoder:
 
 
 def learnt_classes(spec: ProblemSpec, labels: pd.Series) -> list[Any]:
-    """The distinct non-missing labels of a column, sorted by their text."""
+    """The distinct non-missing labels of a column, sorted by their text. For a binary target:
+    the positive label and the most frequent other one (a stray third label is then a bad row,
+    not a class)."""
     from mlcore.columns import missing
 
     values = labels[~missing(labels)]
+    counts = values.astype(object).map(label_key).value_counts()
     by_key = {label_key(v): _plain(v) for v in pd.unique(values.to_numpy(dtype=object))}
+    if spec.target.kind == "binary":
+        positive = label_key(spec.target.positive)
+        others = [k for k in counts.index if k != positive]
+        keep = ([positive] if positive in by_key else []) + others[:1]
+        by_key = {k: by_key[k] for k in keep}
     return [by_key[k] for k in sorted(by_key)]
 
 
 def local_coder(spec: ProblemSpec, labels: pd.Series) -> TargetCoder:
     """The declared coder, or one learnt from ``labels`` alone (nothing stored): for checks of
-    an in-memory frame. A binary target whose labels are not two including ``positive`` gets
+    an in-memory frame. A binary target whose labels lack ``positive`` or any other label gets
     a coder that accepts the positive label alone (the others are bad rows)."""
     coder = _declared(spec)
     if coder is not None:

@@ -1,7 +1,11 @@
-"""The demo: the whole model loop through Airflow over the four yearly ACS batches.
+"""The demo: the whole model loop through Airflow, batch after batch of a problem's data.
 
-2015: ingest -> features -> first model. Each later year: ingest -> features -> score with the
-champion -> drift -> retrain -> contender vs champion -> promote or keep. Run via ``make demo``.
+First batch: ingest -> features -> first model. Each later batch: ingest -> features -> score with
+the champion -> drift -> labels -> retrain policy -> contender vs champion -> promote or keep.
+
+``make demo`` runs the census family over its four yearly batches, then the multiclass and
+regression families briefly (their first ``BRIEF_BATCHES`` batches); ``make demo
+PROBLEM=<name>`` runs one family over all of its batches (``scripts/demo.py <name>``).
 """
 
 from __future__ import annotations
@@ -15,6 +19,10 @@ from typing import TextIO
 from batchloop_airflow.runner import run_dag
 
 ROOT = Path(__file__).resolve().parents[1]
+# problem -> its folder under data/ (one file per batch; the batch ID is the name's last part)
+DATASETS = {"census_employment": "census_ma_employment",
+            "credit_card_segment": "credit_card_segment", "used_car_price": "used_car_price"}
+BRIEF_BATCHES = 3
 
 
 def console_with_logs_to(path: Path) -> TextIO:
@@ -27,18 +35,16 @@ def console_with_logs_to(path: Path) -> TextIO:
     return console
 
 
-def run_year(problem: str, year: int, source: Path, first: bool, out: TextIO) -> None:
-    """One yearly batch through the loop. After the first year, retraining happens only when the
-    retrain policy filed a request (schedule, drift, performance drop, new data)."""
+def run_batch(problem: str, batch: str, source: Path, first: bool, out: TextIO) -> None:
+    """One batch through the loop. After the first, retraining happens only when the retrain
+    policy filed a request (schedule, drift, performance drop, new data)."""
     from mlcore.config import get_settings
     from mlcore.policy import pending_requests
-
-    batch = str(year)
 
     def run(stage: str, conf: dict) -> None:
         start = time.perf_counter()
         result = run_dag(f"{problem}__{stage}", conf)
-        print(f"  {year} {stage:<22} {result['state']:<8} {time.perf_counter() - start:6.1f} s"
+        print(f"  {batch} {stage:<22} {result['state']:<8} {time.perf_counter() - start:6.1f} s"
               f"  run {result['run_id']}", file=out)
 
     run("ingest_batch", {"batch_id": batch, "source": str(source)})
@@ -48,7 +54,7 @@ def run_year(problem: str, year: int, source: Path, first: bool, out: TextIO) ->
         return
     run("score_batch", {"batch_id": batch})
     run("monitor_model", {"batch_id": batch})
-    # the year's outcomes (the same yearly file carries them) arrive after scoring
+    # the batch's outcomes (the same file carries them) arrive after scoring
     run("ingest_labels", {"batch_id": batch, "source": str(source)})
     for request in pending_requests(problem, get_settings().db_url):
         print(f"       retrain request #{request['id']} ({', '.join(request['triggers'])}): "
@@ -57,7 +63,24 @@ def run_year(problem: str, year: int, source: Path, first: bool, out: TextIO) ->
                               "reason": f"request #{request['id']}: {request['reason']}"[:500]})
 
 
-def main(problem: str = "census_employment") -> int:
+def batch_files(problem: str) -> list[tuple[str, Path]]:
+    """(batch ID, file) of each batch of the problem's demo data, oldest first."""
+    files = sorted((ROOT / "data" / DATASETS[problem]).glob("*.parquet"))
+    return [(f.stem.rsplit("_", 1)[-1], f) for f in files]
+
+
+def run_problem(problem: str, limit: int | None, out: TextIO) -> float:
+    """The loop over the problem's batches (the first ``limit``); the Airflow seconds spent."""
+    started = time.perf_counter()
+    print(f"\n== {problem}", file=out)
+    for i, (batch, path) in enumerate(batch_files(problem)[:limit]):
+        run_batch(problem, batch, path, i == 0, out)
+    return time.perf_counter() - started
+
+
+def report(problem: str, brief: bool, out: TextIO) -> None:
+    """The summary (the whole one, or the decisions only), the monitoring page, and a check
+    that the champion can be rebuilt from its record."""
     from mlcore.config import get_settings
     from mlcore.monitoring_page import write_monitoring_page
     from mlcore.problems import get_problem
@@ -65,24 +88,14 @@ def main(problem: str = "census_employment") -> int:
     from mlcore.reporting import format_summary, summary
     from mlcore.training import reproduce_version
 
-    data = ROOT / "data" / "census_ma_employment"
-    files = sorted(data.glob("employment_*.parquet"))
-    log = Path(os.environ.get("AIRFLOW_HOME", ".airflow")) / "demo.log"
-    out = console_with_logs_to(log)
-    print(f"Running the loop through Airflow (dag.test); task logs: {log}", file=out)
-    started = time.perf_counter()
-    try:
-        for i, path in enumerate(files):
-            run_year(problem, int(path.stem.split("_")[-1]), path, i == 0, out)
-    except Exception as exc:
-        print(f"\nDEMO FAILED: {exc}\nSee the task logs in {log}", file=out)
-        return 1
-    airflow_seconds = time.perf_counter() - started
     settings = get_settings()
-    print(f"\n{format_summary(summary(problem, settings))}", file=out)
+    text = format_summary(summary(problem, settings))
+    if brief:  # the decisions and the champion are what the other families show
+        text = "\n".join(line for line in text.splitlines()
+                         if line.startswith(("== ", "Champion", "Decisions", "  holdout")))
+    print(f"\n{text}", file=out)
     page = write_monitoring_page(problem, settings)
-    print(f"\nMonitoring page: {page.path}", file=out)
-    print(f"\nDemo wall time (Airflow runs): {airflow_seconds:.0f} s", file=out)
+    print(f"Monitoring page: {page.path}", file=out)
     champion = alias_holder(problem, settings.db_url)
     if champion is not None:  # the champion can be rebuilt from its record, bit for bit
         check = reproduce_version(get_problem(problem, settings.problems_dir), champion, settings)
@@ -90,6 +103,28 @@ def main(problem: str = "census_employment") -> int:
               f"(training set rebuilt from its batches, refitted, {check.rows} holdout "
               f"predictions identical: {check.predictions_identical}) in {check.seconds:.1f} s",
               file=out)
+
+
+def main(problem: str = "") -> int:
+    log = Path(os.environ.get("AIRFLOW_HOME", ".airflow")) / "demo.log"
+    out = console_with_logs_to(log)
+    print(f"Running the loop through Airflow (dag.test); task logs: {log}", file=out)
+    plan = ([(problem, None, False)] if problem else
+            [("census_employment", None, False), ("credit_card_segment", BRIEF_BATCHES, True),
+             ("used_car_price", BRIEF_BATCHES, True)])
+    if problem and problem not in DATASETS:
+        print(f"unknown demo problem {problem!r} (demo data for: {', '.join(DATASETS)})",
+              file=out)
+        return 2
+    airflow_seconds = 0.0
+    for name, limit, brief in plan:
+        try:
+            airflow_seconds += run_problem(name, limit, out)
+        except Exception as exc:
+            print(f"\nDEMO FAILED: {exc}\nSee the task logs in {log}", file=out)
+            return 1
+        report(name, brief, out)
+    print(f"\nDemo wall time (Airflow runs): {airflow_seconds:.0f} s", file=out)
     print("See the runs in the Airflow UI: make up, then http://127.0.0.1:8080", file=out)
     return 0
 

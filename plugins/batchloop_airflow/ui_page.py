@@ -114,7 +114,8 @@ def problem_data(spec: Any, settings: Any) -> dict[str, Any]:
     data = summary(spec.name, settings)
     data["lineage"] = [model_lineage(spec.name, m["version"], settings.db_url)
                        for m in data["models"][:MAX_LINEAGE]]
-    data["spec"] = {"description": spec.description, "metric": spec.metric.name}
+    data["spec"] = {"description": spec.description, "metric": spec.metric.name,
+                    "direction": spec.metric.direction, "target": spec.target.kind}
     data["monitoring_exists"] = (
         settings.partition("reports", spec.name) / "monitoring.html").is_file()
     return data
@@ -157,11 +158,14 @@ def render_problem(d: dict[str, Any], home: Path) -> str:
                   '<span class="muted">Monitoring page not written yet</span>')
     head = (f'<p><a href="../">All problems</a> · {monitoring}</p>'
             f"<h1>Batchloop: {esc(p)}</h1><p>{esc(d['spec']['description'])}</p>"
+            f"<p class=\"muted\">{esc(d['spec'].get('target', 'binary'))} target; primary "
+            f"metric {esc(metric)} ({esc(d['spec'].get('direction', 'maximize'))})</p>"
             f'<div class="cards">{card("champion")}{card("challenger")}</div>')
 
     def best_validation(m: dict[str, Any]) -> float | None:
         scores = [v.get(metric) for v in (m["metrics"].get("validation") or {}).values()]
-        return max((s for s in scores if s is not None), default=None)
+        best = min if d["spec"].get("direction") == "minimize" else max
+        return best((s for s in scores if s is not None), default=None)
 
     models = [[f"v{m['version']}", "".join(f'<span class="tag">{esc(a)}</span>'
                                            for a in m["aliases"]),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -17,11 +18,18 @@ from mlcore.registry import register_version
 from mlcore.store.models import Batch, Materialization, Prediction
 from mlcore.store.session import session_scope, upgrade
 
+ROOT = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture
 def cli(tmp_path, monkeypatch, capsys):
     """``main`` over a temporary home and database; returns (exit code, stdout, stderr)."""
     url = f"sqlite:///{tmp_path / 'cli.db'}"
+    problems = tmp_path / "problems"  # one spec: commands may leave out --problem
+    problems.mkdir()
+    (problems / "census_employment.yaml").write_text(
+        (ROOT / "problems" / "census_employment.yaml").read_text())
+    monkeypatch.setenv("MLCORE_PROBLEMS_DIR", str(problems))
     monkeypatch.setenv("MLCORE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("MLCORE_DATABASE_URL", url)
     get_settings.cache_clear()
