@@ -1,9 +1,13 @@
 """Run card: the one self-contained HTML page (plus its JSON) a reviewer reads before a promotion.
 
-The page has three inline SVG plots (ROC curves, the primary-metric delta with its CI, per-slice
-deltas against their allowed drop) and tables of every number the decision used. It needs no
-JavaScript and no network, so it renders offline. Deltas are oriented so that positive means
-"contender is better"; a slice fails when its delta falls below ``-bound``.
+The page shows what fits the target kind, for the contender and the champion: ``binary`` ROC and
+precision-recall curves; ``multiclass`` a confusion matrix and per-class metrics; ``regression``
+predicted against actual and the residual histogram. Then the primary-metric delta with its CI,
+per-slice deltas against their allowed drop, and tables of every number the decision used. Plots
+are inline SVG; the page needs no JavaScript and no network, so it renders offline. Deltas are
+oriented so that positive means "contender is better"; a slice fails when its delta falls below
+``-bound``. A card without ``target`` (written before target kinds) is binary, and its models may
+carry ``roc`` instead of ``curves``.
 
 The page helpers (text and escaping, tables, SVG figures, atomic writes, CSS) are shared with
 ``mlcore.monitoring_page``.
@@ -19,12 +23,17 @@ import os
 import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 MAX_BYTES = 1_000_000
+MAX_CLASSES = 30  # confusion matrix and per-class rows: the most frequent classes, rest "other"
+MAX_SCATTER = 500  # regression: rows in the predicted-against-actual sample
+RESIDUAL_BINS = 30
+ROLES = ("contender", "champion")
 SLICE_KEYS = ("column", "value", "rows", "contender", "champion", "delta", "bound", "ok", "note")
 THROUGHPUT_KEYS = ("contender", "champion", "ratio", "max_drop", "ok")
 COLORS = {"contender": "#1f77b4", "champion": "#7f7f7f", "ok": "#4c72b0", "fail": "#c44e52",
@@ -46,6 +55,27 @@ class RunCard:
     bytes: int
 
 
+def _rounded(values: np.ndarray, digits: int = 5) -> list[float]:
+    """Values as Python floats rounded to ``digits`` decimals (probabilities, rates)."""
+    return [round(float(v), digits) for v in values]
+
+
+def _significant(values: np.ndarray, digits: int = 6) -> list[float]:
+    """Values as Python floats to ``digits`` significant digits (regression values, any scale)."""
+    return [float(f"{float(v):.{digits}g}") for v in values]
+
+
+def _spread(size: int, max_points: int) -> np.ndarray:
+    """At most ``max_points`` indices evenly spread over ``range(size)``, both ends kept."""
+    return np.unique(np.linspace(0, size - 1, min(max_points, size)).round().astype(int))
+
+
+def _usable(y: np.ndarray, p: np.ndarray) -> bool:
+    """Whether labels and outputs are non-empty, finite and of matching length."""
+    return (y.size > 0 and p.shape[:1] == y.shape and bool(np.all(np.isfinite(y)))
+            and bool(np.all(np.isfinite(p))))
+
+
 def roc_points(y: np.ndarray, p: np.ndarray, max_points: int = 200) -> dict[str, list[float]]:
     """ROC curve of scores ``p`` against labels ``y``, downsampled for plotting.
 
@@ -55,20 +85,143 @@ def roc_points(y: np.ndarray, p: np.ndarray, max_points: int = 200) -> dict[str,
         max_points: Most points returned (at least 2); the ends (0,0) and (1,1) are always kept.
 
     Returns:
-        ``{"fpr": [...], "tpr": [...]}`` rounded to 5 decimals; both empty if ``p`` has a
-        non-finite value or ``y`` has a single class.
+        ``{"fpr": [...], "tpr": [...]}`` rounded to 5 decimals; both empty if ``y`` or ``p`` has
+        a non-finite value or ``y`` has a single class.
     """
     from sklearn.metrics import roc_curve
 
     if max_points < 2:
         raise ValueError(f"max_points must be >= 2, got {max_points}")
-    y, p = np.asarray(y), np.asarray(p, dtype=float)
-    if p.size == 0 or not np.all(np.isfinite(p)) or np.unique(y).size < 2:
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if p.ndim != 1 or not _usable(y, p) or np.unique(y).size < 2:
         return {"fpr": [], "tpr": []}
     fpr, tpr, _ = roc_curve(y, p)
-    keep = np.unique(np.linspace(0, fpr.size - 1, min(max_points, fpr.size)).round().astype(int))
-    return {"fpr": [round(float(v), 5) for v in fpr[keep]],
-            "tpr": [round(float(v), 5) for v in tpr[keep]]}
+    keep = _spread(fpr.size, max_points)
+    return {"fpr": _rounded(fpr[keep]), "tpr": _rounded(tpr[keep])}
+
+
+def pr_points(y: np.ndarray, p: np.ndarray, max_points: int = 200) -> dict[str, Any]:
+    """Precision-recall curve of scores ``p`` against binary labels ``y``, downsampled.
+
+    Returns:
+        ``{"recall": [...], "precision": [...], "prevalence": float}``: points in order of
+        increasing recall from (0, 1) (sklearn's convention) to the lowest threshold, 5
+        decimals; ``prevalence`` (the share of positives) is the no-skill line. Empty lists and
+        a None prevalence on non-finite values or a single class.
+    """
+    from sklearn.metrics import precision_recall_curve
+
+    if max_points < 2:
+        raise ValueError(f"max_points must be >= 2, got {max_points}")
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if p.ndim != 1 or not _usable(y, p) or np.unique(y).size < 2:
+        return {"recall": [], "precision": [], "prevalence": None}
+    precision, recall, _ = precision_recall_curve(y, p)
+    precision, recall = precision[::-1], recall[::-1]
+    keep = _spread(recall.size, max_points)
+    return {"recall": _rounded(recall[keep]), "precision": _rounded(precision[keep]),
+            "prevalence": round(float(np.mean(y == 1)), 5)}
+
+
+def _shown_classes(support: np.ndarray) -> np.ndarray:
+    """Class indices the card lists one by one: all, or the ``MAX_CLASSES - 1`` most frequent
+    (ties by class order), in class order."""
+    if support.size <= MAX_CLASSES:
+        return np.arange(support.size)
+    return np.sort(np.argsort(-support, kind="stable")[:MAX_CLASSES - 1])
+
+
+def _class_row(name: str, tp: float, support: float, predicted: float,
+               auc: float) -> dict[str, Any]:
+    """Per-class precision, recall, F1, support and one-vs-rest ROC AUC (None if undefined)."""
+    def ratio(num_: float, den: float) -> float | None:
+        return round(float(num_ / den), 5) if den > 0 else None
+    return {"class": name, "precision": ratio(tp, predicted), "recall": ratio(tp, support),
+            "f1": ratio(2 * tp, support + predicted), "support": int(support),
+            "roc_auc": round(float(auc), 5) if math.isfinite(auc) else None}
+
+
+def _multiclass_curves(y: np.ndarray, p: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """Confusion matrix (rows actual, columns argmax prediction; classes beyond ``MAX_CLASSES``
+    summed into "other") and per-class metrics of the listed classes."""
+    from mlcore.metrics import ranked, weighted_auc
+
+    empty: dict[str, Any] = {"labels": [], "confusion": [], "per_class": [], "omitted": 0}
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if p.ndim != 2 or p.shape[1] < 1 or not _usable(y, p):
+        return empty
+    k, yi = p.shape[1], y.astype(np.int64)
+    if np.any(yi != y) or yi.min() < 0 or yi.max() >= k:
+        return empty
+    names = [str(c) for c in classes] if len(classes) == k else [str(i) for i in range(k)]
+    pred = np.argmax(p, axis=1)
+    support, predicted = np.bincount(yi, minlength=k), np.bincount(pred, minlength=k)
+    tp = np.bincount(yi[yi == pred], minlength=k)
+    shown = _shown_classes(support)
+    group = np.full(k, shown.size)
+    group[shown] = np.arange(shown.size)
+    g = shown.size + int(shown.size < k)
+    confusion = np.bincount(group[yi] * g + group[pred], minlength=g * g).reshape(g, g)
+    ones = np.ones(y.size)
+    rows = [_class_row(names[c], tp[c], support[c], predicted[c],
+                       weighted_auc(ranked((yi == c).astype(float), p[:, c]), ones))
+            for c in shown]
+    labels = [names[c] for c in shown] + [f"other ({k - shown.size} classes)"] * (g > shown.size)
+    return {"labels": labels, "confusion": confusion.tolist(), "per_class": rows,
+            "omitted": k - int(shown.size)}
+
+
+def _residual_histogram(residuals: np.ndarray) -> dict[str, Any]:
+    """Histogram of the residuals over their range, cut at a quarter of the 0.5-99.5% range
+    beyond it on either side so that far outliers do not squash the plot: the ``clipped`` rows
+    beyond the cut are counted in the end bins."""
+    lo, hi = np.quantile(residuals, [0.005, 0.995])
+    lo, hi = (max(residuals.min(), lo - (hi - lo) / 4), min(residuals.max(), hi + (hi - lo) / 4))
+    clipped = int(np.count_nonzero((residuals < lo) | (residuals > hi)))
+    counts, edges = np.histogram(np.clip(residuals, lo, hi), bins=RESIDUAL_BINS)
+    return {"edges": _significant(edges, 7), "counts": counts.tolist(), "clipped": clipped}
+
+
+def _regression_curves(y: np.ndarray, p: np.ndarray) -> dict[str, Any]:
+    """A deterministic sample of (actual, predicted) pairs (the same rows for every model of a
+    holdout) and the histogram of all residuals (actual - predicted)."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    if p.ndim != 1 or not _usable(y, p):
+        return {"scatter": {"actual": [], "predicted": []},
+                "residuals": {"edges": [], "counts": [], "clipped": 0}}
+    rows = np.arange(y.size)
+    if y.size > MAX_SCATTER:
+        rows = np.sort(np.random.default_rng(0).choice(y.size, MAX_SCATTER, replace=False))
+    return {"scatter": {"actual": _significant(y[rows]), "predicted": _significant(p[rows])},
+            "residuals": _residual_histogram(y - p)}
+
+
+def model_curves(kind: str, y: np.ndarray, p: np.ndarray, classes: list[str]) -> dict[str, Any]:
+    """The JSON-able plot data of one model's outputs ``p`` on encoded labels ``y``.
+
+    Args:
+        kind: ``binary``, ``multiclass`` or ``regression`` (encodings as in ``mlcore.targets``).
+        y: Encoded labels (binary 0/1, multiclass class index, regression value).
+        p: Outputs: P(positive) (n,); class probabilities (n, k); predicted values (n,).
+        classes: Class names in code order (labels of the multiclass tables; else unused).
+
+    Returns:
+        binary ``{"roc": roc_points, "pr": pr_points}``; multiclass ``{"labels", "confusion",
+        "per_class", "omitted"}`` (rows/columns named by ``labels``; per-class ``class``,
+        ``precision``, ``recall``, ``f1``, ``support``, ``roc_auc``); regression ``{"scatter":
+        {"actual", "predicted"}, "residuals": {"edges", "counts", "clipped"}}``. Values are
+        rounded; non-finite inputs give empty lists.
+
+    Raises:
+        ValueError: an unknown ``kind``.
+    """
+    if kind == "binary":
+        return {"roc": roc_points(y, p), "pr": pr_points(y, p)}
+    if kind == "multiclass":
+        return _multiclass_curves(y, p, classes)
+    if kind == "regression":
+        return _regression_curves(y, p)
+    raise ValueError(f"unknown target kind {kind!r}")
 
 
 def jsonable(value: Any) -> Any:
@@ -144,16 +297,34 @@ def message(ax: Any, text: str) -> None:
     ax.figure.set_size_inches(6.4, 0.5)
 
 
+def card_kind(card: dict[str, Any]) -> str:
+    """The card's target kind (``binary`` for cards written before target kinds)."""
+    return str((card.get("target") or {}).get("kind") or "binary")
+
+
+def _curves(model: dict[str, Any] | None) -> dict[str, Any]:
+    """A model's plot data: ``curves``, or the ``roc`` entry of a card before target kinds."""
+    model = model or {}
+    if model.get("curves") is None and model.get("roc") is not None:
+        return {"roc": model["roc"]}
+    return model.get("curves") or {}
+
+
+def _label(role: str, model: dict[str, Any]) -> str:
+    """``contender v3 (hist_gradient_boosting)``: how plots and headings name a model."""
+    return f"{role} v{model.get('version')} ({model.get('algorithm')})"
+
+
 def _plot_roc(ax: Any, card: dict[str, Any]) -> None:
     """ROC curves of the contender and (when present) the champion, with the chance diagonal."""
     drawn = 0
-    for role in ("contender", "champion"):
+    for role in ROLES:
         model = card.get(role) or {}
-        roc = model.get("roc") or {}
+        roc = _curves(model).get("roc") or {}
         if roc.get("fpr"):
             auc = as_text((model.get("metrics") or {}).get("roc_auc"))
-            ax.plot(roc["fpr"], roc["tpr"], color=COLORS[role], label=tex_safe(
-                f"{role} v{model.get('version')} ({model.get('algorithm')}), AUC {auc}"))
+            ax.plot(roc["fpr"], roc["tpr"], color=COLORS[role],
+                    label=tex_safe(f"{_label(role, model)}, AUC {auc}"))
             drawn += 1
     if not drawn:
         return message(ax, "ROC curve unavailable (single class or non-finite scores)")
@@ -161,6 +332,68 @@ def _plot_roc(ax: Any, card: dict[str, Any]) -> None:
     ax.set(xlabel="false positive rate", ylabel="true positive rate", xlim=(0, 1), ylim=(0, 1),
            aspect="equal")
     ax.legend(loc="lower right", fontsize="small")
+
+
+def _plot_pr(ax: Any, card: dict[str, Any]) -> None:
+    """Precision-recall curves of both models, with the no-skill line at the prevalence."""
+    prevalence = None
+    for role in ROLES:
+        model = card.get(role) or {}
+        pr = _curves(model).get("pr") or {}
+        if pr.get("recall"):
+            ap = as_text((model.get("metrics") or {}).get("pr_auc"))
+            ax.plot(pr["recall"], pr["precision"], color=COLORS[role],
+                    label=tex_safe(f"{_label(role, model)}, PR AUC {ap}"))
+            prevalence = num(pr.get("prevalence")) if prevalence is None else prevalence
+    if not ax.lines:
+        return message(ax, "precision-recall curve unavailable (single class or non-finite "
+                           "scores)")
+    if prevalence is not None:
+        ax.axhline(prevalence, color="#cccccc", linestyle=":", linewidth=1,
+                   label=f"no skill (prevalence {prevalence:.4g})")
+    ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02), aspect="equal")
+    ax.legend(loc="lower left", fontsize="small")
+
+
+def _scatter_limits(card: dict[str, Any]) -> tuple[float, float]:
+    """Common axis range of every model's predicted-against-actual sample (padded by 3%)."""
+    values = [v for role in ROLES for key in ("actual", "predicted")
+              for v in (_curves(card.get(role)).get("scatter") or {}).get(key) or []]
+    lo, hi = min(values), max(values)
+    pad = 0.03 * (hi - lo) or 0.5
+    return lo - pad, hi + pad
+
+
+def _plot_scatter(ax: Any, card: dict[str, Any], role: str) -> None:
+    """One model's sampled predictions against the actual values, with the y = x line."""
+    model = card.get(role) or {}
+    scatter = _curves(model).get("scatter") or {}
+    if not scatter.get("actual"):
+        return message(ax, f"{role}: predicted against actual unavailable (non-finite values)")
+    lo, hi = _scatter_limits(card)
+    ax.plot([lo, hi], [lo, hi], color="#999999", linestyle=":", linewidth=1, label="y = x")
+    ax.scatter(scatter["actual"], scatter["predicted"], s=6, alpha=0.5, linewidths=0,
+               color=COLORS[role])
+    ax.set(xlabel="actual", ylabel="predicted", xlim=(lo, hi), ylim=(lo, hi), aspect="equal")
+    ax.set_title(tex_safe(f"{_label(role, model)}, {len(scatter['actual'])} sampled rows"),
+                 fontsize="small")
+    ax.legend(loc="upper left", fontsize="small")
+
+
+def _plot_residuals(ax: Any, card: dict[str, Any]) -> None:
+    """Residual histograms (actual - predicted) of both models as overlaid step lines."""
+    for role in ROLES:
+        model = card.get(role) or {}
+        hist = _curves(model).get("residuals") or {}
+        if hist.get("counts"):
+            clipped = f", {hist['clipped']} outliers in the end bins" if hist.get("clipped") else ""
+            ax.stairs(hist["counts"], hist["edges"], color=COLORS[role],
+                      label=tex_safe(f"{_label(role, model)}{clipped}"))
+    if not ax.patches:
+        return message(ax, "residuals unavailable (non-finite values)")
+    ax.axvline(0, color="black", linewidth=1)
+    ax.set(xlabel="residual (actual - predicted)", ylabel="rows")
+    ax.legend(loc="upper left", fontsize="small", bbox_to_anchor=(1.01, 1))
 
 
 def _plot_delta(ax: Any, card: dict[str, Any]) -> None:
@@ -231,19 +464,90 @@ def figures(specs: Sequence[tuple[Callable[[Any, Any], None], tuple[float, float
 
 
 def _figures(card: dict[str, Any]) -> list[str]:
-    """The three plots as inline SVG strings."""
+    """The delta and slice plots as inline SVG strings."""
     n_slices = len(card.get("slices") or [])
-    return figures([(_plot_roc, (5.0, 4.5)), (_plot_delta, (6.4, 1.8)),
+    return figures([(_plot_delta, (6.4, 1.8)),
                     (_plot_slices, (6.4, max(1.8, 0.3 * n_slices + 1.0)))], card)
 
 
+def _binary_section(card: dict[str, Any]) -> str:
+    """ROC and precision-recall curves, both models overlaid."""
+    roc, pr = figures([(_plot_roc, (5.0, 4.5)), (_plot_pr, (5.0, 4.5))], card)
+    classes = (card.get("target") or {}).get("classes") or []
+    positive = f" (positive class: {fmt(classes[1])})" if len(classes) == 2 else ""
+    return (f"<h3>ROC curves</h3><figure>{roc}</figure>"
+            f"<h3>Precision-recall curves{positive}</h3><figure>{pr}</figure>")
+
+
+def _confusion_table(curves: dict[str, Any]) -> str:
+    """Counts with actual classes as rows and predicted as columns, shaded by row share."""
+    labels, matrix = curves.get("labels") or [], curves.get("confusion") or []
+    if not matrix or len(labels) != len(matrix):
+        return "<p>confusion matrix unavailable (non-finite outputs or unknown labels)</p>"
+    head = "".join(f"<th>{fmt(name)}</th>" for name in labels)
+    rows = []
+    for name, counts in zip(labels, matrix, strict=True):
+        total = sum(counts) or 1
+        cells = "".join(f'<td style="background:rgba(31,119,180,{0.6 * c / total:.2f})">{c}</td>'
+                        if c else "<td>0</td>" for c in counts)
+        rows.append(f"<tr><th>{fmt(name)}</th>{cells}</tr>")
+    omitted = curves.get("omitted") or 0
+    note = (f"<p>The {len(labels) - 1} most frequent classes; {omitted} others are summed in "
+            f"&quot;other&quot;.</p>" if omitted else "")
+    return (f"{note}<table><tr><th>actual \\ predicted</th>{head}</tr>{''.join(rows)}</table>")
+
+
+PER_CLASS_KEYS = ("class", "support", "precision", "recall", "f1", "roc_auc")
+
+
+def _multiclass_section(card: dict[str, Any]) -> str:
+    """A confusion matrix and a per-class metrics table for each model."""
+    models = [(role, m) for role in ROLES if (m := card.get(role))]
+    parts = [f"<h3>Confusion matrix: {fmt(_label(role, m))}</h3>{_confusion_table(_curves(m))}"
+             for role, m in models]
+    headers = ["class", "support", "precision", "recall", "F1", "ROC AUC (one-vs-rest)"]
+    for role, m in models:
+        rows = [[r.get(k) for k in PER_CLASS_KEYS] for r in _curves(m).get("per_class") or []]
+        parts.append(f"<h3>Per-class metrics: {fmt(_label(role, m))}</h3>"
+                     + (table(headers, rows) if rows else "<p>per-class metrics unavailable</p>"))
+    return "".join(parts)
+
+
+def _regression_section(card: dict[str, Any]) -> str:
+    """Predicted against actual for each model (same axes) and the residual histograms."""
+    roles = [role for role in ROLES if card.get(role) or role == "contender"]
+    specs: list[tuple[Callable[[Any, Any], None], tuple[float, float]]] = [
+        (partial(_plot_scatter, role=role), (4.6, 4.6)) for role in roles]
+    *scatters, residuals = figures(specs + [(_plot_residuals, (6.4, 3.0))], card)
+    return ('<h3>Predicted against actual</h3><div style="display:flex;flex-wrap:wrap">'
+            + "".join(f"<figure>{s}</figure>" for s in scatters)
+            + f"</div><h3>Residuals</h3><figure>{residuals}</figure>")
+
+
+def _model_section(card: dict[str, Any]) -> str:
+    """The plots and tables that fit the card's target kind."""
+    sections = {"binary": _binary_section, "multiclass": _multiclass_section,
+                "regression": _regression_section}
+    kind = card_kind(card)
+    if kind not in sections:
+        return f"<p>no model plots for target kind {fmt(kind)}</p>"
+    return sections[kind](card)
+
+
 def _metric_rows(card: dict[str, Any]) -> list[list[Any]]:
-    """One row per metric: name (primary marked), contender value, champion value."""
+    """One row per metric present: name (primary marked), which way is better, contender value,
+    champion value."""
+    from mlcore.problems import METRICS_BY_KIND
+
     contender = (card.get("contender") or {}).get("metrics") or {}
     champion = (card.get("champion") or {}).get("metrics") or {}
-    primary = (card.get("metric") or {}).get("name")
+    metric = card.get("metric") or {}
+    directions: dict[Any, Any] = {**METRICS_BY_KIND.get(card_kind(card), {}),
+                                  metric.get("name"): metric.get("direction")}
+    better = {"maximize": "higher", "minimize": "lower"}
     names = list(contender) + [n for n in champion if n not in contender]
-    return [[f"{n} (primary)" if n == primary else n, contender.get(n), champion.get(n)]
+    return [[f"{n} (primary)" if n == metric.get("name") else n,
+             better.get(str(directions.get(n)), ""), contender.get(n), champion.get(n)]
             for n in names]
 
 
@@ -256,7 +560,8 @@ def _tables(card: dict[str, Any]) -> str:
     models = [[role, m.get("version"), m.get("algorithm"), m.get("rows_per_second")]
               for role in ("contender", "champion") if (m := card.get(role))]
     parts = [
-        ("Metrics", table(["metric", "contender", "champion"], _metric_rows(card))),
+        ("Metrics", table(["metric", "better", "contender", "champion"],
+                          _metric_rows(card))),
         ("Decision numbers", table(kv, [
             ["metric", metric.get("name")], ["direction", metric.get("direction")],
             ["delta", card.get("delta")], ["CI low", ci[0]], ["CI high", ci[1]],
@@ -275,19 +580,28 @@ def _tables(card: dict[str, Any]) -> str:
     return "".join(f"<h3>{title}</h3>{html_table}" for title, html_table in parts)
 
 
+def _target_text(card: dict[str, Any]) -> str:
+    """``target: multiclass; classes: a, b, c`` (the first 50 classes)."""
+    classes = [str(c) for c in (card.get("target") or {}).get("classes") or []]
+    more = f" and {len(classes) - 50} more" if len(classes) > 50 else ""
+    listed = f"; classes: {', '.join(classes[:50])}{more}" if classes else ""
+    return f"target: {card_kind(card)}{listed}"
+
+
 def _render_html(card: dict[str, Any]) -> str:
     """The run card as one self-contained HTML page (inline CSS and SVG, no scripts, no URLs)."""
     outcome = str(card.get("outcome") or "")
-    kind = outcome.split(":")[0]
-    kind = kind if kind in {"promote", "keep", "reject"} else "other"
-    roc, delta, slices = _figures(card)
+    banner = outcome.split(":")[0]
+    banner = banner if banner in {"promote", "keep", "reject"} else "other"
+    delta, slices = _figures(card)
     title = f"Run card: {card.get('problem')}, evaluation {card.get('evaluation_id')}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{fmt(title)}</title><style>{CSS}</style></head><body>"
-            f"<h1>{fmt(title)}</h1><p>created {fmt(card.get('created_at'))}</p>"
-            f'<div class="outcome {kind}"><h2>{fmt(outcome)} (promote: '
+            f"<h1>{fmt(title)}</h1><p>created {fmt(card.get('created_at'))}; "
+            f"{fmt(_target_text(card))}</p>"
+            f'<div class="outcome {banner}"><h2>{fmt(outcome)} (promote: '
             f"{fmt(card.get('promote'))})</h2><p>{fmt(card.get('reason'))}</p></div>"
-            f"<h3>ROC curves</h3><figure>{roc}</figure>"
+            f"{_model_section(card)}"
             f"<h3>Primary-metric delta</h3><figure>{delta}</figure>"
             f"<h3>Per-slice delta</h3><figure>{slices}</figure>{_tables(card)}</body></html>\n")
 
