@@ -16,20 +16,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mlcore.problems import label_key
+
 TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 FALSE_TEXT = frozenset({"false", "f", "no", "n", "0", "0.0"})
-
-
-def label_key(value: Any) -> str:
-    """The canonical text of a scalar label or category (see the module doc)."""
-    if isinstance(value, bool | np.bool_):
-        return "true" if value else "false"
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        return str(int(value)) if math.isfinite(value) and value == int(value) else repr(
-            float(value))
-    return str(value).strip()
 
 
 def _bool_key(value: Any) -> str | None:

@@ -35,15 +35,13 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, select, update
 
 from mlcore.batches import BatchConflict, BatchNotFound, BatchRejected, check_batch_id, sha256_file
+from mlcore.columns import category_values, label_key, parse_bool, parse_timestamp, time_part
 from mlcore.config import Settings
 from mlcore.locks import file_lock
-from mlcore.problems import ProblemSpec
+from mlcore.problems import Feature, ProblemSpec
 from mlcore.provenance import code_version, failpoint
 from mlcore.store.models import Batch, QuarantinedRow, utcnow
 from mlcore.store.session import session_scope
-from mlcore.columns import category_values, parse_bool, parse_timestamp, time_part
-from mlcore.problems import Feature
-from mlcore.columns import label_key
 from mlcore.targets import ClassesUnknown, TargetCoder, fix_classes, local_coder, target_coder
 from mlcore.validation import (
     check_columns,

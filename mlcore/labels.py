@@ -26,9 +26,9 @@ from mlcore.ingestion import get_batch, read_curated
 from mlcore.locks import file_lock
 from mlcore.problems import ProblemSpec
 from mlcore.registry import CHALLENGER, CHAMPION, ModelNotFound, alias_holder
+from mlcore.scoring import stored_outputs
 from mlcore.store.models import Batch, GroundTruth, PerformanceReport, Prediction, utcnow
 from mlcore.store.session import session_scope
-from mlcore.scoring import stored_outputs
 from mlcore.targets import TargetCoder, learn_coder, local_coder
 from mlcore.validation import entity_keys
 
@@ -271,8 +271,8 @@ def ingest_labels(spec: ProblemSpec, source: str, batch_id: str,
             (seen, positives), (total, _) = (_counts(s, spec.name, batch_id, sha),
                                              _counts(s, spec.name, batch_id))
         if seen:  # this very file was stored before: a no-op
-            positives = positives if spec.target.kind == "binary" else None
-            return LabelsResult(spec.name, batch_id, uri, sha, seen, 0, seen, positives, total,
+            shown = positives if spec.target.kind == "binary" else None
+            return LabelsResult(spec.name, batch_id, uri, sha, seen, 0, seen, shown, total,
                                 len(batch_keys))
         raw = read_labels(path, spec, batch_id)
         try:

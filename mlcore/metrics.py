@@ -178,18 +178,24 @@ def paired_bootstrap(y: np.ndarray, p_new: np.ndarray, p_old: np.ndarray, metric
     """
     y = np.asarray(y, dtype="float64")
     rng, n = np.random.default_rng(seed), len(y)
-    fn: Callable[[np.ndarray, Weights], float]
+    fn: Callable[[np.ndarray], float]
     if kind == "binary" and metric_name == "roc_auc":
         r_new, r_old = ranked(y, p_new), ranked(y, p_old)
-        fn = lambda w: weighted_auc(r_new, w) - weighted_auc(r_old, w)  # noqa: E731
+
+        def fn(w: np.ndarray) -> float:
+            return weighted_auc(r_new, w) - weighted_auc(r_old, w)
     elif metric_name == "roc_auc_ovr":
         k = p_new.shape[1]
         rn = [ranked((y == c).astype("float64"), p_new[:, c]) for c in range(k)]
         ro = [ranked((y == c).astype("float64"), p_old[:, c]) for c in range(k)]
-        fn = lambda w: _roc_auc_ovr(y, p_new, w, rn) - _roc_auc_ovr(y, p_old, w, ro)  # noqa: E731
+
+        def fn(w: np.ndarray) -> float:
+            return _roc_auc_ovr(y, p_new, w, rn) - _roc_auc_ovr(y, p_old, w, ro)
     else:
         f = FUNCS[kind][metric_name]
-        fn = lambda w: f(y, p_new, w) - f(y, p_old, w)  # noqa: E731
+
+        def fn(w: np.ndarray) -> float:
+            return f(y, p_new, w) - f(y, p_old, w)
     deltas = np.empty(samples)
     for i in range(samples):
         deltas[i] = fn(np.bincount(rng.integers(0, n, n), minlength=n).astype("float64"))

@@ -13,7 +13,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from mlcore.columns import vocabulary_codes
 
 
-class CategoryCodes(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class CategoryCodes(TransformerMixin, BaseEstimator):
     """Each column as the position of its value in its vocabulary (float64); NaN where the value
     is missing or outside the vocabulary (``unknown: other``), which one-hot encodes as all zeros
     and HistGradientBoosting treats as missing.

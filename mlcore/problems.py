@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -35,7 +36,22 @@ Label = bool | int | str
 TIME_PARTS = ("year", "month", "day", "day_of_week", "day_of_year", "hour", "minute",
               "is_weekend")
 # YAML 1.1 reads yes/no/on/off as booleans: a label or category written that way is matched
-# against the data's text forms of a boolean as well (see ``mlcore.columns.label_key``).
+# against the data's text forms of a boolean as well (``mlcore.columns.vocabulary_codes``).
+
+
+def label_key(value: Any) -> str:
+    """The canonical text of a scalar label or category, whatever its type: ``"Organic"`` stays
+    itself (stripped), ``3``, ``3.0`` and ``numpy.int64(3)`` are ``"3"``, ``True`` is ``"true"``
+    (pure Python: specs load without numpy)."""
+    if hasattr(value, "item") and not isinstance(value, str):
+        value = value.item()  # numpy scalars
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return str(int(value)) if math.isfinite(value) and value == int(value) else repr(value)
+    return str(value).strip()
 
 
 class Target(_Spec):
@@ -56,8 +72,6 @@ class Target(_Spec):
         if self.kind == "multiclass" and self.positive is not None:
             raise ValueError(f"target {self.name!r}: positive is for binary targets only")
         if self.classes is not None:
-            from mlcore.columns import label_key
-
             keys = [label_key(c) for c in self.classes]
             if len(set(keys)) != len(keys):
                 raise ValueError(f"target {self.name!r}: classes repeat a label")
@@ -105,8 +119,6 @@ class Feature(_Spec):
                 raise ValueError(f"categorical feature {self.name!r}: values mix types "
                                  f"{sorted(types)}; write them all as text (quoted) or all "
                                  "as numbers")
-            from mlcore.columns import label_key
-
             if len({label_key(v) for v in self.values}) != len(self.values):
                 raise ValueError(f"categorical feature {self.name!r}: values repeat")
         elif self.values is not None or self.unknown != "quarantine":
@@ -164,8 +176,8 @@ DEFAULT_METRIC = {"binary": "roc_auc", "multiclass": "log_loss", "regression": "
 class Metric(_Spec):
     """The primary metric; ``direction`` is implied by the name (written, it must agree)."""
 
-    name: str | None = None
-    direction: Literal["maximize", "minimize"] | None = None
+    name: str = "roc_auc"
+    direction: Literal["maximize", "minimize"] = "maximize"
 
 
 # The algorithm library: the scikit-learn estimators a spec may name, by the target kinds each
@@ -401,7 +413,7 @@ class ProblemSpec(_Spec):
     @property
     def metric_name(self) -> str:
         """The primary metric (the kind's default when the spec names none)."""
-        return self.metric.name or DEFAULT_METRIC[self.target.kind]
+        return self.metric.name
 
     @property
     def direction(self) -> str:
@@ -454,7 +466,7 @@ class ProblemSpec(_Spec):
 
     def _check_metric(self) -> None:
         allowed = METRICS_BY_KIND[self.target.kind]
-        if self.metric.name is not None and self.metric.name not in allowed:
+        if self.metric.name not in allowed:
             raise ValueError(f"problem {self.name!r}: metric {self.metric.name!r} does not fit a "
                              f"{self.target.kind} target (allowed: {', '.join(allowed)})")
         if self.metric.direction != self.direction:

@@ -109,7 +109,7 @@ def stored_outputs(scores: np.ndarray, probabilities: list[str | None] | None) -
         return np.asarray(scores, dtype="float64")
     import json
 
-    return np.asarray([json.loads(p) for p in probabilities], dtype="float64")
+    return np.asarray([json.loads(p or "[]") for p in probabilities], dtype="float64")
 
 
 def _keys(col: pd.Series) -> list[str]:
@@ -153,8 +153,8 @@ def _store(problem: str, batch_id: str, version: int, keys: list[str], rows: _Ro
     """
     table = cast(Table, Prediction.__table__)
     now, values = utcnow(), np.asarray(rows.score, dtype="float64").tolist()
-    extra = {} if rows.label is None else {"label": rows.label,
-                                           "probabilities": rows.probabilities}
+    extra: dict[str, list[str]] = {} if rows.label is None or rows.probabilities is None \
+        else {"label": rows.label, "probabilities": rows.probabilities}
     with session_scope(url) as s:
         s.execute(delete(Prediction).where(Prediction.problem == problem,
                                            Prediction.batch_id == batch_id,

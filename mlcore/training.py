@@ -29,8 +29,8 @@ from mlcore.datasets import DatasetRef, entity_bucket, load_part, write_dataset
 from mlcore.evaluation import compute_metrics, timed_scores
 from mlcore.preprocessing import CategoryCodes
 from mlcore.problems import ESTIMATORS, NAN_NATIVE, Candidate, ProblemSpec, Scalar
-from mlcore.targets import TargetCoder, coder_for_codes, mark, model_target, target_coder
 from mlcore.provenance import code_version, lock_hash
+from mlcore.targets import TargetCoder, coder_for_codes, mark, model_target, target_coder
 
 # Estimators that refuse sparse input: one-hot output is densified for them only (it stays
 # sparse for linear models, where it is ~6x smaller).

@@ -264,9 +264,9 @@ def test_the_run_card_is_written_small_and_names_the_decision(spec, loop):
     assert html.stat().st_size + (html.parent / "run_card.json").stat().st_size < 1_000_000
     assert card["evaluation_id"] == out["evaluation_id"] and card["outcome"] == KEEP_TOO_CLOSE
     assert card["delta"] == 0.0 and card["ci"] == [0.0, 0.0]
-    assert card["contender"]["roc"]["fpr"][0] == 0.0 and card["champion"] is not None
+    assert card["contender"]["curves"]["roc"]["fpr"][0] == 0.0 and card["champion"] is not None
     text = html.read_text()
-    assert KEEP_TOO_CLOSE in text and text.count("<svg") == 3
+    assert KEEP_TOO_CLOSE in text and text.count("<svg") == 4
 
 
 def test_a_checked_promotion_applies_the_retrain_rules_and_force_skips_them(spec, loop):

@@ -16,7 +16,8 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.reporting", "mlcore.lineage", "mlcore.cli", "mlcore.store.models",
            "mlcore.store.session", "mlcore.provenance", "mlcore.locks",
            "mlcore.backfill", "mlcore.runcard", "mlcore.monitoring_page", "mlcore.labels",
-           "mlcore.policy", "mlcore.shadow", "mlcore.feast_sqlite"]
+           "mlcore.policy", "mlcore.shadow", "mlcore.feast_sqlite", "mlcore.columns",
+           "mlcore.targets", "mlcore.metrics", "mlcore.preprocessing"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 
@@ -55,3 +56,14 @@ def test_importing_all_of_mlcore_does_not_import_airflow():
 def test_light_modules_defer_heavy_imports(module, allowed):
     heavy = loaded_after(module) & set(HEAVY)
     assert heavy <= allowed, f"{module} imports {sorted(heavy - allowed)} at import time"
+
+
+def test_loading_every_spec_imports_nothing_heavy():
+    """DAG files load the specs at parse time: validating them must not pull in pandas/numpy."""
+    code = ("import json, sys\nfrom pathlib import Path\nfrom mlcore.problems import "
+            "load_problems\nspecs = load_problems(Path('problems'))\n"
+            "print(json.dumps([len(specs), sorted({m.split('.')[0] for m in sys.modules})]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=Path(__file__).resolve().parents[2], check=True)
+    count, loaded = json.loads(out.stdout)
+    assert count >= 3 and not set(loaded) & {"pandas", "numpy", "sklearn", "feast"}

@@ -54,7 +54,8 @@ def frame(n: int = 400, seed: int = 0) -> pd.DataFrame:
     size[::10] = np.nan
     y = np.where((colour == "red") ^ (rng.random(n) < 0.2), "yes", "no")
     return pd.DataFrame({
-        "id": np.arange(n), "at": [f"2024-03-{1 + i % 28:02d} {i % 24:02d}:00:00" for i in range(n)],
+        "id": np.arange(n),
+        "at": [f"2024-03-{1 + i % 28:02d} {i % 24:02d}:00:00" for i in range(n)],
         "colour": colour, "size": size, "flag": rng.choice(["true", "False", "YES", "0"], n),
         "seen": pd.date_range("2024-01-01", periods=n, freq="7h").astype(str),
         "grade": rng.choice([1, 2, 3], n), "y": y})
