@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from mlcore.columns import label_key, parse_bool, vocabulary_codes
@@ -82,7 +81,7 @@ class TargetCoder:
         if self.kind == "regression":
             return "a finite number"
         if self.classes is None:
-            return "a boolean (true/false, 1/0, yes/no)"
+            return "0/1 (or true/false, yes/no)"
         return "one of " + ", ".join(repr(c) for c in self.classes)
 
     def decode(self, codes: np.ndarray) -> list[str]:

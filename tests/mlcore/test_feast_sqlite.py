@@ -295,4 +295,5 @@ def test_feast_cli_apply(sqlite_settings):
     with sqlite3.connect(home / "feast" / "online_store.db") as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master")]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-    assert tables == ["batchloop_census_employment_fv_wide"]
+    assert sorted(tables) == sorted(f"batchloop_{p}_fv_wide" for p in
+                            ("census_employment", "credit_card_segment", "used_car_price"))

@@ -321,7 +321,7 @@ def test_server_stores_serve_the_curated_values(spec, server_store):
             rows = conn.execute(text(f"select count(distinct entity_key) from "
                                      f"batchloop_{spec.feature_view}")).scalar()
     engine.dispose()
-    assert views == [spec.feature_view]
+    assert spec.feature_view in views and len(views) == 3  # one per spec in problems/
     assert (rows if server_store.kind == "postgres" else server_store.redis.dbsize() - 1) == 1500
 
 

@@ -230,7 +230,8 @@ def _bad(raw: pd.DataFrame, case: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("case, reason", [
-    ("nan_label", "2 rows have employed missing or not 0/1 (labels are never imputed)"),
+    ("nan_label", "2 rows have employed missing or not 0/1 (or true/false, yes/no) (labels are "
+                  "never imputed)"),
     ("label_2", "1 rows have employed missing or not 0/1"),
     ("missing_key", "1 rows have id missing or not a valid int64"),
     ("fractional_key", "1 rows have id missing or not a valid int64"),

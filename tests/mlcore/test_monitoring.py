@@ -20,6 +20,7 @@ from mlcore.evaluation import predict_proba
 from mlcore.ingestion import curate, get_batch, ingest_batch, read_curated
 from mlcore.monitoring import (
     PREDICTION,
+    comparable,
     DriftResult,
     _record,
     close_retrain_requests,
@@ -91,6 +92,7 @@ def scipy_scores(spec, settings, batch_id: str) -> dict[str, float]:
     ref = pd.read_parquet(mv.reproducibility["reference_profile"]["uri"])
     cur = read_curated(get_batch(spec.name, batch_id, settings.db_url))
     cur[PREDICTION] = predict_proba(load_model(mv, settings), cur[spec.feature_names])
+    cur = comparable(cur, spec)  # categories as text on both sides, as the profile keeps them
     out = {}
     for col in [*spec.numeric, PREDICTION]:  # Evidently's norm: the reference's std (ddof 0)
         out[col] = wasserstein_distance(ref[col], cur[col]) / max(np.std(ref[col]), 0.001)
