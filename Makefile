@@ -41,11 +41,13 @@ $(AIRFLOW_HOME)/airflow.db: $(VENV)/.synced
 	mkdir -p $(AIRFLOW_HOME)
 	$(VENV)/bin/airflow db migrate >/dev/null
 
-demo: install ## the whole loop through Airflow on the four yearly batches (fresh state)
+PROBLEM ?=
+
+demo: install ## the whole loop through Airflow (fresh state): census, then the other two briefly; PROBLEM=<name> runs one family whole
 	rm -rf $(MLCORE_HOME) $(AIRFLOW_HOME)
 	$(MAKE) --no-print-directory $(AIRFLOW_HOME)/airflow.db
 	$(VENV)/bin/mlcore init
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(PROBLEM)
 
 test: install browser ## the test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on :6379)
 	$(PY) -m pytest -q
@@ -53,7 +55,7 @@ test: install browser ## the test suite (needs PostgreSQL on 127.0.0.1:5432 and 
 test-slow: install ## tests marked slow (full-size data)
 	$(PY) -m pytest -q -m slow
 
-BENCHES := ingest promotion drift materialize online_read scoring orchestration freshness scale
+BENCHES := ingest promotion drift materialize online_read scoring orchestration freshness scale categories
 
 bench: install ## every benchmark, full size (about 1 h 30; results go in benchmarks/BENCHMARKS.md)
 	set -e; for b in $(BENCHES); do echo "== bench_$$b"; $(PY) benchmarks/bench_$$b.py; done

@@ -19,9 +19,9 @@ from mlcore.config import Settings
 from mlcore.datasets import DatasetRef, load_part
 from mlcore.metrics import compute_metrics, metric, paired_bootstrap
 from mlcore.problems import ProblemSpec
-from mlcore.targets import predict
 from mlcore.store.models import Evaluation
 from mlcore.store.session import session_scope
+from mlcore.targets import predict
 
 if TYPE_CHECKING:
     from mlcore.store.models import ModelVersion

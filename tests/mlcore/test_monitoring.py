@@ -20,10 +20,10 @@ from mlcore.evaluation import predict_proba
 from mlcore.ingestion import curate, get_batch, ingest_batch, read_curated
 from mlcore.monitoring import (
     PREDICTION,
-    comparable,
     DriftResult,
     _record,
     close_retrain_requests,
+    comparable,
     detect_drift,
     measure_drift,
     stattests,
