@@ -39,14 +39,8 @@ def parse_bool(col: pd.Series) -> pd.Series:
 
 def vocabulary_codes(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...]) -> np.ndarray:
     """Each row's position in ``vocabulary`` (float64), NaN where missing or not in it."""
-    as_bool = all(isinstance(v, bool) for v in vocabulary)
-    keys = {label_key(v): i for i, v in enumerate(vocabulary)}
     codes, uniques = pd.factorize(col, use_na_sentinel=True)
-    if as_bool:
-        found = [keys.get(k) if (k := _bool_key(u)) else None for u in uniques]
-    else:
-        found = [keys.get(label_key(u)) for u in uniques]
-    lookup = np.array([np.nan if f is None else f for f in found] + [np.nan], dtype="float64")
+    lookup = np.array(_codes_of(list(uniques), vocabulary) + [np.nan], dtype="float64")
     return lookup[codes]
 
 
@@ -54,9 +48,30 @@ def missing(col: pd.Series) -> np.ndarray:
     """True where a value is missing (None, NaN, NaT, or empty/blank text)."""
     out = col.isna().to_numpy()
     if col.dtype == object or isinstance(col.dtype, pd.StringDtype):
-        text = col.astype("string").str.strip()
-        out = out | (text == "").fillna(False).to_numpy(dtype=bool)
+        codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        blank = np.array([isinstance(u, str) and not u.strip() for u in uniques] + [False])
+        out = out | blank[codes]
     return out
+
+
+def vocabulary_check(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...]
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(``vocabulary_codes``, ``missing``) of one column from a single hash pass."""
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    found = _codes_of(list(uniques), vocabulary)
+    blank = [isinstance(u, str) and not u.strip() for u in uniques]
+    lookup = np.array(found + [np.nan], dtype="float64")
+    absent = np.array(blank + [True])
+    return lookup[codes], absent[codes]
+
+
+def _codes_of(values: list[Any], vocabulary: list[Any] | tuple[Any, ...]) -> list[float]:
+    keys = {label_key(v): i for i, v in enumerate(vocabulary)}
+    if all(isinstance(v, bool) for v in vocabulary):
+        found = [keys.get(k) if (k := _bool_key(u)) else None for u in values]
+    else:
+        found = [keys.get(label_key(u)) for u in values]
+    return [np.nan if f is None else float(f) for f in found]
 
 
 def parse_timestamp(col: pd.Series) -> pd.Series:
@@ -82,15 +97,32 @@ def category_values(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...],
     """Values as the vocabulary's type (``int``/``str``/``bool``) for storage: the vocabulary's
     own value where a row matches one, else the row's own value in that type (None where it has
     none: missing, or not a value of the type). Each distinct value is converted once."""
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    table = np.array(_typed_uniques(list(uniques), vocabulary, value_type) + [None], dtype=object)
+    return pd.Series(table[codes], index=col.index, dtype=object)
+
+
+def category_array(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...],
+                   value_type: str, arrow_type: Any) -> Any:
+    """``category_values`` as an Arrow array, built from the distinct values and their codes
+    (a dictionary decoded in C++: no Python object per row)."""
+    import pyarrow as pa
+
+    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    dictionary = pa.array(_typed_uniques(list(uniques), vocabulary, value_type), arrow_type)
+    indices = pa.array(codes, mask=codes < 0)
+    return pa.DictionaryArray.from_arrays(indices, dictionary).dictionary_decode()
+
+
+def _typed_uniques(values: list[Any], vocabulary: list[Any] | tuple[Any, ...],
+                   value_type: str) -> list[Any]:
     keys = {label_key(v): v for v in vocabulary}
     as_bool = value_type == "bool"
-    codes, uniques = pd.factorize(col, use_na_sentinel=True)
-    mapped = []
-    for u in uniques:
+    out = []
+    for u in values:
         key = _bool_key(u) if as_bool else label_key(u)
-        mapped.append(keys[key] if key in keys else _as_type(u, value_type))
-    table = np.array(mapped + [None], dtype=object)
-    return pd.Series(table[codes], index=col.index, dtype=object)
+        out.append(keys[key] if key in keys else _as_type(u, value_type))
+    return out
 
 
 def _as_type(value: Any, value_type: str) -> Any:

@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select
 
 from mlcore.config import Settings
@@ -73,11 +75,21 @@ def missing_features(frame: pd.DataFrame, spec: ProblemSpec) -> np.ndarray:
     return frame[spec.feature_names].isna().all(axis=1).to_numpy()
 
 
-def write_offline(frame: pd.DataFrame, dest: Path) -> None:
+def engineer_table(batch: Batch, spec: ProblemSpec) -> pa.Table:
+    """``engineer(read_curated(batch), spec)`` as Arrow, read straight from the curated file:
+    text columns stay Arrow strings (no Python object per value until the online write)."""
+    columns = [spec.entity.key, "event_timestamp", *spec.feature_names]
+    return pq.read_table(Path(batch.curated_uri or ""), columns=columns)
+
+
+def write_offline(frame: pd.DataFrame | pa.Table, dest: Path) -> None:
     """Write one batch's partition atomically (staging dir, then rename)."""
     staging = dest.with_name(f".staging-{dest.name}-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
-    frame.to_parquet(staging / "part-0.parquet", index=False)
+    if isinstance(frame, pa.Table):
+        pq.write_table(frame, staging / "part-0.parquet")
+    else:
+        frame.to_parquet(staging / "part-0.parquet", index=False)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(staging, dest)
@@ -174,12 +186,13 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     Feast's ``materialize`` up to the newest window already online, so Feast keeps the latest row.
     """
     batch = get_batch(spec.name, batch_id, settings.db_url)
-    frame = engineer(read_curated(batch), spec)
+    frame = engineer_table(batch, spec)
     dest = settings.partition("features", spec.name, batch_id)
     write_offline(frame, dest)
     store = ensure_definitions(spec, settings)
-    start = frame["event_timestamp"].min().to_pydatetime() - timedelta(seconds=1)
-    end = frame["event_timestamp"].max().to_pydatetime() + timedelta(seconds=1)
+    times = frame.column("event_timestamp").to_pandas()
+    start = times.min().to_pydatetime() - timedelta(seconds=1)
+    end = times.max().to_pydatetime() + timedelta(seconds=1)
     with online_store_lock(settings, store):
         if _fast_store(store):
             _write_online(store, spec, frame, start, end)
@@ -187,8 +200,8 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
             online_end = max(end, _latest_window_end(spec.name, settings.db_url) or end)
             store.materialize(start_date=start, end_date=online_end,
                               feature_views=[spec.feature_view])
-    _record(spec, batch_id, dest, len(frame), start, end, settings.db_url)
-    return MaterializationResult(spec.name, batch_id, spec.feature_view, str(dest), len(frame),
+    _record(spec, batch_id, dest, frame.num_rows, start, end, settings.db_url)
+    return MaterializationResult(spec.name, batch_id, spec.feature_view, str(dest), frame.num_rows,
                                  start.isoformat(), end.isoformat())
 
 
@@ -198,7 +211,7 @@ def _fast_store(store: FeatureStore) -> bool:
     return isinstance(store.config.online_store, FastSqliteOnlineStoreConfig)
 
 
-def _write_online(store: FeatureStore, spec: ProblemSpec, frame: pd.DataFrame, start: datetime,
+def _write_online(store: FeatureStore, spec: ProblemSpec, frame: pa.Table, start: datetime,
                   end: datetime) -> None:
     """The bulk path: the engineered frame straight into mlcore's SQLite online store, and the
     interval into Feast's registry as ``materialize`` records it."""

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, select, update
 
 from mlcore.batches import BatchConflict, BatchNotFound, BatchRejected, check_batch_id, sha256_file
-from mlcore.columns import category_values, label_key, parse_bool, parse_timestamp, time_part
+from mlcore.columns import category_array, label_key, parse_timestamp, time_part
 from mlcore.config import Settings
 from mlcore.locks import file_lock
 from mlcore.problems import Feature, ProblemSpec
@@ -154,10 +154,9 @@ def _feature_arrays(raw: pd.Series, feat: Feature) -> dict[str, pa.Array]:
         nan = np.isnan(num)
         return {feat.name: pa.array(np.where(nan, 0, num).astype("int64"),
                                     mask=nan if nan.any() else None)}
-    values = (category_values(raw, feat.values or (), feat.value_type)
-              if feat.kind == "categorical" else parse_bool(raw))
-    return {feat.name: pa.array(values.to_numpy(), ARROW_TYPES[feat.value_type],
-                                from_pandas=True)}
+    vocabulary = feat.values or () if feat.kind == "categorical" else (False, True)
+    return {feat.name: category_array(raw, vocabulary, feat.value_type,
+                                      ARROW_TYPES[feat.value_type])}
 
 
 def curate_table(valid: pd.DataFrame, spec: ProblemSpec, when: pd.Series | None = None,

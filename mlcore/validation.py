@@ -17,7 +17,13 @@ import numpy as np
 import pandas as pd
 
 from mlcore.batches import BatchRejected
-from mlcore.columns import category_values, missing, parse_bool, parse_timestamp, vocabulary_codes
+from mlcore.columns import (
+    category_values,
+    missing,
+    parse_bool,
+    parse_timestamp,
+    vocabulary_check,
+)
 from mlcore.problems import Feature, ProblemSpec
 from mlcore.targets import TargetCoder, local_coder
 
@@ -174,15 +180,16 @@ def feature_rules(raw: pd.Series, feat: Feature) -> dict[str, tuple[pd.Series, s
         return {f"{name}_not_finite": (bad, f"{name} is {what}"),
                 f"{name}_out_of_range": (finite & ((col < lo) | (col > hi)),
                                          f"{name} outside [{lo}, {hi}]")}
-    absent = missing(raw)
     if feat.kind == "categorical":
-        outside = np.isnan(vocabulary_codes(raw, feat.values or ())) & ~absent
+        codes, absent = vocabulary_check(raw, feat.values or ())
+        outside = np.isnan(codes) & ~absent
         if feat.unknown == "other":  # kept, but it must still be a value of the vocabulary's type
             outside &= pd.isna(category_values(raw, feat.values or (), feat.value_type)).to_numpy()
         bad = outside | (absent & (not feat.nullable))
         return {f"{name}_not_allowed": (pd.Series(bad, index=index),
                                         f"{name} {'' if feat.nullable else 'missing or '}not in "
                                         "its allowed values")}
+    absent = missing(raw)
     valid = (parse_bool(raw).notna().to_numpy() if feat.kind == "boolean"
              else parse_timestamp(raw).notna().to_numpy())
     what = "a boolean (true/false, 1/0, yes/no)" if feat.kind == "boolean" else \
