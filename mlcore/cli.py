@@ -212,6 +212,41 @@ def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
     _emit(args, summary(_problem(args, settings).name, settings), format_summary)
 
 
+def cmd_problem_draft(args: argparse.Namespace, settings: Settings) -> None:
+    """Draft a spec from a sample file: to ``--out`` (never over a file unless ``--force``),
+    else to stdout; then check that every row of the sample passes the draft's validation."""
+    from collections import Counter
+    from pathlib import Path
+
+    from mlcore.batches import BatchRejected
+    from mlcore.draft import default_name, draft_yaml, read_sample
+    from mlcore.validation import validate_rows
+
+    path, out = Path(args.file), Path(args.out) if args.out else None
+    if out is not None and out.exists() and not args.force:
+        raise ValueError(f"{out} exists (--force overwrites it)")
+    df = read_sample(path)
+    text, spec = draft_yaml(df, target=args.target, key=args.key, time=args.time,
+                            name=args.name or default_name(path), source=path.name)
+    try:
+        bad = validate_rows(df, spec, f"draft sample {path.name}").quarantined_rows
+        check = f"{len(df) - bad} of {len(df)} sample rows pass its validation"
+    except BatchRejected as exc:
+        check = f"WARNING: the sample fails its validation: {exc}"
+    kinds = Counter(f.kind for f in spec.features)
+    summary = (f"problem {spec.name}: {spec.target.kind} target {spec.target.name} "
+               f"({spec.metric_name}), features " + ", ".join(f"{n} {k}" for k, n in
+                                                          kinds.items()) + f"; {check}")
+    if out is None:
+        print(text, end="")
+        print(summary, file=sys.stderr)
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}: {summary}\nreview the comments that say review; as "
+          f"problems/{spec.name}.yaml it is that problem's spec")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (one sub-command per operator verb)."""
     from mlcore.backfill import ORDERS, POLICIES, STAGES
@@ -270,6 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", metavar="ID", help="measure every version that scored this batch")
     p.add_argument("--as-of", type=_timestamp, metavar="ISO",
                    help="with --batch: the evaluation time for maturity (default: now)")
+    p = sub.add_parser("problem", help="problem specs")
+    problem_sub = p.add_subparsers(dest="problem_command", required=True)
+    p = problem_sub.add_parser("draft", help="draft a spec (commented YAML) from a sample "
+                               "parquet/CSV file: kinds, vocabularies, ranges, target kind, "
+                               "metric, candidates, a baseline floor")
+    p.add_argument("file", help="sample parquet/CSV file (a batch as ingestion reads it)")
+    p.add_argument("--target", required=True, metavar="COL", help="the target column")
+    p.add_argument("--key", required=True, metavar="COL", help="the entity key column")
+    p.add_argument("--time", required=True, metavar="COL",
+                   help="the event time column (timestamps or plain years)")
+    p.add_argument("--name", help="problem name (default: the file stem, sanitized)")
+    p.add_argument("--out", metavar="PATH", help="write the draft here (default: stdout)")
+    p.add_argument("--force", action="store_true", help="overwrite --out if it exists")
+    p.set_defaults(func=cmd_problem_draft)
     return parser
 
 

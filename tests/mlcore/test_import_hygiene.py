@@ -17,7 +17,7 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.store.session", "mlcore.provenance", "mlcore.locks",
            "mlcore.backfill", "mlcore.runcard", "mlcore.monitoring_page", "mlcore.labels",
            "mlcore.policy", "mlcore.shadow", "mlcore.feast_sqlite", "mlcore.columns",
-           "mlcore.targets", "mlcore.metrics", "mlcore.preprocessing"]
+           "mlcore.targets", "mlcore.metrics", "mlcore.preprocessing", "mlcore.draft"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 
