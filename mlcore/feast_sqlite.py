@@ -220,9 +220,12 @@ def arrow_values(col: pa.ChunkedArray, value_type: ValueType) -> list[Any]:
     """An Arrow column as its table column stores it (see ``column_values``): text and booleans
     as Python values (None where null) straight from Arrow; the rest through ``column_values``."""
     if value_type == ValueType.STRING and (pa.types.is_string(col.type)
-                                           or pa.types.is_large_string(col.type)):
+                                           or pa.types.is_large_string(col.type)
+                                           or pa.types.is_dictionary(col.type)):
         # one Python str per distinct value, shared by its rows: ~2x faster than to_pylist
-        coded = col.combine_chunks().dictionary_encode()
+        coded = col.combine_chunks()
+        if not pa.types.is_dictionary(coded.type):
+            coded = coded.dictionary_encode()
         words = np.asarray([*coded.dictionary.to_pylist(), None], dtype=object)
         return words[coded.indices.fill_null(len(words) - 1).to_numpy()].tolist()
     if value_type == ValueType.BOOL and pa.types.is_boolean(col.type):

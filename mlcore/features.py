@@ -79,15 +79,18 @@ def engineer_table(batch: Batch, spec: ProblemSpec) -> pa.Table:
     """``engineer(read_curated(batch), spec)`` as Arrow, read straight from the curated file:
     text columns stay Arrow strings (no Python object per value until the online write)."""
     columns = [spec.entity.key, "event_timestamp", *spec.feature_names]
-    return pq.read_table(Path(batch.curated_uri or ""), columns=columns)
+    text = [f.name for f in spec.features if f.kind == "categorical" and f.value_type == "str"]
+    # text read as the file's own dictionary (no per-value decode); written back as plain text
+    return pq.read_table(Path(batch.curated_uri or ""), columns=columns,
+                         read_dictionary=text or None)
 
 
 def write_offline(frame: pd.DataFrame | pa.Table, dest: Path) -> None:
     """Write one batch's partition atomically (staging dir, then rename)."""
     staging = dest.with_name(f".staging-{dest.name}-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
-    if isinstance(frame, pa.Table):
-        pq.write_table(frame, staging / "part-0.parquet")
+    if isinstance(frame, pa.Table):  # no Arrow schema stored: dictionaries read back as text
+        pq.write_table(frame, staging / "part-0.parquet", store_schema=False)
     else:
         frame.to_parquet(staging / "part-0.parquet", index=False)
     if dest.exists():
