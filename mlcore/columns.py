@@ -105,13 +105,16 @@ def category_values(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...],
 def category_array(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...],
                    value_type: str, arrow_type: Any) -> Any:
     """``category_values`` as an Arrow array, built from the distinct values and their codes
-    (a dictionary decoded in C++: no Python object per row)."""
+    (no Python object per row): text as a dictionary array, other types decoded in C++."""
     import pyarrow as pa
 
     codes, uniques = pd.factorize(col, use_na_sentinel=True)
     dictionary = pa.array(_typed_uniques(list(uniques), vocabulary, value_type), arrow_type)
     indices = pa.array(codes, mask=codes < 0)
-    return pa.DictionaryArray.from_arrays(indices, dictionary).dictionary_decode()
+    coded = pa.DictionaryArray.from_arrays(indices, dictionary)
+    # text stays dictionary-encoded (parquet writes it as such; read back as plain text when
+    # the file does not store the Arrow schema); other types are decoded
+    return coded if value_type == "str" else coded.dictionary_decode()
 
 
 def _typed_uniques(values: list[Any], vocabulary: list[Any] | tuple[Any, ...],

@@ -45,6 +45,7 @@ from mlcore.store.session import session_scope
 from mlcore.targets import ClassesUnknown, TargetCoder, fix_classes, local_coder, target_coder
 from mlcore.validation import (
     check_columns,
+    describe_feature,
     duplicate_mask,
     entity_keys,
     event_time,
@@ -183,8 +184,11 @@ def curate_table(valid: pd.DataFrame, spec: ProblemSpec, when: pd.Series | None 
 
 
 def curate(valid: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
-    """``curate_table`` as a pandas frame."""
-    return curate_table(valid, spec).to_pandas()
+    """``curate_table`` as a pandas frame (text as plain strings, as the curated file reads)."""
+    table = curate_table(valid, spec)
+    plain = pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f
+                       for f in table.schema])
+    return table.cast(plain).to_pandas()
 
 
 @dataclass
@@ -199,6 +203,46 @@ class _Outcome:
     schema: dict[str, str] = field(default_factory=dict)
     ts_min: pd.Timestamp | None = None
     ts_max: pd.Timestamp | None = None
+    found: dict[str, list[str]] = field(default_factory=dict)  # rule -> a few offending values
+
+
+EXAMPLES = 3
+
+
+def _examples(out: _Outcome, chunk: pd.DataFrame, violations: pd.DataFrame, offset: int,
+              spec: ProblemSpec) -> None:
+    """Keep a few offending values per column rule (what was found, for the rejection)."""
+    columns = {*spec.inputs, spec.target.name}
+    for rule, rows in violations.groupby("rule")["row_number"]:
+        column = next((c for c in columns if str(rule).startswith(f"{c}_")), None)
+        if str(rule) == "target_invalid":
+            column = spec.target.name
+        seen = out.found.setdefault(str(rule), [])
+        if column is None or column not in chunk.columns or len(seen) >= EXAMPLES:
+            continue
+        values = chunk[column].iloc[rows.to_numpy()[:50] - offset]
+        for v in dict.fromkeys(repr(x) for x in values.tolist()):
+            if len(seen) < EXAMPLES and v not in seen:
+                seen.append(v)
+
+
+def declared_and_found(spec: ProblemSpec, rules: Counter[str], found: dict[str, list[str]],
+                       coder: TargetCoder | None) -> list[str]:
+    """For each column rule that fired, what the spec declares and a few values found."""
+    out = []
+    for rule, n in sorted(rules.items()):
+        if rule not in found or not found[rule]:
+            continue
+        column = next((f for f in spec.features if rule.startswith(f"{f.name}_")), None)
+        if column is not None:
+            declared = describe_feature(column)
+        elif rule == "target_invalid":
+            declared = f"target {spec.target.kind}: " + (coder.describe() if coder else "")
+        else:
+            continue
+        out.append(f"{rule} ({n} rows): declared {declared}; found e.g. "
+                   + ", ".join(found[rule]))
+    return out
 
 
 def _target_coder(src: _Source, spec: ProblemSpec, url: str) -> tuple[TargetCoder | None, bool]:
@@ -228,7 +272,10 @@ def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime,
             dup, when = dups[out.rows:out.rows + n], event_time(chunk[time_col], spec)
             bad, violations = row_violations(chunk, spec, now, out.rows, dup, when, coder)
             table = curate_table(chunk.loc[~bad], spec, when[~bad], coder)
-            writer = writer or pq.ParquetWriter(staging / "part-0.parquet", table.schema)
+            _examples(out, chunk, violations, out.rows, spec)
+            # no Arrow schema in the file: dictionary-encoded text reads back as plain text
+            writer = writer or pq.ParquetWriter(staging / "part-0.parquet", table.schema,
+                                                store_schema=False)
             writer.write_table(table)
             _tally(out, n, bad, violations, table.column("event_timestamp"))
             failpoint("ingest.mid_write")
@@ -365,6 +412,7 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
               "quarantine_count": out.bad_rows}
     reasons = rejection_reasons(spec, out.rows, out.bad_rows, out.rules)
     if reasons:
+        reasons += declared_and_found(spec, out.rules, out.found, coder)
         shutil.rmtree(staging, ignore_errors=True)
         why = f"batch {batch_id!r}: rejected: {'; '.join(reasons)}"
         log.error(why)

@@ -167,6 +167,19 @@ def _row_rules(df: pd.DataFrame, spec: ProblemSpec, now: datetime, duplicates: n
     return rules
 
 
+def describe_feature(feat: Feature) -> str:
+    """What the spec declares for a column, in a few words (for error messages)."""
+    if feat.kind == "numeric":
+        lo = "-inf" if feat.min is None else f"{feat.min:g}"
+        hi = "inf" if feat.max is None else f"{feat.max:g}"
+        return f"{feat.name}: numeric in [{lo}, {hi}]" + (", nullable" if feat.nullable else "")
+    if feat.kind == "categorical":
+        values = list(feat.values or ())
+        shown = ", ".join(repr(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+        return f"{feat.name}: categorical of {feat.value_type} [{shown}]"
+    return f"{feat.name}: {feat.kind}" + (", nullable" if feat.nullable else "")
+
+
 def feature_rules(raw: pd.Series, feat: Feature) -> dict[str, tuple[pd.Series, str]]:
     """The row rules of one feature column, by its kind (masks of failing rows, reasons)."""
     name, index = feat.name, raw.index

@@ -271,3 +271,45 @@ def test_paired_bootstrap_of_any_kind_is_seeded_and_brackets_the_delta(kind):
         {"binary": ["roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "f1"],
          "multiclass": ["log_loss", "accuracy", "f1_macro", "roc_auc_ovr"],
          "regression": ["rmse", "mae", "r2", "mape"]}[kind])
+
+
+def test_nullable_text_and_booleans_reach_both_feature_stores_as_missing(tmp_path):
+    """Strings and bools keep their Feast types and their missing values, offline and online."""
+    from pathlib import Path
+
+    from mlcore.config import Settings
+    from mlcore.features import apply_definitions, feature_store, materialize_batch
+    from mlcore.features import online_feature_rows as rows_of
+    from mlcore.ingestion import ingest_batch
+    from mlcore.store.session import upgrade
+
+    root = Path(__file__).resolve().parents[2]
+    data = yaml.safe_load(SPEC)
+    data["features"][0].update(nullable=True)  # colour
+    data["features"][2].update(nullable=True)  # flag
+    (tmp_path / "problems").mkdir()
+    (tmp_path / "problems" / "toy.yaml").write_text(yaml.safe_dump(data))
+    spec = ProblemSpec.model_validate(data)
+    settings = Settings(home=tmp_path / "home", problems_dir=tmp_path / "problems",
+                        feature_repo=root / "feature_repo")
+    settings.home.mkdir()
+    upgrade(settings.db_url)
+    apply_definitions(settings)
+    df = frame(40)
+    df.loc[[1, 2], "colour"] = None
+    df.loc[[2, 3], "flag"] = None
+    df["at"] = "2024-03-01 00:00:00"
+    df.to_parquet(tmp_path / "b1.parquet")
+    assert ingest_batch(spec, str(tmp_path / "b1.parquet"), "b1", settings).quarantine_count == 0
+    materialize_batch(spec, "b1", settings)
+    types = {f.name: str(f.dtype) for f in
+             feature_store(settings).get_feature_view(spec.feature_view).features}
+    assert (types["colour"], types["flag"], types["grade"]) == ("String", "Bool", "Int64")
+    offline = pd.read_parquet(settings.partition("features", spec.name, "b1"))
+    assert offline["colour"].isna().tolist()[:4] == [False, True, True, False]
+    got = rows_of(spec, [0, 1, 2, 3], settings)
+    cols = spec.feature_names
+    assert [r[cols.index("colour")] for r in got] == [df.at[0, "colour"], None, None,
+                                                      df.at[3, "colour"]]
+    flags = [r[cols.index("flag")] for r in got]
+    assert flags[2:] == [None, None] and all(isinstance(f, int) for f in flags[:2])
