@@ -376,7 +376,8 @@ def _reference(spec: ProblemSpec, mv: ModelVersion, model: Any, settings: Settin
         raise DriftCheckFailed(f"batch {batch_id!r}: {spec.name!r} v{mv.version}'s reference "
                                f"profile {path} is missing or does not match its recorded "
                                "SHA-256; no drift verdict")
-    frame = _sample(pd.read_parquet(io.BytesIO(data)), spec.drift.sample_rows)
+    # profiles written before categories were kept as text hold codes: made comparable too
+    frame = comparable(_sample(pd.read_parquet(io.BytesIO(data)), spec.drift.sample_rows), spec)
     return frame, {"source": "profile", "uri": profile["uri"], "sha256": profile["sha256"]}
 
 

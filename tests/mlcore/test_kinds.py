@@ -313,3 +313,23 @@ def test_nullable_text_and_booleans_reach_both_feature_stores_as_missing(tmp_pat
                                                       df.at[3, "colour"]]
     flags = [r[cols.index("flag")] for r in got]
     assert flags[2:] == [None, None] and all(isinstance(f, int) for f in flags[:2])
+
+
+def test_a_reference_profile_with_integer_codes_compares_with_text_categories(spec, slices,
+                                                                              tmp_path):
+    """Profiles written before categories were kept as text still judge drift (no mismatch)."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from mlcore.monitoring import _reference, check_columns, comparable, stattests
+
+    old = curate(pd.read_parquet(slices[2015]), spec)[spec.feature_names]  # int64 codes
+    old.assign(prediction=0.5).to_parquet(tmp_path / "reference.parquet")
+    data = (tmp_path / "reference.parquet").read_bytes()
+    mv = SimpleNamespace(version=1, reproducibility={"reference_profile": {
+        "uri": str(tmp_path / "reference.parquet"), "sha256": hashlib.sha256(data).hexdigest()}})
+    reference, source = _reference(spec, mv, None, None, "b")
+    assert source["source"] == "profile"
+    current = comparable(curate(pd.read_parquet(slices[2016]), spec), spec)
+    tests = {c: stattests(spec)[c] for c in spec.feature_names}
+    check_columns(reference, current, tests, "b")  # same kinds on both sides: no failure
