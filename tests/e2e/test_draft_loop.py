@@ -5,6 +5,7 @@ score, drift, labels and performance, and the champion reproduces bit for bit.""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +43,9 @@ def test_a_drafted_spec_runs_the_loop_on_its_own_file(name, tmp_path, capsys, mo
     problems = tmp_path / "problems"
     problems.mkdir()
     monkeypatch.setenv("MLCORE_HOME", str(tmp_path / "cli-home"))
+    # mlcore.features exports the settings' problems dir for Feast's repo parsing: restore the
+    # process-wide one afterwards, or later DAG runs would see only this draft
+    monkeypatch.setenv("MLCORE_PROBLEMS_DIR", os.environ["MLCORE_PROBLEMS_DIR"])
     get_settings.cache_clear()
     code = main(["problem", "draft", str(sample), "--target", target, "--key", key,
                  "--time", time, "--name", name, "--out", str(problems / f"{name}.yaml")])

@@ -273,8 +273,9 @@ def test_paired_bootstrap_of_any_kind_is_seeded_and_brackets_the_delta(kind):
          "regression": ["rmse", "mae", "r2", "mape"]}[kind])
 
 
-def test_nullable_text_and_booleans_reach_both_feature_stores_as_missing(tmp_path):
+def test_nullable_text_and_booleans_reach_both_feature_stores_as_missing(tmp_path, monkeypatch):
     """Strings and bools keep their Feast types and their missing values, offline and online."""
+    import os
     from pathlib import Path
 
     from mlcore.config import Settings
@@ -283,6 +284,10 @@ def test_nullable_text_and_booleans_reach_both_feature_stores_as_missing(tmp_pat
     from mlcore.ingestion import ingest_batch
     from mlcore.store.session import upgrade
 
+    for var in ("MLCORE_PROBLEMS_DIR", "MLCORE_HOME"):  # Feast's env, restored afterwards
+        monkeypatch.setenv(var, os.environ.get(var, "unset"))
+        if os.environ[var] == "unset":
+            monkeypatch.delenv(var)
     root = Path(__file__).resolve().parents[2]
     data = yaml.safe_load(SPEC)
     data["features"][0].update(nullable=True)  # colour
