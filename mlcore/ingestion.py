@@ -419,7 +419,7 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
         _finish(spec, batch_id, {**common, "state": "rejected", "reason": why}, out.violations,
                 settings.db_url)
         raise BatchRejected(why)
-    if learnt and coder is not None and coder.classes is not None:
+    if learnt and coder is not None and coder.learnable:
         _fix_classes(spec, batch_id, coder, staging, settings.db_url)
     raw_staging = _staging(raw_dir)
     shutil.copy2(raw, raw_staging / raw.name)

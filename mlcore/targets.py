@@ -26,6 +26,16 @@ from mlcore.store.models import TargetClasses
 from mlcore.store.session import session_scope
 
 
+class _Unseen:
+    """Stands for the negative label of a binary target not seen yet (matches no label)."""
+
+    def __repr__(self) -> str:
+        return "<no other label seen>"
+
+
+UNSEEN = _Unseen()
+
+
 class ClassesUnknown(ValueError):
     """A classification problem's class list is not known yet (no labelled batch so far)."""
 
@@ -51,6 +61,11 @@ class TargetCoder:
             other = 1 - self.positive
             return [label_key(self.classes[other]), label_key(self.classes[self.positive])]
         return [label_key(c) for c in self.classes]
+
+    @property
+    def learnable(self) -> bool:
+        """Its classes are real labels (not a stand-in for one not seen yet)."""
+        return self.classes is not None and UNSEEN not in self.classes
 
     @property
     def n_classes(self) -> int:
@@ -163,7 +178,7 @@ def local_coder(spec: ProblemSpec, labels: pd.Series) -> TargetCoder:
     if spec.target.kind == "binary":
         keys = [label_key(c) for c in classes]
         if len(classes) != 2 or label_key(spec.target.positive) not in keys:
-            return TargetCoder("binary", (spec.target.positive, object()), 0)
+            return TargetCoder("binary", (spec.target.positive, UNSEEN), 0)
     return _learnt(spec, classes)
 
 

@@ -338,3 +338,23 @@ def test_a_reference_profile_with_integer_codes_compares_with_text_categories(sp
     current = comparable(curate(pd.read_parquet(slices[2016]), spec), spec)
     tests = {c: stattests(spec)[c] for c in spec.feature_names}
     check_columns(reference, current, tests, "b")  # same kinds on both sides: no failure
+
+
+def test_a_first_batch_with_only_the_positive_label_fixes_no_classes(sqlite_settings, tmp_path):
+    """Binary classes learnt from data need two labels: until a batch has them nothing is fixed
+    (no stand-in for the unseen label is stored)."""
+    from mlcore.ingestion import ingest_batch
+    from mlcore.targets import stored_classes
+
+    spec = toy()
+    df = frame(60)
+    df["y"] = "yes"
+    df.to_parquet(tmp_path / "b1.parquet")
+    m = ingest_batch(spec, str(tmp_path / "b1.parquet"), "b1", sqlite_settings, now=NOW)
+    assert (m.published_rows, m.quarantine_count) == (60, 0)
+    assert stored_classes(spec.name, sqlite_settings.db_url) is None
+    df["y"] = ["yes", "no"] * 30
+    df["id"] += 1000
+    df.to_parquet(tmp_path / "b2.parquet")
+    ingest_batch(spec, str(tmp_path / "b2.parquet"), "b2", sqlite_settings, now=NOW)
+    assert stored_classes(spec.name, sqlite_settings.db_url) == ["no", "yes"]
