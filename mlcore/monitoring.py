@@ -96,13 +96,15 @@ def stattests(spec: ProblemSpec, classes: list[str] | None = None) -> dict[str, 
 
 
 def comparable(frame: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
-    """Categorical columns as text (``label_key``; None where missing), so a column compares
-    alike whether it was read from Feast or a curated file, with or without missing values."""
+    """Text and boolean categories as text (``label_key``; None where missing), so a column
+    compares alike whether it was read from Feast or a curated file, with or without missing
+    values. Integer categories stay integers (the same dtype from either source; converting
+    them made a census drift check ~3x slower, benchmarks/BENCHMARKS.md)."""
     from mlcore.columns import label_key
 
     out = frame.copy()
     for c in spec.categorical:
-        if c in out.columns:
+        if c in out.columns and spec.feature(c).value_type != "int":
             codes, uniques = pd.factorize(out[c], use_na_sentinel=True)
             table = np.array([label_key(u) for u in uniques] + [None], dtype=object)
             out[c] = table[codes]

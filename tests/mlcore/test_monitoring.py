@@ -224,7 +224,7 @@ def test_reference_profile_is_a_seeded_bounded_sample(spec, slices, tmp_path):
     first = write_reference_profile(small, train, _Half(), tmp_path, seed=3)
     frame = pd.read_parquet(first["uri"])
     assert first["rows"] == len(frame) == 100 and set(frame[PREDICTION]) == {0.5}
-    assert frame.drop(columns=PREDICTION).equals(comparable(  # categories kept as text
+    assert frame.drop(columns=PREDICTION).equals(comparable(  # text categories kept as text
         train[spec.feature_names].sample(100, random_state=3).reset_index(drop=True), spec))
     assert write_reference_profile(small, train, _Half(), tmp_path, seed=3) == first
     assert write_reference_profile(small, train, _Half(), tmp_path, seed=4)["sha256"] != (
