@@ -409,13 +409,13 @@ def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftR
     current = sample_curated(batch, spec.drift.sample_rows)
     classes = model_target(model)["classes"]
     tests = stattests(spec, classes)
-    check_columns(reference, comparable(current, spec),
-                  {c: tests[c] for c in spec.feature_names}, batch_id)
+    judged = comparable(current, spec)  # the model still scores the curated values
+    check_columns(reference, judged, {c: tests[c] for c in spec.feature_names}, batch_id)
     if reference.empty or current.empty:
         raise DriftCheckFailed(f"batch {batch_id!r}: no rows to compare "
                                f"(reference {len(reference)}, current {len(current)})")
     outputs = predict(model, current[spec.feature_names])
-    current = comparable(current, spec).assign(**prediction_columns(outputs, classes))
+    current = judged.assign(**prediction_columns(outputs, classes))
     check_columns(reference, current, tests, batch_id)
     budget.check("loading and scoring")
     try:
