@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
@@ -26,12 +27,14 @@ from sqlalchemy import exists, select
 
 from mlcore.batches import BATCH_ID_RE, BatchError, InvalidBatchId, check_batch_id
 from mlcore.config import Settings, _RunConfig
+from mlcore.integrity import DataDamaged, verified
 from mlcore.problems import ProblemSpec
 from mlcore.registry import alias_holder
 from mlcore.store.models import Batch, DriftReport, Materialization, Prediction, utcnow
 from mlcore.store.session import session_scope
 
 Stage = Literal["materialize", "score", "monitor"]
+log = logging.getLogger(__name__)
 Policy = Literal["missing", "failed", "all"]
 Order = Literal["given", "event_time"]
 STAGES: tuple[str, ...] = get_args(Stage)
@@ -171,8 +174,7 @@ def _done(problem: str, stage: str, batch_ids: list[str], url: str) -> frozenset
     if not batch_ids:
         return frozenset()
     if stage == "materialize":
-        cond = exists().where(Materialization.problem == problem,
-                              Materialization.batch_id == Batch.batch_id)
+        return _materialized(problem, batch_ids, url)
     else:
         champion = alias_holder(problem, url)
         if champion is None:
@@ -184,6 +186,25 @@ def _done(problem: str, stage: str, batch_ids: list[str], url: str) -> frozenset
     with session_scope(url) as s:
         return frozenset(s.scalars(select(Batch.batch_id).where(
             Batch.problem == problem, Batch.batch_id.in_(batch_ids), cond)))
+
+
+def _materialized(problem: str, batch_ids: list[str], url: str) -> frozenset[str]:
+    """Batches whose features partition is on disk as recorded (size and footer rows: a
+    deleted or truncated partition is not done, whatever the database says)."""
+    with session_scope(url) as s:
+        rows = list(s.scalars(select(Materialization).where(
+            Materialization.problem == problem, Materialization.batch_id.in_(batch_ids))))
+    done = set()
+    for m in rows:
+        if not Path(m.offline_uri).exists():
+            continue
+        try:
+            verified(Path(m.offline_uri), m.files, f"batch {m.batch_id!r}", full=False)
+        except DataDamaged as exc:
+            log.warning("%s: not done", exc)
+            continue
+        done.add(m.batch_id)
+    return frozenset(done)
 
 
 def plan_backfill(batch_ids: Sequence[str], policy: Policy, order: Order,

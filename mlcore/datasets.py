@@ -28,6 +28,7 @@ from mlcore.features import (
     require_materialized,
 )
 from mlcore.ingestion import parquet_files, parquet_rows, published_batches
+from mlcore.integrity import curated_files, offline_files
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch
 
@@ -194,10 +195,10 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
     src = bucketable_source(store, view, service, spec)
     if src is None:
         return historical_features(spec, batches, settings, with_target)
-    entity_rows = parquet_rows([f for b in batches
-                                for f in parquet_files(Path(b.curated_uri or ""))])
-    offline_files = parquet_files(Path(src.path))
-    buckets = -(-max(entity_rows, parquet_rows(offline_files)) // PIT_BUCKET_ROWS)
+    entity_rows = parquet_rows([f for b in batches for f in curated_files(b)])
+    offline_files(spec.name, settings.db_url)  # verified first (Feast reads them too)
+    partitions = parquet_files(Path(src.path))
+    buckets = -(-max(entity_rows, parquet_rows(partitions)) // PIT_BUCKET_ROWS)
     if buckets <= 1:
         return historical_features(spec, batches, settings, with_target)
     (settings.home / "tmp").mkdir(parents=True, exist_ok=True)
@@ -208,7 +209,7 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
         ent = [Path(tmp) / f"entity-{i}.parquet" for i in range(buckets)]
         off = [Path(tmp) / f"offline-{i}.parquet" for i in range(buckets)]
         n_ent = _to_buckets(_entity_rows(batches, cols), spec.entity.key, ent)
-        n_off = _to_buckets(_batches(offline_files), spec.entity.key, off)
+        n_off = _to_buckets(_batches(partitions), spec.entity.key, off)
         for i in (i for i in range(buckets) if n_ent[i]):
             bucket_view = copy.copy(view)
             bucket_view.batch_source = FileSource(
@@ -246,7 +247,7 @@ def _entity_rows(batches: list[Batch], cols: list[str]) -> Iterator[pa.RecordBat
     """The entity rows ``historical_features`` builds: ``cols``, batch_id, then the row id."""
     start = 0
     for b in batches:
-        for rb in _batches(parquet_files(Path(b.curated_uri or "")), cols):
+        for rb in _batches(curated_files(b), cols):
             ids = pa.array(np.arange(start, start + rb.num_rows, dtype=np.int64))
             start += rb.num_rows
             yield pa.RecordBatch.from_arrays(

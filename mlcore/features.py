@@ -26,6 +26,7 @@ from sqlalchemy import delete, func, select
 
 from mlcore.config import Settings
 from mlcore.ingestion import get_batch, read_curated
+from mlcore.integrity import FileSet, curated_files, fingerprint, offline_files
 from mlcore.locks import file_lock
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch, Materialization
@@ -81,21 +82,24 @@ def engineer_table(batch: Batch, spec: ProblemSpec) -> pa.Table:
     columns = [spec.entity.key, "event_timestamp", *spec.feature_names]
     text = [f.name for f in spec.features if f.kind == "categorical" and f.value_type == "str"]
     # text read as the file's own dictionary (no per-value decode); written back as plain text
-    return pq.read_table(Path(batch.curated_uri or ""), columns=columns,
-                         read_dictionary=text or None)
+    files = curated_files(batch)
+    return pq.read_table(files[0] if len(files) == 1 else Path(batch.curated_uri or ""),
+                         columns=columns, read_dictionary=text or None)
 
 
-def write_offline(frame: pd.DataFrame | pa.Table, dest: Path) -> None:
-    """Write one batch's partition atomically (staging dir, then rename)."""
+def write_offline(frame: pd.DataFrame | pa.Table, dest: Path) -> FileSet:
+    """Write one batch's partition atomically (staging dir, then rename); its file record."""
     staging = dest.with_name(f".staging-{dest.name}-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
     if isinstance(frame, pa.Table):  # no Arrow schema stored: dictionaries read back as text
         pq.write_table(frame, staging / "part-0.parquet", store_schema=False)
     else:
         frame.to_parquet(staging / "part-0.parquet", index=False)
+    record = fingerprint(staging)
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(staging, dest)
+    return record
 
 
 def _feast_env(settings: Settings) -> None:
@@ -191,7 +195,7 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     batch = get_batch(spec.name, batch_id, settings.db_url)
     frame = engineer_table(batch, spec)
     dest = settings.partition("features", spec.name, batch_id)
-    write_offline(frame, dest)
+    record = write_offline(frame, dest)
     store = ensure_definitions(spec, settings)
     times = frame.column("event_timestamp").to_pandas()
     start = times.min().to_pydatetime() - timedelta(seconds=1)
@@ -203,7 +207,7 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
             online_end = max(end, _latest_window_end(spec.name, settings.db_url) or end)
             store.materialize(start_date=start, end_date=online_end,
                               feature_views=[spec.feature_view])
-    _record(spec, batch_id, dest, frame.num_rows, start, end, settings.db_url)
+    _record(spec, batch_id, dest, (frame.num_rows, record), start, end, settings.db_url)
     return MaterializationResult(spec.name, batch_id, spec.feature_view, str(dest), frame.num_rows,
                                  start.isoformat(), end.isoformat())
 
@@ -252,14 +256,14 @@ def require_materialized(problem: str, batch_ids: list[str], url: str) -> None:
                                     "materialized; run materialize_features for them first")
 
 
-def _record(spec: ProblemSpec, batch_id: str, dest: Path, rows: int, start: datetime,
-            end: datetime, url: str) -> None:
+def _record(spec: ProblemSpec, batch_id: str, dest: Path, written: tuple[int, FileSet],
+            start: datetime, end: datetime, url: str) -> None:
     with session_scope(url) as s:
         s.execute(delete(Materialization).where(Materialization.problem == spec.name,
                                                 Materialization.batch_id == batch_id))
         s.add(Materialization(problem=spec.name, batch_id=batch_id, feature_view=spec.feature_view,
-                              offline_uri=str(dest), rows=rows, window_start=start,
-                              window_end=end))
+                              offline_uri=str(dest), rows=written[0], window_start=start,
+                              window_end=end, files=written[1]))
 
 
 def historical_features(spec: ProblemSpec, batches: list[Batch], settings: Settings,
@@ -276,6 +280,7 @@ def historical_features(spec: ProblemSpec, batches: list[Batch], settings: Setti
     """
     ids = [b.batch_id for b in batches]
     cols = [spec.entity.key, "event_timestamp"] + ([spec.target.name] if with_target else [])
+    offline_files(spec.name, settings.db_url)  # Feast reads every partition: verify them first
     entity_df = pd.concat([read_curated(b, cols).assign(batch_id=b.batch_id) for b in batches],
                           ignore_index=True)
     entity_df[ROW_ID] = range(len(entity_df))

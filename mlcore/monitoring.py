@@ -22,7 +22,8 @@ import pandas as pd
 from sqlalchemy import delete, update
 
 from mlcore.config import Settings
-from mlcore.ingestion import get_batch, parquet_files, parquet_rows, read_curated
+from mlcore.ingestion import get_batch, parquet_rows, read_curated
+from mlcore.integrity import curated_files
 from mlcore.problems import ProblemSpec
 from mlcore.registry import ModelNotFound, alias_holder, get_version, load_model
 from mlcore.store.models import Batch, DriftReport, ModelVersion, RetrainRequest
@@ -124,7 +125,7 @@ def sample_curated(batch: Batch, rows: int, seed: int = 0) -> pd.DataFrame:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = parquet_files(Path(batch.curated_uri or ""))
+    files = curated_files(batch)
     total = parquet_rows(files)
     if total <= rows:
         return _sample(read_curated(batch), rows, seed)
@@ -166,7 +167,14 @@ def write_reference_profile(spec: ProblemSpec, train: pd.DataFrame, pipeline: An
     sample.to_parquet(tmp, index=False)
     sha = sha256_file(tmp)
     tmp.replace(dest)
-    return {"uri": str(dest), "sha256": sha, "rows": len(sample), "columns": list(sample.columns)}
+    # the name only: resolved next to the artifact (``profile_path``), so a moved home works
+    return {"uri": dest.name, "sha256": sha, "rows": len(sample), "columns": list(sample.columns)}
+
+
+def profile_path(mv: ModelVersion, profile: dict[str, Any]) -> Path:
+    """Where a version's reference profile is: a name next to its artifact (absolute paths
+    were recorded before homes could move)."""
+    return Path(mv.artifact_uri).parent / profile["uri"]
 
 
 def check_columns(reference: pd.DataFrame, current: pd.DataFrame, tests: dict[str, Stattest],
@@ -372,7 +380,7 @@ def _reference(spec: ProblemSpec, mv: ModelVersion, model: Any, settings: Settin
         frame = comparable(frame, spec).assign(**prediction_columns(
             predict(model, frame[spec.feature_names]), model_target(model)["classes"]))
         return frame, {"source": "training_batches", "batches": list(mv.training_batch_ids)}
-    path = Path(profile["uri"])
+    path = profile_path(mv, profile)
     data = path.read_bytes() if path.is_file() else b""
     if hashlib.sha256(data).hexdigest() != profile["sha256"]:
         raise DriftCheckFailed(f"batch {batch_id!r}: {spec.name!r} v{mv.version}'s reference "

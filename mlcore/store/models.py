@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import PurePosixPath
 from typing import Any
 
 from sqlalchemy import (
@@ -18,12 +19,38 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
-from sqlalchemy.types import DateTime
+from sqlalchemy.types import DateTime, TypeDecorator
 
 
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock the store uses."""
     return datetime.now(UTC)
+
+
+class HomePath(TypeDecorator[str]):
+    """A path under ``MLCORE_HOME``, stored relative to it so that a copy of the home and its
+    database works at another path; paths outside the home are stored as given."""
+
+    impl = Text
+    cache_ok = True
+
+    @staticmethod
+    def _home() -> PurePosixPath:
+        from mlcore.config import get_settings
+
+        return PurePosixPath(get_settings().home.resolve().as_posix())
+
+    def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or not value.startswith("/"):
+            return value
+        path = PurePosixPath(value)
+        home = self._home()
+        return path.relative_to(home).as_posix() if path.is_relative_to(home) else value
+
+    def process_result_value(self, value: str | None, dialect: Any) -> str | None:
+        if value is None or value.startswith("/") or "://" in value:
+            return value
+        return (self._home() / value).as_posix()
 
 
 class Base(DeclarativeBase):
@@ -46,13 +73,14 @@ class Batch(Base):
     schema: Mapped[dict[str, Any]]
     quarantine_count: Mapped[int] = mapped_column(BigInteger, default=0)
     state: Mapped[str] = mapped_column(String(16))
-    curated_uri: Mapped[str | None] = mapped_column(Text)
+    curated_uri: Mapped[str | None] = mapped_column(HomePath)
     code_version: Mapped[str | None] = mapped_column(String(64))
     reason: Mapped[str | None] = mapped_column(Text)  # the decision: why it was rejected
     event_time_min: Mapped[datetime | None]
     event_time_max: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
+    files: Mapped[dict[str, Any] | None]  # the curated files' record (mlcore.integrity)
 
 
 class QuarantinedRow(Base):
@@ -78,11 +106,12 @@ class Materialization(Base):
     problem: Mapped[str] = mapped_column(String(64))
     batch_id: Mapped[str] = mapped_column(String(64))
     feature_view: Mapped[str] = mapped_column(String(128))
-    offline_uri: Mapped[str] = mapped_column(Text)
+    offline_uri: Mapped[str] = mapped_column(HomePath)
     rows: Mapped[int] = mapped_column(BigInteger)
     window_start: Mapped[datetime]
     window_end: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    files: Mapped[dict[str, Any] | None]  # the offline partition's record (mlcore.integrity)
 
 
 class ModelVersion(Base):
@@ -96,7 +125,7 @@ class ModelVersion(Base):
     version: Mapped[int] = mapped_column(Integer)
     algorithm: Mapped[str] = mapped_column(String(64))
     hyperparameters: Mapped[dict[str, Any]]
-    artifact_uri: Mapped[str] = mapped_column(Text)
+    artifact_uri: Mapped[str] = mapped_column(HomePath)
     artifact_sha256: Mapped[str] = mapped_column(String(64))
     training_batch_ids: Mapped[list[Any]]
     data_hash: Mapped[str] = mapped_column(String(64))
@@ -132,7 +161,7 @@ class Evaluation(Base):
     outcome: Mapped[str | None] = mapped_column(String(32))  # promote | keep: ... | reject: ...
     reason: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None]  # guardrails, slices, throughput, bootstrap settings
-    run_card_uri: Mapped[str | None] = mapped_column(Text)
+    run_card_uri: Mapped[str | None] = mapped_column(HomePath)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
@@ -199,8 +228,8 @@ class DriftReport(Base):
     drift_share: Mapped[float] = mapped_column(Float)
     drifted_columns: Mapped[list[Any]]
     dataset_drift: Mapped[bool]
-    json_uri: Mapped[str] = mapped_column(Text)
-    html_uri: Mapped[str] = mapped_column(Text)
+    json_uri: Mapped[str] = mapped_column(HomePath)
+    html_uri: Mapped[str] = mapped_column(HomePath)
     details: Mapped[dict[str, Any] | None]  # per-column scores/thresholds, prediction, segments
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -23,6 +23,7 @@ from mlcore.monitoring import (
     check_columns,
     detect_drift,
     measure_drift,
+    profile_path,
     stattests,
 )
 from mlcore.store.models import DriftReport
@@ -79,7 +80,7 @@ def profile(spec, loop):
     from mlcore.registry import get_version
 
     mv = get_version(spec.name, loop.contender.version, loop.settings.db_url)
-    return pd.read_parquet(mv.reproducibility["reference_profile"]["uri"])
+    return pd.read_parquet(profile_path(mv, mv.reproducibility["reference_profile"]))
 
 
 def test_a_reference_missing_a_column_raises_instead_of_no_drift(spec, home, profile,

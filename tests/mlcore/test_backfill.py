@@ -29,6 +29,7 @@ from mlcore.backfill import (
 )
 from mlcore.batches import BatchNotFound, InvalidBatchId
 from mlcore.ingestion import ingest_batch
+from mlcore.integrity import fingerprint
 from mlcore.store.models import Alias, Batch, DriftReport, Materialization, Prediction
 from mlcore.store.session import session_scope
 
@@ -126,8 +127,12 @@ def test_done_state_per_stage_follows_the_champion(spec, settings):
         for i, b in enumerate(("2015", "2016", "2017")):
             add_batch(s, b, 2015 + i)
         add_batch(s, "bad", 2015, state="rejected")
-        s.add(Materialization(problem=p, batch_id="2015", feature_view="fv", offline_uri="/x",
-                              rows=10, window_start=year_end(2015), window_end=year_end(2015)))
+        part = settings.partition("features", p, "2015")
+        part.mkdir(parents=True)
+        pd.DataFrame({"x": range(10)}).to_parquet(part / "part-0.parquet")
+        s.add(Materialization(problem=p, batch_id="2015", feature_view="fv",
+                              offline_uri=str(part), rows=10, window_start=year_end(2015),
+                              window_end=year_end(2015), files=fingerprint(part)))
         s.add_all([Prediction(problem=p, batch_id=b, entity_key=str(k), model_version=v,
                               score=0.5) for b, v in (("2015", 1), ("2016", 2)) for k in range(3)])
         s.add(DriftReport(problem=p, batch_id="2017", model_version=2, drift_share=0.1,

@@ -26,6 +26,7 @@ from mlcore.monitoring import (
     comparable,
     detect_drift,
     measure_drift,
+    profile_path,
     stattests,
     write_reference_profile,
 )
@@ -89,7 +90,7 @@ def scipy_scores(spec, settings, batch_id: str) -> dict[str, float]:
     """The same statistics computed independently: scipy on the stored profile and the batch's
     curated rows scored by the champion (both sides are under ``sample_rows``: no sampling)."""
     mv = get_version(spec.name, alias_holder(spec.name, settings.db_url), settings.db_url)
-    ref = pd.read_parquet(mv.reproducibility["reference_profile"]["uri"])
+    ref = pd.read_parquet(profile_path(mv, mv.reproducibility["reference_profile"]))
     cur = read_curated(get_batch(spec.name, batch_id, settings.db_url))
     cur[PREDICTION] = predict_proba(load_model(mv, settings), cur[spec.feature_names])
     cur = comparable(cur, spec)  # categories as text on both sides, as the profile keeps them
@@ -202,7 +203,7 @@ def test_drift_files_no_retrain_request_itself(drift):
 def test_the_champion_has_a_reference_profile(spec, loop):
     mv = get_version(spec.name, loop.contender.version, loop.settings.db_url)
     profile = mv.reproducibility["reference_profile"]
-    path = Path(profile["uri"])
+    path = profile_path(mv, profile)
     assert path.parent == Path(mv.artifact_uri).parent and path.name == "reference.parquet"
     assert hashlib.sha256(path.read_bytes()).hexdigest() == profile["sha256"]
     frame = pd.read_parquet(path)
