@@ -30,6 +30,15 @@ class Settings(BaseSettings):
     # An alternative feature_store.yaml (e.g. deploy/feature_store.postgres.yaml); None: the one
     # in ``feature_repo``. The definitions always come from ``feature_repo``.
     feast_config: Path | None = None
+    # Bounded waits on the metadata store, in seconds (0 disables one). A database that accepts
+    # TCP but never answers must fail a command, not hold an Airflow slot and lease forever.
+    # connect: establishing a connection (libpq counts whole seconds, at least 2).
+    db_connect_timeout: float = Field(10.0, ge=0)
+    # statement: one SQL statement on PostgreSQL (server-side ``statement_timeout``).
+    db_statement_timeout: float = Field(300.0, ge=0)
+    # lock: waiting for another transaction's lock (PostgreSQL ``lock_timeout``, SQLite busy
+    # timeout; SQLite needs a positive wait, so 0 there means "fail at once").
+    db_lock_timeout: float = Field(30.0, ge=0)
 
     @field_validator("feast_config", mode="before")
     @classmethod
