@@ -380,6 +380,10 @@ def promote_version(spec: ProblemSpec, version: int, reason: str, settings: Sett
     """``mlcore promote``: judge ``version`` against the champion exactly like a retrain would
     (on the newest labelled batch as holdout), and move the alias only if it passes, unless
     ``force``. Returns the decision (``promoted`` says whether the alias moved).
+
+    Raises:
+        ArtifactIntegrityError: the artifact is missing or its bytes differ from the registered
+            SHA-256 (``move_alias`` checks it on every move, forced or not).
     """
     from mlcore.datasets import build_dataset
     from mlcore.registry import alias_holder, get_version, move_alias
@@ -395,5 +399,6 @@ def promote_version(spec: ProblemSpec, version: int, reason: str, settings: Sett
     if promoted:
         move_alias(spec.name, expected=current, new=version, url=settings.db_url,
                    reason=f"{reason} ({'forced, checks skipped' if force else decision['reason']})",
-                   action="manual", actor=actor, evaluation_id=decision["evaluation_id"])
+                   action="manual", actor=actor, evaluation_id=decision["evaluation_id"],
+                   settings=settings)  # --force skips the quality checks, never the SHA-256
     return {**decision, "promoted": promoted, "version": version, "previous": current}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import io
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +26,8 @@ CHAMPION = "champion"
 CHALLENGER = "challenger"  # shadow-scored next to the champion; moves without checks
 ALIASES = (CHAMPION, CHALLENGER)
 
+log = logging.getLogger(__name__)
+
 
 class RegistryError(Exception):
     """Base of registry errors."""
@@ -38,8 +41,18 @@ class AliasConflict(RegistryError):
     """The alias moved since the caller read it (compare-and-set failed)."""
 
 
-class ArtifactTampered(RegistryError):
-    """The artifact's SHA-256 differs from the registered one."""
+class ArtifactIntegrityError(RegistryError):
+    """A version's artifact cannot be trusted: tampered, outside the artifact root, or missing.
+    Catch this to handle both ``ArtifactTampered`` and ``ArtifactMissing``."""
+
+
+class ArtifactTampered(ArtifactIntegrityError):
+    """The artifact's bytes differ from the registered SHA-256 (or its path escapes the
+    artifact root)."""
+
+
+class ArtifactMissing(ArtifactIntegrityError):
+    """The artifact file is missing or unreadable (nothing to hash: not evidence of tampering)."""
 
 
 def register_version(spec: ProblemSpec, settings: Settings, *, algorithm: str, artifact_uri: str,
@@ -99,16 +112,35 @@ def alias_holder(problem: str, url: str, alias: str = CHAMPION) -> int | None:
 
 def move_alias(problem: str, *, expected: int | None, new: int, reason: str, url: str,
                action: str = "promote", actor: str | None = None,
-               evaluation_id: int | None = None, alias: str = CHAMPION) -> None:
+               evaluation_id: int | None = None, alias: str = CHAMPION,
+               settings: Settings | None = None) -> None:
     """Compare-and-set ``alias`` from ``expected`` to ``new`` and log it, in one transaction.
+
+    Every move (champion or challenger, forced, manual, shadow or rollback) first hashes the
+    artifact's bytes and compares them to the registered SHA-256: a version whose artifact would
+    fail ``load_model`` never gets an alias. With ``settings`` the check is ``load_model``'s
+    own (also refusing a path outside ``<home>/artifacts`` and a missing file); without it (callers
+    that only have the URL) the bytes at the registered path are checked when the file exists, and
+    a missing file is logged, not refused (the artifact root is unknown there).
 
     Raises:
         AliasConflict: the alias no longer points at ``expected``.
         ModelNotFound: ``new`` is not a registered version.
+        ArtifactTampered: the artifact's bytes differ from the registered SHA-256 (or, with
+            ``settings``, its path is outside the artifact root).
+        ArtifactMissing: with ``settings``: the artifact file is missing or unreadable.
     """
     if alias not in ALIASES:
         raise ValueError(f"unknown alias {alias!r} (aliases: {', '.join(ALIASES)})")
-    get_version(problem, new, url)
+    mv = get_version(problem, new, url)
+    doing = f"refusing to make it {alias}"
+    if settings is not None:
+        verify_artifact(mv, settings, doing=doing)
+    elif Path(mv.artifact_uri).exists():
+        verify_artifact(mv, None, doing=doing)
+    else:
+        log.warning("moving %s of %r to v%d without an artifact check: %s is missing and no "
+                    "settings were given", alias, problem, new, mv.artifact_uri)
     actor = actor or getpass.getuser()
     try:
         with session_scope(url) as s:
@@ -130,8 +162,10 @@ def move_alias(problem: str, *, expected: int | None, new: int, reason: str, url
         raise AliasConflict(f"{problem!r} {alias} was set concurrently") from exc
 
 
-def rollback(problem: str, reason: str, url: str, actor: str | None = None) -> tuple[int, int]:
-    """Move the champion back to the version it replaced. Returns (from, to).
+def rollback(problem: str, reason: str, url: str, actor: str | None = None,
+             settings: Settings | None = None) -> tuple[int, int]:
+    """Move the champion back to the version it replaced (its artifact checked as in
+    ``move_alias``). Returns (from, to).
 
     Raises:
         ModelNotFound: there is no champion, or it has no previous holder.
@@ -149,8 +183,40 @@ def rollback(problem: str, reason: str, url: str, actor: str | None = None) -> t
     if previous is None:
         raise ModelNotFound(f"{problem!r} champion v{current} has no previous holder")
     move_alias(problem, expected=current, new=previous, reason=reason, url=url,
-               action="rollback", actor=actor)
+               action="rollback", actor=actor, settings=settings)
     return current, previous
+
+
+def verify_artifact(mv: ModelVersion, settings: Settings | None, *,
+                    doing: str = "refusing to load it") -> bytes:
+    """The artifact's bytes, read once, after checking they hash to the registered SHA-256.
+
+    With ``settings``, the path must resolve under ``<home>/artifacts`` (symlinks and ``..``
+    resolved). ``doing`` ends the error message (what is being refused).
+
+    Raises:
+        ArtifactTampered: the path escapes the artifact root, or the bytes differ.
+        ArtifactMissing: the file is missing or unreadable.
+    """
+    what = f"{mv.problem!r} v{mv.version}: artifact"
+    path = Path(mv.artifact_uri).resolve()
+    if settings is not None:
+        root = (settings.home / "artifacts").resolve()
+        if not path.is_relative_to(root):
+            raise ArtifactTampered(f"{what} {mv.artifact_uri} is outside {root}; {doing}")
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ArtifactMissing(f"{what} {path} is missing (registered SHA-256 "
+                              f"{mv.artifact_sha256[:12]}...); {doing}") from exc
+    except OSError as exc:
+        raise ArtifactMissing(f"{what} {path} is missing or unreadable "
+                              f"({type(exc).__name__}: {exc.strerror or exc}); {doing}") from exc
+    found = hashlib.sha256(data).hexdigest()
+    if found != mv.artifact_sha256:
+        raise ArtifactTampered(f"{what} {path} does not match its registered SHA-256 (expected "
+                               f"{mv.artifact_sha256[:12]}..., found {found[:12]}...); {doing}")
+    return data
 
 
 def load_model(mv: ModelVersion, settings: Settings) -> Any:
@@ -158,23 +224,14 @@ def load_model(mv: ModelVersion, settings: Settings) -> Any:
     SHA-256 matches the registered one (a tampered file is never unpickled).
 
     Raises:
-        ArtifactTampered: the path escapes the artifact root, the file is missing, or its hash
-            differs.
+        ArtifactTampered: the path escapes the artifact root, or the file's hash differs.
+        ArtifactMissing: the file is missing or unreadable.
     """
     import joblib
 
-    root = (settings.home / "artifacts").resolve()
-    path = Path(mv.artifact_uri).resolve()
-    if not path.is_relative_to(root):
-        raise ArtifactTampered(f"{mv.problem!r} v{mv.version}: artifact {mv.artifact_uri} is "
-                               f"outside {root}; refusing to load it")
     # Read once, hash those bytes, unpickle those bytes: a file swapped after the check is
     # never what gets loaded.
-    data = path.read_bytes() if path.is_file() else None
-    if data is None or hashlib.sha256(data).hexdigest() != mv.artifact_sha256:
-        raise ArtifactTampered(f"{mv.problem!r} v{mv.version}: artifact {path} is missing or "
-                               "does not match its registered SHA-256; refusing to load it")
-    return joblib.load(io.BytesIO(data))
+    return joblib.load(io.BytesIO(verify_artifact(mv, settings)))
 
 
 def list_versions(problem: str, url: str) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass
 from itertools import repeat
@@ -19,10 +20,19 @@ from mlcore.evaluation import predict_proba
 from mlcore.features import feature_store, missing_features, require_materialized
 from mlcore.ingestion import get_batch, parquet_files, read_curated
 from mlcore.problems import ProblemSpec
-from mlcore.registry import CHALLENGER, ModelNotFound, alias_holder, get_version, load_model
+from mlcore.registry import (
+    CHALLENGER,
+    ArtifactIntegrityError,
+    ModelNotFound,
+    alias_holder,
+    get_version,
+    load_model,
+)
 from mlcore.store.models import Batch, Prediction, utcnow
 from mlcore.store.session import session_scope
 from mlcore.targets import model_target
+
+log = logging.getLogger(__name__)
 
 _CHUNK = 50_000  # predictions per INSERT
 _PREDICT_ROWS = 1_000_000  # rows per predict_proba call
@@ -40,6 +50,8 @@ class ScoringResult:
     rows_per_second: float
     challenger_version: int | None = None
     challenger_mean_score: float | None = None
+    # a challenger that could not be loaded: ``{"version": int, "reason": str}`` (alert on it)
+    skipped_challenger: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -54,9 +66,16 @@ def score_batch(spec: ProblemSpec, batch_id: str, settings: Settings,
     same rows are scored by it too and stored under its version; only the champion's scores are
     what consumers read as "the" prediction.
 
+    Both models are loaded (their artifacts verified) before anything is written. A challenger
+    that cannot be loaded is skipped: logged as a warning and reported in
+    ``ScoringResult.skipped_challenger``; the champion's scoring still succeeds. A champion
+    that cannot be loaded fails the run with nothing written.
+
     Raises:
         ModelNotFound: no champion yet and no version given.
         BatchNotFound: the batch is not published.
+        ArtifactIntegrityError: the champion's (or ``version``'s) artifact is missing or
+            tampered (nothing was written).
     """
     batch = get_batch(spec.name, batch_id, settings.db_url)
     shadow = None if version else alias_holder(spec.name, settings.db_url, CHALLENGER)
@@ -64,21 +83,28 @@ def score_batch(spec: ProblemSpec, batch_id: str, settings: Settings,
     if version is None:
         raise ModelNotFound(f"batch {batch_id!r}: {spec.name!r} has no champion to score with")
     model = load_model(get_version(spec.name, version, settings.db_url), settings)
+    challenger, skipped = None, None
+    if shadow is not None and shadow != version:
+        try:
+            challenger = load_model(get_version(spec.name, shadow, settings.db_url), settings)
+        except (ArtifactIntegrityError, ModelNotFound) as exc:
+            skipped = {"version": shadow, "reason": f"{type(exc).__name__}: {exc}"}
+            log.warning("batch %r of %r: challenger v%d skipped, champion v%d scored alone: %s",
+                        batch_id, spec.name, shadow, version, skipped["reason"])
     require_materialized(spec.name, [batch_id], settings.db_url)
     frame = batch_features(spec, batch, settings)
     keys = _keys(frame[spec.entity.key])
     start = time.perf_counter()
     scores = _predict(model, frame, spec.feature_names)
     rps = len(frame) / max(time.perf_counter() - start, 1e-9)
+    shadow_rows = None if challenger is None else rows_of(
+        challenger, _predict(challenger, frame, spec.feature_names))
     mean = _store(spec.name, batch_id, version, keys, rows_of(model, scores), settings.db_url)
     shadow_mean = None
-    if shadow is not None and shadow != version:
-        challenger = load_model(get_version(spec.name, shadow, settings.db_url), settings)
-        shadow_scores = _predict(challenger, frame, spec.feature_names)
-        shadow_mean = _store(spec.name, batch_id, shadow, keys, rows_of(challenger, shadow_scores),
-                             settings.db_url)
+    if challenger is not None and shadow is not None and shadow_rows is not None:
+        shadow_mean = _store(spec.name, batch_id, shadow, keys, shadow_rows, settings.db_url)
     return ScoringResult(spec.name, batch_id, version, len(keys), mean, rps,
-                         shadow if shadow_mean is not None else None, shadow_mean)
+                         shadow if shadow_mean is not None else None, shadow_mean, skipped)
 
 
 @dataclass(frozen=True)
