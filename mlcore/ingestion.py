@@ -9,6 +9,8 @@ Publishing protocol (a crash at any step leaves nothing half-visible; a re-run p
 4. the decision: rejected (recorded with every reason, staging removed) or
 5. rename staging -> ``curated/problem=<p>/batch=<id>``, then one transaction marks the manifest
    ``published`` and stores the quarantined rows. Readers only follow published manifests.
+Any other error (disk full, I/O) removes the staging dirs and marks the manifest ``failed``
+with the cause; a re-run restages from step 2.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import uuid
 from collections import Counter
@@ -89,8 +92,8 @@ def _source_path(source: str) -> Path:
 class _Source:
     """A raw parquet or CSV file read in chunks, with errors naming the batch and the file."""
 
-    def __init__(self, path: Path, batch_id: str) -> None:
-        self.path, self.batch_id = path, batch_id
+    def __init__(self, path: Path, batch_id: str, key: str | None = None) -> None:
+        self.path, self.batch_id, self.key = path, batch_id, key
         if path.suffix not in {".parquet", ".pq", ".csv"}:
             raise BatchRejected(f"batch {batch_id!r}: unsupported file type {path.name!r} "
                                 "(parquet or csv)")
@@ -116,12 +119,26 @@ class _Source:
             raise BatchRejected(f"batch {self.batch_id!r}: {self.path} is not a readable {kind} "
                                 f"file ({type(exc).__name__}: {exc})") from exc
 
+    @property
+    def _csv_types(self) -> dict[str, type] | None:
+        """The key column of a CSV is read as text: parsed exactly later, never via float64."""
+        return {self.key: str} if self.key is not None and self.key in self.columns else None
+
+    def _frame(self, data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
+        """Arrow rows as pandas; an integer key column with nulls as ``Int64``, not float64."""
+        frame = data.to_pandas()
+        if self.key in frame.columns:
+            col = data.column(data.schema.get_field_index(self.key))
+            if pa.types.is_integer(col.type) and col.null_count:
+                frame[self.key] = col.to_pandas(types_mapper=nullable_int)
+        return frame
+
     def read_columns(self, columns: list[str]) -> pd.DataFrame:
         """Whole-file read of a few columns (the cross-chunk duplicate pass)."""
         with self._errors():
             if self.is_parquet:
-                return self._pf.read(columns=columns).to_pandas()
-            frame = pd.read_csv(self.path, usecols=columns)
+                return self._frame(self._pf.read(columns=columns))
+            frame = pd.read_csv(self.path, usecols=columns, dtype=self._csv_types)
             self.rows = len(frame)
             return frame
 
@@ -130,9 +147,15 @@ class _Source:
         with self._errors():
             if self.is_parquet:
                 for rb in self._pf.iter_batches(batch_size=CHUNK_ROWS):
-                    yield rb.to_pandas()
+                    yield self._frame(rb)
             else:
-                yield from pd.read_csv(self.path, chunksize=CHUNK_ROWS)
+                yield from pd.read_csv(self.path, chunksize=CHUNK_ROWS, dtype=self._csv_types)
+
+
+def nullable_int(kind: pa.DataType) -> pd.api.extensions.ExtensionDtype | None:
+    """Arrow integer types as pandas nullable integers (exact, unlike float64 with NaN)."""
+    return pd.api.types.pandas_dtype(str(kind).replace("int", "Int").replace("uInt", "UInt")) \
+        if pa.types.is_integer(kind) else None
 
 
 ARROW_TYPES = {"float": pa.float64(), "int": pa.int64(), "str": pa.string(), "bool": pa.bool_()}
@@ -167,10 +190,12 @@ def curate_table(valid: pd.DataFrame, spec: ProblemSpec, when: pd.Series | None 
 
     Built column by column from numpy (no pandas frame to consolidate and re-index).
     """
-    key = entity_keys(valid[spec.entity.key], spec).to_numpy().astype(spec.entity.dtype)
+    keys = entity_keys(valid[spec.entity.key], spec)
+    key = (pa.array(keys.to_numpy(dtype="int64"), pa.int64()) if spec.entity.dtype == "int64"
+           else pa.array(keys.to_numpy(dtype=object).astype(str), pa.string()))
     when = event_time(valid[spec.event_time.column], spec) if when is None else when
     cols: dict[str, pa.Array] = {
-        spec.entity.key: pa.array(key),
+        spec.entity.key: key,
         "event_timestamp": pa.array(pd.DatetimeIndex(when).asi8, pa.timestamp("ns", tz="UTC")),
     }
     for feat in spec.features:
@@ -374,6 +399,8 @@ def ingest_batch(spec: ProblemSpec, source: str, batch_id: str, settings: Settin
         BatchRejected: unreadable file, wrong schema, or too many / critical bad rows (the
             manifest is recorded as ``rejected`` with every reason).
         FileNotFoundError: no such source file.
+        BatchStorageError: an I/O error while staging or publishing (disk full...): staging
+            removed, the manifest ``failed`` with the cause; free space and re-run.
     """
     check_batch_id(batch_id)
     raw = _source_path(source)
@@ -390,16 +417,89 @@ def ingest_batch(spec: ProblemSpec, source: str, batch_id: str, settings: Settin
                                      now or datetime.now(UTC))
 
 
+class BatchStorageError(OSError):
+    """Storage failed while a batch was staged (disk full, I/O error): nothing was published,
+    the staging dirs are removed and the manifest is ``failed``. Keeps the errno; not a
+    ``BatchError`` on purpose: freeing space and retrying helps (Airflow retries it)."""
+
+
+@dataclass
+class _Attempt:
+    """What a publish attempt has written so far and is doing (to clean up and to explain)."""
+
+    made: list[Path] = field(default_factory=list)  # staging dirs, then moved final dirs
+    step: str = "staging"
+    path: Path | None = None
+    committing: bool = False  # the publish transaction started: leave the final dirs
+
+    def at(self, step: str, path: Path) -> None:
+        self.step, self.path = step, path
+
+
 def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
                           dirs: tuple[Path, Path], settings: Settings,
                           now: datetime) -> Manifest:
-    curated, raw_dir = dirs
-    staging, rows = _staging(curated), 0
+    """Validate, stage and publish; on any failure but a rejection: staging removed, manifest
+    ``failed`` with the cause, and the error names the batch and the path.
+
+    Raises:
+        BatchRejected: see ``ingest_batch``. BatchStorageError: an OSError while staging or
+            publishing (errno kept). Anything else: re-raised, with a note naming the batch.
+    """
+    attempt = _Attempt(path=dirs[0])
     try:
-        src = _Source(raw, batch_id)
+        return _publish(spec, batch_id, raw, dirs, settings, now, attempt)
+    except BatchRejected:
+        raise  # recorded as rejected, staging removed
+    except Exception as exc:  # never BaseException: a kill must stay a crash (failpoints)
+        where = str(getattr(exc, "filename", None) or attempt.path)
+        cause = f"{type(exc).__name__}: {exc}"
+        why = f"batch {batch_id!r}: {attempt.step} {where} failed ({cause}); nothing published"
+        log.error("%s", why)
+        _abandon(spec, batch_id, attempt, why, settings.db_url)
+        if isinstance(exc, OSError):
+            raise BatchStorageError(_errno(exc), why) from exc
+        exc.add_note(why)
+        raise
+
+
+def _errno(exc: OSError) -> int | None:
+    """The errno of an OSError; Arrow's IO errors carry it only in the text."""
+    if exc.errno is not None:
+        return exc.errno
+    found = re.search(r"\[errno (\d+)\]", str(exc), flags=re.IGNORECASE)
+    return int(found.group(1)) if found else None
+
+
+def _abandon(spec: ProblemSpec, batch_id: str, attempt: _Attempt, why: str, url: str) -> None:
+    """Remove what the failed attempt wrote and mark the manifest ``failed`` (best effort: the
+    store may be what failed; a re-run clears leftovers and restages anyway)."""
+    for path in attempt.made:  # once committing, the final dirs may be published: kept
+        if not attempt.committing or path.name.startswith(".staging-"):
+            shutil.rmtree(path, ignore_errors=True)
+    try:
+        with session_scope(url) as s:
+            s.execute(update(Batch).where(Batch.problem == spec.name, Batch.batch_id == batch_id,
+                                          Batch.state == "staged")
+                      .values(state="failed", reason=why))
+    except Exception as exc:  # the store itself may be down: the original error matters more
+        log.error("batch %r: could not mark the manifest failed (%s: %s)", batch_id,
+                  type(exc).__name__, exc)
+
+
+def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path],
+             settings: Settings, now: datetime, attempt: _Attempt) -> Manifest:
+    curated, raw_dir = dirs
+    rows = 0
+    attempt.at("creating the staging dir for", curated)
+    staging = _staging(curated)
+    attempt.made.append(staging)
+    try:
+        src = _Source(raw, batch_id, spec.entity.key)
         rows = max(src.rows, 0)
         check_columns(src.columns, spec, batch_id)
         coder, learnt = _target_coder(src, spec, settings.db_url)
+        attempt.at("writing the curated rows to", staging / "part-0.parquet")
         out = _stream(src, spec, staging, now, coder)
     except BatchRejected as exc:
         log.error("%s", exc)
@@ -420,15 +520,25 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
                 settings.db_url)
         raise BatchRejected(why)
     if learnt and coder is not None and coder.learnable:
+        attempt.at("fixing the classes of", staging)
         _fix_classes(spec, batch_id, coder, staging, settings.db_url)
+    attempt.at("creating the staging dir for", raw_dir)
     raw_staging = _staging(raw_dir)
+    attempt.made.append(raw_staging)
+    attempt.at("copying the raw file to", raw_staging / raw.name)
     shutil.copy2(raw, raw_staging / raw.name)
     failpoint("ingest.after_stage_write")
+    attempt.at("renaming the raw staging dir to", raw_dir)
     os.replace(raw_staging, raw_dir)
+    attempt.made.append(raw_dir)
+    attempt.at("renaming the curated staging dir to", curated)
     os.replace(staging, curated)
+    attempt.made.append(curated)
     failpoint("ingest.after_rename")
     log.info("batch %r: publishing %d of %d rows; %d quarantined%s", batch_id, out.published,
              out.rows, out.bad_rows, f" ({dict(out.rules)})" if out.rules else "")
+    attempt.at("recording the published manifest of", curated)
+    attempt.committing = True
     return _finish(spec, batch_id, {
         **common, "state": "published", "curated_uri": str(curated), "published_at": utcnow(),
         "event_time_min": out.ts_min.to_pydatetime() if out.ts_min is not None else None,

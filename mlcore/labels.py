@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 from sqlalchemy import Float, String, bindparam, delete, func, insert, literal, select
 
 from mlcore.batches import BatchConflict, BatchError, check_batch_id, sha256_file
 from mlcore.config import Settings, _RunConfig
-from mlcore.ingestion import get_batch, read_curated
+from mlcore.ingestion import get_batch, nullable_int, read_curated
 from mlcore.locks import file_lock
 from mlcore.problems import ProblemSpec
 from mlcore.registry import CHALLENGER, CHAMPION, ModelNotFound, alias_holder
@@ -107,7 +108,7 @@ def _refusal(batch_id: str, problem: str, examples: Any) -> str:
 def key_strings(keys: pd.Series, spec: ProblemSpec) -> pd.Series:
     """Entity keys as stored in ``predictions`` and ``ground_truth`` (``str`` of the dtype)."""
     if spec.entity.dtype == "int64":
-        return pd.Series(keys.to_numpy().astype("int64"), index=keys.index).astype(str)
+        return pd.Series(keys.to_numpy(dtype="int64"), index=keys.index).astype(str)
     return keys.astype(str)
 
 
@@ -129,10 +130,14 @@ def read_labels(path: Path, spec: ProblemSpec, batch_id: str) -> pd.DataFrame:
         if missing := [c for c in wanted if c not in columns]:
             raise LabelsRejected(f"labels for batch {batch_id!r}: {path.name} lacks columns "
                                  f"{missing} (needs {wanted}); nothing stored")
-        if path.suffix == ".csv":
-            dtype = {spec.entity.key: "string"} if spec.entity.dtype == "string" else None
-            return pd.read_csv(path, usecols=wanted, dtype=dtype)
-        return pq.read_table(path, columns=wanted).to_pandas()
+        if path.suffix == ".csv":  # keys as text, parsed exactly (never via float64)
+            return pd.read_csv(path, usecols=wanted, dtype={spec.entity.key: str})
+        table = pq.read_table(path, columns=wanted)
+        frame = table.to_pandas()
+        key = table.column(spec.entity.key)
+        if pa.types.is_integer(key.type) and key.null_count:  # not float64 with NaN
+            frame[spec.entity.key] = key.to_pandas(types_mapper=nullable_int)
+        return frame
     except (OSError, ValueError, pd.errors.ParserError) as exc:
         if isinstance(exc, LabelsRejected):
             raise

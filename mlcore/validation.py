@@ -15,6 +15,8 @@ from datetime import datetime
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mlcore.batches import BatchRejected
 from mlcore.columns import (
@@ -105,14 +107,121 @@ def event_time(col: pd.Series, spec: ProblemSpec) -> pd.Series:
     return pd.Series(pd.to_datetime(values, utc=True), index=col.index)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT_EXACT = 2**53  # floats beyond this are not all integers exactly
+_DIGITS = r"^[+-]?[0-9]+$"
+_LONGEST = 19  # digits of the int64 bounds; shorter integers always fit
+
+
+def _exact_int(value: object) -> int | None:
+    """One value as an exact int64 key, or None (the slow path: a few values per batch)."""
+    if isinstance(value, bool | np.bool_):
+        return int(value)
+    if isinstance(value, int | np.integer):
+        number = int(value)
+    elif isinstance(value, float | np.floating):
+        x = float(value)
+        if not np.isfinite(x) or x != int(x) or abs(x) > FLOAT_EXACT:
+            return None
+        number = int(x)
+    elif isinstance(value, str):
+        text = value.strip()
+        body = text[1:] if text[:1] in "+-" else text
+        if not body.isascii() or not body.isdigit():
+            return None
+        number = int(text)
+    else:
+        return None
+    return number if INT64_MIN <= number <= INT64_MAX else None
+
+
+def _string_keys(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Text keys parsed exactly: Arrow casts the integers that surely fit int64 (vectorized,
+    no float64); the rest (19+ digits, leading zeros, odd values) go through Python ``int``."""
+    n = len(col)
+    values, ok = np.zeros(n, dtype="int64"), np.zeros(n, dtype=bool)
+    try:
+        text = pc.utf8_trim_whitespace(
+            pa.array(col.to_numpy(dtype=object), from_pandas=True, type=pa.string()))
+    except (pa.ArrowException, TypeError):  # not all text (objects in memory): slow path
+        text = None
+    if text is not None:
+        body = pc.replace_substring_regex(text, r"^\+", "")
+        digits = pc.utf8_length(pc.replace_substring_regex(body, r"^-", ""))
+        fast = pc.and_kleene(pc.match_substring_regex(body, _DIGITS),
+                             pc.less(digits, _LONGEST)).fill_null(False)
+        cast = pc.cast(pc.if_else(fast, body, "0"), pa.int64())
+        values[:] = cast.to_numpy(zero_copy_only=False)
+        ok[:] = fast.to_numpy(zero_copy_only=False)
+        slow = np.flatnonzero(~ok & np.asarray(text.is_valid(), dtype=bool))
+    else:
+        slow = np.flatnonzero(col.notna().to_numpy())
+    raw = col.to_numpy(dtype=object)
+    for i in slow:
+        number = _exact_int(raw[i])
+        if number is not None:
+            values[i], ok[i] = number, True
+    return values, ok
+
+
+def int_keys(col: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """Integer keys as (int64 values, mask of the valid ones), never through float64.
+
+    Integer columns pass through (uint64 above the int64 range is invalid); a float key is
+    valid only if integral and at most 2**53 in magnitude (exact); text is parsed exactly.
+    """
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        cats, cat_ok = int_keys(pd.Series(col.cat.categories))
+        codes = col.cat.codes.to_numpy()
+        where = np.where(codes >= 0, codes, 0)
+        if not len(cats):
+            return np.zeros(len(col), dtype="int64"), np.zeros(len(col), dtype=bool)
+        return np.where(codes >= 0, cats[where], 0), (codes >= 0) & cat_ok[where]
+    present = col.notna().to_numpy()
+    if pd.api.types.is_bool_dtype(col.dtype) or pd.api.types.is_signed_integer_dtype(col.dtype):
+        return col.to_numpy(dtype="int64", na_value=0), present
+    if pd.api.types.is_unsigned_integer_dtype(col.dtype):
+        wide = col.to_numpy(dtype="uint64", na_value=0)
+        fits = wide <= np.uint64(INT64_MAX)
+        return np.where(fits, wide, 0).astype("int64"), present & fits
+    if pd.api.types.is_float_dtype(col.dtype):
+        x = col.to_numpy(dtype="float64", na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            exact = np.isfinite(x) & (x == np.round(x)) & (np.abs(x) <= FLOAT_EXACT)
+        return np.where(exact, x, 0).astype("int64"), exact
+    return _string_keys(col)
+
+
 def entity_keys(col: pd.Series, spec: ProblemSpec) -> pd.Series:
-    """Keys as the spec's dtype; NaN where a value is not a valid key (1.5, "abc")."""
+    """Keys as the spec's dtype, exactly; missing (<NA>) where a value is not a valid key.
+
+    int64: a nullable ``Int64`` series (no float64 anywhere, so keys above 2**53 stay exact);
+    string: the values as given (text read as text keeps leading zeros).
+    """
     if spec.entity.dtype != "int64":
         return col.astype("object").where(col.notna())
-    if pd.api.types.is_integer_dtype(col.dtype):
-        return col.astype("float64") if col.hasnans else col
-    key = numeric(col)
-    return key.where(key == key.round())
+    values, ok = int_keys(col)
+    return pd.Series(pd.arrays.IntegerArray(values, ~ok), index=col.index)
+
+
+def key_reasons(raw: pd.Series, bad: np.ndarray, spec: ProblemSpec) -> pd.Series:
+    """Why each ``bad`` (present but invalid) key is refused, naming its value."""
+    name, reasons = spec.entity.key, pd.Series("", index=raw.index, dtype=object)
+    values = raw.to_numpy(dtype=object)
+    for i in np.flatnonzero(bad):
+        value = values[i]
+        why = f"is not a valid {spec.entity.dtype}"
+        if spec.entity.dtype == "int64":
+            text = str(value).strip()
+            if isinstance(value, float | np.floating) and np.isfinite(value) \
+                    and value == int(value):
+                why = f"is a float beyond 2**53 ({FLOAT_EXACT}): not an exact integer"
+            elif (body := text[1:] if text[:1] in "+-" else text).isascii() and body.isdigit():
+                why = f"is outside the int64 range [{INT64_MIN}, {INT64_MAX}]"
+            else:
+                why = "is not an integer"
+        reasons.iat[i] = f"{name} {value!r} {why}"
+    return reasons
 
 
 def duplicate_mask(keys: pd.Series, times: pd.Series) -> np.ndarray:
@@ -123,8 +232,8 @@ def duplicate_mask(keys: pd.Series, times: pd.Series) -> np.ndarray:
     valid = (keys.notna() & times.notna()).to_numpy()
     if keys.dtype == object:
         k = pd.factorize(keys)[0].astype("int64")
-    else:
-        k = keys.fillna(0).to_numpy().astype("int64")
+    else:  # int64 / nullable Int64 keys: exact, never via float64
+        k = keys.to_numpy(dtype="int64", na_value=0)
     t = pd.DatetimeIndex(times).asi8
     idx = np.flatnonzero(valid)
     order = idx[np.lexsort((t[idx], k[idx]))]
@@ -136,20 +245,24 @@ def duplicate_mask(keys: pd.Series, times: pd.Series) -> np.ndarray:
     return dup
 
 
+Rules = dict[str, tuple[pd.Series, str | pd.Series]]
+
+
 def _row_rules(df: pd.DataFrame, spec: ProblemSpec, now: datetime, duplicates: np.ndarray | None,
-               when: pd.Series | None,
-               coder: TargetCoder | None = None) -> dict[str, tuple[pd.Series, str]]:
-    """Each rule as (mask of failing rows, reason). Vectorized: one pass per column."""
+               when: pd.Series | None, coder: TargetCoder | None = None) -> Rules:
+    """Each rule as (mask of failing rows, reason: one text, or one per row). Vectorized: one
+    pass per column; per-row reasons only for the (few) invalid keys."""
     raw_key = df[spec.entity.key]
     key = entity_keys(raw_key, spec)
     when = event_time(df[spec.event_time.column], spec) if when is None else when
     if duplicates is None:
         duplicates = duplicate_mask(key, when)
     horizon = pd.Timestamp(now) + pd.Timedelta(seconds=spec.validation.max_future_seconds)
-    rules: dict[str, tuple[pd.Series, str]] = {
+    invalid = (key.isna() & raw_key.notna()).to_numpy(dtype=bool)
+    rules: Rules = {
         "entity_key_missing": (raw_key.isna(), f"{spec.entity.key} is null"),
-        "entity_key_invalid": (key.isna() & raw_key.notna(),
-                               f"{spec.entity.key} is not a valid {spec.entity.dtype}"),
+        "entity_key_invalid": (pd.Series(invalid, index=df.index),
+                               key_reasons(raw_key, invalid, spec) if invalid.any() else ""),
         "duplicate_entity_event_time": (
             pd.Series(duplicates, index=df.index),
             f"({spec.entity.key}, {spec.event_time.column}) appears more than once in the batch"),
@@ -229,7 +342,8 @@ def row_violations(df: pd.DataFrame, spec: ProblemSpec, now: datetime, offset: i
         failing = values if values.dtype == bool else np.asarray(mask.fillna(True), dtype=bool)
         if failing.any():
             rows = np.flatnonzero(failing) + offset
-            frames.append(pd.DataFrame({"row_number": rows, "rule": rule, "reason": reason}))
+            why = reason if isinstance(reason, str) else np.asarray(reason, dtype=object)[failing]
+            frames.append(pd.DataFrame({"row_number": rows, "rule": rule, "reason": why}))
             bad |= failing
     violations = (pd.concat(frames, ignore_index=True) if frames
                   else pd.DataFrame({c: [] for c in VIOLATION_COLUMNS}))
