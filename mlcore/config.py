@@ -53,13 +53,26 @@ class Settings(BaseSettings):
 
     @property
     def db_url(self) -> str:
-        """The metadata store URL: ``MLCORE_DATABASE_URL`` or SQLite under ``home``."""
-        return self.database_url or f"sqlite:///{self.home / 'mlcore.db'}"
+        """The metadata store URL: ``MLCORE_DATABASE_URL`` or SQLite under ``home``.
+
+        Remembers that this database's paths are relative to ``home`` (``home_of``)."""
+        url = self.database_url or f"sqlite:///{self.home / 'mlcore.db'}"
+        _HOMES[url] = self.home
+        return url
 
     def partition(self, area: str, problem: str, batch_id: str | None = None) -> Path:
         """``<home>/<area>/problem=<p>[/batch=<id>]``: the one layout every stage writes."""
         path = self.home / area / f"problem={problem}"
         return path / f"batch={batch_id}" if batch_id is not None else path
+
+
+_HOMES: dict[str, Path] = {}
+
+
+def home_of(url: str) -> Path:
+    """The ``MLCORE_HOME`` the store at ``url`` keeps its paths relative to: the home of the
+    settings that last handed out this URL in this process, else the process settings' home."""
+    return _HOMES.get(url) or get_settings().home
 
 
 @cache

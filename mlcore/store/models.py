@@ -37,8 +37,9 @@ class HomePath(TypeDecorator[str]):
     @staticmethod
     def _home() -> PurePosixPath:
         from mlcore.config import get_settings
+        from mlcore.store.session import HOME
 
-        return PurePosixPath(get_settings().home.resolve().as_posix())
+        return PurePosixPath((HOME.get() or get_settings().home).resolve().as_posix())
 
     def process_bind_param(self, value: str | None, dialect: Any) -> str | None:
         if value is None or not value.startswith("/"):

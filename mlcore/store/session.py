@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import cache
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -24,6 +25,8 @@ from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, Program
 from sqlalchemy.orm import Session, sessionmaker
 
 _READ_ONLY: ContextVar[bool] = ContextVar("mlcore_read_only", default=False)
+# The home the open session's paths are relative to (``models.HomePath``).
+HOME: ContextVar[Path | None] = ContextVar("mlcore_home", default=None)
 _READ_ONLY_OPTION = "mlcore_read_only"  # connection execution option the 'begin' hooks read
 _QUERY_ONLY_FLAG = "mlcore_query_only"  # pooled-connection info: PRAGMA query_only is on
 
@@ -242,9 +245,12 @@ def session_scope(url: str | None = None, *, readonly: bool = False) -> Iterator
         from mlcore.config import get_settings
 
         url = get_settings().db_url
+    from mlcore.config import home_of
+
     engine = get_engine(url)
     options = {_READ_ONLY_OPTION: True} if readonly or _READ_ONLY.get() else None
     factory = sessionmaker(engine, expire_on_commit=False)
+    token = HOME.set(home_of(url))
     try:
         with factory.begin() as session:
             # Connect (and BEGIN) now, so an unreachable database fails here, in seconds.
@@ -255,6 +261,8 @@ def session_scope(url: str | None = None, *, readonly: bool = False) -> Iterator
         if translated is None:
             raise
         raise translated from exc
+    finally:
+        HOME.reset(token)
 
 
 def upgrade(url: str) -> None:

@@ -9,14 +9,17 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from sklearn.dummy import DummyClassifier
 
 from mlcore.cli import main
 from mlcore.config import get_settings
 from mlcore.datasets import DatasetRef
+from mlcore.integrity import fingerprint
 from mlcore.problems import get_problem
 from mlcore.registry import register_version
 from mlcore.store.models import Batch, Materialization, Prediction
 from mlcore.store.session import session_scope, upgrade
+from mlcore.training import save_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,9 +57,12 @@ def register(url: str) -> int:
     assert settings.db_url == url
     dataset = DatasetRef("d" * 16, "/x/train.parquet", "/x/holdout.parquet", ["2015"], ["2015"],
                          "entity_hash", 1200, 300, "a" * 64, "b" * 64)
+    # a real artifact: every alias move verifies its SHA-256, forced or not
+    model = DummyClassifier(strategy="constant", constant=1).fit([[0], [1]], [0, 1])
+    uri, sha = save_artifact(model, settings, "census_employment")
     return register_version(
         get_problem("census_employment", settings.problems_dir), settings,
-        algorithm="logistic_regression", artifact_uri="/x/model.joblib", artifact_sha256="0" * 64,
+        algorithm="logistic_regression", artifact_uri=uri, artifact_sha256=sha,
         hyperparameters={}, dataset=dataset, train_rows=1200,
         validation={"logistic_regression": {"roc_auc": 0.81}}, timings={})
 
@@ -166,11 +172,14 @@ def add_batch(url: str, batch_id: str, *, materialized: bool = False) -> None:
         s.add(Batch(problem="census_employment", batch_id=batch_id, source_uri="file:///x",
                     sha256="e" * 64, row_count=10, schema_hash="c" * 64, schema={},
                     quarantine_count=1, state="published"))
-        if materialized:
+        if materialized:  # a real partition: "done" is decided from the files on disk
             now = datetime(2015, 12, 31, tzinfo=UTC)
+            part = get_settings().partition("features", "census_employment", batch_id)
+            part.mkdir(parents=True)
+            pd.DataFrame({"x": range(9)}).to_parquet(part / "part-0.parquet")
             s.add(Materialization(problem="census_employment", batch_id=batch_id,
-                                  feature_view="fv", offline_uri="/x", rows=9,
-                                  window_start=now, window_end=now))
+                                  feature_view="fv", offline_uri=str(part), rows=9,
+                                  window_start=now, window_end=now, files=fingerprint(part)))
 
 
 def test_lineage_needs_exactly_one_of_model_or_batch(migrated):
