@@ -233,6 +233,24 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> None:
         + f"\n     {r['reason']}" for r in rs) or "no retrain requests")
 
 
+def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
+    from mlcore.repair import check, repair_batch
+
+    spec = _problem(args, settings)
+    if args.check:
+        found = [f.__dict__ for f in check(spec, settings)]
+        _emit(args, found, lambda fs: "\n".join(f"{f['batch_id']:<12} {f['what']:<9} "
+                                                f"{f['problem']}" for f in fs)
+              or "every recorded file matches its record")
+        return EXIT_DAMAGED if found else EXIT_OK
+    if not args.batch:
+        raise ValueError("repair needs --batch ID (or --check for every batch)")
+    result = repair_batch(spec, args.batch, settings)
+    _emit(args, result.to_dict(), lambda r: f"batch {r['batch_id']}: " + (
+        f"repaired {', '.join(r['repaired'])}" if r["repaired"] else "intact (no-op)"))
+    return EXIT_OK
+
+
 def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
     from mlcore.reporting import format_summary, summary
 
@@ -328,6 +346,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", choices=ORDERS, default="given",
                    help="given (default) or the batches' event time, oldest first")
     verb("report", cmd_report, "the loop's summary", read=True)
+    p = verb("repair", cmd_repair, "re-publish a damaged batch from its raw copy and re-derive "
+             "its features, scores and drift; --check reports every damaged file", read=True)
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--batch", metavar="ID", help="the batch to repair")
+    which.add_argument("--check", action="store_true", help="only report (exit 8 if damaged)")
     p = verb("requests", cmd_requests, "retrain requests (trigger, reason, what answered them); "
              "--file REASON files one by hand", read=True)
     p.add_argument("--file", metavar="REASON", help="file a manual retrain request")

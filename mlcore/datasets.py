@@ -27,8 +27,8 @@ from mlcore.features import (
     historical_features,
     require_materialized,
 )
-from mlcore.ingestion import parquet_files, parquet_rows, published_batches
-from mlcore.integrity import curated_files, offline_files
+from mlcore.ingestion import parquet_rows, published_batches
+from mlcore.integrity import curated_files, offline_files, parquet_files
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch
 

@@ -40,6 +40,7 @@ from sqlalchemy import delete, insert, select, update
 from mlcore.batches import BatchConflict, BatchNotFound, BatchRejected, check_batch_id, sha256_file
 from mlcore.columns import category_array, label_key, parse_timestamp, time_part
 from mlcore.config import Settings
+from mlcore.integrity import curated_files, fingerprint
 from mlcore.locks import file_lock
 from mlcore.problems import Feature, ProblemSpec
 from mlcore.provenance import code_version, failpoint
@@ -532,6 +533,7 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
     os.replace(raw_staging, raw_dir)
     attempt.made.append(raw_dir)
     attempt.at("renaming the curated staging dir to", curated)
+    record = fingerprint(staging)  # what readers verify the curated files against
     os.replace(staging, curated)
     attempt.made.append(curated)
     failpoint("ingest.after_rename")
@@ -541,6 +543,7 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
     attempt.committing = True
     return _finish(spec, batch_id, {
         **common, "state": "published", "curated_uri": str(curated), "published_at": utcnow(),
+        "files": record,
         "event_time_min": out.ts_min.to_pydatetime() if out.ts_min is not None else None,
         "event_time_max": out.ts_max.to_pydatetime() if out.ts_max is not None else None,
     }, out.violations, settings.db_url)
@@ -586,17 +589,14 @@ def get_batch(problem: str, batch_id: str, url: str) -> Batch:
 
 
 def read_curated(batch: Batch, columns: list[str] | None = None) -> pd.DataFrame:
-    """A published batch's curated rows."""
-    return pd.read_parquet(Path(batch.curated_uri or ""), columns=columns)
+    """A published batch's curated rows, its files verified against the manifest first.
 
-
-def parquet_files(root: Path) -> list[Path]:
-    """The parquet files ``pd.read_parquet(root)`` reads, in its order: ``root`` itself when it
-    is a file, else the ``*.parquet`` files under it, skipping ``.``/``_``-prefixed names."""
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.rglob("*.parquet")
-                  if not any(part.startswith((".", "_")) for part in p.relative_to(root).parts))
+    Raises:
+        DataDamaged: a curated file is missing or differs from what was published.
+    """
+    files = curated_files(batch)
+    return pd.read_parquet(files[0] if len(files) == 1 else Path(batch.curated_uri or ""),
+                           columns=columns)
 
 
 def parquet_rows(files: list[Path]) -> int:

@@ -18,7 +18,8 @@ from mlcore.config import Settings
 from mlcore.datasets import bucketable_source, point_in_time_features
 from mlcore.evaluation import predict_proba
 from mlcore.features import feature_store, missing_features, require_materialized
-from mlcore.ingestion import get_batch, parquet_files, read_curated
+from mlcore.ingestion import get_batch, read_curated
+from mlcore.integrity import offline_files, parquet_files
 from mlcore.problems import ProblemSpec
 from mlcore.registry import (
     CHALLENGER,
@@ -255,6 +256,7 @@ def own_partition_features(spec: ProblemSpec, batch: Batch,
     key, ts = spec.entity.key, src.timestamp_field
     refs = [f.name for p in service.feature_view_projections for f in p.features]
     cols = [key, ts, *refs]
+    offline_files(spec.name, settings.db_url)  # every partition read below, verified first
     own = settings.partition("features", spec.name, batch.batch_id).resolve()
     files = [f.resolve() for f in parquet_files(Path(src.path))]
     mine = [f for f in files if f.is_relative_to(own)]

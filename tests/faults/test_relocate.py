@@ -1,0 +1,62 @@
+"""Relocatable state: the store records paths relative to ``MLCORE_HOME``, so a copy of the home
+and its database works at another path (after ``mlcore init`` there re-points Feast), reading the
+copy's files, never the original's."""
+
+from __future__ import annotations
+
+import shutil
+
+from sqlalchemy import text
+
+from mlcore.cli import main
+from mlcore.config import TrainConfig, get_settings
+from mlcore.datasets import build_dataset
+from mlcore.features import materialize_batch
+from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.integrity import curated_files, offline_files
+from mlcore.registry import alias_holder, get_version, load_model, move_alias
+from mlcore.scoring import score_batch
+from mlcore.store.session import session_scope
+from mlcore.training import train_contender
+
+
+def test_a_copied_home_works_at_another_path(tmp_path, monkeypatch, spec, slices):
+    first, moved = tmp_path / "first", tmp_path / "moved"
+    monkeypatch.setenv("MLCORE_HOME", str(first))
+    monkeypatch.delenv("MLCORE_DATABASE_URL", raising=False)
+    get_settings.cache_clear()
+    try:
+        assert main(["init"]) == 0
+        settings = get_settings()
+        for year in (2015, 2016):
+            ingest_batch(spec, str(slices[year]), str(year), settings)
+            materialize_batch(spec, str(year), settings)
+        model = train_contender(spec, build_dataset(spec, settings),
+                                TrainConfig(algorithm="logistic_regression"), settings)
+        move_alias(spec.name, expected=None, new=model.version, reason="first",
+                   url=settings.db_url, actor="tests")
+        with session_scope(settings.db_url) as s:
+            stored = s.execute(text("select curated_uri from batches")).scalars().all()
+            artifacts = s.execute(text("select artifact_uri from model_versions")).scalars().all()
+        assert stored and all(not u.startswith("/") for u in stored + artifacts)
+
+        shutil.copytree(first, moved)
+        shutil.rmtree(first)  # the original is gone: only the copy can be read
+        monkeypatch.setenv("MLCORE_HOME", str(moved))
+        get_settings.cache_clear()
+        assert main(["init"]) == 0
+        settings = get_settings()
+        batch = get_batch(spec.name, "2016", settings.db_url)
+        assert batch.curated_uri is not None and batch.curated_uri.startswith(str(moved))
+        assert len(read_curated(batch)) == batch.row_count - batch.quarantine_count
+        assert all(str(f).startswith(str(moved)) for f in curated_files(batch))
+        assert all(str(f).startswith(str(moved)) for f in offline_files(spec.name,
+                                                                        settings.db_url))
+        champion = get_version(spec.name, alias_holder(spec.name, settings.db_url),
+                               settings.db_url)
+        assert load_model(champion, settings) is not None  # verified, not "tampered"
+        ingest_batch(spec, str(slices[2017]), "2017", settings)
+        materialize_batch(spec, "2017", settings)
+        assert score_batch(spec, "2017", settings).rows > 0
+    finally:
+        get_settings.cache_clear()
