@@ -33,6 +33,7 @@ ERROR_ANCHORS = {
     "UnfairHoldout": "unfair-holdout", "DriftCheckFailed": "drift-check-failed",
     "DriftBudgetExceeded": "drift-check-failed", "NotEnoughData": "not-enough-data",
     "AliasConflict": "alias-conflict", "ArtifactTampered": "artifact-tampered",
+    "ArtifactMissing": "artifact-tampered", "DataDamaged": "data-damaged",
     "ProblemNotFound": "bad-input", "FileNotFoundError": "bad-input",
 }
 KIND_ANCHORS = {KIND_KILLED: "task-killed", KIND_DEADLINE: "deadline-missed"}

@@ -53,14 +53,14 @@ def fail_fast() -> Iterator[None]:
     from mlcore.batches import BatchConflict, BatchError
     from mlcore.datasets import NotEnoughData
     from mlcore.problems import ProblemNotFound
-    from mlcore.registry import AliasConflict, ArtifactTampered, ModelNotFound
+    from mlcore.registry import AliasConflict, ArtifactIntegrityError, ModelNotFound
 
     try:
         yield
     except ModelNotFound as exc:
         raise AirflowSkipException(str(exc)) from exc
     except (BatchError, BatchConflict, NotEnoughData, ProblemNotFound, AliasConflict,
-            ArtifactTampered, FileNotFoundError, ValueError) as exc:
+            ArtifactIntegrityError, FileNotFoundError, ValueError) as exc:
         raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
 
 
