@@ -300,7 +300,8 @@ def _attempt(spec: ProblemSpec, stage: Stage, batch_id: str, settings: Settings)
         run_stage(spec, stage, batch_id, settings)
     except Exception as exc:  # one batch's failure must not stop the others
         return BatchOutcome(batch_id, stage, "failed", f"{type(exc).__name__}: {exc}",
-                            bad_input=isinstance(exc, BatchError))
+                            bad_input=isinstance(exc, BatchError)
+                            and not isinstance(exc, DataDamaged))
     return BatchOutcome(batch_id, stage, "ok")
 
 

@@ -174,7 +174,8 @@ def write_reference_profile(spec: ProblemSpec, train: pd.DataFrame, pipeline: An
 def profile_path(mv: ModelVersion, profile: dict[str, Any]) -> Path:
     """Where a version's reference profile is: a name next to its artifact (absolute paths
     were recorded before homes could move)."""
-    return Path(mv.artifact_uri).parent / profile["uri"]
+    path = Path(profile["uri"])
+    return path if path.is_absolute() else Path(mv.artifact_uri).parent / path
 
 
 def check_columns(reference: pd.DataFrame, current: pd.DataFrame, tests: dict[str, Stattest],

@@ -224,7 +224,7 @@ def test_a_failed_batch_is_redone_alone_under_the_failed_policy(spec, slices, se
     status = {o.batch_id: o for o in first.outcomes}
     assert (status["2015"].status, status["2017"].status) == ("ok", "ok"), first.to_dict()
     assert status["2016"].status == "failed" and not status["2016"].bad_input
-    assert "FileNotFoundError" in status["2016"].error
+    assert "DataDamaged" in status["2016"].error and "is missing" in status["2016"].error
     assert first.failed and not first.bad_input
     assert last_status(settings, spec.name, "materialize") == {
         "2015": "ok", "2016": "failed", "2017": "ok"}

@@ -64,7 +64,7 @@ def test_bucketed_join_names_the_batch_when_a_row_has_no_features(spec, loop, bu
     when[5] = pd.Timestamp("2015-12-30", tz="UTC")  # before its features existed
     path = tmp_path / "probe.parquet"
     pd.DataFrame({"id": rows["id"], "event_timestamp": when}).to_parquet(path, index=False)
-    probe = SimpleNamespace(batch_id="probe", curated_uri=str(path))
+    probe = SimpleNamespace(batch_id="probe", problem="p", files=None, curated_uri=str(path))
 
     with pytest.raises(FeatureRetrievalError, match="batches probe .* 1 of 1500 rows"):
         point_in_time_features(spec, [probe], loop.settings, with_target=False)
@@ -81,7 +81,7 @@ def _curated_folder(root, rows: int) -> SimpleNamespace:
         pq.write_table(pa.Table.from_pandas(frame.iloc[part], preserve_index=False),
                        root / f"part-{i}.parquet", row_group_size=97)
     (root / "_SUCCESS").write_text("")
-    return SimpleNamespace(batch_id="b", curated_uri=str(root))
+    return SimpleNamespace(batch_id="b", problem="p", files=None, curated_uri=str(root))
 
 
 @pytest.mark.parametrize("rows, seed", [(150, 0), (999, 3), (1000, 1), (5000, 0)])
@@ -119,6 +119,6 @@ def test_streamed_sample_reads_a_single_file_batch(tmp_path):
     folder = _curated_folder(tmp_path / "curated", 600)
     single = tmp_path / "one.parquet"
     read_curated(folder).to_parquet(single, index=False)
-    batch = SimpleNamespace(batch_id="b", curated_uri=str(single))
+    batch = SimpleNamespace(batch_id="b", problem="p", files=None, curated_uri=str(single))
     pd.testing.assert_frame_equal(sample_curated(batch, 100, 2),
                                   _sample(read_curated(batch), 100, 2))

@@ -53,7 +53,7 @@ def probe(tmp_path: Path, ids: list[int], when: list[pd.Timestamp]) -> SimpleNam
     """A Batch-like entity file asking for ``ids`` as of ``when`` (no target)."""
     path = tmp_path / "probe.parquet"
     pd.DataFrame({"id": ids, "event_timestamp": when}).to_parquet(path, index=False)
-    return SimpleNamespace(batch_id="probe", curated_uri=str(path))
+    return SimpleNamespace(batch_id="probe", problem="p", files=None, curated_uri=str(path))
 
 
 def utc(value) -> pd.Timestamp:

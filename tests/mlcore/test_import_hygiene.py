@@ -17,7 +17,8 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.store.session", "mlcore.provenance", "mlcore.locks",
            "mlcore.backfill", "mlcore.runcard", "mlcore.monitoring_page", "mlcore.labels",
            "mlcore.policy", "mlcore.shadow", "mlcore.feast_sqlite", "mlcore.columns",
-           "mlcore.targets", "mlcore.metrics", "mlcore.preprocessing", "mlcore.draft"]
+           "mlcore.targets", "mlcore.metrics", "mlcore.preprocessing", "mlcore.draft",
+           "mlcore.integrity", "mlcore.repair"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 

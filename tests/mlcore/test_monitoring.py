@@ -223,7 +223,7 @@ def test_reference_profile_is_a_seeded_bounded_sample(spec, slices, tmp_path):
     small = spec.model_copy(update={"drift": spec.drift.model_copy(update={"sample_rows": 100})})
     train = curate(pd.read_parquet(slices[2015]), spec)
     first = write_reference_profile(small, train, _Half(), tmp_path, seed=3)
-    frame = pd.read_parquet(first["uri"])
+    frame = pd.read_parquet(tmp_path / first["uri"])
     assert first["rows"] == len(frame) == 100 and set(frame[PREDICTION]) == {0.5}
     assert frame.drop(columns=PREDICTION).equals(comparable(  # text categories kept as text
         train[spec.feature_names].sample(100, random_state=3).reset_index(drop=True), spec))
