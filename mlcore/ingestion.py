@@ -326,7 +326,7 @@ def _tally(out: _Outcome, n: int, bad: np.ndarray, violations: pd.DataFrame,
 
 
 @contextlib.contextmanager
-def _batch_lock(settings: Settings, problem: str, batch_id: str) -> Iterator[None]:
+def batch_lock(settings: Settings, problem: str, batch_id: str) -> Iterator[None]:
     """One writer per batch at a time (two runs of the same batch at once queue up here)."""
     with file_lock(settings.home / "locks" / f"ingest-{problem}-{batch_id}.lock"):
         yield
@@ -341,7 +341,7 @@ def _clear_staging(final: Path) -> None:
         shutil.rmtree(final)
 
 
-def _staging(final: Path) -> Path:
+def staging_dir(final: Path) -> Path:
     path = final.with_name(f".staging-{final.name}-{uuid.uuid4().hex[:8]}")
     path.mkdir(parents=True)
     return path
@@ -406,7 +406,7 @@ def ingest_batch(spec: ProblemSpec, source: str, batch_id: str, settings: Settin
     check_batch_id(batch_id)
     raw = _source_path(source)
     sha = sha256_file(raw)
-    with _batch_lock(settings, spec.name, batch_id):
+    with batch_lock(settings, spec.name, batch_id):
         if (done := _existing(spec.name, batch_id, sha, settings.db_url)) is not None:
             return done
         curated = settings.partition("curated", spec.name, batch_id)
@@ -493,7 +493,7 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
     curated, raw_dir = dirs
     rows = 0
     attempt.at("creating the staging dir for", curated)
-    staging = _staging(curated)
+    staging = staging_dir(curated)
     attempt.made.append(staging)
     try:
         src = _Source(raw, batch_id, spec.entity.key)
@@ -524,7 +524,7 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
         attempt.at("fixing the classes of", staging)
         _fix_classes(spec, batch_id, coder, staging, settings.db_url)
     attempt.at("creating the staging dir for", raw_dir)
-    raw_staging = _staging(raw_dir)
+    raw_staging = staging_dir(raw_dir)
     attempt.made.append(raw_staging)
     attempt.at("copying the raw file to", raw_staging / raw.name)
     shutil.copy2(raw, raw_staging / raw.name)
@@ -547,6 +547,19 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
         "event_time_min": out.ts_min.to_pydatetime() if out.ts_min is not None else None,
         "event_time_max": out.ts_max.to_pydatetime() if out.ts_max is not None else None,
     }, out.violations, settings.db_url)
+
+
+def recurate(spec: ProblemSpec, batch: Batch, raw: Path, staging: Path,
+             settings: Settings) -> int:
+    """Curate a published batch's raw copy into ``staging`` again, as its publish did (the same
+    reading of the file, the stored target coder, the publish time as "now"): the repair path.
+    Returns the rows it published."""
+    when = batch.published_at or batch.created_at
+    if when.tzinfo is None:  # SQLite returns the stored UTC time naive
+        when = when.replace(tzinfo=UTC)
+    src = _Source(raw, batch.batch_id, spec.entity.key)
+    coder, _ = _target_coder(src, spec, settings.db_url)
+    return _stream(src, spec, staging, when, coder).published
 
 
 def _fix_classes(spec: ProblemSpec, batch_id: str, coder: TargetCoder, staging: Path,

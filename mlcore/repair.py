@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
-from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from sqlalchemy import exists, select, update
 
 from mlcore.batches import BatchError, sha256_file
 from mlcore.config import Settings
-from mlcore.ingestion import _batch_lock, _Source, _staging, _stream, _target_coder, get_batch
+from mlcore.ingestion import batch_lock, get_batch, recurate, staging_dir
 from mlcore.integrity import DataDamaged, curated_files, fingerprint, offline_files
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch, DriftReport, Materialization, Prediction
@@ -113,19 +112,14 @@ def _republish(spec: ProblemSpec, batch: Batch, settings: Settings) -> int:
     curated = Path(batch.curated_uri or settings.partition("curated", spec.name,
                                                            batch.batch_id))
     expected = batch.row_count - batch.quarantine_count
-    with _batch_lock(settings, spec.name, batch.batch_id):
-        staging = _staging(curated)
+    with batch_lock(settings, spec.name, batch.batch_id):
+        staging = staging_dir(curated)
         try:
-            src = _Source(raw_copy(settings, batch), batch.batch_id)
-            coder, _ = _target_coder(src, spec, settings.db_url)
-            when = batch.published_at or batch.created_at
-            if when.tzinfo is None:  # SQLite returns the stored UTC time naive
-                when = when.replace(tzinfo=UTC)
-            out = _stream(src, spec, staging, when, coder)
-            if out.published != expected:
+            published = recurate(spec, batch, raw_copy(settings, batch), staging, settings)
+            if published != expected:
                 raise DataDamaged(
                     f"batch {batch.batch_id!r} of {spec.name!r}: cannot repair: the raw copy "
-                    f"now curates to {out.published} rows, the manifest published {expected} "
+                    f"now curates to {published} rows, the manifest published {expected} "
                     "(the spec changed?); re-ingest the source under a new batch ID")
             record = fingerprint(staging)
             aside = curated.with_name(f".damaged-{curated.name}")
@@ -143,14 +137,17 @@ def _republish(spec: ProblemSpec, batch: Batch, settings: Settings) -> int:
     return expected
 
 
-def _has(table: Any, problem: str, batch_id: str, url: str) -> list[int]:
+def _versions(table: Any, problem: str, batch_id: str, url: str) -> list[int]:
+    """The model versions with rows of ``table`` (predictions, drift reports) for the batch."""
     with session_scope(url) as s:
-        if table is Materialization:
-            found = s.scalar(select(exists().where(Materialization.problem == problem,
-                                                   Materialization.batch_id == batch_id)))
-            return [0] if found else []
         return sorted(set(s.scalars(select(table.model_version).where(
             table.problem == problem, table.batch_id == batch_id).distinct())))
+
+
+def _materialized(problem: str, batch_id: str, url: str) -> bool:
+    with session_scope(url) as s:
+        return bool(s.scalar(select(exists().where(Materialization.problem == problem,
+                                                   Materialization.batch_id == batch_id))))
 
 
 def _rederive(spec: ProblemSpec, batch_id: str, settings: Settings, result: RepairResult,
@@ -162,7 +159,7 @@ def _rederive(spec: ProblemSpec, batch_id: str, settings: Settings, result: Repa
     from mlcore.scoring import score_batch
 
     url = settings.db_url
-    if not _has(Materialization, spec.name, batch_id, url):
+    if not _materialized(spec.name, batch_id, url):
         return
     features_ok = True
     try:
@@ -174,10 +171,10 @@ def _rederive(spec: ProblemSpec, batch_id: str, settings: Settings, result: Repa
         result.repaired.append("features")
     else:
         return  # nothing upstream changed: predictions and drift stand
-    for version in _has(Prediction, spec.name, batch_id, url):
+    for version in _versions(Prediction, spec.name, batch_id, url):
         score_batch(spec, batch_id, settings, version=version)
         result.repaired.append(f"scores v{version}")
-    if _has(DriftReport, spec.name, batch_id, url):
+    if _versions(DriftReport, spec.name, batch_id, url):
         try:
             detect_drift(spec, batch_id, settings)
             result.repaired.append("drift")

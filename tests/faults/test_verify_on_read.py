@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
@@ -145,3 +146,22 @@ def test_repair_republishes_from_the_raw_copy_and_rederives(world, spec):
     assert check(spec, world) == []
     assert _predictions(world, spec, "2016") == published
     assert repair_batch(spec, "2016", world).repaired == []  # intact: a no-op
+
+
+def test_repair_reads_the_raw_csv_as_ingest_did(settings_factory, spec, slices, tmp_path):
+    """Integer keys above 2**53 in a CSV with an empty key cell: the repaired curated keys are
+    the published ones (a re-read via float64 would change every one of them)."""
+    settings = settings_factory("repair_csv")
+    rows = pd.read_parquet(slices[2015]).head(300)
+    keys = [str(2**60 + 7 * i + 1) for i in range(len(rows))]
+    keys[0] = ""  # pandas would read the column as float64
+    source = tmp_path / "big_keys.csv"
+    rows.assign(**{spec.entity.key: keys}).to_csv(source, index=False)
+    ingest_batch(spec, str(source), "csv1", settings)
+    path = _curated(settings, spec, "csv1")
+    published = pq.read_table(path).column(spec.entity.key).to_pylist()
+    assert published == [int(k) for k in keys[1:]]
+    pq.write_table(pq.read_table(path).slice(0, 10), path)
+    assert repair_batch(spec, "csv1", settings).repaired == ["curated"]
+    assert pq.read_table(_curated(settings, spec, "csv1")).column(
+        spec.entity.key).to_pylist() == published
