@@ -15,22 +15,34 @@ command to run; ``--debug`` (or ``MLCORE_DEBUG=1``) prints the traceback before 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import errno
 import json
 import os
-import re
 import sys
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any
 
 from mlcore.config import Settings, get_settings
+from mlcore.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CONFLICT,
+    EXIT_DAMAGED,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_NO_SCHEMA,
+    EXIT_OK,
+    EXIT_REFUSED,
+    EXIT_STORAGE,
+    EXIT_UNAVAILABLE,
+    classify,
+    one_line,
+    redact,
+)
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_CONFLICT, EXIT_REFUSED = 0, 1, 2, 3, 4
-EXIT_UNAVAILABLE, EXIT_NO_SCHEMA, EXIT_STORAGE, EXIT_DAMAGED = 5, 6, 7, 8
-EXIT_INTERRUPTED = 130
+# the exit codes stay importable from here (mlcore.errors owns them)
+__all__ = ["EXIT_BAD_INPUT", "EXIT_CONFLICT", "EXIT_DAMAGED", "EXIT_FAILED", "EXIT_INTERRUPTED",
+           "EXIT_NO_SCHEMA", "EXIT_OK", "EXIT_REFUSED", "EXIT_STORAGE", "EXIT_UNAVAILABLE",
+           "build_parser", "main"]
 
 
 def _problem(args: argparse.Namespace, settings: Settings) -> Any:
@@ -42,15 +54,6 @@ def _problem(args: argparse.Namespace, settings: Settings) -> Any:
     if len(specs) != 1:
         raise ValueError(f"--problem is required (problems: {', '.join(sorted(specs)) or 'none'})")
     return next(iter(specs.values()))
-
-
-def _read_only() -> AbstractContextManager[Any]:
-    """``mlcore.store.session.read_only()`` for the read-only commands (a no-op where absent)."""
-    try:
-        from mlcore.store.session import read_only  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        return contextlib.nullcontext()
-    return read_only()  # type: ignore[no-any-return,unused-ignore]
 
 
 def _emit(args: argparse.Namespace, data: Any, text: Callable[[Any], str]) -> None:
@@ -78,8 +81,9 @@ def cmd_ingest(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_batches(args: argparse.Namespace, settings: Settings) -> None:
     from mlcore.reporting import batches
+    from mlcore.store.session import read_only
 
-    with _read_only():
+    with read_only():
         rows = batches(_problem(args, settings).name, settings.db_url)
     _emit(args, rows, lambda rs: "\n".join(
         f"{r['batch_id']:<12} {r['state']:<9} rows {r['rows']:>8} quarantined "
@@ -89,8 +93,9 @@ def cmd_batches(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
     from mlcore.registry import list_versions
+    from mlcore.store.session import read_only
 
-    with _read_only():
+    with read_only():
         rows = list_versions(_problem(args, settings).name, settings.db_url)
     _emit(args, rows, lambda rs: "\n".join(
         f"v{r['version']:<4} {r['algorithm']:<24} {','.join(r['aliases']):<9} "
@@ -120,7 +125,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
         print(f"champion of {spec.name}: v{current} -> v{args.version} ({result['outcome']}: "
               f"{result['reason']})")
     else:
-        print(_one_line(f"refused: v{args.version} {result['outcome']}: {result['reason']}; "
+        print(one_line(f"refused: v{args.version} {result['outcome']}: {result['reason']}; "
                         f"run card: {result['run_card']} (`mlcore promote {args.version} "
                         f"--reason ... --force` skips the checks)"), file=sys.stderr)
     return EXIT_OK if result["promoted"] else EXIT_REFUSED
@@ -175,7 +180,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> int:
     _emit(args, result.to_dict(), _backfill_text)
     for o in result.outcomes:
         if o.status == "failed":
-            print(_one_line(f"error: {o.stage}: {o.error}"), file=sys.stderr)
+            print(one_line(f"error: {o.stage}: {o.error}"), file=sys.stderr)
     return EXIT_BAD_INPUT if result.bad_input else EXIT_FAILED if result.failed else EXIT_OK
 
 
@@ -253,8 +258,9 @@ def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_report(args: argparse.Namespace, settings: Settings) -> None:
     from mlcore.reporting import format_summary, summary
+    from mlcore.store.session import read_only
 
-    with _read_only():
+    with read_only():
         data = summary(_problem(args, settings).name, settings)
     _emit(args, data, format_summary)
 
@@ -381,155 +387,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# ---- the error contract: one line on stderr, one exit code per kind of failure -----------------
-
-# Matched by class name along ``type(exc).__mro__`` (also of a DB-API error's ``.orig`` and of
-# ``__cause__``), so the drivers (psycopg, sqlite3), sqlalchemy and pyarrow stay lazy imports.
-_CONFLICT = {"BatchConflict", "AliasConflict"}
-_UNAVAILABLE = {"DatabaseUnavailable", "OperationalError", "InterfaceError"}
-_NO_SCHEMA = {"SchemaMissing", "UndefinedTable", "NoSuchTableError"}
-_DAMAGED = {"DataDamaged", "ArtifactTampered", "ArtifactMissing", "ArrowInvalid",
-            "ArrowException", "ParserError", "EmptyDataError"}
-_BAD_URL = {"ArgumentError"}
-_DISK_FULL = {"DiskFull"}  # PostgreSQL SQLSTATE 53100
-_STORAGE_ERRNO = {errno.ENOSPC: "disk full", errno.EDQUOT: "disk quota exceeded",
-                  errno.EIO: "I/O error", errno.EROFS: "read-only file system"}
-_BAD_INPUT_BUILTINS = (ValueError, LookupError, FileNotFoundError, NotADirectoryError,
-                       IsADirectoryError)
-_REPAIR = "run `mlcore repair --check` to list what is damaged"
-
-
 class _Parser(argparse.ArgumentParser):
     """Usage errors on one line too (exit 2)."""
 
     def error(self, message: str) -> Any:  # argparse's signature is NoReturn
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
-
-
-def redact(text: str) -> str:
-    """``text`` with the password of any URL (``://user:pass@``) or DSN (``password=``) hidden."""
-    # greedy to the last "@" of the URL: an unescaped "@" in a password hides nothing of it
-    text = re.sub(r"(://[^:/@\s'\"]*):[^\s'\"]*@", r"\1:***@", text)
-    return re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1***", text, flags=re.IGNORECASE)
-
-
-def _one_line(text: str) -> str:
-    """One stderr line: the message's lines joined, sqlalchemy's "Background on" link dropped."""
-    lines = [ln.strip() for ln in str(text).splitlines()]
-    lines = [ln for ln in lines if ln and ln != "^" and not ln.startswith(
-        ("(Background on this error at", "LINE "))]  # + the SQL context of a server error
-    return redact("; ".join(lines))
-
-
-def _names(exc: BaseException) -> set[str]:
-    return {c.__name__ for c in type(exc).__mro__}
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """``exc``, the DB-API error it wraps (``.orig``), then its explicit causes, likewise."""
-    out: list[BaseException] = []
-    cur: BaseException | None = exc
-    while cur is not None and cur not in out and len(out) < 16:
-        out.append(cur)
-        orig = getattr(cur, "orig", None)
-        if isinstance(orig, BaseException) and orig not in out:
-            out.append(orig)
-        cur = cur.__cause__
-    return out
-
-
-def _message(exc: BaseException) -> str:
-    orig = getattr(exc, "orig", None)  # sqlalchemy's str() adds the SQL and its parameters
-    return _one_line(str(orig if isinstance(orig, BaseException) else exc) or type(exc).__name__)
-
-
-def _db_url() -> str:
-    try:
-        return get_settings().db_url
-    except Exception:  # noqa: BLE001 - the settings themselves may be what failed
-        return os.environ.get("MLCORE_DATABASE_URL", "")
-
-
-def _sqlite_path(url: str) -> str | None:
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split(":///", 1)[1] if ":///" in url else ""
-    return path.split("?", 1)[0] or None
-
-
-def _infra(exc: BaseException, command: str) -> tuple[int, str] | None:
-    """Exit code and line for a database, storage or damaged-data failure; None otherwise."""
-    rerun = f"then re-run `mlcore {command}`"
-    url = _db_url()
-    where = redact(url) or "the metadata store"
-    db_file = _sqlite_path(url)
-    names, text = _names(exc), _message(exc)
-    low = text.lower()
-    if isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNO:
-        label = _STORAGE_ERRNO[exc.errno]
-        text = text if exc.filename is None or str(exc.filename) in text else (
-            f"{text}: {exc.filename}")
-        return EXIT_STORAGE, f"{label}: {text} (free space or fix the volume, {rerun})"
-    if names & _DISK_FULL or any(s in low for s in (
-            "database or disk is full", "disk i/o error", "attempt to write a readonly database")):
-        return EXIT_STORAGE, (f"storage error: {text} ({where}; free space or fix the volume, "
-                              f"{rerun})")
-    if names & _NO_SCHEMA or "no such table" in low or (
-            "relation" in low and "does not exist" in low):
-        if "mlcore init" in text:
-            return EXIT_NO_SCHEMA, text if low.startswith("metadata store") else (
-                f"metadata store not initialised: {text}")
-        return EXIT_NO_SCHEMA, (f"metadata store not initialised: {text} ({where}; "
-                                "run `mlcore init`)")
-    if "file is not a database" in low or "database disk image is malformed" in low:
-        return EXIT_DAMAGED, (f"damaged metadata store: {text} ({where}; restore it from a "
-                              "backup, or move it aside and run `mlcore init`)")
-    if names & _DAMAGED:
-        hint = "" if "mlcore repair" in text else f" ({_REPAIR}, {rerun})"
-        label = "" if low.startswith("damaged") else "damaged data: "
-        return EXIT_DAMAGED, f"{label}{text}{hint}"
-    if names & _BAD_URL:
-        return EXIT_BAD_INPUT, (f"bad database URL: {text} (check MLCORE_DATABASE_URL={where!r}: "
-                                "e.g. postgresql+psycopg://user@host:5432/db or sqlite:///path)")
-    if names & _UNAVAILABLE:
-        if db_file is not None and "unable to open database file" in low:
-            if not os.path.exists(db_file):
-                return EXIT_NO_SCHEMA, (f"metadata store not initialised: {db_file} does not "
-                                        "exist (run `mlcore init`)")
-            return EXIT_STORAGE, (f"storage error: {text} ({db_file}; check its permissions, "
-                                  f"{rerun})")
-        hints = [] if "@" in url and url.split("@", 1)[1].split("/")[0] in text else [where]
-        if "database is locked" in low:
-            hints.append("another process holds the write lock")
-        elif "MLCORE_DATABASE_URL" not in text:
-            hints.append("check the database server and MLCORE_DATABASE_URL")
-        label = "" if low.startswith("database") else "database unavailable: "
-        return EXIT_UNAVAILABLE, f"{label}{text} ({'; '.join([*hints, rerun])})"
-    return None
-
-
-def classify(exc: BaseException, command: str = "<command>") -> tuple[int, str]:
-    """The exit code and the one stderr line for an exception escaping a command."""
-    names = _names(exc)
-    if names & _CONFLICT:
-        return EXIT_CONFLICT, f"conflict: {_message(exc)}"
-    # mlcore's own errors say what they mean; only infrastructure failures under them are looked
-    # through (an ingestion rejection caused by an unreadable file stays a rejection).
-    own = type(exc).__module__.split(".")[0] == "mlcore"
-    for e in [exc] if own else _chain(exc):
-        found = _infra(e, command)
-        if found is not None:
-            return found
-    if own or type(exc).__module__.split(".")[0] in {"pydantic", "pydantic_core", "yaml"} or (
-            type(exc).__module__ == "builtins" and isinstance(exc, _BAD_INPUT_BUILTINS)):
-        return EXIT_BAD_INPUT, f"error: {_message(exc)}"
-    if isinstance(exc, PermissionError):
-        return EXIT_STORAGE, (f"permission denied: {_message(exc)} (check the owner and mode of "
-                              f"MLCORE_HOME, then re-run `mlcore {command}`)")
-    if isinstance(exc, OSError):
-        return EXIT_STORAGE, f"storage error: {_message(exc)} (then re-run `mlcore {command}`)"
-    return EXIT_FAILED, (f"internal error: {type(exc).__name__}: {_message(exc)} "
-                         "(run with --debug for the traceback)")
 
 
 def _debug_requested(args: argparse.Namespace | None) -> bool:
@@ -556,5 +418,5 @@ def main(argv: list[str] | None = None) -> int:
             import traceback
 
             print(redact("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
-        print(_one_line(line), file=sys.stderr)
+        print(one_line(line), file=sys.stderr)
         return code
