@@ -54,11 +54,6 @@ def read_only() -> Iterator[None]:
         _READ_ONLY.reset(token)
 
 
-def is_read_only() -> bool:
-    """Whether the current context is inside :func:`read_only`."""
-    return _READ_ONLY.get()
-
-
 def _timeouts() -> tuple[float, float, float]:
     from mlcore.config import get_settings
 
@@ -99,10 +94,6 @@ def _sqlite_begin(conn: Any) -> None:
     # A deferred BEGIN upgraded to a write lock mid-transaction fails with "database is locked"
     # instead of waiting; taking the write lock at BEGIN makes the busy timeout apply.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-
-# Kept for callers that imported it; writers still begin this way.
-_begin_immediate = _sqlite_begin
 
 
 def _postgres_begin(conn: Any) -> None:
