@@ -4,8 +4,8 @@ labels and categories are matched against a declared vocabulary whatever their s
 Matching is by a canonical text key (``label_key``): ``"Organic"`` stays ``"Organic"``, ``3`` and
 ``3.0`` are ``"3"``, ``True`` is ``"true"``. A vocabulary of booleans (what YAML makes of
 ``yes``/``no``/``true``/``false``) also matches the text forms of a boolean (``parse_bool``).
-Each distinct value is keyed once (``pd.factorize``), so a 1M-row string column costs one hash
-pass, not a Python call per row.
+Each distinct value is keyed once (``factorize``), so a 1M-row string column costs one hash
+pass, not a Python call per row (a categorical column none: its codes are used as they are).
 """
 
 from __future__ import annotations
@@ -22,6 +22,15 @@ TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 FALSE_TEXT = frozenset({"false", "f", "no", "n", "0", "0.0"})
 
 
+def factorize(col: pd.Series) -> tuple[np.ndarray, Any]:
+    """(codes, distinct values) with -1 for missing, like ``pd.factorize``; a categorical column
+    (what parquet's dictionary-encoded text becomes) gives its own codes and categories with no
+    hash pass. Lookup tables indexed by the codes get one extra last entry for the -1."""
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return np.asarray(col.array.codes), col.cat.categories
+    return pd.factorize(col, use_na_sentinel=True)
+
+
 def _bool_key(value: Any) -> str | None:
     key = label_key(value).lower()
     return "true" if key in TRUE_TEXT else "false" if key in FALSE_TEXT else None
@@ -31,7 +40,7 @@ def parse_bool(col: pd.Series) -> pd.Series:
     """``True``/``False`` per row (object dtype), None where missing or not a boolean's form."""
     if pd.api.types.is_bool_dtype(col.dtype) and not col.hasnans:
         return col.astype(object)
-    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    codes, uniques = factorize(col)
     mapped = np.array([{"true": True, "false": False}.get(_bool_key(u) or "", None)
                        for u in uniques] + [None], dtype=object)
     return pd.Series(mapped[codes], index=col.index, dtype=object)
@@ -39,7 +48,7 @@ def parse_bool(col: pd.Series) -> pd.Series:
 
 def vocabulary_codes(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...]) -> np.ndarray:
     """Each row's position in ``vocabulary`` (float64), NaN where missing or not in it."""
-    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    codes, uniques = factorize(col)
     lookup = np.array(_codes_of(list(uniques), vocabulary) + [np.nan], dtype="float64")
     return lookup[codes]
 
@@ -48,7 +57,7 @@ def missing(col: pd.Series) -> np.ndarray:
     """True where a value is missing (None, NaN, NaT, or empty/blank text)."""
     out = col.isna().to_numpy()
     if col.dtype == object or isinstance(col.dtype, pd.StringDtype):
-        codes, uniques = pd.factorize(col, use_na_sentinel=True)
+        codes, uniques = factorize(col)
         blank = np.array([isinstance(u, str) and not u.strip() for u in uniques] + [False])
         out = out | blank[codes]
     return out
@@ -57,7 +66,7 @@ def missing(col: pd.Series) -> np.ndarray:
 def vocabulary_check(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...]
                      ) -> tuple[np.ndarray, np.ndarray]:
     """(``vocabulary_codes``, ``missing``) of one column from a single hash pass."""
-    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    codes, uniques = factorize(col)
     found = _codes_of(list(uniques), vocabulary)
     blank = [isinstance(u, str) and not u.strip() for u in uniques]
     lookup = np.array(found + [np.nan], dtype="float64")
@@ -97,7 +106,7 @@ def category_values(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...],
     """Values as the vocabulary's type (``int``/``str``/``bool``) for storage: the vocabulary's
     own value where a row matches one, else the row's own value in that type (None where it has
     none: missing, or not a value of the type). Each distinct value is converted once."""
-    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    codes, uniques = factorize(col)
     table = np.array(_typed_uniques(list(uniques), vocabulary, value_type) + [None], dtype=object)
     return pd.Series(table[codes], index=col.index, dtype=object)
 
@@ -108,9 +117,9 @@ def category_array(col: pd.Series, vocabulary: list[Any] | tuple[Any, ...],
     (no Python object per row): text as a dictionary array, other types decoded in C++."""
     import pyarrow as pa
 
-    codes, uniques = pd.factorize(col, use_na_sentinel=True)
+    codes, uniques = factorize(col)
     dictionary = pa.array(_typed_uniques(list(uniques), vocabulary, value_type), arrow_type)
-    indices = pa.array(codes, mask=codes < 0)
+    indices = pa.array(codes.astype("int64", copy=False), mask=codes < 0)  # one type per file
     coded = pa.DictionaryArray.from_arrays(indices, dictionary)
     # text stays dictionary-encoded (parquet writes it as such; read back as plain text when
     # the file does not store the Arrow schema); other types are decoded

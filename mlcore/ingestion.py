@@ -25,6 +25,7 @@ import shutil
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,7 +39,7 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, insert, select, update
 
 from mlcore.batches import BatchConflict, BatchNotFound, BatchRejected, check_batch_id, sha256_file
-from mlcore.columns import category_array, label_key, parse_timestamp, time_part
+from mlcore.columns import category_array, factorize, label_key, parse_timestamp, time_part
 from mlcore.config import Settings
 from mlcore.integrity import curated_files, fingerprint
 from mlcore.locks import file_lock
@@ -175,13 +176,25 @@ def _feature_arrays(raw: pd.Series, feat: Feature) -> dict[str, pa.Array]:
             out[column] = pa.array(time_part(stamps, part))
         return out
     if feat.kind == "categorical" and feat.value_type == "int":
-        num = numeric(raw).to_numpy()
-        nan = np.isnan(num)
-        return {feat.name: pa.array(np.where(nan, 0, num).astype("int64"),
-                                    mask=nan if nan.any() else None)}
+        return {feat.name: _int_array(raw)}
     vocabulary = feat.values or () if feat.kind == "categorical" else (False, True)
     return {feat.name: category_array(raw, vocabulary, feat.value_type,
                                       ARROW_TYPES[feat.value_type])}
+
+
+def _int_array(raw: pd.Series) -> pa.Array:
+    """A (valid) integer category column as int64, null where missing. Categorical input is
+    converted per category, then gathered by its codes (no float64 pass per row)."""
+    if isinstance(raw.dtype, pd.CategoricalDtype):
+        codes, uniques = factorize(raw)
+        num = numeric(pd.Series(uniques)).to_numpy() if len(uniques) else np.empty(0)
+        nan = np.append(np.isnan(num), True)[codes]  # code -1 (missing) -> the last entry
+        ints = np.append(np.where(np.isnan(num), 0, num).astype("int64"), 0)[codes]
+    else:
+        num = numeric(raw).to_numpy()
+        nan = np.isnan(num)
+        ints = np.where(nan, 0, num).astype("int64")
+    return pa.array(ints, mask=nan if nan.any() else None)
 
 
 def curate_table(valid: pd.DataFrame, spec: ProblemSpec, when: pd.Series | None = None,
@@ -289,8 +302,8 @@ def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime,
     ids = src.read_columns([key_col, time_col])
     dups = duplicate_mask(entity_keys(ids[key_col], spec), event_time(ids[time_col], spec))
     del ids
-    out, writer = _Outcome(), None
-    try:
+    out = _Outcome()
+    with _BackgroundWriter(staging / "part-0.parquet") as writer:
         for chunk in src.chunks():
             if not out.schema:
                 out.schema = {str(c): str(t) for c, t in chunk.dtypes.items()}
@@ -299,16 +312,62 @@ def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime,
             bad, violations = row_violations(chunk, spec, now, out.rows, dup, when, coder)
             table = curate_table(chunk.loc[~bad], spec, when[~bad], coder)
             _examples(out, chunk, violations, out.rows, spec)
-            # no Arrow schema in the file: dictionary-encoded text reads back as plain text
-            writer = writer or pq.ParquetWriter(staging / "part-0.parquet", table.schema,
-                                                store_schema=False)
-            writer.write_table(table)
+            writer.write(table)
             _tally(out, n, bad, violations, table.column("event_timestamp"))
             failpoint("ingest.mid_write")
-    finally:
-        if writer is not None:
-            writer.close()
     return out
+
+
+def _read_ahead(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``chunks``, the next one read and decoded on a worker thread while this one is used."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-read") as pool:
+        nxt = pool.submit(next, chunks, None)
+        while (chunk := nxt.result()) is not None:
+            nxt = pool.submit(next, chunks, None)
+            yield chunk
+
+
+class _BackgroundWriter:
+    """One parquet file written on a worker thread while the next chunk is validated (pyarrow
+    writes without the GIL, so validation and encoding overlap on two cores). At most one chunk
+    is in flight, so memory stays ~ two chunks; a write error is raised by the next ``write``
+    or on exit, as the same exception."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
+        self._writer: pq.ParquetWriter | None = None
+        self._pending: Future[None] | None = None
+
+    def _write(self, table: pa.Table) -> None:
+        # no Arrow schema in the file: dictionary-encoded text reads back as plain text
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self.path, table.schema, store_schema=False)
+        self._writer.write_table(table)
+
+    def _wait(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    def write(self, table: pa.Table) -> None:
+        self._wait()
+        self._pending = self._pool.submit(self._write, table)
+
+    def __enter__(self) -> _BackgroundWriter:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        try:
+            if kind is None:
+                self._wait()
+            elif self._pending is not None:  # already failing: finish the write, keep that error
+                with contextlib.suppress(Exception):
+                    self._pending.result()
+        finally:
+            self._pool.shutdown(wait=True)
+            if self._writer is not None:
+                self._writer.close()
 
 
 def _tally(out: _Outcome, n: int, bad: np.ndarray, violations: pd.DataFrame,

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.exc import IntegrityError
 
-from mlcore.columns import label_key, parse_bool, vocabulary_codes
+from mlcore.columns import factorize, label_key, parse_bool, vocabulary_codes
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import TargetClasses
 from mlcore.store.session import session_scope
@@ -79,13 +79,11 @@ class TargetCoder:
 
             values = numeric(col).to_numpy()
             return np.where(np.isfinite(values), values, np.nan)
-        if self.classes is None:
-            flags = parse_bool(col)
-            out = np.full(len(col), np.nan)
-            known = flags.notna().to_numpy()
-            truth = flags[known].to_numpy(dtype=bool)
-            out[known] = np.where(truth == self.positive_true, 1.0, 0.0)
-            return out
+        if self.classes is None:  # booleans in any form: each distinct value read once
+            codes, uniques = factorize(col)
+            flags = parse_bool(pd.Series(uniques, dtype=object)).tolist()
+            table = [np.nan if f is None else float(f == self.positive_true) for f in flags]
+            return np.array([*table, np.nan], dtype="float64")[codes]
         codes = vocabulary_codes(col, self.classes)
         if self.kind == "binary":
             return np.where(np.isnan(codes), np.nan, (codes == self.positive).astype("float64"))

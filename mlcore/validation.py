@@ -9,6 +9,7 @@ first but would still need the chunking and the cross-chunk duplicate pass writt
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
@@ -98,13 +99,21 @@ def event_time(col: pd.Series, spec: ProblemSpec) -> pd.Series:
     """Parsed event times (UTC), NaT where invalid; years must be whole and in pandas' range."""
     if spec.event_time.kind == "timestamp":
         return pd.to_datetime(col, errors="coerce", utc=True, format="ISO8601")
-    year = numeric(col)
-    year = year.where((year == year.round()) & year.between(1678, 2261))
-    distinct = year.dropna().unique()  # a handful of years: parse each once, then look up
-    stamps = pd.to_datetime([f"{int(y)}-12-31" for y in distinct], utc=True)
-    where = pd.Index(distinct).get_indexer(year)
-    values = np.where(where >= 0, stamps.asi8[where] if len(stamps) else 0, np.iinfo("int64").min)
-    return pd.Series(pd.to_datetime(values, utc=True), index=col.index)
+    year = numeric(col).to_numpy()
+    with np.errstate(invalid="ignore"):
+        ok = (year == np.round(year)) & (year >= YEAR_MIN) & (year <= YEAR_MAX)  # NaN: False
+    ends = _year_ends()[np.where(ok, year - YEAR_MIN, 0).astype("int64")]
+    values = np.where(ok, ends, np.iinfo("int64").min)  # int64 min is NaT
+    return pd.Series(values.view("M8[ns]"), index=col.index).dt.tz_localize("UTC")
+
+
+YEAR_MIN, YEAR_MAX = 1678, 2261  # the whole years inside pandas' nanosecond range
+
+
+@functools.cache
+def _year_ends() -> np.ndarray:
+    """Dec 31 (UTC, ns) of every year in range: a year column is a table look-up per row."""
+    return pd.to_datetime([f"{y}-12-31" for y in range(YEAR_MIN, YEAR_MAX + 1)], utc=True).asi8
 
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1

@@ -358,3 +358,65 @@ def test_a_first_batch_with_only_the_positive_label_fixes_no_classes(sqlite_sett
     df.to_parquet(tmp_path / "b2.parquet")
     ingest_batch(spec, str(tmp_path / "b2.parquet"), "b2", sqlite_settings, now=NOW)
     assert stored_classes(spec.name, sqlite_settings.db_url) == ["no", "yes"]
+
+
+# ------------------------------------------------------------------ fast paths of the batch read
+
+def test_year_end_event_times_are_exact_at_the_edges_of_the_range():
+    """Years become Dec 31 UTC by table look-up: whole years 1678..2261 only, whatever the type."""
+    from mlcore.validation import event_time
+
+    spec = toy(event_time={"column": "at", "kind": "year_end"})
+    raw = pd.Series([2015, 1678, 2261, 1677, 2262, 2015.5, np.nan, -3])
+    got = event_time(raw, spec)
+    assert str(got.dtype) == "datetime64[ns, UTC]"
+    want = ["2015-12-31", "1678-12-31", "2261-12-31"]
+    assert [t.strftime("%Y-%m-%d") for t in got[:3]] == want
+    assert got[3:].isna().all()
+    text = event_time(pd.Series(["2016", " 2017 ", "20x6", None], dtype=object), spec)
+    assert [None if pd.isna(t) else t.year for t in text] == [2016, 2017, None, None]
+    coded = event_time(pd.Series(["2018", "2016", None], dtype="category"), spec)
+    assert [None if pd.isna(t) else t.year for t in coded] == [2018, 2016, None]
+
+
+def test_dictionary_text_whose_dictionaries_differ_by_row_group_curates_like_plain_text(
+        tmp_path, sqlite_settings):
+    """Parquet hands each row group its own dictionary (int8 codes for a few values, int16 past
+    127): the curated file is one schema and the same values as from plain text."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mlcore.ingestion import get_batch, ingest_batch, read_curated
+
+    spec = toy()
+    df = frame(400)
+    many = pd.Categorical(df["colour"], categories=[*sorted(set(df["colour"])),
+                                                    *(f"x{i}" for i in range(300))])
+    small = pa.Table.from_pandas(df.iloc[:200].assign(
+        colour=pd.Categorical(df["colour"].iloc[:200])), preserve_index=False)
+    big = pa.Table.from_pandas(df.iloc[200:].assign(colour=many[200:]), preserve_index=False)
+    with pq.ParquetWriter(tmp_path / "coded.parquet", small.schema) as writer:
+        writer.write_table(small)
+        writer.write_table(big.cast(small.schema))
+    df.to_parquet(tmp_path / "plain.parquet")
+    for batch in ("coded", "plain"):
+        manifest = ingest_batch(spec, str(tmp_path / f"{batch}.parquet"), batch, sqlite_settings)
+        assert manifest.quarantine_count == 0
+    coded, plain = (read_curated(get_batch(spec.name, b, sqlite_settings.db_url))
+                    for b in ("coded", "plain"))
+    pd.testing.assert_frame_equal(coded, plain)
+    assert coded["colour"].tolist() == df["colour"].tolist()
+
+
+@pytest.mark.parametrize("labels", [[True, False, True, None], [1, 0, 1, None],
+                                    ["yes", "no", "YES", "maybe"], [1.0, 0.0, 1.0, np.nan]])
+def test_a_boolean_target_in_any_form_encodes_each_row(labels):
+    """A binary target without declared classes reads booleans in their usual forms; anything
+    else (missing, 'maybe') is NaN: a quarantined row, not a silent class."""
+    from mlcore.targets import TargetCoder
+
+    for positive_true, want in ((True, [1.0, 0.0, 1.0]), (False, [0.0, 1.0, 0.0])):
+        got = TargetCoder("binary", None, positive_true=positive_true).encode(pd.Series(labels))
+        assert got[:3].tolist() == want and np.isnan(got[3])
+    coded = TargetCoder("binary", None).encode(pd.Series(labels).astype(str).astype("category"))
+    assert coded[:3].tolist() == [1.0, 0.0, 1.0]
