@@ -147,12 +147,13 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
 
             if decision["outcome"] != KEEP_TOO_CLOSE:
                 return None
-            url = mlcore_settings().db_url
+            settings = mlcore_settings()
+            url = settings.db_url
             with fail_fast():
                 move_alias(problem, alias=CHALLENGER, url=url, new=decision["contender_version"],
                            expected=alias_holder(problem, url, CHALLENGER),
                            reason=decision["reason"], evaluation_id=decision["evaluation_id"],
-                           actor=f"airflow:{get_current_context()['run_id']}")
+                           actor=f"airflow:{get_current_context()['run_id']}", settings=settings)
             return int(decision["contender_version"])
 
         @task.short_circuit(ignore_downstream_trigger_rules=False)
@@ -174,11 +175,12 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
             from batchloop_airflow import settings as mlcore_settings
             from mlcore.registry import move_alias
 
+            settings = mlcore_settings()
             with fail_fast():
                 move_alias(problem, expected=decision["champion_version"],
                            new=decision["contender_version"], reason=decision["reason"],
-                           url=mlcore_settings().db_url, evaluation_id=decision["evaluation_id"],
-                           actor=f"airflow:{get_current_context()['run_id']}")
+                           url=settings.db_url, evaluation_id=decision["evaluation_id"],
+                           actor=f"airflow:{get_current_context()['run_id']}", settings=settings)
             return {"champion": decision["contender_version"]}
 
         lease = start_retrain()

@@ -115,7 +115,7 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     if args.alias != CHAMPION:  # the challenger is only shadow-scored: no checks to pass
         get_version(spec.name, args.version, settings.db_url)
         move_alias(spec.name, expected=current, new=args.version, reason=args.reason,
-                   url=settings.db_url, action="manual", alias=args.alias)
+                   url=settings.db_url, action="manual", alias=args.alias, settings=settings)
         print(f"{args.alias} of {spec.name}: v{current} -> v{args.version}")
         return EXIT_OK
     result = promote_version(spec, args.version, args.reason, settings, force=args.force)
@@ -150,7 +150,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
     from mlcore.registry import rollback
 
     problem = _problem(args, settings).name
-    old, new = rollback(problem, args.reason, settings.db_url)
+    old, new = rollback(problem, args.reason, settings.db_url, settings=settings)
     print(f"champion of {problem} rolled back: v{old} -> v{new}")
 
 

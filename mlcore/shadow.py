@@ -111,5 +111,6 @@ def compare_shadow(spec: ProblemSpec, settings: Settings,
     if promoted:
         move_alias(spec.name, expected=champ, new=chall, url=url, action="shadow",
                    reason=f"shadow evidence on {len(rows)} matured rows: {decision.reason}",
-                   evaluation_id=result["evaluation_id"], actor="batchloop:shadow")
+                   evaluation_id=result["evaluation_id"], actor="batchloop:shadow",
+                   settings=settings)
     return {**result, "rows": len(rows), "promoted": promoted}

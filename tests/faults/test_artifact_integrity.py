@@ -117,8 +117,7 @@ def test_moving_the_challenger_onto_a_tampered_artifact_is_refused(spec, setting
     move_alias(spec.name, expected=None, new=champion, reason="first", url=settings.db_url)
     damage(artifact(settings, spec.name, bad), "flip")
 
-    # Without settings (what the CLI's challenger branch and the DAGs pass): the bytes are
-    # still hashed.
+    # Without settings (a caller that has only the database URL): the bytes are still hashed.
     with pytest.raises(ArtifactTampered, match=rf"v{bad}: .*does not match"):
         move_alias(spec.name, expected=None, new=bad, reason="shadow it", url=settings.db_url,
                    alias=CHALLENGER)
@@ -132,6 +131,44 @@ def test_a_forced_promotion_of_an_intact_artifact_still_moves(spec, settings):
                settings=settings)
     result = promote_version(spec, other, "ship it", settings, force=True)
     assert result["promoted"] and alias_holder(spec.name, settings.db_url) == other
+
+
+def _cli(settings, monkeypatch, capsys, *argv: str) -> tuple[int, str]:
+    """``mlcore`` in-process over ``settings``' home and database: (exit code, stderr)."""
+    from mlcore.cli import main
+    from mlcore.config import get_settings
+
+    monkeypatch.setenv("MLCORE_HOME", str(settings.home))
+    monkeypatch.setenv("MLCORE_DATABASE_URL", settings.db_url)
+    monkeypatch.setenv("MLCORE_PROBLEMS_DIR", str(settings.problems_dir))
+    get_settings.cache_clear()
+    try:
+        code = main(list(argv))
+    finally:
+        get_settings.cache_clear()
+    return code, capsys.readouterr().err
+
+
+def test_the_cli_never_moves_an_alias_onto_a_missing_artifact(spec, settings, monkeypatch,
+                                                              capsys):
+    """`promote --alias challenger` and `rollback` check the artifact as a promotion does: a
+    deleted file is refused by name, not waved through with a warning."""
+    first, second, gone = dummy(spec, settings), dummy(spec, settings), dummy(spec, settings)
+    move_alias(spec.name, expected=None, new=first, reason="first", url=settings.db_url,
+               settings=settings)
+    promote_version(spec, second, "next", settings, force=True)
+    damage(artifact(settings, spec.name, gone), "delete")
+    damage(artifact(settings, spec.name, first), "delete")
+
+    code, err = _cli(settings, monkeypatch, capsys, "promote", str(gone), "--alias", "challenger",
+                     "--problem", spec.name, "--reason", "shadow it")
+    assert code != 0 and "missing" in err and f"v{gone}" in err
+    assert alias_holder(spec.name, settings.db_url, CHALLENGER) is None
+
+    code, err = _cli(settings, monkeypatch, capsys, "rollback", "--problem", spec.name,
+                     "--reason", "undo")
+    assert code != 0 and "missing" in err and f"v{first}" in err
+    assert alias_holder(spec.name, settings.db_url) == second
 
 
 # --- load_model -----------------------------------------------------------------------------
