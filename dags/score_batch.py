@@ -3,7 +3,8 @@
 
 Scores each batch from the triggering `<problem>.features` events (or the `batch_id` Param) with
 the current `champion`, reading features point-in-time from Feast, and stores the predictions
-keyed by (batch, entity, model version). Skipped when there is no champion yet. Emits
+keyed by (batch, entity, model version). Skipped when there is no champion yet. A shadow
+`challenger` whose artifact cannot be loaded is skipped with an on-call alert. Emits
 `<problem>.predictions`, which schedules `monitor_model`.
 """
 
@@ -34,12 +35,15 @@ def build(problem: str) -> None:
         @task(outlets=[predictions])
         def score_batch(batch_id: str) -> dict:
             from batchloop_airflow import settings as mlcore_settings
+            from batchloop_airflow.notifiers import skipped_challenger
             from mlcore.problems import get_problem
             from mlcore.scoring import score_batch as run
 
             with fail_fast():
                 result = run(get_problem(problem), batch_id, mlcore_settings()).to_dict()
-            get_current_context()["outlet_events"][predictions].extra = {"batch_id": batch_id}
+            context = get_current_context()
+            context["outlet_events"][predictions].extra = {"batch_id": batch_id}
+            skipped_challenger(context, batch_id, result["skipped_challenger"])
             return result
 
         score_batch.expand(batch_id=resolve_batches())

@@ -1,11 +1,13 @@
 """What an on-call alert says: its kind, where, which batch, what broke and what to do.
 
-Three kinds, one payload shape (a flat JSON object; ``alert_channels`` renders it for humans):
+Four kinds, one payload shape (a flat JSON object; ``alert_channels`` renders it for humans):
 
 * ``task_failed``: a task raised and failed for good (retries used up or a fail-fast error).
 * ``task_killed``: a task failed without its own failure handler running: the process was
   SIGKILLed (the kernel's OOM killer) or its worker was lost. Found by the DAG-level sweep.
 * ``deadline_missed``: a run was still unfinished at the spec's deadline for its stage.
+* ``challenger_skipped``: scoring succeeded with the champion, but the shadow challenger's
+  artifact could not be loaded (missing or tampered), so it was not scored.
 
 Every alert links to the RUNBOOK.md section for its kind (or error class, or stage) and carries a
 ``dedup_key``: the same failure found by two paths (task callback and the sweep) is one alert.
@@ -23,7 +25,9 @@ from typing import Any
 from urllib.parse import quote
 
 KIND_FAILED, KIND_KILLED, KIND_DEADLINE = "task_failed", "task_killed", "deadline_missed"
-TITLES = {KIND_FAILED: "TASK FAILED", KIND_KILLED: "TASK KILLED", KIND_DEADLINE: "DEADLINE MISSED"}
+KIND_CHALLENGER = "challenger_skipped"
+TITLES = {KIND_FAILED: "TASK FAILED", KIND_KILLED: "TASK KILLED", KIND_DEADLINE: "DEADLINE MISSED",
+          KIND_CHALLENGER: "CHALLENGER SKIPPED"}
 
 # RUNBOOK.md anchors (``<a id="...">``): by mlcore error class, else by kind, else by stage.
 ERROR_ANCHORS = {
@@ -36,7 +40,8 @@ ERROR_ANCHORS = {
     "ArtifactMissing": "artifact-tampered", "DataDamaged": "data-damaged",
     "ProblemNotFound": "bad-input", "FileNotFoundError": "bad-input",
 }
-KIND_ANCHORS = {KIND_KILLED: "task-killed", KIND_DEADLINE: "deadline-missed"}
+KIND_ANCHORS = {KIND_KILLED: "task-killed", KIND_DEADLINE: "deadline-missed",
+                KIND_CHALLENGER: "artifact-tampered"}
 DELIVERY_ANCHOR = "alert-delivery-failed"
 # Airflow's wrappers around the real error (fail_fast raises AirflowFailException from it).
 _WRAPPERS = {"AirflowFailException", "AirflowException", "AirflowTaskTerminated"}
@@ -91,7 +96,7 @@ def next_steps(kind: str, dag_id: str, run_id: str, batch_id: str | None) -> lis
              f"mlcore batches --problem {problem}"]
     if batch_id:
         steps.append(f"mlcore lineage --problem {problem} --batch {shlex.quote(batch_id)}")
-    if kind != KIND_DEADLINE:
+    if kind not in (KIND_DEADLINE, KIND_CHALLENGER):  # nothing failed: nothing to re-run
         steps.append(f"airflow dags clear {dag} --run-id {run} --only-failed --yes"
                      "  # re-run the failed tasks once the cause is fixed")
     steps.append(f"mlcore rollback --problem {problem} --reason '<why>'"
@@ -223,4 +228,26 @@ def deadline_payload(*, dag_id: str, run_id: str, batch_id: str | None, minutes:
         "runbook": runbook_link(KIND_ANCHORS[KIND_DEADLINE]),
         "dedup_key": f"{key}-deadline",
         "next_steps": next_steps(KIND_DEADLINE, dag_id, run_id, batch_id),
+    }
+
+
+def challenger_payload(*, dag_id: str, run_id: str, task_id: str, map_index: int,
+                       batch_id: str, version: int, reason: str) -> dict[str, Any]:
+    """The alert of a scoring run that skipped its challenger (``challenger_skipped``): the
+    champion's predictions stand; the challenger's shadow evidence has a gap until it is fixed."""
+    problem, stage = split_dag_id(dag_id)
+    key = hashlib.sha256(f"{ti_key(dag_id, run_id, task_id, map_index)}|v{version}".encode())
+    return {
+        "kind": KIND_CHALLENGER, "title": TITLES[KIND_CHALLENGER], "problem": problem,
+        "stage": stage, "dag_id": dag_id, "task_id": task_id, "map_index": map_index,
+        "run_id": run_id, "try_number": None, "batch_id": batch_id,
+        "error": (f"challenger v{version} not scored on batch {batch_id} (the champion's "
+                  f"scores are stored): {reason}"),
+        "error_class": reason.split(":", 1)[0], "challenger_version": version,
+        "log_url": run_url(dag_id, run_id),
+        "runbook": runbook_link(KIND_ANCHORS[KIND_CHALLENGER]),
+        "dedup_key": f"{key.hexdigest()[:12]}-challenger",
+        "next_steps": [f"mlcore models --problem {problem}",
+                       f"mlcore lineage --problem {problem} --model {version}",
+                       *next_steps(KIND_CHALLENGER, dag_id, run_id, batch_id)[:1]],
     }

@@ -9,6 +9,8 @@ were killed, and the per-stage run deadline.
   alerts every failed task of the run that has no journaled alert, as ``task_killed`` with the
   signal from the task log.
 * ``deadline_missed``: the ``AsyncCallback`` of the stage's ``DeadlineAlert`` (triggerer).
+* ``skipped_challenger``: called by the scoring task when it succeeded without its shadow
+  challenger (artifact missing or tampered): nothing failed, but someone must look.
 
 Every alert is journaled (``alert_journal``: dedup + audit), logged as one JSON line and sent to
 each configured channel (``alert_channels``). Nothing here raises into Airflow: an alert that
@@ -29,6 +31,7 @@ from batchloop_airflow.alert_channels import redact, send_all
 from batchloop_airflow.alerts import (
     KIND_FAILED,
     KIND_KILLED,
+    challenger_payload,
     deadline_payload,
     error_class,
     killed_error,
@@ -57,6 +60,20 @@ def deliver(payload: dict[str, Any]) -> dict[str, str]:
     outcomes = send_all(payload)
     claim.record(outcomes)
     return outcomes
+
+
+def skipped_challenger(context: Any, batch_id: str, skipped: dict[str, Any] | None) -> None:
+    """Alert once that a scoring task skipped its challenger (``ScoringResult.skipped_challenger``);
+    nothing when none was skipped. Logs, never raises: the champion's scoring succeeded."""
+    if not skipped:
+        return
+    try:
+        ti = context["ti"]
+        deliver(challenger_payload(
+            dag_id=ti.dag_id, run_id=ti.run_id, task_id=ti.task_id, map_index=_map_index(ti),
+            batch_id=batch_id, version=int(skipped["version"]), reason=str(skipped["reason"])))
+    except Exception:  # noqa: BLE001 - the task succeeded; a failed alert must not fail it
+        log.exception("BATCHLOOP ALERT for the skipped challenger could not be sent")
 
 
 def _map_index(ti: Any) -> int:

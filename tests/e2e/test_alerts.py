@@ -292,6 +292,56 @@ def test_a_task_that_fails_once_then_succeeds_sends_nothing(airflow_db, spec, ru
     assert journal(mlcore_env.home) == {}
 
 
+def test_a_skipped_challenger_alerts_once_and_the_scoring_run_succeeds(
+        airflow_db, spec, run_or_error, slices, sinks, mlcore_env, task_tries):
+    """Scoring with a shadow challenger whose artifact is gone: the run succeeds on the champion's
+    scores and on-call hears about the challenger (a succeeded task is otherwise silent)."""
+    from mlcore.datasets import DatasetRef
+    from mlcore.features import materialize_batch
+    from mlcore.ingestion import get_batch, ingest_batch, read_curated
+    from mlcore.registry import CHALLENGER, get_version, move_alias, register_version
+    from mlcore.training import build_pipeline, save_artifact
+
+    settings = mlcore_env
+    ingest_batch(spec, str(slices[2016]), "2016", settings)
+    materialize_batch(spec, "2016", settings)
+    curated = read_curated(get_batch(spec.name, "2016", settings.db_url))
+    versions = []
+    for c in (1.0, 0.001):
+        pipe = build_pipeline(spec, "logistic_regression", 0, {"C": c}).fit(
+            curated[spec.feature_names], curated["employed"])
+        uri, sha = save_artifact(pipe, settings, spec.name)
+        versions.append(register_version(
+            spec, settings, algorithm="logistic_regression", artifact_uri=uri,
+            artifact_sha256=sha, hyperparameters={"C": c}, dataset=DatasetRef(
+                "d" * 16, "/x/train.parquet", "/x/holdout.parquet", ["2016"], ["2016"],
+                "entity_hash", 4, 4, "a" * 64, "b" * 64), train_rows=4,
+            validation={}, timings={}))
+    champion, challenger = versions
+    for alias, version in (("champion", champion), (CHALLENGER, challenger)):
+        move_alias(spec.name, expected=None, new=version, reason="t", url=settings.db_url,
+                   alias=alias, settings=settings)
+    Path(get_version(spec.name, challenger, settings.db_url).artifact_uri).unlink()
+
+    dag_id = f"{spec.name}__score_batch"
+    result, error = run_or_error(dag_id, {"batch_id": "2016"})
+
+    assert error is None and result["state"] == "success"
+    got = alerts_at(sinks.http, sinks.smtp)
+    assert {k: len(v) for k, v in got.items()} == {
+        "webhook": 1, "webhook_connection": 1, "slack": 1, "email": 1}
+    [alert] = got["webhook"]
+    assert (alert["kind"], alert["batch_id"], alert["challenger_version"]) == (
+        "challenger_skipped", "2016", challenger)
+    assert alert["error_class"] == "ArtifactMissing" and "champion's scores" in alert["error"]
+    assert alert["runbook"] == "RUNBOOK.md#artifact-tampered"
+    assert f"mlcore lineage --problem {spec.name} --model {challenger}" in alert["next_steps"]
+    assert not any("dags clear" in step for step in alert["next_steps"])  # nothing failed
+    assert got["email"][0]["Subject"].startswith("[Batchloop] CHALLENGER SKIPPED")
+    [entry] = journal(mlcore_env.home).values()
+    assert entry["dedup_key"] == alert["dedup_key"]
+
+
 def runbook() -> str:
     return (ROOT / "RUNBOOK.md").read_text()
 
