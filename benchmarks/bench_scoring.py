@@ -29,6 +29,10 @@ champion (no challenger: no shadow scoring) and the batch's earlier scores by it
   memory: ``mlcore.datasets.point_in_time_features(spec, [batch], settings, with_target=False)
   [spec.feature_names]``, built once in setup.
 Ratio = (rows / whole s) / (rows / bare s) = bare s / whole s, per round; median reported.
+Verify on read (issue 14): the time inside ``mlcore.integrity.verified`` (size, footer rows and
+SHA-256 of the batch's curated file and of every features partition of the problem), with the
+per-process memo cleared before each round (an Airflow task is a fresh process: every check is
+cold), reported as seconds and as a share of the whole task.
 Each round also checks the stored scores' mean equals the bare scores' mean exactly (same
 rows, same order, same model), and times a raw ``sqlite3`` ``executemany`` of as many rows into
 a fresh predictions table (same schema and unique index): the floor of any SQLite store.
@@ -67,6 +71,32 @@ TARGET = 0.3
 STAGES = {"champion load": ("get_batch", "alias_holder", "get_version", "load_model"),
           "feature fetch": ("require_materialized", "batch_features"),
           "predict": ("_predict",), "store": ("_store",)}
+
+
+class VerifyTimer:
+    """Seconds inside ``mlcore.integrity.verified`` (every verify-on-read check goes through it)."""
+
+    def __init__(self) -> None:
+        import mlcore.integrity as integrity
+
+        self.integrity, self.seconds = integrity, 0.0
+        inner = integrity.verified
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - t0
+        integrity.verified = timed
+
+    def cold(self) -> None:
+        """Forget what this process already verified (the next checks hash every file)."""
+        self.integrity._verified.clear()
+
+    def take(self) -> float:
+        out, self.seconds = self.seconds, 0.0
+        return out
 
 
 class Stages:
@@ -232,7 +262,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         del frame
     models = {label: load_model(get_version(spec.name, v, settings.db_url), settings)
               for label, v in info["models"].items()}
-    stages = Stages()
+    stages, verify = Stages(), VerifyTimer()
     results: list[dict[str, Any]] = []
     profiler = None
     for r in range(args.rounds):
@@ -241,6 +271,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 make_champion(spec, settings, version)
                 clear_predictions(spec, settings, batch_id, version)
                 gc.collect()
+                verify.cold()
+                verify.take()
                 if args.profile and r == args.rounds - 1:
                     import cProfile
 
@@ -253,7 +285,7 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                     profiler.disable()
                     print_profile(profiler, f"{batch_id} x {label}")
                     profiler = None
-                split = stages.take(whole)
+                split, verify_s = stages.take(whole), verify.take()
                 gc.collect()
                 t0 = time.perf_counter()
                 bare = predict_proba(models[label], X)
@@ -263,10 +295,12 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 results.append({"round": r + 1, "batch": batch_id, "model": label,
                                 "rows": result.rows, "whole_s": whole, "bare_s": bare_s,
                                 "ratio": bare_s / whole, "stages": split, "same_scores": same,
+                                "verify_s": verify_s,
                                 "store_floor_s": floor})
                 log(f"  round {r + 1} {batch_id} {label}: whole {whole:.3f} s ("
                     + ", ".join(f"{k} {v:.3f}" for k, v in split.items())
-                    + f"), bare {bare_s:.3f} s, ratio {bare_s / whole:.3f}, same scores {same}; "
+                    + f"; verify {verify_s:.4f}), bare {bare_s:.3f} s, "
+                    f"ratio {bare_s / whole:.3f}, same scores {same}; "
                     f"raw SQLite store floor {floor:.3f} s")
     return {"info": info, "results": results}
 
@@ -297,7 +331,8 @@ def render(data: dict[str, Any], meta: dict[str, Any]) -> tuple[str, bool]:
     labels = [*STAGES, "rest"]
     lines += ["", f"Medians (target ratio >= {TARGET}); stage seconds inside score_batch:", "",
               "| batch | model | whole s | bare s | ratio (median of rounds) | target met | "
-              + " | ".join(labels) + " |", "|---|---|---:|---:|---:|---|" + "---:|" * len(labels)]
+              + " | ".join(labels) + " | verify on read s (share) |",
+              "|---|---|---:|---:|---:|---|" + "---:|" * (len(labels) + 1)]
     groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for x in results:
         groups.setdefault((x["batch"], x["model"]), []).append(x)
@@ -309,8 +344,14 @@ def render(data: dict[str, Any], meta: dict[str, Any]) -> tuple[str, bool]:
         lines.append(f"| {batch} | {model} | {statistics.median(x['whole_s'] for x in xs):.3f} | "
                      f"{statistics.median(x['bare_s'] for x in xs):.3f} | **{ratio:.3f}** | "
                      f"{'yes' if ok else 'NO'} | " + " | ".join(f"{med[k]:.3f}" for k in labels)
-                     + " |")
+                     + f" | {_verify_cell(xs)} |")
     return "\n".join(lines), met
+
+
+def _verify_cell(xs: list[dict[str, Any]]) -> str:
+    seconds = statistics.median(x.get("verify_s", 0.0) for x in xs)
+    share = statistics.median(x.get("verify_s", 0.0) / x["whole_s"] for x in xs)
+    return f"{seconds:.4f} ({share:.1%})"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:

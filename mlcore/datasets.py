@@ -200,7 +200,7 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
     partitions = parquet_files(Path(src.path))
     buckets = -(-max(entity_rows, parquet_rows(partitions)) // PIT_BUCKET_ROWS)
     if buckets <= 1:
-        return historical_features(spec, batches, settings, with_target)
+        return historical_features(spec, batches, settings, with_target, verified=True)
     (settings.home / "tmp").mkdir(parents=True, exist_ok=True)
     cols = [spec.entity.key, "event_timestamp"] + ([spec.target.name] if with_target else [])
     refs = [f"{view.name}:{f.name}" for p in service.feature_view_projections for f in p.features]

@@ -267,20 +267,23 @@ def _record(spec: ProblemSpec, batch_id: str, dest: Path, written: tuple[int, Fi
 
 
 def historical_features(spec: ProblemSpec, batches: list[Batch], settings: Settings,
-                        with_target: bool = True) -> pd.DataFrame:
+                        with_target: bool = True, *, verified: bool = False) -> pd.DataFrame:
     """Point-in-time join of the batches' entity rows with the offline store, in input order.
 
     Each row asks for features as of its own event time, so no row sees a later value.
 
     Callers check ``require_materialized`` first: with several offline partitions, Feast's
-    dask store fails obscurely on entity rows it has no partition for.
+    dask store fails obscurely on entity rows it has no partition for. ``verified``: the
+    caller already checked every features partition against its record (``offline_files``).
 
     Raises:
         FeatureRetrievalError: an entity row got no features (out of TTL, or not materialized).
+        DataDamaged: a features partition differs from its record.
     """
     ids = [b.batch_id for b in batches]
     cols = [spec.entity.key, "event_timestamp"] + ([spec.target.name] if with_target else [])
-    offline_files(spec.name, settings.db_url)  # Feast reads every partition: verify them first
+    if not verified:  # Feast reads every partition: verify them first (unless the caller did)
+        offline_files(spec.name, settings.db_url)
     entity_df = pd.concat([read_curated(b, cols).assign(batch_id=b.batch_id) for b in batches],
                           ignore_index=True)
     entity_df[ROW_ID] = range(len(entity_df))
