@@ -103,3 +103,129 @@ def format_summary(data: dict[str, Any]) -> str:
     out.append("Predictions stored: " + ", ".join(f"{k}: {v}" for k, v in
                                                    data["predictions"].items()))
     return "\n".join(out)
+
+
+# Read helpers of the Airflow view's cockpit (``batchloop_airflow.ui_*``): plain data, no HTML.
+
+STAGES = ("materialize", "score", "monitor")  # the per-batch stages of ``mlcore.backfill``
+
+
+def quarantine_breakdown(problem: str, url: str, examples: int = 3
+                         ) -> dict[str, list[dict[str, Any]]]:
+    """Per batch, each quarantine rule with its row count and the first ``examples`` rows
+    (row number and reason), most frequent rule first."""
+    from mlcore.store.models import QuarantinedRow
+
+    out: dict[str, list[dict[str, Any]]] = {}
+    with session_scope(url) as s:
+        counts = list(s.execute(
+            select(QuarantinedRow.batch_id, QuarantinedRow.rule, func.count())
+            .where(QuarantinedRow.problem == problem)
+            .group_by(QuarantinedRow.batch_id, QuarantinedRow.rule)))
+        for batch_id, rule, n in sorted(counts, key=lambda r: (r[0], -r[2], r[1])):
+            rows = s.execute(
+                select(QuarantinedRow.row_number, QuarantinedRow.reason)
+                .where(QuarantinedRow.problem == problem, QuarantinedRow.batch_id == batch_id,
+                       QuarantinedRow.rule == rule)
+                .order_by(QuarantinedRow.row_number).limit(examples))
+            out.setdefault(batch_id, []).append(
+                {"rule": rule, "rows": int(n),
+                 "examples": [{"row": int(r), "reason": why} for r, why in rows]})
+    return out
+
+
+def drift_by_batch(problem: str, url: str) -> dict[str, list[dict[str, Any]]]:
+    """Per batch, each drift report (one per model version checked): drifted columns, drift
+    share, and the prediction's drift (method, score, threshold) from the stored details."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    with session_scope(url) as s:
+        for d in s.scalars(select(DriftReport).where(DriftReport.problem == problem)
+                           .order_by(DriftReport.id)):
+            prediction = (d.details or {}).get("prediction") or {}
+            out.setdefault(d.batch_id, []).append({
+                "model_version": d.model_version, "drift_share": d.drift_share,
+                "dataset_drift": d.dataset_drift, "drifted_columns": list(d.drifted_columns),
+                "prediction_drift": prediction.get("drift"),
+                "prediction_score": prediction.get("score"),
+                "prediction_method": prediction.get("method"),
+                "html": d.html_uri, "at": d.created_at.isoformat()})
+    return out
+
+
+def missing_stages(problem: str, settings: Settings) -> dict[str, list[str]]:
+    """Per published batch, the stages it lacks: not materialized, not scored by the current
+    champion, not drift-checked against it (the definition ``mlcore backfill`` plans with:
+    ``backfill.load_state``). Without a champion only materialization is expected."""
+    from mlcore.backfill import load_state
+    from mlcore.ingestion import published_batches
+
+    ids = [b.batch_id for b in published_batches(problem, settings.db_url)]
+    if not ids:
+        return {}
+    champion = alias_holder(problem, settings.db_url)
+    out: dict[str, list[str]] = {}
+    for stage in STAGES if champion is not None else STAGES[:1]:
+        done = load_state(problem, stage, ids, settings).done
+        for batch_id in ids:
+            if batch_id not in done:
+                out.setdefault(batch_id, []).append(stage)
+    return out
+
+
+def stalled_requests(problem: str, url: str, older_than_hours: float
+                     ) -> list[dict[str, Any]]:
+    """Pending retrain requests filed more than ``older_than_hours`` ago, oldest first."""
+    from datetime import UTC, datetime, timedelta
+
+    cutoff = datetime.now(UTC) - timedelta(hours=older_than_hours)
+    out = []
+    with session_scope(url) as s:
+        for r in s.scalars(select(RetrainRequest).where(RetrainRequest.problem == problem,
+                                                        RetrainRequest.state == "pending")
+                           .order_by(RetrainRequest.id)):
+            filed = r.created_at if r.created_at.tzinfo else r.created_at.replace(tzinfo=UTC)
+            if filed < cutoff:
+                out.append({"id": r.id, "batch_id": r.batch_id, "reason": r.reason,
+                            "triggers": r.triggers or [r.trigger], "created_at": filed.isoformat(),
+                            "age_hours": (datetime.now(UTC) - filed).total_seconds() / 3600})
+    return out
+
+
+def version_detail(problem: str, version: int, url: str) -> dict[str, Any]:
+    """One model version as the view's version page shows it: the registry row, every
+    evaluation it took part in (as contender or champion, with slices and guardrails), its
+    alias moves and the batches it scored or was drift-checked on.
+
+    Raises:
+        ModelNotFound: no such version.
+    """
+    from mlcore.registry import get_version
+
+    mv = get_version(problem, version, url)
+    with session_scope(url) as s:
+        evals = [{"id": e.id, "contender": e.contender_version, "champion": e.champion_version,
+                  "holdout": e.holdout_batch_ids, "holdout_rows": e.holdout_rows,
+                  "metric": e.metric, "contender_metrics": e.contender_metrics,
+                  "champion_metrics": e.champion_metrics, "delta": e.delta,
+                  "ci": [e.ci_low, e.ci_high], "outcome": e.outcome or (
+                      "promote" if e.promote else "keep"), "reason": e.reason,
+                  "slices": (e.details or {}).get("slices") or [],
+                  "guardrails": (e.details or {}).get("guardrails") or [],
+                  "method": (e.details or {}).get("split"), "run_card": e.run_card_uri,
+                  "at": e.created_at.isoformat()}
+                 for e in s.scalars(select(Evaluation).where(
+                     Evaluation.problem == problem,
+                     (Evaluation.contender_version == version)
+                     | (Evaluation.champion_version == version)).order_by(Evaluation.id))]
+        scored = list(s.scalars(select(Prediction.batch_id).where(
+            Prediction.problem == problem, Prediction.model_version == version).distinct()))
+    moves = [h for h in alias_log(problem, url) if version in (h["from"], h["to"])]
+    holders = {a: alias_holder(problem, url, a) for a in ("champion", "challenger")}
+    return {"problem": problem, "version": mv.version, "algorithm": mv.algorithm,
+            "hyperparameters": mv.hyperparameters, "metrics": mv.metrics,
+            "training_batch_ids": mv.training_batch_ids, "train_rows": mv.train_rows,
+            "data_hash": mv.data_hash, "artifact_sha256": mv.artifact_sha256,
+            "code_version": mv.code_version, "spec_hash": mv.spec_hash,
+            "timings": mv.timings, "created_at": mv.created_at.isoformat(),
+            "aliases": sorted(a for a, v in holders.items() if v == version),
+            "evaluations": evals, "alias_history": moves, "scored_batches": sorted(scored)}

@@ -2,6 +2,12 @@
 
 Routes (under ``URL_PREFIX``; all behind Airflow's own auth):
 
+* ``/problems/<name>`` starts with the "needs attention" panel (``ui_cockpit``) and the action
+  forms (``ui_actions``: POST ``/problems/<name>/actions/<action>``, CSRF-checked and authorized
+  by Airflow's permission model); ``/problems/<name>/versions/<n>`` is a version's page and
+  ``/problems/<name>/compare?a=<n>&b=<m>`` compares two; ``/runbook`` renders RUNBOOK.md (the
+  alerts' sections); ``/static/view.js`` is the view's one script.
+
 * ``/`` lists the problems; ``/problems/<name>`` shows one problem: champion and challenger,
   model versions with their metrics, the alias history (who, when, why, which evaluation),
   evaluations with links to their run cards, batches with row and quarantine counts, lineage,
@@ -25,6 +31,7 @@ import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -32,9 +39,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 URL_PREFIX = "/batchloop"
-# Our own pages: no scripts at all; framed only by the Airflow UI itself (same origin).
-PAGE_CSP = ("default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-            "frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
+# Our own pages: one same-origin script (static/view.js: sortable tables, color mode), no
+# inline script; framed only by the Airflow UI itself (same origin). Forms may post only to this
+# server, and only pages with action forms allow posting at all.
+PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
+            "img-src 'self' data:; frame-ancestors 'self'; base-uri 'none'; form-action 'none'")
+FORM_PAGE_CSP = PAGE_CSP.replace("form-action 'none'", "form-action 'self'")
 # Served report files run in an opaque origin: a drift report's scripts still work, but nothing
 # in a report can read the Airflow session or call the API as the user.
 REPORT_CSP = "sandbox allow-scripts allow-popups allow-popups-to-escape-sandbox allow-downloads"
@@ -90,7 +100,7 @@ def _store_missing(settings: Any) -> bool:
 def create_app() -> "FastAPI":
     """The FastAPI app with the view's routes, every one behind Airflow's auth."""
     from airflow.api_fastapi.auth.managers.models.resource_details import AccessView
-    from airflow.api_fastapi.core_api.security import requires_access_view
+    from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_view
     from fastapi import Depends, FastAPI, Request
     from fastapi.exception_handlers import http_exception_handler
     from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse
@@ -100,8 +110,9 @@ def create_app() -> "FastAPI":
     app = FastAPI(title="Batchloop", docs_url=None, redoc_url=None, openapi_url=None,
                   dependencies=[Depends(requires_access_view(AccessView.WEBSITE))])
 
-    def html_response(body: str, status: int = 200) -> HTMLResponse:
-        return HTMLResponse(body, status, headers={"Content-Security-Policy": PAGE_CSP,
+    def html_response(body: str, status: int = 200, forms: bool = False) -> HTMLResponse:
+        return HTMLResponse(body, status, headers={"Content-Security-Policy":
+                                                   FORM_PAGE_CSP if forms else PAGE_CSP,
                                                    "Cache-Control": "no-store",
                                                    "X-Content-Type-Options": "nosniff"})
 
@@ -123,7 +134,7 @@ def create_app() -> "FastAPI":
                            "view the Airflow UI.", 403)
         return await http_exception_handler(request, exc)
 
-    def read(render: Callable[[Any], str]) -> HTMLResponse:
+    def read(render: Callable[[Any], str], forms: bool = False) -> HTMLResponse:
         from sqlalchemy.exc import SQLAlchemyError
 
         from batchloop_airflow.connections import settings as get_settings
@@ -133,7 +144,7 @@ def create_app() -> "FastAPI":
             return message("Batchloop: no state yet", "The metadata store does not exist "
                            "yet; run `mlcore init` (or `make demo`).", 503)
         try:
-            return html_response(render(settings))
+            return html_response(render(settings), forms=forms)
         except SQLAlchemyError as exc:
             log.warning("Batchloop view: metadata store unreadable: %s",
                         str(exc).splitlines()[0][:300])
@@ -148,18 +159,112 @@ def create_app() -> "FastAPI":
 
         return read(lambda settings: render_index(index_data(settings)))
 
-    @app.get("/problems/{problem}", response_class=HTMLResponse)
-    def problem(problem: str) -> HTMLResponse:
-        """One problem: versions, aliases, evaluations, batches, lineage."""
+    def spec_of(problem: str) -> Any:
         from batchloop_airflow.connections import settings as get_settings
-        from batchloop_airflow.ui_page import problem_data, render_problem
         from mlcore.problems import load_problems
 
-        spec = load_problems(get_settings().problems_dir).get(problem)
+        return load_problems(get_settings().problems_dir).get(problem)
+
+    @app.get("/problems/{problem}", response_class=HTMLResponse)
+    def problem(problem: str, request: Request, user: GetUserDep) -> HTMLResponse:
+        """One problem: needs attention, actions, versions, aliases, evaluations, batches."""
+        from batchloop_airflow.ui_actions import csrf_token, may_act
+        from batchloop_airflow.ui_page import problem_data, render_problem
+
+        spec = spec_of(problem)
         if spec is None:
             return message("Not found", f"No problem spec named {problem!r}.", 404)
+        ui = {"csrf": csrf_token(request), "can": may_act(user, problem)}
         return read(lambda settings: render_problem(problem_data(spec, settings),
-                                                    settings.home))
+                                                    settings.home, spec, ui), forms=True)
+
+    @app.get("/problems/{problem}/versions/{version}", response_class=HTMLResponse)
+    def version(problem: str, version: int) -> HTMLResponse:
+        """One model version: metrics, slices, lineage, alias moves, run cards."""
+        from batchloop_airflow.ui_versions import render_version, version_data
+        from mlcore.registry import ModelNotFound
+
+        spec = spec_of(problem)
+        if spec is None:
+            return message("Not found", f"No problem spec named {problem!r}.", 404)
+        try:
+            return read(lambda settings: render_version(version_data(spec, version, settings),
+                                                        spec, settings.home))
+        except ModelNotFound:
+            return message("Not found", f"{problem} has no model version {version}.", 404)
+
+    @app.get("/problems/{problem}/compare", response_class=HTMLResponse)
+    def compare(problem: str, a: int, b: int) -> HTMLResponse:
+        """Two versions side by side."""
+        from batchloop_airflow.ui_versions import render_compare, version_data
+        from mlcore.registry import ModelNotFound
+
+        spec = spec_of(problem)
+        if spec is None:
+            return message("Not found", f"No problem spec named {problem!r}.", 404)
+        try:
+            return read(lambda settings: render_compare(
+                version_data(spec, a, settings), version_data(spec, b, settings), spec,
+                settings.home))
+        except ModelNotFound as exc:
+            return message("Not found", str(exc), 404)
+
+    @app.post("/problems/{problem}/actions/{action}", response_class=HTMLResponse)
+    async def act(problem: str, action: str, request: Request, user: GetUserDep
+                  ) -> HTMLResponse:
+        """A safe action: same origin, CSRF token, Airflow permission, required reason."""
+        from starlette.concurrency import run_in_threadpool
+
+        from batchloop_airflow.connections import settings as get_settings
+        from batchloop_airflow.ui_actions import (
+            ACTIONS,
+            Refused,
+            authorize,
+            read_form,
+            rerun_dag,
+            run_action,
+        )
+        from batchloop_airflow.ui_page import esc, page
+
+        back = f'<p><a href="../../{quote(problem, safe="")}">Back to {esc(problem)}</a></p>'
+        try:
+            spec = await run_in_threadpool(spec_of, problem)
+            if spec is None or action not in ACTIONS:
+                raise Refused(404, "No such problem or action.")
+            form = await read_form(request)
+            await run_in_threadpool(authorize, user, problem, action,
+                                    rerun_dag(problem, form) if action == "rerun" else None)
+            text = await run_in_threadpool(run_action, action, spec, form, user, get_settings())
+            log.info("Batchloop view action %s on %s by %s: %s", action, problem,
+                     user.get_name(), text)
+            return html_response(page("Batchloop: done", f'{back}<h1>Done</h1><p id="result" '
+                                      f'class="allclear">{esc(text)}</p>', "../../../"))
+        except Refused as exc:
+            log.warning("Batchloop view action %s on %s refused (%d): %s", action, problem,
+                        exc.status, exc)
+            return html_response(page("Batchloop: refused", f'{back}<h1>Not done</h1><p '
+                                      f'id="result" class="attn">{esc(str(exc))}</p>',
+                                      "../../../"), exc.status)
+
+    @app.get("/runbook", response_class=HTMLResponse)
+    def runbook() -> HTMLResponse:
+        """RUNBOOK.md, so an alert's runbook link opens its section."""
+        from batchloop_airflow.ui_assets import render_runbook
+
+        body = render_runbook()
+        if body is None:
+            return message("Not found", "RUNBOOK.md is not installed next to the plugins "
+                           "(set BATCHLOOP_RUNBOOK_PATH).", 404)
+        return html_response(body)
+
+    @app.get("/static/view.js")
+    def view_js() -> Response:
+        """The view's one script (sortable tables, the Airflow UI's color mode)."""
+        from batchloop_airflow.ui_assets import VIEW_JS
+
+        return Response(VIEW_JS, media_type="text/javascript",
+                        headers={"Cache-Control": "max-age=300",
+                                 "X-Content-Type-Options": "nosniff"})
 
     @app.api_route("/reports/{path:path}", methods=["GET", "HEAD"])
     def report(path: str) -> Response:

@@ -36,6 +36,42 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
          "--window-size=1400,1800"]
 
 
+# The problem's retrain DAG with the real DAG defaults (failure notifier, alert journal, runbook
+# link) whose task fails the way a retrain without enough data does, and its monitor DAG (left
+# paused: a paused stage shows in "needs attention"; the target of the re-run action).
+STAGE_DAGS = '''
+from airflow.sdk import dag, task
+
+from batchloop_airflow import dag_kwargs
+
+
+@dag(**{**dag_kwargs("census_employment", "retrain_model", "test retrain"),
+        "default_args": {**dag_kwargs("census_employment", "retrain_model", None)["default_args"],
+                         "retries": 0}}, schedule=None)
+def census_employment__retrain_model():
+    @task
+    def retrain_model():
+        from mlcore.datasets import NotEnoughData
+
+        raise NotEnoughData("injected by the UI test: 0 labelled rows after 2016")
+
+    retrain_model()
+
+
+@dag(**dag_kwargs("census_employment", "monitor_model", "test monitor"), schedule=None)
+def census_employment__monitor_model():
+    @task
+    def monitor_model():
+        return "ok"
+
+    monitor_model()
+
+
+census_employment__retrain_model()
+census_employment__monitor_model()
+'''
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,14 +131,18 @@ def view(tmp_path_factory, settings_factory, spec, slices):
     home = tmp_path_factory.mktemp("ui_standalone")
     settings = settings_factory("ui_mlcore")
     (home / "dags").mkdir()
-    password = secrets.token_urlsafe(12)
-    (home / "passwords.json").write_text(json.dumps({"admin": password}))
+    (home / "dags" / "ui_stage_dags.py").write_text(STAGE_DAGS)
+    password, viewer_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+    (home / "passwords.json").write_text(json.dumps({"admin": password,
+                                                     "viewer": viewer_password}))
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "MLCORE_DATABASE_URL"}
     env.update({
         "AIRFLOW_HOME": str(home), "MLCORE_HOME": str(settings.home),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),  # the view needs no DAGs
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),  # two stage DAGs (STAGE_DAGS)
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
+        "BATCHLOOP_RETRY_DELAY": "1",
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",  # `make` exports True
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
@@ -135,7 +175,7 @@ def view(tmp_path_factory, settings_factory, spec, slices):
         with urllib.request.urlopen(req, timeout=30) as resp:
             token = json.loads(resp.read())["access_token"]
         yield SimpleNamespace(base=base, password=password, token=token, settings=settings,
-                              log=log, **state)
+                              log=log, viewer_password=viewer_password, **state)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -249,9 +289,11 @@ def test_logged_in_user_sees_champion_batches_and_run_card(view, spec, browser, 
                 for tr in table.find_elements(By.CSS_SELECTOR, "tbody tr")]
 
     batches = {r[0]: r for r in rows("Batches")}
-    assert {b: (r[2], r[3]) for b, r in batches.items()} == {"2015": ("1500", "0"),
-                                                             "2016": ("1500", "3")}
-    assert batches["2015"][5] == f"v{view.challenger}, v{view.champion}"  # lineage: trained on
+    assert {b: (r[3], r[4].split()[0]) for b, r in batches.items()} == {
+        "2015": ("1500", "0"), "2016": ("1500", "3")}
+    assert batches["2015"][6] == f"v{view.challenger}, v{view.champion}"  # lineage: trained on
+    assert batches["2016"][2].split()[0] == "employment_2016_bad.parquet"  # the source file
+    assert "range" in batches["2016"][4] or "AGEP" in batches["2016"][4]  # the rule
     versions = {r[0]: r for r in rows("Model versions")}
     assert versions[f"v{view.champion}"][1] == "champion"
     moves = rows("Alias history")  # newest first: alias, move, who, evaluation
