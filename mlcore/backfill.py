@@ -166,11 +166,12 @@ def load_state(problem: str, stage: str, batch_ids: Sequence[str],
             select(Batch.batch_id, Batch.event_time_max).where(
                 Batch.problem == problem, Batch.state == "published",
                 Batch.batch_id.in_(list(batch_ids))))}
-    done = _done(problem, stage, sorted(published), settings.db_url)
+    done = stage_done(problem, stage, sorted(published), settings.db_url)
     return StageState(published, done, last_status(settings, problem, stage))
 
 
-def _done(problem: str, stage: str, batch_ids: list[str], url: str) -> frozenset[str]:
+def stage_done(problem: str, stage: str, batch_ids: list[str], url: str) -> frozenset[str]:
+    """The batches of ``batch_ids`` that have ``stage``'s output (see the module docstring)."""
     if not batch_ids:
         return frozenset()
     if stage == "materialize":

@@ -1,6 +1,6 @@
 """What an on-call alert says: its kind, where, which batch, what broke and what to do.
 
-Four kinds, one payload shape (a flat JSON object; ``alert_channels`` renders it for humans):
+Five kinds, one payload shape (a flat JSON object; ``alert_channels`` renders it for humans):
 
 * ``task_failed``: a task raised and failed for good (retries used up or a fail-fast error).
 * ``task_killed``: a task failed without its own failure handler running: the process was
@@ -8,6 +8,8 @@ Four kinds, one payload shape (a flat JSON object; ``alert_channels`` renders it
 * ``deadline_missed``: a run was still unfinished at the spec's deadline for its stage.
 * ``challenger_skipped``: scoring succeeded with the champion, but the shadow challenger's
   artifact could not be loaded (missing or tampered), so it was not scored.
+* ``batch_stalled``: a published batch has been ready for a stage longer than the spec's
+  deadline for it and the stage has not run on it (``mlcore.backlog``; the backlog sweep).
 
 Every alert links to the RUNBOOK.md section for its kind (or error class, or stage) and carries a
 ``dedup_key``: the same failure found by two paths (task callback and the sweep) is one alert.
@@ -25,9 +27,9 @@ from typing import Any
 from urllib.parse import quote
 
 KIND_FAILED, KIND_KILLED, KIND_DEADLINE = "task_failed", "task_killed", "deadline_missed"
-KIND_CHALLENGER = "challenger_skipped"
+KIND_CHALLENGER, KIND_STALLED = "challenger_skipped", "batch_stalled"
 TITLES = {KIND_FAILED: "TASK FAILED", KIND_KILLED: "TASK KILLED", KIND_DEADLINE: "DEADLINE MISSED",
-          KIND_CHALLENGER: "CHALLENGER SKIPPED"}
+          KIND_CHALLENGER: "CHALLENGER SKIPPED", KIND_STALLED: "BATCH STALLED"}
 
 # RUNBOOK.md anchors (``<a id="...">``): by mlcore error class, else by kind, else by stage.
 ERROR_ANCHORS = {
@@ -41,7 +43,7 @@ ERROR_ANCHORS = {
     "ProblemNotFound": "bad-input", "FileNotFoundError": "bad-input",
 }
 KIND_ANCHORS = {KIND_KILLED: "task-killed", KIND_DEADLINE: "deadline-missed",
-                KIND_CHALLENGER: "artifact-tampered"}
+                KIND_CHALLENGER: "artifact-tampered", KIND_STALLED: "batch-stalled"}
 DELIVERY_ANCHOR = "alert-delivery-failed"
 # Airflow's wrappers around the real error (fail_fast raises AirflowFailException from it).
 _WRAPPERS = {"AirflowFailException", "AirflowException", "AirflowTaskTerminated"}
@@ -250,4 +252,30 @@ def challenger_payload(*, dag_id: str, run_id: str, task_id: str, map_index: int
         "next_steps": [f"mlcore models --problem {problem}",
                        f"mlcore lineage --problem {problem} --model {version}",
                        *next_steps(KIND_CHALLENGER, dag_id, run_id, batch_id)[:1]],
+    }
+
+
+def stalled_payload(*, problem: str, stage: str, dag_stage: str, batch_id: str,
+                    ready_since: str, minutes: float, sweep_dag_id: str,
+                    sweep_run_id: str) -> dict[str, Any]:
+    """The alert of a batch ready for ``stage`` (``mlcore.backlog``) for longer than the spec's
+    deadline of its DAG, with no run having done it (``batch_stalled``); once per batch and
+    stage. ``dag_id`` is the stalled stage's DAG; the sweep run that found it is in ``run_id``."""
+    dag_id = f"{problem}__{dag_stage}"
+    key = hashlib.sha256(f"{problem}|{stage}|{batch_id}".encode()).hexdigest()[:12]
+    bid, dag = shlex.quote(batch_id), shlex.quote(dag_id)
+    return {
+        "kind": KIND_STALLED, "title": TITLES[KIND_STALLED], "problem": problem,
+        "stage": dag_stage, "dag_id": dag_id, "task_id": None, "run_id": sweep_run_id,
+        "try_number": None, "batch_id": batch_id,
+        "error": (f"batch {batch_id} has been ready for {stage} since {ready_since} and is still "
+                  f"missing it, past the {minutes:g}-minute deadline of {dag_stage} (an asset "
+                  "event was lost or the stage's runs fail or are paused); the sweep nudged it"),
+        "error_class": None, "deadline_minutes": minutes,
+        "log_url": run_url(sweep_dag_id, sweep_run_id),
+        "runbook": runbook_link(KIND_ANCHORS[KIND_STALLED]),
+        "dedup_key": f"{key}-stalled",
+        "next_steps": [f"mlcore backfill --problem {problem} --stage {stage} --batches {bid}",
+                       f"airflow dags list-runs {dag} --state failed",
+                       f"airflow dags trigger {dag} -c '{{\"batch_id\": \"{batch_id}\"}}'"],
     }

@@ -20,16 +20,27 @@ def batch_id_param(what: str) -> Param:
                              "triggering asset events.")
 
 
+# DAG stage -> the stage in mlcore.backlog (stages whose batches come from asset events)
+BACKLOG_STAGES = {"materialize_features": "materialize", "score_batch": "score",
+                  "monitor_model": "monitor"}
+
+
 @task
 def resolve_batches() -> list[str]:
-    """The run's batch IDs (Param or asset events): the list the per-batch task maps over."""
+    """The run's batch IDs (Param, or asset events plus the stage's backlog): the list the
+    per-batch task maps over."""
     return batch_ids_from_context(get_current_context())
 
 
 def batch_ids_from_context(context: Any) -> list[str]:
-    """The run's batches: the ``batch_id`` Param if given, else every triggering asset event's.
+    """The run's batches: the ``batch_id`` Param if given (run whatever its state); else the
+    triggering asset events' batches not done yet, plus up to ``CATCH_UP_PER_RUN`` published
+    batches the metadata store shows as missing this stage (``mlcore.backlog``): a dropped or
+    coalesced event delays a batch, never skips it.
 
-    Never a "latest" lookup: a run acts only on batches it was told about.
+    Raises:
+        AirflowFailException: no Param and no event (a manual run must name its batch).
+        AirflowSkipException: every event's batch is done and nothing is missing.
     """
     explicit = (context.get("params") or {}).get("batch_id")
     if explicit:
@@ -43,7 +54,20 @@ def batch_ids_from_context(context: Any) -> list[str]:
     if not ids:
         raise AirflowFailException("no batch_id: set the batch_id Param or trigger from an asset "
                                    "event that carries one")
-    return ids
+    problem, _, dag_stage = str(context["dag"].dag_id).partition("__")
+    stage = BACKLOG_STAGES.get(dag_stage)
+    if stage is None:
+        return ids
+    from batchloop_airflow.connections import settings
+    from mlcore.backlog import batches_to_run
+
+    run, done, caught_up = batches_to_run(problem, stage, ids, settings().db_url)
+    print(f"events: {', '.join(ids)}; already done (skipped): {', '.join(done) or 'none'}; "
+          f"caught up (missing {stage}, no event seen): {', '.join(caught_up) or 'none'}")
+    if not run:
+        raise AirflowSkipException(f"nothing to do: {', '.join(done)} already had {stage}, "
+                                   "and no published batch is missing it")
+    return run
 
 
 @contextmanager

@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ["ingest_batch", "materialize_features", "score_batch", "monitor_model", "retrain_model",
-          "backfill_batches", "ingest_labels"]
+          "backfill_batches", "ingest_labels", "sweep_backlog"]
 HEAVY = ["pandas", "sklearn", "feast", "evidently", "scipy", "mlcore.training", "mlcore.features"]
 
 
@@ -77,6 +77,9 @@ def test_task_graphs(bag, spec):
         "assess_retrain": ["publish_monitoring_page", "request_retrain", "requested"],
         "requested": ["request_retrain"], "request_retrain": [],
         "compare_shadow": ["publish_monitoring_page"], "publish_monitoring_page": []}
+    assert graph("sweep_backlog") == {
+        "alert_stalled": ["nudge_materialize", "nudge_monitor", "nudge_score"],
+        "nudge_materialize": [], "nudge_score": [], "nudge_monitor": []}
 
 
 def test_assets_chain_the_stages(bag, spec):
@@ -100,6 +103,12 @@ def test_assets_chain_the_stages(bag, spec):
     assert type(labels.timetable).__name__ == "NullTimetable"
     assert [a.uri for a in labels.get_task("measure_performance").outlets] == [
         f"batchloop://{p}/labels"]
+    # the sweep re-announces each stage's input for batches that lost their event
+    sweep = bag.dags[f"{p}__sweep_backlog"]
+    assert {t.task_id: [a.uri for a in t.outlets] for t in sweep.tasks if t.outlets} == {
+        "nudge_materialize": [f"batchloop://{p}/curated"],
+        "nudge_score": [f"batchloop://{p}/features"],
+        "nudge_monitor": [f"batchloop://{p}/predictions"]}
 
 
 def test_backfill_runs_one_mapped_task_per_batch_with_a_fixed_cap(bag, spec):
