@@ -1,13 +1,13 @@
 """Monitoring: drift of a batch against the champion's own reference profile (a sample of its
 training features and scores, written when it was trained), judged per column by Evidently with
-the spec's effect-size thresholds, overall and within segments; reports in JSON and compact HTML
-and a row in the metadata store. Whether drift asks for a retrain is the policy's business."""
+the spec's effect-size thresholds, overall and within segments; reports in JSON and HTML (built
+and rendered by ``mlcore.drift_report``) and a row in the metadata store. Whether drift asks for
+a retrain is the policy's business."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import html
 import io
 import json
 import math
@@ -22,6 +22,7 @@ import pandas as pd
 from sqlalchemy import delete, update
 
 from mlcore.config import Settings
+from mlcore.drift_report import build_report, plot_data, render_report
 from mlcore.ingestion import get_batch, parquet_rows, read_curated
 from mlcore.integrity import curated_files
 from mlcore.problems import ProblemSpec
@@ -439,72 +440,27 @@ def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftR
     result = DriftResult(spec.name, batch_id, version, details["drift_share"],
                          details["drifted_columns"], details["dataset_drift"],
                          details["prediction_drift"], "", "", details)
-    paths = _write_reports(result, snapshots, settings)
+    plots = plot_data(reference, current, {c: t.kind for c, t in tests.items()}, spec)
+    report = build_report(result.to_dict(), snapshots, spec, plots, settings.db_url)
+    paths = _write_reports(result, report, settings)
     result = replace(result, json_uri=paths[0], html_uri=paths[1])
     _record(result, settings.db_url)
     return result
 
 
-def _write_reports(result: DriftResult, snapshots: dict[str, Any],
+def _write_reports(result: DriftResult, report: dict[str, Any],
                    settings: Settings) -> tuple[str, str]:
+    """The JSON report (``drift_report.build_report``) and its HTML page, written atomically."""
     out = settings.partition("reports", result.problem, result.batch_id)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for suffix, text in (("json", json.dumps({**result.to_dict(), "evidently": snapshots})),
-                         ("html", render_html(result))):
+    for suffix, text in (("json", json.dumps(report)), ("html", render_report(report))):
         path = out / f"drift_v{result.model_version}.{suffix}"
         tmp = out / f".{path.name}-{time.time_ns()}"
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
         paths.append(str(path))
     return paths[0], paths[1]
-
-
-def _cell(value: Any) -> str:
-    return f"{value:.4f}" if isinstance(value, float) else html.escape(str(value))
-
-
-def render_html(result: DriftResult) -> str:
-    """A compact, self-contained HTML report (Evidently's own embeds a ~3.9 MB bundle; the full
-    Evidently results are in the JSON report next to it)."""
-    d = result.details
-    rows = "".join(
-        f"<tr class={'drift' if c['drift'] else 'ok'}><td>{_cell(name)}</td><td>{c['kind']}</td>"
-        f"<td>{c['method']}</td><td>{_cell(c['score'])}</td><td>{_cell(c['threshold'])}</td>"
-        f"<td>{'DRIFT' if c['drift'] else 'ok'}</td><td>{_cell(_moved(c))}</td></tr>"
-        for name, c in {**d["columns"], PREDICTION: d["prediction"]}.items())
-    segs = "".join(
-        f"<tr><td>{_cell(key)}</td><td>{e['rows'][0]} / {e['rows'][1]}</td>"
-        + (f"<td colspan=3>skipped: {_cell(e['skipped'])}</td>" if "skipped" in e else
-           f"<td>{e['drift_share']:.0%}</td><td>{_cell(', '.join(e['drifted_columns']))}</td>"
-           f"<td>{'DRIFT' if e['prediction_drift'] else 'ok'}</td>") + "</tr>"
-        for key, e in d["segments"].items())
-    title = f"Drift: {result.problem} batch {result.batch_id} vs champion v{result.model_version}"
-    return (f"<!DOCTYPE html><html><head><meta charset=utf-8><title>{_cell(title)}</title><style>"
-            "body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:left}"
-            "tr.drift{background:#fdd}table{border-collapse:collapse}</style></head><body>"
-            f"<h1>{_cell(title)}</h1><p>Dataset drift: <b>{result.dataset_drift}</b> "
-            f"({result.drift_share:.0%} of features drifted: "
-            f"{_cell(', '.join(result.drifted_columns) or 'none')}). Prediction drift: "
-            f"<b>{result.prediction_drift}</b>. Rows: reference {d['rows']['reference']}, current "
-            f"{d['rows']['current']}. Reference: {_cell(_source(d['reference']))}. Took "
-            f"{d['seconds']} s. Evidently's full results: drift_v{result.model_version}.json.</p>"
-            "<h2>Columns</h2><table><tr><th>column</th><th>kind</th><th>method</th><th>score</th>"
-            f"<th>threshold</th><th>verdict</th><th>reference → current</th></tr>{rows}</table>"
-            "<h2>Segments</h2><table><tr><th>segment</th><th>rows (ref / cur)</th><th>drift share"
-            f"</th><th>drifted</th><th>prediction</th></tr>{segs}</table></body></html>")
-
-
-def _source(ref: dict[str, Any]) -> str:
-    if ref["source"] == "profile":
-        return f"profile {ref['uri']} (sha256 {ref['sha256'][:16]})"
-    return f"training batches {', '.join(ref['batches'])} (no profile recorded)"
-
-
-def _moved(c: dict[str, Any]) -> str:
-    if "reference_mean" in c:
-        return f"mean {c['reference_mean']:.3f} → {c['current_mean']:.3f}"
-    return f"share of {c['value']}: {c['reference_share']:.1%} → {c['current_share']:.1%}"
 
 
 def _record(result: DriftResult, url: str) -> None:

@@ -18,7 +18,7 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.backfill", "mlcore.runcard", "mlcore.monitoring_page", "mlcore.labels",
            "mlcore.policy", "mlcore.shadow", "mlcore.feast_sqlite", "mlcore.columns",
            "mlcore.targets", "mlcore.metrics", "mlcore.preprocessing", "mlcore.draft",
-           "mlcore.integrity", "mlcore.repair", "mlcore.errors"]
+           "mlcore.integrity", "mlcore.repair", "mlcore.errors", "mlcore.drift_report"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 
@@ -52,6 +52,7 @@ def test_importing_all_of_mlcore_does_not_import_airflow():
     ("mlcore.cli", set()),
     ("mlcore.features", {"pandas", "numpy", "sqlalchemy"}),
     ("mlcore.monitoring", {"pandas", "numpy", "sqlalchemy"}),
+    ("mlcore.drift_report", set()),  # rendering is stdlib; the data part imports when called
     ("mlcore.monitoring_page", {"numpy"}),  # numpy through mlcore.runcard's page helpers
 ])
 def test_light_modules_defer_heavy_imports(module, allowed):
