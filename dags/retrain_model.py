@@ -26,18 +26,16 @@ from airflow.sdk import (
     Param,
     dag,
     get_current_context,
-    setup,
     task,
-    teardown,
 )
-from airflow.sdk.exceptions import AirflowSkipException
 
-from batchloop_airflow import (
-    dag_kwargs,
-    fail_fast,
-    problem_specs,
-    publish_monitoring_page,
-    stage_asset,
+from batchloop_airflow import fail_fast, problem_specs, publish_monitoring_page, stage_asset
+from batchloop_airflow.retrain_tasks import (
+    APPROVAL_HOURS,
+    release_retrain,
+    retrain_dag_kwargs,
+    run_hours,
+    start_retrain,
 )
 
 STAGE = Path(__file__).stem
@@ -50,12 +48,14 @@ SUMMARY = """**{outcome}** — contender v{contender_version} vs champion v{cham
 Run card: `{run_card}`"""
 
 
-def build(problem: str, cron: str | None, algorithms: list[str], approval: bool) -> None:
+def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
+          lease_hours: float) -> None:
+    hours = run_hours(lease_hours, approval)
     requests, champion = stage_asset(problem, "retrain_requests"), stage_asset(problem, "champion")
     schedule = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
                                     assets=[requests]) if cron else [requests])
 
-    @dag(**dag_kwargs(problem, STAGE, __doc__), schedule=schedule, params={
+    @dag(**retrain_dag_kwargs(problem, STAGE, __doc__, hours), schedule=schedule, params={
         "until_batch": Param(None, type=["null", "string"], title="Train up to batch",
                              description="Use labelled batches up to this one (it becomes the "
                                          "holdout). Empty: every published labelled batch."),
@@ -73,33 +73,6 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
                         description="Why this retrain was run (kept with the decision)."),
     })
     def retrain_model_dag() -> None:
-        @setup
-        def start_retrain() -> dict:
-            """Single flight: take the problem's lease (skip the run if another retrain holds
-            it) and log the pending request(s) this run answers."""
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.policy import RetrainInFlight, acquire_lease, pending_requests
-            from mlcore.problems import get_problem
-
-            ctx, url = get_current_context(), mlcore_settings().db_url
-            holder = f"{ctx['dag'].dag_id}/{ctx['run_id']}"
-            try:
-                acquire_lease(problem, holder, url, get_problem(problem).retrain.lease_hours)
-            except RetrainInFlight as exc:
-                raise AirflowSkipException(str(exc)) from exc
-            requests = pending_requests(problem, url)
-            for r in requests:
-                print(f"answering retrain request #{r['id']} ({', '.join(r['triggers'])}): "
-                      f"{r['reason']}")
-            return {"holder": holder, "requests": requests}
-
-        @teardown
-        def release_retrain(lease: dict) -> None:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.policy import release_lease
-
-            release_lease(problem, lease["holder"], mlcore_settings().db_url)
-
         @task
         def build_dataset() -> dict:
             from batchloop_airflow import settings as mlcore_settings
@@ -116,13 +89,16 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
             from batchloop_airflow import settings as mlcore_settings
             from mlcore.config import TrainConfig
             from mlcore.datasets import DatasetRef
+            from mlcore.policy import claim_trained
             from mlcore.problems import get_problem
             from mlcore.training import train_contender as run
 
+            ctx, settings = get_current_context(), mlcore_settings()
             with fail_fast():
-                cfg = TrainConfig.from_params(get_current_context()["params"])
-                return run(get_problem(problem), DatasetRef.from_dict(dataset), cfg,
-                           mlcore_settings()).to_dict()
+                ref = run(get_problem(problem), DatasetRef.from_dict(dataset),
+                          TrainConfig.from_params(ctx["params"]), settings)
+            claim_trained(problem, ctx["run_id"], ref.version, settings.db_url)  # fails with us
+            return ref.to_dict()
 
         @task
         def evaluate_contender(dataset: dict, contender: dict) -> dict:
@@ -183,7 +159,7 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
                            actor=f"airflow:{get_current_context()['run_id']}", settings=settings)
             return {"champion": decision["contender_version"]}
 
-        lease = start_retrain()
+        lease = start_retrain(problem, hours)
         dataset = build_dataset()
         lease >> dataset
         decision = evaluate_contender(dataset, train_contender(dataset))
@@ -193,15 +169,15 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool)
             gate = gate >> ApprovalOperator(
                 task_id="approve_promotion", subject=f"Promote the {problem} contender?",
                 body="{{ ti.xcom_pull(task_ids='evaluate_contender')['summary'] }}",
-                defaults=["Reject"], response_timeout=timedelta(hours=24))
+                defaults=["Reject"], response_timeout=timedelta(hours=APPROVAL_HOURS))
         promoted = promote_contender(decision)
         gate >> promoted
         [challenger, promoted] >> publish_monitoring_page(problem)
-        [challenger, promoted] >> release_retrain(lease)
+        [challenger, promoted] >> release_retrain(problem, lease)
 
     retrain_model_dag()
 
 
 for _spec in problem_specs():
     build(_spec.name, _spec.retrain.schedule, sorted(_spec.algorithms),
-          _spec.promotion.require_approval)
+          _spec.promotion.require_approval, _spec.retrain.lease_hours)

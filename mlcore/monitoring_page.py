@@ -233,8 +233,10 @@ def _decisions(s: Any, problem: str, links: Any,
         out.append((_utc(r.created_at), 1, {
             "source": "retrain_request", "id": r.id, "time": _iso(r.created_at),
             "lane": f"retrain request: {r.trigger}", "kind": "retrain", "what":
-            f"retrain request ({', '.join(triggers)}): {r.state}", "trigger": r.trigger,
-            "triggers": triggers, "batch_id": r.batch_id, "state": r.state,
+            f"retrain request ({', '.join(triggers)}): {r.state}"
+            + (f" (run {r.run_id}): {_clip(r.error)}" if r.state == "failed" else ""),
+            "trigger": r.trigger, "triggers": triggers, "batch_id": r.batch_id, "state": r.state,
+            "run_id": r.run_id, "error": _clip(r.error),
             "resolved_by_version": r.resolved_by_version, "reason": _clip(r.reason),
             "drift_report_href": drift_hrefs.get(r.batch_id or "") if "drift" in triggers
             else None}))
@@ -530,7 +532,8 @@ def _decision_table(data: dict[str, Any]) -> str:
                        (d.get("drift_report_href"), "drift report"))
         rows.append([(d["time"] or "")[:19].replace("T", " "), f"{events[d['source']]} {d['id']}",
                      d["what"], _versions(d), batches, ci, d["reason"], links])
-        classes.append("fail" if d["kind"] in ("reject", "rollback") else "")
+        classes.append("fail" if d["kind"] in ("reject", "rollback")
+                       or d.get("state") == "failed" else "")
     return table(headers, rows, classes)
 
 

@@ -11,6 +11,11 @@ of history (a backfill, the demo) retrains when it would have then. Several trig
 one request; a pending request absorbs later triggers (a partial unique index allows one pending
 request per problem, so two monitors at once cannot file two); no new request within
 ``cooldown_days`` of the last one.
+
+A retrain run takes the pending request (``take_requests``: it records the run and stays pending
+until the run trains) and answers it: ``trained`` by the version it registered, or ``failed``
+with the error and the run (``fail_requests``: a failed, killed or timed-out run). A failed
+request absorbs nothing and holds no cooldown: the next trigger files a new one.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from mlcore.store.models import (
 from mlcore.store.session import session_scope
 
 TRIGGERS = ("schedule", "drift", "performance", "new_data", "manual")
+PENDING, TRAINED, FAILED = "pending", "trained", "failed"  # a request's states
+MAX_ERROR_CHARS = 2000
 
 
 def _utc(moment: datetime) -> datetime:
@@ -185,7 +192,7 @@ def _file(spec: ProblemSpec, batch_id: str, as_of: datetime, fired: list[Trigger
 
     with session_scope(url) as s:
         pending = s.scalar(select(RetrainRequest).where(RetrainRequest.problem == spec.name,
-                                                        RetrainRequest.state == "pending"))
+                                                        RetrainRequest.state == PENDING))
         if pending is not None:
             merged = list(dict.fromkeys([*(pending.triggers or [pending.trigger]), *names]))
             pending.triggers = merged
@@ -195,8 +202,9 @@ def _file(spec: ProblemSpec, batch_id: str, as_of: datetime, fired: list[Trigger
                 pending.details = {**(pending.details or {}), "batches": [*seen, batch_id]}
             return decision("merged", pending.id, f"merged into pending request "
                             f"#{pending.id}: {reason}")
-        last = s.scalar(select(RetrainRequest).where(RetrainRequest.problem == spec.name)
-                        .order_by(RetrainRequest.id.desc()).limit(1))
+        last = s.scalar(select(RetrainRequest).where(  # a failed retrain holds no cooldown
+            RetrainRequest.problem == spec.name, RetrainRequest.state != FAILED)
+            .order_by(RetrainRequest.id.desc()).limit(1))
         stamp = None if last is None else (last.details or {}).get("as_of")
         if last is not None and stamp:
             last_as_of = datetime.fromisoformat(stamp)
@@ -216,7 +224,7 @@ def request_manual(problem: str, reason: str, url: str) -> int:
     """File (or merge into the pending) request by hand. Returns its id."""
     with session_scope(url) as s:
         pending = s.scalar(select(RetrainRequest).where(RetrainRequest.problem == problem,
-                                                        RetrainRequest.state == "pending"))
+                                                        RetrainRequest.state == PENDING))
         if pending is not None:
             pending.triggers = list(dict.fromkeys([*(pending.triggers or []), "manual"]))
             entry = f"manual: {reason}"
@@ -233,7 +241,7 @@ def request_manual(problem: str, reason: str, url: str) -> int:
 
 def pending_requests(problem: str, url: str) -> list[dict[str, Any]]:
     """The pending request (at most one), as plain dicts."""
-    return [r for r in list_requests(problem, url) if r["state"] == "pending"]
+    return [r for r in list_requests(problem, url) if r["state"] == PENDING]
 
 
 def list_requests(problem: str, url: str) -> list[dict[str, Any]]:
@@ -242,9 +250,47 @@ def list_requests(problem: str, url: str) -> list[dict[str, Any]]:
         return [{"id": r.id, "trigger": r.trigger, "triggers": r.triggers or [r.trigger],
                  "reason": r.reason, "batch_id": r.batch_id, "state": r.state,
                  "resolved_by_version": r.resolved_by_version, "taken_by": r.taken_by,
+                 "run_id": r.run_id, "error": r.error,
+                 "resolved_at": None if r.resolved_at is None else _utc(r.resolved_at).isoformat(),
                  "created_at": r.created_at.isoformat()}
                 for r in s.scalars(select(RetrainRequest).where(RetrainRequest.problem == problem)
                                    .order_by(RetrainRequest.id))]
+
+
+def take_requests(problem: str, holder: str, run_id: str, url: str) -> list[dict[str, Any]]:
+    """The retrain run ``run_id`` (holding the lease as ``holder``) answers the pending request:
+    record the run on it. It stays pending (later triggers still merge into it) until training
+    closes it, or ``fail_requests`` fails it. Returns the requests taken."""
+    with session_scope(url) as s:
+        s.execute(update(RetrainRequest).where(
+            RetrainRequest.problem == problem, RetrainRequest.state == PENDING,
+        ).values(taken_by=holder, run_id=run_id))
+    return [r for r in list_requests(problem, url)
+            if r["state"] == PENDING and r["run_id"] == run_id]
+
+
+def claim_trained(problem: str, run_id: str, version: int, url: str) -> int:
+    """Record ``run_id`` on requests its training closed without it (filed after the run took
+    the pending one): if the run fails later, they fail with it. Returns how many."""
+    with session_scope(url) as s:
+        return int(s.execute(update(RetrainRequest).where(
+            RetrainRequest.problem == problem, RetrainRequest.state == TRAINED,
+            RetrainRequest.resolved_by_version == version, RetrainRequest.run_id.is_(None),
+        ).values(run_id=run_id)).rowcount)  # type: ignore[attr-defined]
+
+
+def fail_requests(problem: str, run_id: str, error: str, url: str) -> list[int]:
+    """The retrain run ``run_id`` failed or timed out: each request it answered (taken, or
+    already closed by its training) becomes ``failed`` with ``error``. A request already failed
+    keeps its first, more precise error. Returns the ids failed now."""
+    text = error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS - 1] + "…"
+    with session_scope(url) as s:
+        rows = list(s.scalars(select(RetrainRequest).where(
+            RetrainRequest.problem == problem, RetrainRequest.run_id == run_id,
+            RetrainRequest.state.in_((PENDING, TRAINED)))))
+        for r in rows:
+            r.state, r.error, r.resolved_at = FAILED, text, utcnow()
+        return [r.id for r in rows]
 
 
 class RetrainInFlight(RuntimeError):

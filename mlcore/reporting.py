@@ -49,7 +49,8 @@ def summary(problem: str, settings: Settings) -> dict[str, Any]:
             .order_by(Prediction.batch_id))}
         requests = [{"id": r.id, "trigger": r.trigger, "triggers": r.triggers or [r.trigger],
                      "state": r.state, "reason": r.reason, "batch_id": r.batch_id,
-                     "resolved_by_version": r.resolved_by_version}
+                     "resolved_by_version": r.resolved_by_version, "run_id": r.run_id,
+                     "error": r.error}
                     for r in s.scalars(select(RetrainRequest)
                                        .where(RetrainRequest.problem == problem)
                                        .order_by(RetrainRequest.id))]
@@ -94,7 +95,9 @@ def format_summary(data: dict[str, Any]) -> str:
         answer = f" -> v{r['resolved_by_version']}" if r["resolved_by_version"] else ""
         out.append(f"  #{r['id']:<3} batch {r['batch_id'] or '—':<6} "
                    f"{'+'.join(r['triggers']):<20} {r['state']}{answer}\n"
-                   f"      {r['reason'][:200]}")
+                   f"      {r['reason'][:200]}"
+                   + (f"\n      failed in run {r['run_id']}: {r['error'][:300]}"
+                      if r.get("error") else ""))
     out.append("Performance on matured labels:")
     out += [f"  {p['batch_id']:<10} v{p['model_version']} {p['role']:<10} {p['metric']} "
             + ("—" if p["value"] is None else f"{p['value']:.4f}")

@@ -237,7 +237,9 @@ class DriftReport(Base):
 
 class RetrainRequest(Base):
     """Why a retrain should happen (schedule, drift, performance, new data, manual) and what came
-    of it. ``trigger`` is the first that fired; ``triggers`` every one merged into it."""
+    of it. ``trigger`` is the first that fired; ``triggers`` every one merged into it. A retrain
+    run takes the pending request (``run_id``, ``taken_by``; it stays pending, absorbing
+    triggers) and answers it: ``trained`` (the version it registered) or ``failed`` (``error``)."""
 
     __tablename__ = "retrain_requests"
     __table_args__ = (Index("one_pending_retrain_request", "problem", unique=True,
@@ -249,13 +251,15 @@ class RetrainRequest(Base):
     trigger: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str] = mapped_column(Text)
     batch_id: Mapped[str | None] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|taken|trained
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending|trained|failed
     resolved_by_version: Mapped[int | None] = mapped_column(Integer)
     triggers: Mapped[list[Any] | None]
     details: Mapped[dict[str, Any] | None]
-    taken_by: Mapped[str | None] = mapped_column(String(256))
-    resolved_at: Mapped[datetime | None]
+    taken_by: Mapped[str | None] = mapped_column(String(256))  # the retrain lease's holder
+    resolved_at: Mapped[datetime | None]  # when it failed (trained: see the version)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    run_id: Mapped[str | None] = mapped_column(String(256))  # the Airflow run answering it
+    error: Mapped[str | None] = mapped_column(Text)  # why that run failed or timed out
 
 
 class GroundTruth(Base):

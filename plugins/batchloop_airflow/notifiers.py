@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from airflow.sdk import BaseNotifier
@@ -191,15 +192,29 @@ class FailureAlert(_AlertNotifier):
 
 
 class RunFailureSweep(_AlertNotifier):
-    """DAG ``on_failure_callback``: alert the run's failed tasks nobody alerted (killed ones)."""
+    """DAG ``on_failure_callback``: alert the run's failed tasks nobody alerted (killed ones).
+    ``also(context, killed_alerts)`` then runs for a stage's own clean-up (the retrain DAG
+    fails its retrain requests and releases its lease: ``retrain_tasks.end_failed_run``)."""
+
+    def __init__(self, also: Callable[[Any, list[dict[str, Any]]], None] | None = None) -> None:
+        super().__init__()
+        self.also = also
 
     def notify(self, context: Any) -> None:
-        """Send a ``task_killed`` alert per unalerted failed task; log (never raise) on error."""
+        """Send a ``task_killed`` alert per unalerted failed task, then run ``also``; log (never
+        raise) on error."""
+        killed: list[dict[str, Any]] = []
         try:
-            for payload in killed_alerts(context):
+            killed = killed_alerts(context)
+            for payload in killed:
                 deliver(payload)
         except Exception:  # noqa: BLE001 - a callback that raises helps nobody
             log.exception("BATCHLOOP ALERT sweep failed")
+        if self.also is not None:
+            try:
+                self.also(context, killed)
+            except Exception:  # noqa: BLE001 - as above
+                log.exception("run failure clean-up %s failed", getattr(self.also, "__name__", ""))
 
 
 async def deadline_missed(context: dict[str, Any], minutes: float = 0.0) -> str:
