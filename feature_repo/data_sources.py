@@ -1,7 +1,8 @@
-"""One parquet source per problem: ``<problem>_source`` over its per-batch feature partitions."""
+"""One parquet source per problem: ``<problem>_source`` over its per-batch feature partitions;
+with ``corrections: supersede``, their publish time breaks ties of one key and event time."""
 
 from feast import FileSource
-from problem_specs import load_specs, offline_path
+from problem_specs import created_column, load_specs, offline_path
 
 SOURCES = {}
 for _spec in load_specs():
@@ -9,6 +10,7 @@ for _spec in load_specs():
         name=f"{_spec['name']}_source",
         path=offline_path(_spec["name"]),
         timestamp_field="event_timestamp",
+        created_timestamp_column=created_column(_spec),
         description=f"engineered features of {_spec['name']}, partitioned batch=<id>",
     )
     globals()[f"{_spec['name']}_source"] = SOURCES[_spec["name"]]

@@ -16,6 +16,10 @@ PROBLEMS_DIR = Path(os.environ.get("MLCORE_PROBLEMS_DIR", Path(__file__).parents
 MLCORE_HOME = Path(os.environ.get("MLCORE_HOME", Path.cwd() / ".mlcore"))
 
 KEY_TYPES = {"int64": ValueType.INT64, "string": ValueType.STRING}
+# The created-timestamp column of a problem with ``corrections: supersede``: when its batch was
+# published (``mlcore.features.CREATED``). Of two rows with one key and event time, Feast keeps
+# the later one: the correction.
+CREATED = "batch_published_at"
 VALUE_TYPES = {"float": Float64, "int": Int64, "str": String, "bool": Bool}
 
 
@@ -43,3 +47,9 @@ def load_specs():
 def offline_path(problem):
     """The problem's offline feature table: one parquet partition per batch under it."""
     return str(MLCORE_HOME / "features" / f"problem={problem}")
+
+
+def created_column(spec):
+    """The source's created-timestamp column: only for ``corrections: supersede`` (otherwise
+    no two published rows share a key and event time)."""
+    return CREATED if spec.get("corrections") == "supersede" else ""

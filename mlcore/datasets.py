@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pandas.util import hash_array
 
@@ -25,7 +26,12 @@ from mlcore.features import (
     FeatureRetrievalError,
     feature_store,
     historical_features,
+    missing_features,
+    no_features,
     require_materialized,
+    shared_error,
+    shared_mask,
+    shared_rows,
 )
 from mlcore.ingestion import parquet_rows, published_batches
 from mlcore.integrity import curated_files, offline_files, parquet_files
@@ -184,8 +190,16 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
     offline rows of its own key, so the buckets' joins together are the whole join; the rows
     are put back in input order. Other offline stores join in their database: unchanged.
 
+    With ``corrections: supersede`` the file store always goes through the buckets (at least
+    one): Feast's dask join breaks a tie of one key and event time by an unstable sort, whatever
+    the created-timestamp column says (measured: Feast 0.67), so each bucket keeps only the
+    newest published row per key and event time first, and entity rows a newer batch corrects
+    are dropped (``features.shared_rows``).
+
     Raises:
-        FeatureRetrievalError: an entity row got no features as of its event time.
+        FeatureRetrievalError: an entity row got no features as of its event time; entity rows
+            of several batches share a key and event time (not ``supersede``); a features
+            partition lacks the created-timestamp column ``supersede`` needs.
     """
     from feast import FileSource
 
@@ -199,8 +213,12 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
     offline_files(spec.name, settings.db_url)  # verified first (Feast reads them too)
     partitions = parquet_files(Path(src.path))
     buckets = -(-max(entity_rows, parquet_rows(partitions)) // PIT_BUCKET_ROWS)
-    if buckets <= 1:
+    created = src.created_timestamp_column
+    if buckets <= 1 and not created:
         return historical_features(spec, batches, settings, with_target, verified=True)
+    if created:
+        _require_column(partitions, created, spec)
+    buckets = max(buckets, 1)
     (settings.home / "tmp").mkdir(parents=True, exist_ok=True)
     cols = [spec.entity.key, "event_timestamp"] + ([spec.target.name] if with_target else [])
     refs = [f"{view.name}:{f.name}" for p in service.feature_view_projections for f in p.features]
@@ -211,12 +229,44 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
         n_ent = _to_buckets(_entity_rows(batches, cols), spec.entity.key, ent)
         n_off = _to_buckets(_batches(partitions), spec.entity.key, off)
         for i in (i for i in range(buckets) if n_ent[i]):
+            entity_df = out.resolve(pd.read_parquet(ent[i]), spec, batches)
+            if out.shared:
+                continue  # the join cannot answer: count the other buckets' shared rows only
+            if created and n_off[i]:
+                _newest_only(off[i], [spec.entity.key, src.timestamp_field], created)
             bucket_view = copy.copy(view)
             bucket_view.batch_source = FileSource(
                 name=src.name, path=str(off[i]), timestamp_field=src.timestamp_field,
-                created_timestamp_column=src.created_timestamp_column)
-            out.add(_join_bucket(store, bucket_view, refs, ent[i], n_off[i] > 0), spec)
+                created_timestamp_column=created)
+            out.add(_join_bucket(store, bucket_view, refs, entity_df, n_off[i] > 0), spec)
     return out.frame(spec, batches)
+
+
+def _require_column(partitions: list[Path], column: str, spec: ProblemSpec) -> None:
+    """Every features partition has ``column`` (footers only).
+
+    Raises:
+        FeatureRetrievalError: naming the partitions without it.
+    """
+    lacking = [p.parent.name for p in partitions if column not in pq.read_schema(p).names]
+    if lacking:
+        raise FeatureRetrievalError(
+            f"features partitions {', '.join(lacking)} of {spec.name!r} have no {column!r} "
+            "column (materialized before corrections: supersede was declared): materialize "
+            "those batches again")
+
+
+def _newest_only(path: Path, keys: list[str], created: str) -> None:
+    """Rewrite a bucket's offline rows keeping, per (key, event time), the newest ``created``
+    (ties broken here, deterministically, not by Feast's unstable sort)."""
+    table = pq.read_table(path)
+    order = pc.sort_indices(table, [(k, "ascending") for k in keys] + [(created, "ascending")])
+    table = table.take(order)
+    key = [table.column(k).to_numpy(zero_copy_only=False) for k in keys]
+    last = np.ones(table.num_rows, dtype=bool)  # the last row of each (key, event time) run
+    last[:-1] = ~((key[0][1:] == key[0][:-1]) & (key[1][1:] == key[1][:-1]))
+    if not last.all():
+        pq.write_table(table.filter(pa.array(last)), path)
 
 
 def bucketable_source(store: Any, view: Any, service: Any, spec: ProblemSpec) -> Any:
@@ -276,14 +326,13 @@ def _to_buckets(rows: Iterator[pa.RecordBatch], key: str, paths: list[Path]) -> 
     return counts
 
 
-def _join_bucket(store: Any, view: Any, refs: list[str], entity_file: Path,
+def _join_bucket(store: Any, view: Any, refs: list[str], entity_df: pd.DataFrame,
                  has_offline_rows: bool) -> tuple[pd.DataFrame, int]:
     """Feast's join for one bucket, as ``FeatureStore.get_historical_features`` calls it.
     Returns (the joined rows, how many entity rows were asked for)."""
     from feast.infra.offline_stores.dask import DaskOfflineStore
     from feast.utils import make_df_tzaware
 
-    entity_df = pd.read_parquet(entity_file)
     if not has_offline_rows:  # nothing to join with: every row lacks features
         return entity_df.iloc[:0], len(entity_df)
     if store.config.coerce_tz_aware:
@@ -301,18 +350,34 @@ class _Assembled:
         self.rows, self.asked, self.complete, self.failed = rows, 0, 0, False
         self.columns: dict[str, np.ndarray] = {}
         self.dtypes: dict[str, Any] = {}
+        self.dropped, self.shared, self.where = 0, 0, set[str]()  # see ``resolve``
+        self.placed = np.zeros(rows, dtype=bool)
+
+    def resolve(self, entity_df: pd.DataFrame, spec: ProblemSpec,
+                batches: list[Batch]) -> pd.DataFrame:
+        """A bucket's entity rows with shared (key, event time) resolved as
+        ``features.shared_rows`` does: superseded rows dropped, or (not ``supersede``) counted
+        for ``frame``'s error."""
+        if spec.corrections == "supersede":
+            kept = shared_rows(entity_df, spec, batches)
+            self.dropped += len(entity_df) - len(kept)
+            return kept
+        shared = shared_mask(entity_df, spec)
+        if shared.any():
+            self.shared += int(shared.sum())
+            self.where |= set(entity_df.loc[shared, "batch_id"])
+        return entity_df
 
     def add(self, joined: tuple[pd.DataFrame, int], spec: ProblemSpec) -> None:
         out, asked = joined
         self.asked += asked
-        from mlcore.features import missing_features
-
         lacking = missing_features(out, spec)
         self.complete += len(out) - int(lacking.sum())
         if len(out) != asked or lacking.any():
             self.failed = True  # reported by ``frame``
             return
         pos = out[ROW_ID].to_numpy()
+        self.placed[pos] = True
         for c in out.columns.drop(ROW_ID):
             col = out[c]
             if c not in self.columns:
@@ -326,14 +391,18 @@ class _Assembled:
                                     else col.to_numpy())
 
     def frame(self, spec: ProblemSpec, batches: list[Batch]) -> pd.DataFrame:
-        """The joined rows in input order, or ``historical_features``' error."""
-        if self.failed or self.asked != self.rows:
-            ids = ", ".join(b.batch_id for b in batches)
-            raise FeatureRetrievalError(
-                f"batches {ids} of {spec.name!r}: {self.rows - self.complete} of {self.rows} "
-                "rows have no features as of their event time (outside the TTL?)")
+        """The joined rows in input order (superseded rows left out), or
+        ``historical_features``' error."""
+        if self.shared:
+            raise FeatureRetrievalError(shared_error(spec, batches, self.shared, self.where))
+        asked = self.rows - self.dropped
+        if self.failed or self.asked != asked:
+            raise FeatureRetrievalError(no_features(spec, [b.batch_id for b in batches],
+                                                    asked - self.complete, asked))
+        keep = self.placed if self.dropped else slice(None)
         data = {}
-        for c, values in self.columns.items():
+        for c, full in self.columns.items():
+            values = full[keep]
             dtype = self.dtypes[c]
             if isinstance(dtype, pd.DatetimeTZDtype):
                 naive = pd.Series(values.view(f"datetime64[{dtype.unit}]"))

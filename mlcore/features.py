@@ -36,10 +36,12 @@ if TYPE_CHECKING:
     from feast import FeatureStore
 
 ROW_ID = "__row_id"
+CREATED = "batch_published_at"  # the created-timestamp column (feature_repo/problem_specs.py)
 
 
 class FeatureRetrievalError(RuntimeError):
-    """The feature store returned fewer rows than asked for."""
+    """A point-in-time join cannot answer: rows without features, or entity rows of several
+    batches sharing a key and event time (the message names the cause and the batches)."""
 
 
 @dataclass(frozen=True)
@@ -78,13 +80,21 @@ def missing_features(frame: pd.DataFrame, spec: ProblemSpec) -> np.ndarray:
 
 def engineer_table(batch: Batch, spec: ProblemSpec) -> pa.Table:
     """``engineer(read_curated(batch), spec)`` as Arrow, read straight from the curated file:
-    text columns stay Arrow strings (no Python object per value until the online write)."""
+    text columns stay Arrow strings (no Python object per value until the online write). With
+    ``corrections: supersede``, plus ``CREATED``: when the batch was published (a correction,
+    published later, wins over the row it corrects)."""
     columns = [spec.entity.key, "event_timestamp", *spec.feature_names]
     text = [f.name for f in spec.features if f.kind == "categorical" and f.value_type == "str"]
     # text read as the file's own dictionary (no per-value decode); written back as plain text
     files = curated_files(batch)
-    return pq.read_table(files[0] if len(files) == 1 else Path(batch.curated_uri or ""),
-                         columns=columns, read_dictionary=text or None)
+    table = pq.read_table(files[0] if len(files) == 1 else Path(batch.curated_uri or ""),
+                          columns=columns, read_dictionary=text or None)
+    if spec.corrections != "supersede":
+        return table
+    stamp = pd.Timestamp(batch.published_at or batch.created_at)
+    stamp = stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    return table.append_column(CREATED, pa.array(np.full(table.num_rows, stamp.value),
+                                                 pa.timestamp("ns", tz="UTC")))
 
 
 def write_offline(frame: pd.DataFrame | pa.Table, dest: Path) -> FileSet:
@@ -226,8 +236,9 @@ def _write_online(store: FeatureStore, spec: ProblemSpec, frame: pa.Table, start
 
     view = store.get_feature_view(spec.feature_view)
     writer = FastSqliteOnlineStore()
+    created = CREATED if CREATED in frame.column_names else None  # newer batch wins a tie
     try:
-        writer.write_frame(store.config, view, frame)
+        writer.write_frame(store.config, view, frame, created_col=created)
     finally:
         writer.disconnect()
     store.registry.apply_materialization(view, store.project, start, end)
@@ -287,15 +298,69 @@ def historical_features(spec: ProblemSpec, batches: list[Batch], settings: Setti
     entity_df = pd.concat([read_curated(b, cols).assign(batch_id=b.batch_id) for b in batches],
                           ignore_index=True)
     entity_df[ROW_ID] = range(len(entity_df))
+    entity_df = shared_rows(entity_df, spec, batches)
     store = feature_store(settings)
     service = store.get_feature_service(spec.feature_service)
     out = store.get_historical_features(entity_df=entity_df, features=service).to_df()
     if len(out) != len(entity_df) or missing_features(out, spec).any():
         found = len(out) - int(missing_features(out, spec).sum())
-        raise FeatureRetrievalError(
-            f"batches {', '.join(ids)} of {spec.name!r}: {len(entity_df) - found} of "
-            f"{len(entity_df)} rows have no features as of their event time (outside the TTL?)")
+        raise FeatureRetrievalError(no_features(spec, ids, len(entity_df) - found,
+                                                len(entity_df)))
     return out.sort_values(ROW_ID).drop(columns=[ROW_ID]).reset_index(drop=True)
+
+
+def no_features(spec: ProblemSpec, ids: list[str], lacking: int, rows: int) -> str:
+    """The error text when ``lacking`` of ``rows`` entity rows got no features."""
+    return (f"batches {', '.join(ids)} of {spec.name!r}: {lacking} of {rows} rows have no "
+            "features as of their event time: no feature row of their key at or before it "
+            f"within the feature TTL ({spec.feature_ttl_days} days)")
+
+
+def _newest_first(batches: list[Any]) -> dict[str, int]:
+    """Each batch's precedence: later published, higher (then batch ID)."""
+    def when(b: Any) -> float:
+        stamp = getattr(b, "published_at", None) or getattr(b, "created_at", None)
+        return 0.0 if stamp is None else pd.Timestamp(stamp).timestamp()
+    ranked = sorted(batches, key=lambda b: (when(b), b.batch_id))
+    return {b.batch_id: i for i, b in enumerate(ranked)}
+
+
+def shared_rows(entity_df: pd.DataFrame, spec: ProblemSpec, batches: list[Any]) -> pd.DataFrame:
+    """Entity rows of several batches sharing one (key, event time), resolved before a join
+    (Feast's would keep one of them, arbitrarily, and report the others as lacking features).
+
+    With ``corrections: supersede`` the row of the batch published last stays (the others are
+    dropped: the frame then has fewer rows than its batches). Otherwise such rows are an error.
+
+    Raises:
+        FeatureRetrievalError: naming the batches and the number of rows (not ``supersede``).
+    """
+    shared = shared_mask(entity_df, spec)
+    if not shared.any():
+        return entity_df
+    if spec.corrections != "supersede":
+        raise FeatureRetrievalError(shared_error(
+            spec, batches, int(shared.sum()), set(entity_df.loc[shared, "batch_id"])))
+    rank = entity_df["batch_id"].map(_newest_first(batches)).to_numpy()
+    order = np.argsort(rank, kind="stable")
+    older = entity_df.iloc[order].duplicated([spec.entity.key, "event_timestamp"], keep="last")
+    return entity_df.loc[~older.sort_index().to_numpy()]
+
+
+def shared_mask(entity_df: pd.DataFrame, spec: ProblemSpec) -> np.ndarray:
+    """True for each entity row whose (key, event time) another row has."""
+    from mlcore.validation import duplicate_mask
+
+    return duplicate_mask(entity_df[spec.entity.key], entity_df["event_timestamp"])
+
+
+def shared_error(spec: ProblemSpec, batches: list[Any], rows: int, where: set[str]) -> str:
+    """The error text for ``rows`` entity rows sharing a key and event time (batches ``where``)."""
+    return (f"batches {', '.join(b.batch_id for b in batches)} of {spec.name!r}: {rows} rows "
+            f"share their ({spec.entity.key}, event time) with a row of another batch (in "
+            f"{', '.join(repr(b) for b in sorted(where))}); a point-in-time join keeps one row "
+            "per key and event time. The same rows were published twice (before cross-batch "
+            "duplicate checks): leave the duplicate batch out, or declare corrections: supersede")
 
 
 def online_features(spec: ProblemSpec, keys: list[Any], settings: Settings, *,

@@ -3,9 +3,12 @@ atomic publish, idempotent re-runs.
 
 Publishing protocol (a crash at any step leaves nothing half-visible; a re-run publishes once):
 1. under a per-batch file lock: same ID + same content already published -> no-op;
-   different content -> ``BatchConflict``;
+   different content -> ``BatchConflict``; then under a per-problem lock (one publishing
+   ingest per problem): the same file published under another ID -> ``BatchConflict``;
 2. manifest row ``staged``; leftovers of crashed runs (staging dirs) are removed;
 3. the file is streamed in row-group chunks: validated, curated and written to a staging dir;
+   a row whose (key, event time) another published batch holds is quarantined under
+   ``duplicate_in_published_batch`` unless the spec declares ``corrections: supersede``;
 4. the decision: rejected (recorded with every reason, staging removed) or
 5. rename staging -> ``curated/problem=<p>/batch=<id>``, then one transaction marks the manifest
    ``published`` and stores the quarantined rows. Readers only follow published manifests.
@@ -49,6 +52,7 @@ from mlcore.store.models import Batch, QuarantinedRow, utcnow
 from mlcore.store.session import session_scope
 from mlcore.targets import ClassesUnknown, TargetCoder, fix_classes, local_coder, target_coder
 from mlcore.validation import (
+    PUBLISHED_RULE,
     check_columns,
     describe_feature,
     duplicate_mask,
@@ -275,6 +279,10 @@ def declared_and_found(spec: ProblemSpec, rules: Counter[str], found: dict[str, 
         column = next((f for f in spec.features if rule.startswith(f"{f.name}_")), None)
         if column is not None:
             declared = describe_feature(column)
+        elif rule == PUBLISHED_RULE:
+            out.append(f"{rule} ({n} rows): (key, event time) already published in batch "
+                       + ", ".join(repr(b) for b in found[rule]))
+            continue
         elif rule == "target_invalid":
             declared = f"target {spec.target.kind}: " + (coder.describe() if coder else "")
         else:
@@ -296,12 +304,17 @@ def _target_coder(src: _Source, spec: ProblemSpec, url: str) -> tuple[TargetCode
 
 
 def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime,
-            coder: TargetCoder | None = None) -> _Outcome:
-    """Validate and curate chunk by chunk into ``staging/part-0.parquet``; memory ~ one chunk."""
+            coder: TargetCoder | None = None, others: list[Batch] | None = None) -> _Outcome:
+    """Validate and curate chunk by chunk into ``staging/part-0.parquet``; memory ~ one chunk
+    (plus the file's key and event-time columns, for the duplicate checks). ``others``: the
+    published batches a row's (key, event time) must not be in (None: no cross-batch check)."""
     key_col, time_col = spec.entity.key, spec.event_time.column
     ids = src.read_columns([key_col, time_col])
-    dups = duplicate_mask(entity_keys(ids[key_col], spec), event_time(ids[time_col], spec))
+    keys, times = entity_keys(ids[key_col], spec), event_time(ids[time_col], spec)
     del ids
+    dups = duplicate_mask(keys, times)
+    owners = published_owners(spec, keys, times, others) if others else None
+    del keys, times
     out = _Outcome()
     with _BackgroundWriter(staging / "part-0.parquet") as writer:
         for chunk in src.chunks():
@@ -309,13 +322,94 @@ def _stream(src: _Source, spec: ProblemSpec, staging: Path, now: datetime,
                 out.schema = {str(c): str(t) for c, t in chunk.dtypes.items()}
             n = len(chunk)
             dup, when = dups[out.rows:out.rows + n], event_time(chunk[time_col], spec)
-            bad, violations = row_violations(chunk, spec, now, out.rows, dup, when, coder)
+            seen = None if owners is None else _owner_ids(owners[out.rows:out.rows + n],
+                                                          others or [], out)
+            bad, violations = row_violations(chunk, spec, now, out.rows, dup, when, coder, seen)
             table = curate_table(chunk.loc[~bad], spec, when[~bad], coder)
             _examples(out, chunk, violations, out.rows, spec)
             writer.write(table)
             _tally(out, n, bad, violations, table.column("event_timestamp"))
             failpoint("ingest.mid_write")
     return out
+
+
+def _owner_ids(owners: np.ndarray, others: list[Batch], out: _Outcome) -> np.ndarray:
+    """The batch ID per row (None where no other batch holds its key and event time); the IDs
+    found are kept as the rule's examples."""
+    ids = np.array([None, *(b.batch_id for b in others)], dtype=object)[owners + 1]
+    found = out.found.setdefault(PUBLISHED_RULE, [])
+    for i in np.unique(owners[owners >= 0]):
+        if others[i].batch_id not in found:
+            found.append(others[i].batch_id)
+    return ids
+
+
+def published_owners(spec: ProblemSpec, keys: pd.Series, times: pd.Series,
+                     batches: list[Batch]) -> np.ndarray:
+    """Per row, the index in ``batches`` of the first published batch whose curated rows hold
+    its (entity key, event time); -1 for none (or an invalid key or time).
+
+    Only batches whose event-time range overlaps the rows' are read, and only their key and
+    event-time columns, one record batch at a time: memory ~ these rows' codes plus a chunk,
+    never all published keys at once. ``keys`` as ``entity_keys`` gives them, ``times`` as
+    ``event_time``.
+    """
+    owner = np.full(len(keys), -1, dtype=np.int32)
+    valid = (keys.notna() & times.notna()).to_numpy()
+    stamps = pd.DatetimeIndex(times).asi8
+    if not valid.any():
+        return owner
+    lo, hi = stamps[valid].min(), stamps[valid].max()
+    near = [(i, b) for i, b in enumerate(batches) if _overlaps(b, lo, hi)]
+    if not near:
+        return owner
+    key_codes, key_index = _codes(_key_values(keys[valid], spec.entity.dtype))
+    time_codes, time_index = _codes(stamps[valid])
+    pairs = key_codes * len(time_index) + time_codes
+    uniq = np.unique(pairs)
+    found = np.full(len(uniq), -1, dtype=np.int32)
+    for i, batch in near:
+        for k, t in _published_pairs(batch, spec.entity.key):
+            kc, tc = key_index.get_indexer(k), time_index.get_indexer(t)
+            both = (kc >= 0) & (tc >= 0)
+            p = kc[both].astype("int64") * len(time_index) + tc[both]
+            pos = np.minimum(np.searchsorted(uniq, p), len(uniq) - 1)
+            pos = pos[uniq[pos] == p]
+            found[pos[found[pos] < 0]] = i
+    owner[valid] = found[np.searchsorted(uniq, pairs)]
+    return owner
+
+
+def _codes(values: np.ndarray) -> tuple[np.ndarray, pd.Index]:
+    codes, uniques = pd.factorize(values)
+    return codes.astype("int64"), pd.Index(uniques)
+
+
+def _key_values(keys: pd.Series, dtype: str) -> np.ndarray:
+    """Keys as the curated file stores them: int64, or text (``curate_table``)."""
+    if dtype == "int64":
+        return keys.to_numpy(dtype="int64")
+    return keys.to_numpy(dtype=object).astype(str).astype(object)
+
+
+def _overlaps(batch: Batch, lo: int, hi: int) -> bool:
+    """Can ``batch`` hold an event time in [lo, hi] (ns)? Unknown ranges: assume so."""
+    if batch.event_time_min is None or batch.event_time_max is None:
+        return True
+    first, last = (pd.Timestamp(t).tz_localize("UTC") if t.tzinfo is None else pd.Timestamp(t)
+                   for t in (batch.event_time_min, batch.event_time_max))
+    return bool(first.value <= hi and last.value >= lo)
+
+
+def _published_pairs(batch: Batch, key: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(keys, event times in ns) of a published batch's curated rows, a record batch at a time
+    (its files verified against the manifest first)."""
+    for f in curated_files(batch):
+        for rb in pq.ParquetFile(f).iter_batches(columns=[key, "event_timestamp"],
+                                                 batch_size=CHUNK_ROWS):
+            k = rb.column(0).to_numpy(zero_copy_only=False)
+            t = rb.column(1).cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+            yield k, t.to_numpy(zero_copy_only=False)
 
 
 def _read_ahead(chunks: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
@@ -391,6 +485,23 @@ def batch_lock(settings: Settings, problem: str, batch_id: str) -> Iterator[None
         yield
 
 
+@contextlib.contextmanager
+def problem_lock(settings: Settings, problem: str) -> Iterator[None]:
+    """One publishing ingest per problem at a time: the checks against the batches published
+    before (same file, same key and event time) must see every one of them."""
+    with file_lock(settings.home / "locks" / f"ingest-{problem}.lock"):
+        yield
+
+
+def _others(spec: ProblemSpec, url: str) -> list[Batch] | None:
+    """The published batches a new row's (key, event time) must not be in, oldest publish
+    first; None when the spec takes such rows as corrections (``corrections: supersede``)."""
+    if spec.corrections != "reject":
+        return None
+    return sorted(published_batches(spec.name, url),
+                  key=lambda b: (b.published_at or b.created_at, b.batch_id))
+
+
 def _clear_staging(final: Path) -> None:
     """Remove what crashed runs left: staging dirs, and an unpublished final dir."""
     if final.parent.is_dir():
@@ -416,6 +527,23 @@ def _existing(problem: str, batch_id: str, sha: str, url: str) -> Manifest | Non
                 f"batch {batch_id!r} of {problem!r} is already published with content "
                 f"sha256 {row.sha256[:12]}…; refusing different content {sha[:12]}…")
         return _manifest(row, created=False)
+
+
+def _same_file(problem: str, batch_id: str, raw: Path, sha: str, url: str) -> None:
+    """Refuse a file already published under another batch ID of the problem.
+
+    Raises:
+        BatchConflict: naming the published batch.
+    """
+    with session_scope(url) as s:
+        other = s.scalar(select(Batch.batch_id).where(
+            Batch.problem == problem, Batch.sha256 == sha, Batch.state == "published",
+            Batch.batch_id != batch_id).order_by(Batch.batch_id).limit(1))
+    if other is not None:
+        raise BatchConflict(
+            f"batch {batch_id!r}: file {raw.name} has the same SHA-256 as published batch "
+            f"{other!r} of {problem!r} ({sha[:12]}…); it is already published, nothing to "
+            "ingest (a correction is a different file, with corrections: supersede)")
 
 
 def _manifest(row: Batch, created: bool) -> Manifest:
@@ -455,7 +583,8 @@ def ingest_batch(spec: ProblemSpec, source: str, batch_id: str, settings: Settin
     """Validate ``source`` and publish it as ``batch_id``; a same-content re-run is a no-op.
 
     Raises:
-        InvalidBatchId: bad ID. BatchConflict: the ID is published with other content.
+        InvalidBatchId: bad ID. BatchConflict: the ID is published with other content, or
+            the same file (SHA-256) is published as another batch of the problem.
         BatchRejected: unreadable file, wrong schema, or too many / critical bad rows (the
             manifest is recorded as ``rejected`` with every reason).
         FileNotFoundError: no such source file.
@@ -468,13 +597,15 @@ def ingest_batch(spec: ProblemSpec, source: str, batch_id: str, settings: Settin
     with batch_lock(settings, spec.name, batch_id):
         if (done := _existing(spec.name, batch_id, sha, settings.db_url)) is not None:
             return done
-        curated = settings.partition("curated", spec.name, batch_id)
-        raw_dir = settings.partition("raw", spec.name, batch_id)
-        _clear_staging(curated)
-        _clear_staging(raw_dir)
-        _stage(spec, batch_id, {"source_uri": raw.as_uri(), "sha256": sha}, settings.db_url)
-        return _validate_and_publish(spec, batch_id, raw, (curated, raw_dir), settings,
-                                     now or datetime.now(UTC))
+        with problem_lock(settings, spec.name):
+            _same_file(spec.name, batch_id, raw, sha, settings.db_url)
+            curated = settings.partition("curated", spec.name, batch_id)
+            raw_dir = settings.partition("raw", spec.name, batch_id)
+            _clear_staging(curated)
+            _clear_staging(raw_dir)
+            _stage(spec, batch_id, {"source_uri": raw.as_uri(), "sha256": sha}, settings.db_url)
+            return _validate_and_publish(spec, batch_id, raw, (curated, raw_dir), settings,
+                                         now or datetime.now(UTC))
 
 
 class BatchStorageError(OSError):
@@ -560,7 +691,7 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
         check_columns(src.columns, spec, batch_id)
         coder, learnt = _target_coder(src, spec, settings.db_url)
         attempt.at("writing the curated rows to", staging / "part-0.parquet")
-        out = _stream(src, spec, staging, now, coder)
+        out = _stream(src, spec, staging, now, coder, _others(spec, settings.db_url))
     except BatchRejected as exc:
         log.error("%s", exc)
         shutil.rmtree(staging, ignore_errors=True)

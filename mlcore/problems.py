@@ -359,6 +359,13 @@ class ProblemSpec(_Spec):
     labels: Labels = Field(default_factory=lambda: Labels())
     retrain: Retrain = Field(default_factory=lambda: Retrain())
     alerts: Alerts = Field(default_factory=lambda: Alerts())
+    corrections: Literal["reject", "supersede"] = "reject"
+    """What a row whose (entity key, event time) is already published in another batch means.
+    ``reject`` (the default): a mistake (a file ingested twice, overlapping exports); the row is
+    quarantined under ``duplicate_in_published_batch``, naming that batch. ``supersede``: a
+    correction; the row is published and the newer batch (later ``published_at``) wins in every
+    point-in-time join and in the online store (a created-timestamp column in the Feast source).
+    Changing it on a problem with materialized batches needs them materialized again."""
 
     @model_validator(mode="before")
     @classmethod
@@ -441,6 +448,8 @@ class ProblemSpec(_Spec):
         data = {"entity": self.entity.model_dump(), "event_time": self.event_time.model_dump(),
                 "features": [f.model_dump() for f in self.features],
                 "ttl_days": self.feature_ttl_days, "service": self.feature_service}
+        if self.corrections != "reject":  # the source gains a created-timestamp column
+            data["corrections"] = self.corrections
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
     @model_validator(mode="after")

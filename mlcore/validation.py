@@ -255,12 +255,25 @@ def duplicate_mask(keys: pd.Series, times: pd.Series) -> np.ndarray:
 
 
 Rules = dict[str, tuple[pd.Series, str | pd.Series]]
+PUBLISHED_RULE = "duplicate_in_published_batch"
+
+
+def published_rule(df: pd.DataFrame, spec: ProblemSpec, published: np.ndarray) -> Rules:
+    """Rows whose (key, event time) another published batch holds: ``published`` is that
+    batch's ID per row (None where no batch holds it); the reason names the batch."""
+    hit = pd.notna(published)
+    reasons = pd.Series("", index=df.index, dtype=object)
+    what = f"({spec.entity.key}, {spec.event_time.column})"
+    reasons[hit] = [f"{what} already published in batch {b!r}" for b in published[hit]]
+    return {PUBLISHED_RULE: (pd.Series(hit, index=df.index), reasons)}
 
 
 def _row_rules(df: pd.DataFrame, spec: ProblemSpec, now: datetime, duplicates: np.ndarray | None,
-               when: pd.Series | None, coder: TargetCoder | None = None) -> Rules:
+               when: pd.Series | None, coder: TargetCoder | None = None,
+               published: np.ndarray | None = None) -> Rules:
     """Each rule as (mask of failing rows, reason: one text, or one per row). Vectorized: one
-    pass per column; per-row reasons only for the (few) invalid keys."""
+    pass per column; per-row reasons only for the (few) invalid keys and rows another batch
+    published (``published``: see ``published_rule``)."""
     raw_key = df[spec.entity.key]
     key = entity_keys(raw_key, spec)
     when = event_time(df[spec.event_time.column], spec) if when is None else when
@@ -279,6 +292,8 @@ def _row_rules(df: pd.DataFrame, spec: ProblemSpec, now: datetime, duplicates: n
         "event_time_in_future": (when > horizon, f"{spec.event_time.column} is after "
                                                  f"{horizon.isoformat()}"),
     }
+    if published is not None:
+        rules.update(published_rule(df, spec, published))
     for feat in spec.features:
         rules.update(feature_rules(df[feat.name], feat))
     if spec.target.name in df.columns:
@@ -338,15 +353,19 @@ def feature_rules(raw: pd.Series, feat: Feature) -> dict[str, tuple[pd.Series, s
 
 def row_violations(df: pd.DataFrame, spec: ProblemSpec, now: datetime, offset: int = 0,
                    duplicates: np.ndarray | None = None, when: pd.Series | None = None,
-                   coder: TargetCoder | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+                   coder: TargetCoder | None = None,
+                   published: np.ndarray | None = None) -> tuple[np.ndarray, pd.DataFrame]:
     """Bad-row mask and violations of one chunk; ``offset`` is the chunk's first row number.
 
     ``duplicates`` is the chunk's slice of a whole-file duplicate mask (None: this chunk only);
     ``when`` its parsed event times when the caller already has them; ``coder`` the problem's
-    target coder (None: the spec's declared classes, or those of this chunk).
+    target coder (None: the spec's declared classes, or those of this chunk); ``published``
+    per row the ID of another published batch holding its (key, event time), or None (the
+    argument None: no cross-batch check).
     """
     frames, bad = [], np.zeros(len(df), dtype=bool)
-    for rule, (mask, reason) in _row_rules(df, spec, now, duplicates, when, coder).items():
+    rules = _row_rules(df, spec, now, duplicates, when, coder, published)
+    for rule, (mask, reason) in rules.items():
         values = np.asarray(mask)
         failing = values if values.dtype == bool else np.asarray(mask.fillna(True), dtype=bool)
         if failing.any():
