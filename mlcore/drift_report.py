@@ -496,22 +496,27 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def _history(report: dict[str, Any]) -> str:
+    """Earlier batches (each linked to its own report, next to this one) and this one."""
     past, labels = report.get("history", []), report.get("labels", {})
     if not past:
         return "<p class=muted>No earlier batch of this problem has a drift report yet.</p>"
-    rows = [(h["batch_id"], h["model_version"], h["checked_at"], h["drift_share"],
-             h["dataset_drift"], h["drifted_columns"], "") for h in past]
-    rows.append((report["batch_id"], report["model_version"], report.get("checked_at", "—"),
-                 report["drift_share"], report["dataset_drift"], report["drifted_columns"],
-                 " <span class=muted>(this batch)</span>"))
+    rows = [(f"<a href='../batch={esc(quote(h['batch_id'], safe=''))}/drift_v"
+             f"{h['model_version']}.html'>{esc(h['batch_id'])}</a>", h["model_version"],
+             h["checked_at"], h["drift_share"], h["dataset_drift"],
+             any(c.startswith("prediction") for c in h["drift"]), h["drifted_columns"])
+            for h in past]
+    rows.append((f"{esc(report['batch_id'])} <span class=muted>(this batch)</span>",
+                 report["model_version"], report.get("checked_at", "—"), report["drift_share"],
+                 report["dataset_drift"], report["prediction_drift"], report["drifted_columns"]))
     body = "".join(
-        f"<tr><td>{esc(b)}{this}</td><td>v{v}</td><td class=nowrap>{esc(at)}</td>"
+        f"<tr><td>{batch}</td><td>v{v}</td><td class=nowrap>{esc(at)}</td>"
         f"<td class=num data-v='{share}'>{pct(share)}</td><td>{_verdict(flag)}</td>"
+        f"<td>{_verdict(pred)}</td>"
         f"<td>{esc(', '.join(labels.get(c, c) for c in cols)) or '—'}</td></tr>"
-        for b, v, at, share, flag, cols, this in rows)
+        for batch, v, at, share, flag, pred, cols in rows)
     return ("<table id=history><thead><tr><th>batch</th><th>model</th><th>checked</th>"
-            "<th class=num>drift share</th><th>dataset drift</th><th>drifted features</th>"
-            f"</tr></thead><tbody>{body}</tbody></table>")
+            "<th class=num>drift share</th><th>dataset drift</th><th>prediction drift</th>"
+            f"<th>drifted features</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 def _segments(report: dict[str, Any]) -> str:

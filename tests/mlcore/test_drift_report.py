@@ -172,6 +172,9 @@ def test_the_history_lists_the_earlier_batches(spec, runs):
     table = page.split("<table id=history>", 1)[1].split("</table>", 1)[0]
     assert [re.sub(r"<[^>]+>", "", b) for b in re.findall(r"<tr><td>(.*?)</td>", table)][-3:] == [
         "drep_same", "drep_older", "drep_married (this batch)"]
+    [link] = re.findall(r"<a href='([^']+)'>drep_older</a>", table)  # its own report
+    assert (Path(runs.results["drep_married"].html_uri).parent / link).resolve() == Path(
+        runs.results["drep_older"].html_uri).resolve()
     # a sparkline per feature: one point per batch, the newest last
     row = page.split("<a href='#col-AGEP'>", 1)[1].split("</tr>", 1)[0]
     assert row.count("<circle") == len(history) + 1
