@@ -342,6 +342,54 @@ def test_a_skipped_challenger_alerts_once_and_the_scoring_run_succeeds(
     assert entry["dedup_key"] == alert["dedup_key"]
 
 
+def test_a_batch_missing_a_stage_past_its_deadline_alerts_once_and_is_nudged(
+        airflow_db, spec, run_or_error, slices, sinks, mlcore_env, monkeypatch, tmp_path):
+    """The backlog sweep: a published batch nobody materialized (its event was lost) past the
+    spec's deadline pages once (dedup across sweeps) and gets one asset event naming it."""
+    import yaml
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select as sa_select
+
+    from mlcore.config import get_settings
+    from mlcore.ingestion import ingest_batch
+
+    problems = tmp_path / "problems"  # the census spec with a materialize deadline of 0.6 s
+    problems.mkdir()
+    data = yaml.safe_load((ROOT / "problems" / f"{spec.name}.yaml").read_text())
+    data["alerts"]["deadline_minutes"]["materialize_features"] = 0.01
+    (problems / f"{spec.name}.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("MLCORE_PROBLEMS_DIR", str(problems))
+    monkeypatch.setenv("BATCHLOOP_NUDGE_MINUTES", "0")
+    get_settings.cache_clear()  # the tasks read the spec from the new problems folder
+    ingest_batch(spec, str(slices[2016]), "lost", mlcore_env)
+    time.sleep(1)
+
+    dag_id = f"{spec.name}__sweep_backlog"
+    first, error = run_or_error(dag_id, {})
+    assert error is None, error
+    assert first["tasks"]["alert_stalled"]["value"][0]["batch_id"] == "lost"
+    assert first["tasks"]["nudge_materialize"]["state"] == "success"
+    assert first["tasks"]["nudge_materialize"]["value"]["missing"] == ["lost"]
+    assert {first["tasks"][f"nudge_{s}"]["state"] for s in ("score", "monitor")} == {"skipped"}
+    second, error = run_or_error(dag_id, {})  # still stalled: found again, not paged again
+    assert error is None and second["tasks"]["alert_stalled"]["value"][0]["batch_id"] == "lost"
+
+    got = alerts_at(sinks.http, sinks.smtp)
+    assert {k: len(v) for k, v in got.items()} == {
+        "webhook": 1, "webhook_connection": 1, "slack": 1, "email": 1}
+    [alert] = got["webhook"]
+    assert (alert["kind"], alert["batch_id"], alert["stage"]) == (
+        "batch_stalled", "lost", "materialize_features")
+    assert alert["runbook"] == "RUNBOOK.md#batch-stalled"
+    assert f"mlcore backfill --problem {spec.name} --stage materialize --batches lost" in (
+        alert["next_steps"])
+    with create_session() as session:
+        extras = [e.extra for e in session.scalars(sa_select(AssetEvent).where(
+            AssetEvent.source_dag_id == dag_id))]
+    assert {"batch_id": "lost", "nudged_by": "sweep"} in extras
+
+
 def runbook() -> str:
     return (ROOT / "RUNBOOK.md").read_text()
 
