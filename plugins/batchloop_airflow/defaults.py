@@ -77,16 +77,27 @@ def deadline(problem: str, stage: str) -> DeadlineAlert | None:
                          callback=AsyncCallback(deadline_missed, kwargs={"minutes": minutes}))
 
 
+def start_paused() -> bool:
+    """Whether new Batchloop DAGs are created paused: no by default, so the asset chain runs from
+    the first trigger (Airflow 3.3 queues asset events only for unpaused consumers: a paused
+    stage drops them). ``BATCHLOOP_START_PAUSED=true`` keeps them paused (Airflow's own
+    ``dags_are_paused_at_creation`` still applies to other DAGs). Applies when a DAG is first
+    created only: a DAG someone paused stays paused."""
+    return os.environ.get("BATCHLOOP_START_PAUSED", "").strip().lower() in ("1", "true", "yes",
+                                                                            "on")
+
+
 def dag_kwargs(problem: str, stage: str, doc: str | None) -> dict[str, Any]:
     """The keyword arguments every Batchloop DAG shares: id ``<problem>__<stage>``, tags, docs,
-    task defaults, the DAG-level alert sweep (tasks killed without their own callback) and the
-    stage's deadline."""
+    task defaults, active from creation (``start_paused``), the DAG-level alert sweep (tasks
+    killed without their own callback) and the stage's deadline."""
     return {
         "dag_id": f"{problem}__{stage}",
         "doc_md": doc,
         "start_date": pendulum.datetime(2024, 1, 1, tz="UTC"),
         "catchup": False,
         "max_active_runs": 1,
+        "is_paused_upon_creation": start_paused(),
         "tags": [f"problem:{problem}", f"stage:{stage}", "batchloop"],
         "default_args": default_args(),
         "on_failure_callback": notify_run_failure,
