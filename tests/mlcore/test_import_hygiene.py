@@ -18,7 +18,8 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.backfill", "mlcore.runcard", "mlcore.monitoring_page", "mlcore.labels",
            "mlcore.policy", "mlcore.shadow", "mlcore.feast_sqlite", "mlcore.columns",
            "mlcore.targets", "mlcore.metrics", "mlcore.preprocessing", "mlcore.draft",
-           "mlcore.integrity", "mlcore.repair", "mlcore.errors", "mlcore.drift_report"]
+           "mlcore.integrity", "mlcore.repair", "mlcore.errors", "mlcore.drift_report",
+           "mlcore.backlog"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 
