@@ -123,7 +123,7 @@ def render_attention(d: dict[str, Any], base: str, rerun_form: Any = None) -> st
             f'(try {r["try_number"]}) in '
             f'{link(airflow + run_path(r["dag_id"], r["run_id"]), r["run_id"])}</li>')
     for batch_id, stages in sorted(d["missing"].items()):
-        buttons = "".join(rerun_form(batch_id, s) for s in stages) if rerun_form else ""
+        buttons = " ".join(rerun_form(batch_id, s) for s in stages) if rerun_form else ""
         items.append(f'<li><b class="warn">MISSING STAGE</b> batch {esc(batch_id)}: not '
                      + esc(", not ".join({"materialize": "materialized",
                                           "score": "scored by the champion",
@@ -136,7 +136,10 @@ def render_attention(d: dict[str, Any], base: str, rerun_form: Any = None) -> st
     for dag in d["paused"]:
         items.append(f'<li><b class="warn">PAUSED</b> {link(airflow + "dags/" + dag, dag)}: its '
                      "asset events are dropped while paused; unpause it in Airflow</li>")
+    listed = {(r["dag_id"], r["run_id"]) for r in d["failed"]}
     for a in d["alerts"]:
+        if (a.get("dag_id"), a.get("run_id")) in listed:
+            continue  # shown with its failed run above
         run = (link(airflow + run_path(str(a["dag_id"]), str(a["run_id"])), a["run_id"])
                if a.get("dag_id") and a.get("run_id") else "")
         items.append(

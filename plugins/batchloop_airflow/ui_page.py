@@ -25,9 +25,9 @@ _LIGHT = ("--fg:#18181b;--bg:#ffffff;--muted:#71717a;--border:#e4e4e7;--head:#f4
 _DARK = ("--fg:#e4e4e7;--bg:#09090b;--muted:#a1a1aa;--border:#3f3f46;--head:#18181b;"
          "--link:#7dd3fc;--card:#18181b;--ok:#4ade80;--warn:#facc15;--bad:#f87171;"
          "--tag:#0c4a6e;--attn:#2a1215")
-_STYLE = (f":root{{{_LIGHT};color-scheme:light}}:root[data-theme=dark]{{{_DARK};"
+_STYLE = (f"html{{{_LIGHT};color-scheme:light}}html[data-theme=dark]{{{_DARK};"
           "color-scheme:dark}"
-          f"@media (prefers-color-scheme:dark){{:root:not([data-theme=light]){{{_DARK};"
+          f"@media (prefers-color-scheme:dark){{html:not([data-theme=light]){{{_DARK};"
           "color-scheme:dark}}"
           """
 body{font-family:Inter,system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.2em 2em;
@@ -38,7 +38,7 @@ td,th{border:1px solid var(--border);padding:3px 8px;text-align:left;vertical-al
 th{background:var(--head)}th[data-sortable]{cursor:pointer;user-select:none}
 th[aria-sort=ascending]::after{content:" \\25B2"}th[aria-sort=descending]::after{content:" \\25BC"}
 .num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-.when,.nowrap{white-space:nowrap}.cards{display:flex;gap:1em;flex-wrap:wrap}
+.when,.nowrap{white-space:nowrap}.cards{display:flex;gap:1em;flex-wrap:wrap;margin-top:1em}
 .card{border:1px solid var(--border);border-radius:6px;background:var(--card);padding:.6em 1em;
 min-width:16em;max-width:36em}.card b{font-size:1.3em}.muted{color:var(--muted)}
 .promote,.ok{color:var(--ok)}.keep,.warn{color:var(--warn)}.reject,.bad{color:var(--bad)}

@@ -291,7 +291,7 @@ def test_logged_in_user_sees_champion_batches_and_run_card(view, spec, browser, 
     batches = {r[0]: r for r in rows("Batches")}
     assert {b: (r[3], r[4].split()[0]) for b, r in batches.items()} == {
         "2015": ("1500", "0"), "2016": ("1500", "3")}
-    assert batches["2015"][6] == f"v{view.challenger}, v{view.champion}"  # lineage: trained on
+    assert batches["2015"][5] == f"v{view.challenger}, v{view.champion}"  # lineage: trained on
     assert batches["2016"][2].split()[0] == "employment_2016_bad.parquet"  # the source file
     assert "range" in batches["2016"][4] or "AGEP" in batches["2016"][4]  # the rule
     versions = {r[0]: r for r in rows("Model versions")}
