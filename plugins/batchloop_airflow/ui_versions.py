@@ -163,6 +163,8 @@ def render_compare(a: dict[str, Any], b: dict[str, Any], spec: Any, home: Path) 
             f"{esc(p)}</a></p><h1>{esc(p)}: v{a['version']} vs v{b['version']}</h1>{diff}"
             f'<table class="compare"><thead><tr><th></th><th>{head[0]}</th><th>{head[1]}</th>'
             f"</tr></thead><tbody>{rows}</tbody></table>{h2h}"
-            f"<h2>Evaluations of v{a['version']}</h2>" + _evals(a, home, rep, vbase)
+            + "".join(f"<h2>Guardrail slices of v{x['version']} (its latest evaluation)</h2>"
+                      + _slices(_holdout(x), labels(spec)) for x in (a, b) if not h2h)
+            + f"<h2>Evaluations of v{a['version']}</h2>" + _evals(a, home, rep, vbase)
             + f"<h2>Evaluations of v{b['version']}</h2>" + _evals(b, home, rep, vbase))
     return page(f"Batchloop: {p} v{a['version']} vs v{b['version']}", body, base)
