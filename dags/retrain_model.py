@@ -12,6 +12,9 @@ and promotes it by compare-and-set only on `promote`. Outcomes: `promote`, `keep
 the promotion in the UI (Required Actions) first; no answer in time means reject.
 
 Runs on the spec's cron schedule, whenever `monitor_model` files a retrain request, or manually.
+The run takes the pending request and answers it: `trained` by its contender, or `failed` with
+the error and the run id when a task fails or is killed, or the run outlives the spec's
+`lease_hours` (its `dagrun_timeout`); the policy files a new request on the next trigger.
 """
 
 from __future__ import annotations

@@ -71,8 +71,11 @@ class RetrainTaskFailed(_AlertNotifier):
     until its teardown (or the DAG-level sweep) ends it: parallel tasks may still be running."""
 
     def notify(self, context: Any) -> None:
-        """Fail the run's requests with ``<task>: <Class>: <message>``."""
+        """Fail the run's requests with ``<task>: <Class>: <message>`` (not for the teardown:
+        a lease that could not be given back does not fail the run, nor its request)."""
         ti, exc = context["ti"], context.get("exception")
+        if getattr(context.get("task"), "is_teardown", False):
+            return
         what = _error_text(exc) if exc is not None else "task failed without an error"
         end_failed_run_requests(ti.dag_id, ti.run_id, f"{ti.task_id}: {what}", release=False)
 

@@ -64,3 +64,19 @@ def test_a_failed_retrain_fails_its_request_and_the_next_one_is_answered(
     assert (rows[second]["state"], rows[second]["resolved_by_version"], rows[second]["run_id"],
             rows[second]["error"]) == ("trained", version, done["run_id"], None)
     assert leases(url) == []
+
+
+def test_the_retrain_dag_answers_its_request_on_every_failure_path(spec):
+    from datetime import timedelta
+
+    from batchloop_airflow.notifiers import RunFailureSweep
+    from batchloop_airflow.retrain_tasks import RetrainTaskFailed, end_failed_run
+    from batchloop_airflow.runner import dagbag
+
+    dag = dagbag().dags[f"{spec.name}__retrain_model"]
+    assert dag.dagrun_timeout == timedelta(hours=spec.retrain.lease_hours)  # no approval step
+    assert isinstance(dag.on_failure_callback, RunFailureSweep)
+    assert dag.on_failure_callback.also is end_failed_run
+    for task in dag.tasks:
+        if task.task_id != "approve_promotion":
+            assert any(isinstance(cb, RetrainTaskFailed) for cb in task.on_failure_callback)

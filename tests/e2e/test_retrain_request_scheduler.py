@@ -1,0 +1,175 @@
+"""A retrain request is answered even when the retrain dies without its own callback, under a
+private ``airflow standalone`` (own home, ports, SQLite DBs, problems dir):
+
+* a task SIGKILLed on every try (as the OOM killer does) never runs its failure callback; the
+  DAG-level sweep in the dag-processor fails the request with the signal and the run id;
+* a run past its ``dagrun_timeout`` (the spec's ``lease_hours``; here 0.04 h, its tasks held
+  by an empty pool) is failed by the scheduler, its unfinished tasks skipped, the teardown never
+  runs: the sweep fails the request as timed out and releases the lease.
+
+In both cases the next request is a new one. ``dag.test`` can show neither (a SIGKILL would
+kill pytest; it never checks ``dagrun_timeout``): ``test_retrain_request_failed.py`` covers a
+task that fails with an error.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from sqlalchemy import select
+from test_alerts import free_port
+from test_scheduler import _api, _wait
+
+from mlcore.policy import list_requests, request_manual
+from mlcore.store.models import RetrainLease
+from mlcore.store.session import session_scope, upgrade
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+LEASE_HOURS = 0.04  # 144 s: the retrain DAG's dagrun_timeout
+DAG_ID = "census_employment__retrain_model"
+CONF = {"until_batch": "2016", "algorithm": "logistic_regression", "reason": "test"}
+
+
+def _problems_dir(base: Path) -> Path:
+    """The census spec with a short lease and no cron (unpausing must not start a run)."""
+    spec = yaml.safe_load((ROOT / "problems" / "census_employment.yaml").read_text())
+    spec["retrain"] = {**spec["retrain"], "lease_hours": LEASE_HOURS, "schedule": None}
+    spec.pop("alerts", None)
+    folder = base / "problems"
+    folder.mkdir()
+    (folder / "census_employment.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, slices):
+    from mlcore.config import Settings
+    from mlcore.features import apply_definitions, materialize_batch
+    from mlcore.ingestion import ingest_batch
+    from mlcore.problems import get_problem
+
+    home = tmp_path_factory.mktemp("retrain_standalone")
+    port, mlcore_home, problems = free_port(), home / "mlcore", _problems_dir(home)
+    env = {**os.environ, "AIRFLOW_HOME": str(home), "MLCORE_HOME": str(mlcore_home),
+           "MLCORE_PROBLEMS_DIR": str(problems), "BATCHLOOP_RETRY_DELAY": "1",
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
+           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+           "AIRFLOW__CORE__PARALLELISM": "2",
+           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+           "PYTHONPATH": str(ROOT / "plugins"),
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("MLCORE_DATABASE_URL", "AIRFLOW_CONN_MLCORE_DB", "BATCHLOOP_DEADLINES",
+                 "MLCORE_FAILPOINT"):
+        env.pop(name, None)
+    mlcore_home.mkdir()
+    settings = Settings(home=mlcore_home, problems_dir=problems,
+                        feature_repo=ROOT / "feature_repo")
+    upgrade(settings.db_url)
+    spec = get_problem("census_employment", problems)
+    apply_definitions(settings)
+    for year in (2015, 2016):
+        ingest_batch(spec, str(slices[year]), str(year), settings)
+        materialize_batch(spec, str(year), settings)
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    log = home / "standalone.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait("a healthy scheduler and the retrain DAG",
+              lambda: _api(base, "/monitor/health")["scheduler"]["status"] == "healthy"
+              and _api(base, f"/dags/{DAG_ID}")["dag_id"] == DAG_ID, 300, log)
+        _api(base, f"/dags/{DAG_ID}", {"is_paused": False}, "PATCH")
+        yield SimpleNamespace(base=base, log=log, url=settings.db_url)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+
+
+def _trigger(stack) -> str:
+    run = _api(stack.base, f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": CONF},
+               "POST")
+    return str(run["dag_run_id"])
+
+
+def _ti(stack, run_id: str, task_id: str) -> dict:
+    return _api(stack.base, f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")
+
+
+def _finished(stack, run_id: str) -> str:
+    def state():
+        s = _api(stack.base, f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        return s if s in ("success", "failed") else None
+
+    return str(_wait(f"run {run_id} to finish", state, 400, stack.log))
+
+
+def _answered(stack, request_id: int) -> dict:
+    """The request once the sweep (dag-processor, seconds after the run) has failed it."""
+    def failed():
+        [row] = [r for r in list_requests("census_employment", stack.url) if r["id"] == request_id]
+        return row if row["state"] == "failed" else None
+
+    return dict(_wait(f"request #{request_id} to fail", failed, 120, stack.log))
+
+
+def _leases(url: str) -> list[str]:
+    with session_scope(url) as s:
+        return [lease.holder for lease in s.scalars(select(RetrainLease))]
+
+
+def test_a_retrain_killed_on_every_try_fails_its_request(stack):
+    request_id = request_manual("census_employment", "killed", stack.url)
+    run_id = _trigger(stack)
+    for attempt in (1, 2, 3):  # SIGKILL build_dataset's process on each try, as the OOM killer
+        ti = _wait(f"build_dataset try {attempt} running",
+                   lambda a=attempt: (t := _ti(stack, run_id, "build_dataset"))["state"]
+                   == "running" and t["try_number"] == a and t["pid"] and t, 240, stack.log)
+        time.sleep(0.5)  # the task process, not only its supervisor, is up
+        os.kill(int(ti["pid"]), signal.SIGKILL)
+    assert _finished(stack, run_id) == "failed"
+
+    row = _answered(stack, request_id)
+    assert row["run_id"] == run_id and row["taken_by"] == f"{DAG_ID}/{run_id}"
+    assert row["error"].startswith("build_dataset: ") and "SIGKILL" in row["error"]
+    assert _leases(stack.url) == []
+    assert request_manual("census_employment", "again", stack.url) != request_id
+
+
+def test_a_timed_out_retrain_fails_its_request_and_releases_the_lease(stack):
+    request_id = request_manual("census_employment", "timed out", stack.url)
+    run_id = _trigger(stack)
+    _wait("start_retrain to take the request",
+          lambda: _ti(stack, run_id, "start_retrain")["state"] == "success", 240, stack.log)
+    pool = "/pools/default_pool?update_mask=slots"
+    _api(stack.base, pool, {"slots": 0}, "PATCH")  # every later task waits for a slot
+    try:
+        assert _finished(stack, run_id) == "failed"
+        row = _answered(stack, request_id)
+    finally:
+        _api(stack.base, pool, {"slots": 128}, "PATCH")
+
+    assert row["run_id"] == run_id
+    assert "timed out" in row["error"] and "dagrun_timeout" in row["error"]
+    assert _ti(stack, run_id, "release_retrain")["state"] == "skipped"  # no teardown ran
+    assert _leases(stack.url) == []  # the sweep released it
+    assert request_manual("census_employment", "after the timeout", stack.url) != request_id
