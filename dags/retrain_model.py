@@ -25,7 +25,6 @@ from pathlib import Path
 from airflow.providers.standard.operators.hitl import ApprovalOperator
 from airflow.sdk import (
     AssetOrTimeSchedule,
-    CronTriggerTimetable,
     Param,
     dag,
     get_current_context,
@@ -40,6 +39,7 @@ from batchloop_airflow.retrain_tasks import (
     run_hours,
     start_retrain,
 )
+from batchloop_airflow.timetables import retrain_timetable
 
 STAGE = Path(__file__).stem
 
@@ -55,8 +55,9 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
           lease_hours: float) -> None:
     hours = run_hours(lease_hours, approval)
     requests, champion = stage_asset(problem, "retrain_requests"), stage_asset(problem, "champion")
-    schedule = (AssetOrTimeSchedule(timetable=CronTriggerTimetable(cron, timezone="UTC"),
-                                    assets=[requests]) if cron else [requests])
+    # the cron never fires for a tick missed while paused (batchloop_airflow.timetables)
+    schedule = (AssetOrTimeSchedule(timetable=retrain_timetable(cron), assets=[requests])
+                if cron else [requests])
 
     @dag(**retrain_dag_kwargs(problem, STAGE, __doc__, hours), schedule=schedule, params={
         "until_batch": Param(None, type=["null", "string"], title="Train up to batch",

@@ -27,6 +27,11 @@ class NextTickCron(CronTriggerTimetable):
     """``CronTriggerTimetable`` that never starts a run for a tick missed longer than ``GRACE``
     ago when catchup is off."""
 
+    @property
+    def expression(self) -> str:
+        """The cron expression (as the SDK's timetable names it)."""
+        return str(self._expression)
+
     def next_dagrun_info(self, *, last_automated_data_interval: DataInterval | None,
                          restriction: TimeRestriction) -> DagRunInfo | None:
         """The next tick after the last run and after now (a tick just passed still counts)."""
