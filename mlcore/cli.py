@@ -235,7 +235,9 @@ def cmd_requests(args: argparse.Namespace, settings: Settings) -> None:
     _emit(args, list_requests(problem, settings.db_url), lambda rs: "\n".join(
         f"#{r['id']:<3} {r['created_at'][:19]} {'+'.join(r['triggers']):<22} {r['state']:<8}"
         + (f" -> v{r['resolved_by_version']}" if r["resolved_by_version"] else "")
-        + f"\n     {r['reason']}" for r in rs) or "no retrain requests")
+        + f"\n     {r['reason']}"
+        + (f"\n     failed in run {r.get('run_id')}: {r['error']}" if r.get("error") else "")
+        for r in rs) or "no retrain requests")
 
 
 def cmd_repair(args: argparse.Namespace, settings: Settings) -> int:
