@@ -50,7 +50,7 @@ demo: install ## the whole loop through Airflow (fresh state): census, then the 
 	$(PY) scripts/demo.py $(PROBLEM)
 
 test: install browser ## the test suite (needs PostgreSQL on 127.0.0.1:5432 and Redis on :6379)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 test-slow: install ## tests marked slow (full-size data)
 	$(PY) -m pytest -q -m slow
