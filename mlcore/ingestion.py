@@ -541,10 +541,11 @@ def _same_file(problem: str, batch_id: str, raw: Path, sha: str, url: str) -> No
             Batch.problem == problem, Batch.sha256 == sha, Batch.state == "published",
             Batch.batch_id != batch_id).order_by(Batch.batch_id).limit(1))
     if other is not None:
-        raise BatchConflict(
-            f"batch {batch_id!r}: file {raw.name} has the same SHA-256 as published batch "
-            f"{other!r} of {problem!r} ({sha[:12]}…); it is already published, nothing to "
-            "ingest (a correction is a different file, with corrections: supersede)")
+        why = (f"batch {batch_id!r}: file {raw.name} has the same SHA-256 as published batch "
+               f"{other!r} of {problem!r} ({sha[:12]}…); it is already published, nothing to "
+               "ingest (a correction is a different file, with corrections: supersede)")
+        log.error("%s", why)
+        raise BatchConflict(why)
 
 
 def _manifest(row: Batch, created: bool) -> Manifest:

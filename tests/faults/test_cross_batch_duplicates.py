@@ -82,6 +82,18 @@ def test_the_same_file_under_a_new_batch_id_is_refused_naming_the_published_batc
     assert again.created is False and again.state == "published"
 
 
+def test_the_ingest_dag_refuses_a_resent_file_at_once(airflow_db, mlcore_env, spec, slices,
+                                                     run_or_error, task_tries, caplog):
+    """Through Airflow: a failure without retries (retrying cannot help), the cause logged."""
+    dag_id = f"{spec.name}__ingest_batch"
+    assert run_or_error(dag_id, {"batch_id": "2018", "source": str(slices[2018])})[1] is None
+    _, error = run_or_error(dag_id, {"batch_id": "2018-again", "source": str(slices[2018])})
+    assert error is not None and task_tries(dag_id)["ingest_batch"] == ("failed", 1)
+    assert "batch '2018-again': file employment_2018.parquet has the same SHA-256 as " \
+           "published batch '2018'" in caplog.text
+    assert states(mlcore_env, spec.name) == {"2018": "published"}
+
+
 def test_a_rejected_batch_does_not_block_its_file_under_another_id(settings, spec, slices,
                                                                    tmp_path):
     """Only a *published* batch owns its file: a rejected one (or another problem's) does not."""
