@@ -52,12 +52,12 @@ Run card: `{run_card}`"""
 
 
 def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
-          lease_hours: float) -> None:
+          lease_hours: float, run_missed: bool = False) -> None:
     hours = run_hours(lease_hours, approval)
     requests, champion = stage_asset(problem, "retrain_requests"), stage_asset(problem, "champion")
-    # the cron never fires for a tick missed while paused (batchloop_airflow.timetables)
-    schedule = (AssetOrTimeSchedule(timetable=retrain_timetable(cron), assets=[requests])
-                if cron else [requests])
+    # a tick missed while paused runs only if the spec asks (batchloop_airflow.timetables)
+    schedule = (AssetOrTimeSchedule(timetable=retrain_timetable(cron, run_missed),
+                                    assets=[requests]) if cron else [requests])
 
     @dag(**retrain_dag_kwargs(problem, STAGE, __doc__, hours), schedule=schedule, params={
         "until_batch": Param(None, type=["null", "string"], title="Train up to batch",
@@ -184,4 +184,5 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
 
 for _spec in problem_specs():
     build(_spec.name, _spec.retrain.schedule, sorted(_spec.algorithms),
-          _spec.promotion.require_approval, _spec.retrain.lease_hours)
+          _spec.promotion.require_approval, _spec.retrain.lease_hours,
+          _spec.retrain.run_missed_schedule)

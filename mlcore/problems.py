@@ -308,6 +308,9 @@ class Retrain(_Spec):
     replay of history retrains when it would have then."""
 
     schedule: str | None = None  # cron: a tick since the champion's newest training data
+    # a tick missed while retrain_model was paused (or before it existed) runs when it is
+    # unpaused; default: it waits for the next tick (batchloop_airflow.timetables)
+    run_missed_schedule: bool = False
     cooldown_days: float = Field(7.0, ge=0.0)  # no new request this soon after the last one
     performance_drop: float = Field(0.02, gt=0.0)  # matured metric this far below its holdout
     new_data_rows: int | None = Field(None, ge=1)  # labelled rows since the champion's data
@@ -317,7 +320,7 @@ class Retrain(_Spec):
 
 # The stages a problem gets a DAG for: one ``dags/<stage>.py`` each, DAG id ``<problem>__<stage>``.
 DAG_STAGES = ("ingest_batch", "materialize_features", "score_batch", "monitor_model",
-              "ingest_labels", "retrain_model", "backfill_batches")
+              "ingest_labels", "retrain_model", "backfill_batches", "sweep_backlog")
 MAX_DEADLINE_MINUTES = 7 * 24 * 60
 
 

@@ -4,6 +4,8 @@ tick that passed while the DAG was paused or before it existed."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pendulum
 import pytest
 from airflow.timetables.base import DataInterval, TimeRestriction
@@ -12,6 +14,7 @@ from airflow.timetables.trigger import CronTriggerTimetable
 from batchloop_airflow.defaults import dag_kwargs, start_paused
 from batchloop_airflow.timetables import GRACE, NextTickCron, retrain_timetable
 
+ROOT = Path(__file__).resolve().parents[2]
 WEEKLY = "0 6 * * 1"  # Mondays 06:00 UTC
 EARLIEST = pendulum.datetime(2024, 1, 1, tz="UTC")
 
@@ -62,3 +65,18 @@ def test_the_spec_can_ask_for_missed_ticks():
     assert type(retrain_timetable(WEEKLY, run_missed=True)) is CronTriggerTimetable
     assert NextTickCron.deserialize(NextTickCron(WEEKLY, timezone="UTC").serialize()).summary \
         == CronTriggerTimetable(WEEKLY, timezone="UTC").summary
+
+
+def test_the_retrain_dag_follows_the_spec(spec):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from mlcore.problems import ProblemSpec
+
+    bag = DagBag(dag_folder=str(ROOT / "dags" / "retrain_model.py"))
+    timetable = bag.dags[f"{spec.name}__retrain_model"].timetable.timetable
+    assert type(timetable) is NextTickCron and timetable.expression == spec.retrain.schedule
+    asked = ProblemSpec.model_validate({**spec.model_dump(), "retrain": {
+        **spec.retrain.model_dump(), "run_missed_schedule": True}})
+    assert asked.retrain.run_missed_schedule is True
+    assert type(retrain_timetable(asked.retrain.schedule, asked.retrain.run_missed_schedule)) \
+        is CronTriggerTimetable

@@ -388,7 +388,7 @@ def test_dictionary_text_whose_dictionaries_differ_by_row_group_curates_like_pla
 
     from mlcore.ingestion import get_batch, ingest_batch, read_curated
 
-    spec = toy()
+    spec = toy(corrections="supersede")  # the same rows as two batches: not a duplicate
     df = frame(400)
     many = pd.Categorical(df["colour"], categories=[*sorted(set(df["colour"])),
                                                     *(f"x{i}" for i in range(300))])
