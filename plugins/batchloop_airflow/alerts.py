@@ -90,13 +90,18 @@ def split_dag_id(dag_id: str) -> tuple[str, str]:
     return problem, stage or dag_id
 
 
-def next_steps(kind: str, dag_id: str, run_id: str, batch_id: str | None) -> list[str]:
+# errors raised before a batch exists: `mlcore lineage` would only answer "unknown batch"
+NO_BATCH_YET = {"FileNotFoundError", "ProblemNotFound", "InvalidBatchId"}
+
+
+def next_steps(kind: str, dag_id: str, run_id: str, batch_id: str | None,
+               error_cls: str | None = None) -> list[str]:
     """The exact commands to inspect, re-run and (if a bad model went out) roll back."""
     problem, _ = split_dag_id(dag_id)
     dag, run = shlex.quote(dag_id), shlex.quote(run_id)
     steps = [f"airflow tasks states-for-dag-run {dag} {run}",
              f"mlcore batches --problem {problem}"]
-    if batch_id:
+    if batch_id and error_cls not in NO_BATCH_YET:
         steps.append(f"mlcore lineage --problem {problem} --batch {shlex.quote(batch_id)}")
     if kind not in (KIND_DEADLINE, KIND_CHALLENGER):  # nothing failed: nothing to re-run
         steps.append(f"airflow dags clear {dag} --run-id {run} --only-failed --yes"
@@ -119,7 +124,7 @@ def task_payload(*, kind: str, dag_id: str, run_id: str, task_id: str, map_index
         **({"exit": exit_info} if kind == KIND_KILLED else {}),
         "log_url": log_url, "runbook": runbook_link(anchor_for(kind, stage, error_cls)),
         "dedup_key": dedup_key(dag_id, run_id, task_id, map_index, try_number),
-        "next_steps": next_steps(kind, dag_id, run_id, batch_id),
+        "next_steps": next_steps(kind, dag_id, run_id, batch_id, error_cls),
     }
 
 
