@@ -38,6 +38,7 @@ MAKEFILE_ENV = {
     "AIRFLOW__API__HOST": "127.0.0.1",
     "AIRFLOW__CORE__PARALLELISM": "4",
     "AIRFLOW__CORE__EXECUTOR": "batchloop_airflow.executor.PreloadingLocalExecutor",
+    "BATCHLOOP_START_PAUSED": "true",  # the benchmark unpauses the DAGs it measures
     "PYTHONPATH": str(ROOT / "plugins"),
     "PYTHONWARNINGS": "ignore::DeprecationWarning,ignore::FutureWarning",
 }

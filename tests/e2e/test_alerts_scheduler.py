@@ -39,6 +39,8 @@ from test_scheduler import _api, _wait
 
 from mlcore.store.session import upgrade
 
+pytestmark = pytest.mark.live  # starts a live Airflow (make test-live)
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 DEADLINE_MINUTES = 0.05  # 3 s; the test holds its run queued (DAG paused) past it
@@ -99,6 +101,7 @@ def stack(tmp_path_factory):
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
            "AIRFLOW__CORE__PARALLELISM": "2",
            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+           "BATCHLOOP_START_PAUSED": "true",  # each test unpauses the DAG it exercises
            "PYTHONPATH": str(ROOT / "plugins"),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     for name in ("MLCORE_DATABASE_URL", "AIRFLOW_CONN_MLCORE_DB", "BATCHLOOP_DEADLINES"):

@@ -27,6 +27,8 @@ from sqlalchemy import create_engine, func, select, text
 from mlcore.store.models import Batch, DriftReport, Materialization, ModelVersion, Prediction
 from mlcore.store.session import get_engine, session_scope
 
+pytestmark = pytest.mark.live  # the production-shaped stack (make test-live)
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PG = urlsplit(os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"))

@@ -32,6 +32,8 @@ from mlcore.policy import list_requests, request_manual
 from mlcore.store.models import RetrainLease
 from mlcore.store.session import session_scope, upgrade
 
+pytestmark = pytest.mark.live  # starts a live Airflow (make test-live)
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LEASE_HOURS = 0.04  # 144 s: the retrain DAG's dagrun_timeout
@@ -69,6 +71,7 @@ def stack(tmp_path_factory, slices):
            "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
            "AIRFLOW__CORE__PARALLELISM": "2",
            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+           "BATCHLOOP_START_PAUSED": "true",  # only the retrain DAG (unpaused below) runs
            "PYTHONPATH": str(ROOT / "plugins"),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     for name in ("MLCORE_DATABASE_URL", "AIRFLOW_CONN_MLCORE_DB", "BATCHLOOP_DEADLINES",

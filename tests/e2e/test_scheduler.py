@@ -29,6 +29,8 @@ from sqlalchemy import create_engine, func, select, text
 from mlcore.store.models import DriftReport, Materialization, Prediction
 from mlcore.store.session import get_engine, session_scope, upgrade
 
+pytestmark = pytest.mark.live  # starts a live Airflow (make test-live)
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PG = urlsplit(os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"))

@@ -35,6 +35,8 @@ from urllib.parse import quote, quote_plus
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
+pytestmark = pytest.mark.live  # starts a live api-server (make test-live)
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 PG_ADMIN_URL = os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")

@@ -20,8 +20,11 @@ import time
 import urllib.parse
 from pathlib import Path
 
+import pytest
 import test_ui_view
 from test_ui_view import ROOT, _get, _wait
+
+pytestmark = pytest.mark.live  # starts a live Airflow (make test-live)
 
 # The same fixtures (a standalone of its own for this module; the walk changes the champion).
 view, browser = test_ui_view.view, test_ui_view.browser

@@ -28,6 +28,8 @@ from types import SimpleNamespace
 
 import pytest
 
+pytestmark = pytest.mark.live  # starts a live Airflow (make test-live)
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

@@ -6,6 +6,7 @@ path and nothing loaded from outside. Real drift runs in the shared ``loop`` hom
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,11 +50,15 @@ def runs(spec, loop, tmp_path_factory):
               "drep_married": older(real_2015(10500)).pipe(
                   lambda f: f.assign(MAR=f["MAR"].astype("int64").replace({5: 1})))}
     results = {}
-    for batch_id, frame in frames.items():
-        path = folder / f"{batch_id}.parquet"
-        frame.to_parquet(path, index=False)
-        ingest_batch(spec, str(path), batch_id, loop.settings)
-        results[batch_id] = detect_drift(spec, batch_id, loop.settings)
+    with pytest.MonkeyPatch.context() as mp:
+        # outside Airflow: an in-process dag.test() of an earlier test leaves AIRFLOW_CTX_* set
+        for var in [v for v in os.environ if v.startswith("AIRFLOW_CTX_")]:
+            mp.delenv(var)
+        for batch_id, frame in frames.items():
+            path = folder / f"{batch_id}.parquet"
+            frame.to_parquet(path, index=False)
+            ingest_batch(spec, str(path), batch_id, loop.settings)
+            results[batch_id] = detect_drift(spec, batch_id, loop.settings)
     saved = {b: json.loads(Path(r.json_uri).read_text()) for b, r in results.items()}
     pages = {b: Path(r.html_uri).read_text() for b, r in results.items()}
     return SimpleNamespace(settings=loop.settings, results=results, json=saved, html=pages)
