@@ -29,7 +29,7 @@ from mlcore.datasets import DatasetRef, entity_bucket, load_part, write_dataset
 from mlcore.evaluation import compute_metrics, timed_scores
 from mlcore.preprocessing import CategoryCodes
 from mlcore.problems import ESTIMATORS, NAN_NATIVE, Candidate, ProblemSpec, Scalar
-from mlcore.provenance import code_version, lock_hash
+from mlcore.provenance import code_version, failpoint, lock_hash
 from mlcore.targets import TargetCoder, coder_for_codes, mark, model_target, target_coder
 
 # Estimators that refuse sparse input: one-hot output is densified for them only (it stays
@@ -296,6 +296,7 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
         spec, train, trained.pipeline, Path(uri).parent, cfg.random_state)
     timings = {"fit_seconds": round(trained.fit_seconds, 3),
                "total_seconds": round(time.perf_counter() - start, 3)}
+    failpoint("training.before_register")
     version = register_version(
         spec, settings, algorithm=trained.algorithm, artifact_uri=uri, artifact_sha256=sha,
         hyperparameters={"algorithm": trained.algorithm, **record["params"],

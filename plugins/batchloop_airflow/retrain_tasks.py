@@ -114,8 +114,10 @@ def _start(problem: str, hours: float) -> dict[str, Any]:
     from airflow.sdk.exceptions import AirflowSkipException
 
     from batchloop_airflow.connections import settings
+    from batchloop_airflow.tasks import fence_try
     from mlcore.policy import RetrainInFlight, acquire_lease, take_requests
 
+    fence_try()
     ctx, url = get_current_context(), settings().db_url
     holder = holder_of(ctx["dag"].dag_id, ctx["run_id"])
     try:
@@ -132,8 +134,10 @@ def _start(problem: str, hours: float) -> dict[str, Any]:
 def _release(problem: str, lease: dict[str, Any]) -> None:
     """Give the lease back, however the run went."""
     from batchloop_airflow.connections import settings
+    from batchloop_airflow.tasks import fence_try
     from mlcore.policy import release_lease
 
+    fence_try()
     release_lease(problem, lease["holder"], settings().db_url)
 
 

@@ -70,10 +70,28 @@ def batch_ids_from_context(context: Any) -> list[str]:
     return run
 
 
+def fence_try() -> None:
+    """Tie this task process's right to commit to its supervisor (``mlcore.fencing``): a try
+    whose worker or supervisor was killed is declared dead by the scheduler and retried; its
+    orphaned process must neither register a model nor publish a batch meanwhile, nor hold on
+    to the retrain lease. The watchdog ends it within a second; a commit it reaches first is
+    rolled back."""
+    from mlcore.fencing import bind_to_parent
+
+    try:
+        ti = get_current_context()["ti"]
+        what = f"{ti.dag_id}/{ti.run_id}/{ti.task_id} try {ti.try_number}"
+    except Exception:  # noqa: BLE001 - outside a task (a helper called directly): still fence
+        what = "this task try"
+    bind_to_parent(what)
+
+
 @contextmanager
 def fail_fast() -> Iterator[None]:
-    """Turn mlcore's bad-input errors into a failure without retries (retrying cannot help);
-    "nothing to do yet" (no champion) into a skip. Anything else stays retryable."""
+    """The stage task's preamble: fence the try (:func:`fence_try`), then turn mlcore's
+    bad-input errors into a failure without retries (retrying cannot help); "nothing to do yet"
+    (no champion) into a skip. Anything else stays retryable."""
+    fence_try()
     from mlcore.batches import BatchConflict, BatchError
     from mlcore.datasets import NotEnoughData
     from mlcore.problems import ProblemNotFound
