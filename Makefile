@@ -22,7 +22,7 @@ export PYTHONPATH := $(CURDIR)/plugins
 export PATH := $(VENV)/bin:$(PATH)
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning
 
-.PHONY: install browser demo test test-slow test-live test-unstable lint up bench bench-quick clean
+.PHONY: install browser demo test test-slow test-live test-unstable lint up shell env bench bench-quick clean
 
 $(UV):
 	$(PY_BOOT) -m venv $(BOOT)
@@ -76,6 +76,17 @@ lint: install
 up: install $(AIRFLOW_HOME)/airflow.db ## Airflow UI + scheduler on http://127.0.0.1:8080 (Ctrl-C stops)
 	$(VENV)/bin/mlcore init
 	exec $(PY) scripts/up.py
+
+shell: install ## a shell with the project's environment (venv on PATH, AIRFLOW_HOME, MLCORE_HOME): run RUNBOOK commands here
+	@echo "Batchloop shell: AIRFLOW_HOME=$(AIRFLOW_HOME) MLCORE_HOME=$(MLCORE_HOME); exit to leave"
+	@exec $${SHELL:-/bin/bash} -i
+
+ENV_VARS := PATH PYTHONPATH AIRFLOW_HOME MLCORE_HOME AIRFLOW__CORE__DAGS_FOLDER AIRFLOW__CORE__PLUGINS_FOLDER \
+	AIRFLOW__CORE__LOAD_EXAMPLES AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS AIRFLOW__API__HOST AIRFLOW__API__PORT \
+	AIRFLOW__CORE__PARALLELISM AIRFLOW__CORE__EXECUTOR PYTHONWARNINGS
+
+env: ## the same environment as export lines: eval "$$(make -s env)"
+	@for v in $(ENV_VARS); do printf 'export %s=%q\n' "$$v" "$${!v}"; done
 
 clean:
 	rm -rf $(MLCORE_HOME) $(AIRFLOW_HOME)

@@ -45,13 +45,17 @@ ERROR_ANCHORS = {
 KIND_ANCHORS = {KIND_KILLED: "task-killed", KIND_DEADLINE: "deadline-missed",
                 KIND_CHALLENGER: "artifact-tampered", KIND_STALLED: "batch-stalled"}
 DELIVERY_ANCHOR = "alert-delivery-failed"
+AIRFLOW_DEFAULT_BASE = "http://localhost:8080"  # [api] base_url unset: what ti.log_url uses
 # Airflow's wrappers around the real error (fail_fast raises AirflowFailException from it).
 _WRAPPERS = {"AirflowFailException", "AirflowException", "AirflowTaskTerminated"}
 
 
 def runbook_link(anchor: str) -> str:
-    """``<BATCHLOOP_RUNBOOK_URL or RUNBOOK.md>#<anchor>``."""
-    return f"{os.environ.get('BATCHLOOP_RUNBOOK_URL') or 'RUNBOOK.md'}#{anchor}"
+    """A link that opens the runbook at ``anchor``: ``<BATCHLOOP_RUNBOOK_URL>#<anchor>`` (a
+    deployment's own copy, e.g. in its Git host), else the Batchloop view's runbook page on the
+    Airflow UI (``<[api] base_url>/batchloop/runbook#<anchor>``)."""
+    own = os.environ.get("BATCHLOOP_RUNBOOK_URL")
+    return f"{own or ui_base() + '/batchloop/runbook'}#{anchor}"
 
 
 def stage_anchor(stage: str) -> str:
@@ -94,8 +98,27 @@ def split_dag_id(dag_id: str) -> tuple[str, str]:
 NO_BATCH_YET = {"FileNotFoundError", "ProblemNotFound", "InvalidBatchId"}
 
 
+def rerun_command(dag_id: str, run_id: str, batch_id: str | None,
+                  conf: dict[str, Any] | None) -> str | None:
+    """``airflow dags trigger`` of a new run with the failed run's Params (an asset-triggered
+    run: the batch it failed on). Not ``airflow dags clear --only-failed``: it answers a
+    ``TypeError`` (CLI) or HTTP 500 (REST, UI "Clear") on a failed run whose stage has a
+    deadline (apache/airflow#70368, Airflow 3.3), and every stage is idempotent per batch, so
+    a new run redoes only what is missing. None for the sweep (it runs again by itself)."""
+    _, stage = split_dag_id(dag_id)
+    if stage == "sweep_backlog":
+        return None
+    given = {k: v for k, v in (conf or {}).items() if v not in (None, "", [])}
+    if batch_id and stage in ("materialize_features", "score_batch", "monitor_model"):
+        given["batch_id"] = batch_id  # the batch this alert is about (a run can map over many)
+    if stage == "retrain_model":
+        given["reason"] = f"re-run of {run_id}"
+    return (f"airflow dags trigger {shlex.quote(dag_id)} -c {shlex.quote(json.dumps(given))}"
+            "  # a new run with the same Params, once the cause is fixed")
+
+
 def next_steps(kind: str, dag_id: str, run_id: str, batch_id: str | None,
-               error_cls: str | None = None) -> list[str]:
+               error_cls: str | None = None, conf: dict[str, Any] | None = None) -> list[str]:
     """The exact commands to inspect, re-run and (if a bad model went out) roll back."""
     problem, _ = split_dag_id(dag_id)
     dag, run = shlex.quote(dag_id), shlex.quote(run_id)
@@ -103,9 +126,9 @@ def next_steps(kind: str, dag_id: str, run_id: str, batch_id: str | None,
              f"mlcore batches --problem {problem}"]
     if batch_id and error_cls not in NO_BATCH_YET:
         steps.append(f"mlcore lineage --problem {problem} --batch {shlex.quote(batch_id)}")
-    if kind not in (KIND_DEADLINE, KIND_CHALLENGER):  # nothing failed: nothing to re-run
-        steps.append(f"airflow dags clear {dag} --run-id {run} --only-failed --yes"
-                     "  # re-run the failed tasks once the cause is fixed")
+    rerun = rerun_command(dag_id, run_id, batch_id, conf)
+    if rerun and kind not in (KIND_DEADLINE, KIND_CHALLENGER):  # nothing failed: no re-run
+        steps.append(rerun)
     steps.append(f"mlcore rollback --problem {problem} --reason '<why>'"
                  "  # only if a bad model was promoted")
     return steps
@@ -114,8 +137,10 @@ def next_steps(kind: str, dag_id: str, run_id: str, batch_id: str | None,
 def task_payload(*, kind: str, dag_id: str, run_id: str, task_id: str, map_index: int = -1,
                  try_number: int | None, batch_id: str | None, error: str | None,
                  error_cls: str | None = None, log_url: str | None = None,
-                 exit_info: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The alert of one task instance that failed for good (``task_failed``/``task_killed``)."""
+                 exit_info: dict[str, Any] | None = None,
+                 conf: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The alert of one task instance that failed for good (``task_failed``/``task_killed``);
+    ``conf`` is the run's (for the re-run command)."""
     problem, stage = split_dag_id(dag_id)
     return {
         "kind": kind, "title": TITLES[kind], "problem": problem, "stage": stage,
@@ -124,7 +149,7 @@ def task_payload(*, kind: str, dag_id: str, run_id: str, task_id: str, map_index
         **({"exit": exit_info} if kind == KIND_KILLED else {}),
         "log_url": log_url, "runbook": runbook_link(anchor_for(kind, stage, error_cls)),
         "dedup_key": dedup_key(dag_id, run_id, task_id, map_index, try_number),
-        "next_steps": next_steps(kind, dag_id, run_id, batch_id, error_cls),
+        "next_steps": next_steps(kind, dag_id, run_id, batch_id, error_cls, conf),
     }
 
 
@@ -192,27 +217,27 @@ def last_attempt(dag_id: str, run_id: str, task_id: str, map_index: int) -> int 
     return max(tries) if tries else None
 
 
-def _ui_base() -> str | None:
+def ui_base() -> str:
+    """The Airflow UI's base URL (``[api] base_url``), with the fallback Airflow's own task
+    ``log_url`` uses, so every link of one alert points at the same host."""
     try:
         from airflow.configuration import conf
 
-        return str(conf.get("api", "base_url", fallback="") or "").rstrip("/") or None
-    except Exception:  # noqa: BLE001 - no Airflow config: no links
-        return None
+        base = str(conf.get("api", "base_url", fallback="") or "")
+    except Exception:  # noqa: BLE001 - no Airflow config here: Airflow's own default
+        base = ""
+    return (base or AIRFLOW_DEFAULT_BASE).rstrip("/")
 
 
-def run_url(dag_id: str, run_id: str) -> str | None:
-    """The Airflow UI page of a DAG run (``[api] base_url``), None without a base URL."""
-    base = _ui_base()
-    return f"{base}/dags/{dag_id}/runs/{quote(run_id, safe='')}" if base else None
+def run_url(dag_id: str, run_id: str) -> str:
+    """The Airflow UI page of a DAG run (:func:`ui_base`)."""
+    return f"{ui_base()}/dags/{dag_id}/runs/{quote(run_id, safe='')}"
 
 
 def ti_log_url(dag_id: str, run_id: str, task_id: str, map_index: int,
                try_number: int | None) -> str | None:
     """The UI log page of a try (the same URL as Airflow's ``ti.log_url``)."""
     run = run_url(dag_id, run_id)
-    if run is None:
-        return None
     mapped = f"/mapped/{map_index}" if map_index >= 0 else ""
     return f"{run}/tasks/{task_id}{mapped}" + (f"?try_number={try_number}" if try_number else "")
 

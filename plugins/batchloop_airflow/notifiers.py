@@ -102,6 +102,15 @@ def batch_of(context: Any, ti: Any, map_index: int) -> str | None:
         return None
 
 
+def run_conf(context: Any) -> dict[str, Any] | None:
+    """The run's conf (its Params as triggered), for the alert's re-run command."""
+    try:
+        conf = getattr(context.get("dag_run"), "conf", None)
+        return dict(conf) if conf else None
+    except Exception:  # noqa: BLE001 - the conf enriches the alert; never lose the alert for it
+        return None
+
+
 def _error_text(exc: BaseException) -> str:
     """``<Class>: <message>``, the class being the real error's (fail_fast's wrapper message
     already starts with it)."""
@@ -123,7 +132,8 @@ def task_alert(context: Any) -> dict[str, Any]:
                         map_index=map_index, try_number=ti.try_number,
                         batch_id=batch_of(context, ti, map_index), error=error,
                         error_cls=error_class(exc),
-                        log_url=getattr(ti, "log_url", None), exit_info=exit_info)
+                        log_url=getattr(ti, "log_url", None), exit_info=exit_info,
+                        conf=run_conf(context))
 
 
 def failed_tasks(dag: Any, run_id: str) -> list[tuple[str, int]]:
@@ -168,7 +178,8 @@ def killed_alerts(context: Any) -> list[dict[str, Any]]:
             kind=KIND_KILLED, dag_id=dag.dag_id, run_id=run_id, task_id=task_id,
             map_index=map_index, try_number=try_number, error=killed_error(exit_info),
             batch_id=batch_of(context, ti, map_index), exit_info=exit_info,
-            log_url=ti_log_url(dag.dag_id, run_id, task_id, map_index, try_number)))
+            log_url=ti_log_url(dag.dag_id, run_id, task_id, map_index, try_number),
+            conf=run_conf(context)))
     return alerts
 
 

@@ -160,7 +160,7 @@ def test_a_failed_task_alerts_every_channel_once(airflow_db, mlcore_env, spec, r
         "task_failed", spec.name, dag_id, "ingest_batch")
     assert alert["batch_id"] == "a1" and alert["try_number"] == 1  # bad input: no retries
     assert alert["error_class"] == "FileNotFoundError" and "nope.parquet" in alert["error"]
-    assert alert["runbook"] == "RUNBOOK.md#bad-input"
+    assert alert["runbook"].endswith("/batchloop/runbook#bad-input")
     assert "/dags/census_employment__ingest_batch/runs/" in alert["log_url"]
     assert any(s.startswith("mlcore batches --problem census_employment")
                for s in alert["next_steps"])
@@ -184,6 +184,56 @@ def test_a_failed_task_alerts_every_channel_once(airflow_db, mlcore_env, spec, r
                                    "slack": "sent", "email": "sent"}
     everything = json.dumps(got, default=str) + json.dumps(entry) + email_text(message)
     assert HOOK_PASSWORD not in everything and SLACK_TOKEN not in everything
+
+
+def test_the_alerts_next_steps_run_verbatim_and_the_rerun_publishes(
+        airflow_db, mlcore_env, spec, run_or_error, tmp_path, sinks, slices):
+    """On call, in the state the alert describes (a bad source path): every command of the
+    alert's ``next_steps`` runs as printed, in a shell with the workers' environment; the
+    re-run is a new run with the failed run's Params (not ``dags clear``: apache/airflow#70368),
+    and once the file is in place that run publishes the batch."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    dag_id, source = f"{spec.name}__ingest_batch", tmp_path / "incoming" / "a5.parquet"
+    conf = {"batch_id": "a5", "source": str(source)}
+    _, error = run_or_error(dag_id, conf)
+    assert error is not None
+    [alert] = alerts_at(sinks.http, sinks.smtp)["webhook"]
+    steps = [s for s in alert["next_steps"] if "# only if" not in s]
+    assert [s.split()[:3] for s in steps] == [
+        ["airflow", "tasks", "states-for-dag-run"], ["mlcore", "batches", "--problem"],
+        ["airflow", "dags", "trigger"]]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    source.parent.mkdir()
+    source.write_bytes(slices[2015].read_bytes())  # the cause, fixed
+    with create_session() as session:
+        before = {r.run_id for r in session.query(DagRun).filter(DagRun.dag_id == dag_id)}
+    for step in steps:
+        done = subprocess.run(["bash", "-c", step], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, f"`{step}` exited {done.returncode}: {done.stderr[-2000:]}"
+        if step.startswith("airflow tasks states-for-dag-run"):
+            assert "ingest_batch" in done.stdout and "failed" in done.stdout
+    with create_session() as session:
+        [rerun] = [r for r in session.query(DagRun).filter(DagRun.dag_id == dag_id)
+                   if r.run_id not in before]
+        rerun_conf = dict(rerun.conf)
+    assert {k: rerun_conf[k] for k in conf} == conf  # the failed run's Params
+    result, error = run_or_error(dag_id, rerun_conf)  # the scheduler's part, in process
+    assert error is None and result["tasks"]["ingest_batch"]["state"] == "success"
+
+
+def test_rerun_commands_name_the_batch_of_an_asset_triggered_run():
+    from batchloop_airflow.alerts import rerun_command
+
+    step = rerun_command("p__score_batch", "asset_triggered__x", "2018", None)
+    assert shlex.split(step.split("  #")[0]) == [
+        "airflow", "dags", "trigger", "p__score_batch", "-c", '{"batch_id": "2018"}']
+    retrain = rerun_command("p__retrain_model", "manual__1", None, {"until_batch": "2017"})
+    assert json.loads(shlex.split(retrain.split("  #")[0])[-1]) == {
+        "until_batch": "2017", "reason": "re-run of manual__1"}
+    assert rerun_command("p__sweep_backlog", "scheduled__1", None, None) is None
 
 
 def test_a_channel_down_does_not_stop_the_others_nor_mask_the_failure(
@@ -276,7 +326,7 @@ def test_retries_alert_once_when_the_last_try_fails(airflow_db, spec, run_or_err
     [alert] = got["webhook"]
     assert (alert["kind"], alert["try_number"], alert["batch_id"]) == ("task_failed", 3, "r1")
     assert alert["error_class"] == "OperationalError" and "does not exist" in alert["error"]
-    assert alert["runbook"] == "RUNBOOK.md#stage-ingest-batch"  # no known error class: stage
+    assert alert["runbook"].endswith("/batchloop/runbook#stage-ingest-batch")  # stage section
 
 
 def test_a_task_that_fails_once_then_succeeds_sends_nothing(airflow_db, spec, run_or_error,
@@ -336,9 +386,9 @@ def test_a_skipped_challenger_alerts_once_and_the_scoring_run_succeeds(
     assert (alert["kind"], alert["batch_id"], alert["challenger_version"]) == (
         "challenger_skipped", "2016", challenger)
     assert alert["error_class"] == "ArtifactMissing" and "champion's scores" in alert["error"]
-    assert alert["runbook"] == "RUNBOOK.md#artifact-tampered"
+    assert alert["runbook"].endswith("/batchloop/runbook#artifact-tampered")
     assert f"mlcore lineage --problem {spec.name} --model {challenger}" in alert["next_steps"]
-    assert not any("dags clear" in step for step in alert["next_steps"])  # nothing failed
+    assert not any("dags trigger" in step for step in alert["next_steps"])  # nothing failed
     assert got["email"][0]["Subject"].startswith("[Batchloop] CHALLENGER SKIPPED")
     [entry] = journal(mlcore_env.home).values()
     assert entry["dedup_key"] == alert["dedup_key"]
@@ -383,7 +433,9 @@ def test_a_batch_missing_a_stage_past_its_deadline_alerts_once_and_is_nudged(
     [alert] = got["webhook"]
     assert (alert["kind"], alert["batch_id"], alert["stage"]) == (
         "batch_stalled", "lost", "materialize_features")
-    assert alert["runbook"] == "RUNBOOK.md#batch-stalled"
+    assert alert["runbook"].endswith("/batchloop/runbook#batch-stalled")
+    assert alert["runbook"].startswith("http") and alert["log_url"].startswith("http")
+    assert f"/dags/{dag_id}/runs/" in alert["log_url"]  # the sweep run that found it
     assert f"mlcore backfill --problem {spec.name} --stage materialize --batches lost" in (
         alert["next_steps"])
     with create_session() as session:
