@@ -22,7 +22,7 @@ export PYTHONPATH := $(CURDIR)/plugins
 export PATH := $(VENV)/bin:$(PATH)
 export PYTHONWARNINGS := ignore::DeprecationWarning,ignore::FutureWarning
 
-.PHONY: install browser demo test test-slow test-live test-unstable lint up shell env bench bench-quick clean
+.PHONY: install browser demo test test-slow test-live lint up shell env bench bench-quick clean
 
 $(UV):
 	$(PY_BOOT) -m venv $(BOOT)
@@ -56,10 +56,7 @@ test-slow: install ## tests marked slow (full-size data)
 	$(PY) -m pytest -q -m slow
 
 test-live: install browser ## tests that start a live Airflow (scheduler, api-server, browser); CI runs them too
-	$(PY) -m pytest -q --durations=15 -m "live and not unstable"
-
-test-unstable: install ## tests known to fail in a fresh clone (not in CI until fixed)
-	$(PY) -m pytest -q -m unstable
+	$(PY) -m pytest -q --durations=15 -m live
 
 BENCHES := ingest promotion drift materialize online_read scoring orchestration freshness scale categories
 
