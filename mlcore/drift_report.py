@@ -22,9 +22,7 @@ BINS = 20  # numeric histograms: about this many bins of a round width, shared b
 TOP_CATEGORIES = 25  # categorical bars: the categories whose share is largest on either side
 HISTORY_BATCHES = 10  # previous batches in the per-column history
 # A report is <home>/reports/problem=<p>/batch=<b>/drift_v<n>.html, served by the Batchloop view
-# at <base>/batchloop/reports/...: three levels up is the view, four the Airflow UI.
-VIEW_FROM_REPORT = "../../../"
-AIRFLOW_FROM_REPORT = "../../../../"
+# at <base>/batchloop/reports/...: three levels up is the view, four the Airflow UI (links()).
 
 
 # ---- the data (computed by detect_drift from the frames it already has) -------------------
@@ -170,16 +168,32 @@ def _outputs(prediction: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {"prediction": prediction} if prediction else {}
 
 
-def links(problem: str, environ: dict[str, str] | None = None) -> dict[str, str | None]:
-    """Relative links from a served report to the problem's view and, when the report was
-    written inside an Airflow task of this problem (``AIRFLOW_CTX_*``), to that DAG run."""
+def links(problem: str, environ: dict[str, str] | None = None,
+          depth: int = 3) -> dict[str, str | None]:
+    """Relative links from a served page to the problem's view and, when the page was written
+    inside an Airflow task of this problem (``AIRFLOW_CTX_*``), to that DAG run. ``depth``: the
+    folders between ``<home>/reports`` and the page (3 for a drift report or a run card under
+    ``problem=<p>/<batch or evaluation>/``, 2 for the monitoring page)."""
     env = os.environ if environ is None else environ
     dag, run = env.get("AIRFLOW_CTX_DAG_ID", ""), env.get("AIRFLOW_CTX_DAG_RUN_ID", "")
     mine = dag.startswith(f"{problem}__") and run
-    return {"view": f"{VIEW_FROM_REPORT}problems/{quote(problem, safe='')}",
-            "airflow_run": (f"{AIRFLOW_FROM_REPORT}dags/{quote(dag, safe='')}/runs/"
+    view, airflow = "../" * depth, "../" * (depth + 1)
+    return {"view": f"{view}problems/{quote(problem, safe='')}",
+            "airflow_run": (f"{airflow}dags/{quote(dag, safe='')}/runs/"
                             f"{quote(run, safe='')}") if mine else None,
             "dag_id": dag if mine else None, "run_id": run if mine else None}
+
+
+def nav_html(problem: str, page_links: dict[str, Any] | None) -> str:
+    """The ``<nav>`` of a served page: back to the view, and to the Airflow run that wrote it."""
+    given = page_links or {}
+    out = []
+    if given.get("view"):
+        out.append(f"<a href='{esc(given['view'])}'>← {esc(problem)} in the Batchloop view</a>")
+    if given.get("airflow_run"):
+        out.append(f"<a href='{esc(given['airflow_run'])}'>Airflow run "
+                   f"{esc(given['run_id'])}</a>")
+    return f"<nav>{' · '.join(out)}</nav>"
 
 
 def build_report(result: dict[str, Any], snapshots: dict[str, Any], spec: Any,
@@ -537,15 +551,7 @@ def _segments(report: dict[str, Any]) -> str:
 
 
 def _nav(report: dict[str, Any]) -> str:
-    links_ = report.get("links") or {}
-    out = []
-    if links_.get("view"):
-        out.append(f"<a href='{esc(links_['view'])}'>← {esc(report['problem'])} in the "
-                   "Batchloop view</a>")
-    if links_.get("airflow_run"):
-        out.append(f"<a href='{esc(links_['airflow_run'])}'>Airflow run "
-                   f"{esc(links_['run_id'])}</a>")
-    return f"<nav>{''.join(out)}</nav>"
+    return nav_html(report["problem"], report.get("links"))
 
 
 def render_report(report: dict[str, Any]) -> str:

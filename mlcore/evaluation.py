@@ -17,6 +17,7 @@ import pandas as pd
 
 from mlcore.config import Settings
 from mlcore.datasets import DatasetRef, load_part
+from mlcore.drift_report import links
 from mlcore.metrics import compute_metrics, metric, paired_bootstrap
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Evaluation
@@ -325,7 +326,7 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersio
         s.add(row)
         s.flush()
         card = write_run_card(_json({
-            "problem": spec.name, "evaluation_id": row.id,
+            "problem": spec.name, "evaluation_id": row.id, "links": links(spec.name),
             "created_at": row.created_at.isoformat(), "outcome": decision.outcome,
             "promote": decision.promote, "reason": decision.reason,
             "metric": spec.metric.model_dump(), "target": {"kind": kind, "classes": classes},

@@ -27,6 +27,8 @@ from typing import Any
 from urllib.parse import quote, unquote, urlparse
 
 from mlcore.config import Settings
+from mlcore.drift_report import links as page_links
+from mlcore.drift_report import nav_html
 from mlcore.problems import NAME_PATTERN, get_problem
 from mlcore.runcard import (
     CSS,
@@ -282,7 +284,8 @@ def collect(problem: str, settings: Settings) -> dict[str, Any]:
         champion = s.scalar(select(Alias.version).where(Alias.problem == problem,
                                                         Alias.alias == "champion"))
     return jsonable({
-        "problem": problem, "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "problem": problem, "links": page_links(problem, depth=2),
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "metric": {"name": spec.metric.name, "direction": spec.metric.direction},
         "drift_threshold": spec.drift.drift_share, "champion_version": champion,
         "notes": NOTES,
@@ -544,6 +547,7 @@ def _render_html(data: dict[str, Any]) -> str:
     champion = data["champion_version"]
     head = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>Monitoring: {fmt(problem)}</title><style>{PAGE_CSS}</style></head><body>"
+            f"{nav_html(problem, data.get('links'))}"
             f"<h1>Monitoring: {fmt(problem)}</h1><p>generated {fmt(data['generated_at'])}; "
             f"primary metric {fmt(metric['name'])} ({fmt(metric['direction'])}); "
             f"dataset-drift threshold {fmt(data['drift_threshold'])}; current champion "

@@ -588,6 +588,13 @@ def _target_text(card: dict[str, Any]) -> str:
     return f"target: {card_kind(card)}{listed}"
 
 
+def _nav(card: dict[str, Any]) -> str:
+    """Back to the Batchloop view and to the Airflow run that evaluated (``card["links"]``)."""
+    from mlcore.drift_report import nav_html
+
+    return nav_html(str(card.get("problem")), card.get("links")) if card.get("links") else ""
+
+
 def _render_html(card: dict[str, Any]) -> str:
     """The run card as one self-contained HTML page (inline CSS and SVG, no scripts, no URLs)."""
     outcome = str(card.get("outcome") or "")
@@ -597,6 +604,7 @@ def _render_html(card: dict[str, Any]) -> str:
     title = f"Run card: {card.get('problem')}, evaluation {card.get('evaluation_id')}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
             f"<title>{fmt(title)}</title><style>{CSS}</style></head><body>"
+            f"{_nav(card)}"
             f"<h1>{fmt(title)}</h1><p>created {fmt(card.get('created_at'))}; "
             f"{fmt(_target_text(card))}</p>"
             f'<div class="outcome {banner}"><h2>{fmt(outcome)} (promote: '

@@ -1,5 +1,5 @@
 """Safe actions in the Batchloop view: promote, roll back, set the challenger, re-run a stage for a
-batch, file a retrain request.
+batch, file a retrain request, ingest a batch.
 
 Each is an HTML form POSTed to ``/batchloop/problems/<p>/actions/<action>`` and runs the same
 ``mlcore`` function the CLI runs, with the same checks (``promote_version`` judges the version
@@ -14,7 +14,8 @@ Three gates, in order, before anything runs:
 2. **CSRF token.** Every form carries ``csrf``: an HMAC (the api-server's ``[api] secret_key``)
    of the session's JWT. It is compared in constant time; another session's token fails.
 3. **Airflow's permission model.** The auth manager must allow the user to edit the problem's
-   DAGs (``PUT`` on ``<problem>__retrain_model``; re-runs: ``POST`` a run of the stage's DAG).
+   DAGs (``PUT`` on ``<problem>__retrain_model``; re-runs and ingests: ``POST`` a run of the
+   stage's DAG).
    A Viewer may look, never act: the forms are not even shown to them, and a hand-made POST is
    refused with 403.
 
@@ -31,7 +32,12 @@ import threading
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-ACTIONS = ("promote", "rollback", "challenger", "rerun", "retrain")
+ACTIONS = ("promote", "rollback", "challenger", "rerun", "retrain", "ingest")
+TRIGGERS = ("rerun", "ingest")  # actions that trigger a stage DAG (Airflow: trigger permission)
+# mlcore.batches.BATCH_ID_RE as an HTML pattern (anchored by the browser, "v" flag: "-" escaped)
+BATCH_ID_HTML = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}"
+BATCH_ID_HINT = ("1 to 64 letters, digits, _ . or -, starting with a letter or digit "
+                 "(e.g. 2018 or 2018-03-fixed)")
 MIN_REASON, MAX_REASON = 3, 500
 MAX_BODY = 16_384
 _fallback_key = secrets.token_bytes(32)
@@ -134,23 +140,27 @@ def authorize(user: Any, problem: str, action: str, stage_dag: str | None = None
     """
     from batchloop_airflow.ui_airflow import dag_id, may
 
-    dag = stage_dag if action == "rerun" and stage_dag else dag_id(problem, "retrain_model")
-    if not may(user, "trigger" if action == "rerun" else "edit", dag):
+    trigger = action in TRIGGERS
+    if action == "ingest":
+        stage_dag = dag_id(problem, "ingest_batch")
+    dag = stage_dag if trigger and stage_dag else dag_id(problem, "retrain_model")
+    if not may(user, "trigger" if trigger else "edit", dag):
         raise Refused(403, f"Forbidden: {user.get_name()} may view but not change {problem} "
-                      f"(Airflow permission: {'trigger' if action == 'rerun' else 'edit'} "
+                      f"(Airflow permission: {'trigger' if trigger else 'edit'} "
                       f"DAG {dag}).")
 
 
 def may_act(user: Any, problem: str) -> dict[str, bool]:
     """Which forms to show this user: ``models`` (promote, roll back, challenger, retrain
-    request) and ``rerun``."""
+    request), ``rerun`` and ``ingest``."""
     from batchloop_airflow.ui_airflow import dag_id, may
 
     try:
         return {"models": may(user, "edit", dag_id(problem, "retrain_model")),
-                "rerun": may(user, "trigger", dag_id(problem, "score_batch"))}
+                "rerun": may(user, "trigger", dag_id(problem, "score_batch")),
+                "ingest": may(user, "trigger", dag_id(problem, "ingest_batch"))}
     except Exception:  # noqa: BLE001 - no auth manager answer: show no forms
-        return {"models": False, "rerun": False}
+        return {"models": False, "rerun": False, "ingest": False}
 
 
 def run_action(action: str, spec: Any, form: dict[str, str], user: Any,
@@ -196,6 +206,8 @@ def run_action(action: str, spec: Any, form: dict[str, str], user: Any,
                 return f"Retrain request #{request_id} filed (or merged) for {problem}, by {who}."
             if action == "rerun":
                 return _rerun(spec, form, who, reason, settings)
+            if action == "ingest":
+                return _ingest(spec, form, who, reason)
         except RegistryError as exc:
             raise Refused(409, f"Refused: {one_line(str(exc))}") from exc
         except (ValueError, LookupError) as exc:
@@ -235,10 +247,47 @@ def _rerun(spec: Any, form: dict[str, str], who: str, reason: str, settings: Any
     return f"Triggered {dag} for batch {batch_id}: run {run_id}, by {who}."
 
 
+def _ingest(spec: Any, form: dict[str, str], who: str, reason: str) -> str:
+    """Trigger ``<problem>__ingest_batch`` with the form's batch ID and source, after the same
+    batch-ID check the task makes (a plain message, not the Param's JSON schema)."""
+    from batchloop_airflow.ui_airflow import dag_id, trigger
+    from mlcore.batches import BATCH_ID_RE
+
+    batch_id, source = form.get("batch_id", "").strip(), form.get("source", "").strip()
+    if not BATCH_ID_RE.fullmatch(batch_id):
+        raise Refused(400, f"Batch ID {batch_id!r} is not valid: {BATCH_ID_HINT}. Nothing was "
+                      "triggered.")
+    if not source:
+        raise Refused(400, "A source file is required (a path or URI the workers can read). "
+                      "Nothing was triggered.")
+    dag = dag_id(spec.name, "ingest_batch")
+    run_id = trigger(dag, {"batch_id": batch_id, "source": source}, who,
+                     f"Batchloop view, {who}: {reason}")
+    return (f"Triggered {dag} for batch {batch_id} from {source}: run {run_id}, by {who}. "
+            "The next stages follow by asset events.")
+
+
+def ingest_form(problem: str, csrf: str, base: str) -> str:
+    """The "ingest a batch" form: the browser refuses a bad batch ID inline (``pattern``)."""
+    action = f"{base}problems/{html.escape(problem)}/actions/ingest"
+    return (f'<form class="act" method="post" action="{action}" id="form-ingest">'
+            f'<input type="hidden" name="csrf" value="{csrf}">'
+            f'<input name="batch_id" required pattern="{BATCH_ID_HTML}" maxlength="64" '
+            f'placeholder="batch ID" size="12" title="{html.escape(BATCH_ID_HINT)}">'
+            '<input name="source" required placeholder="source file (path or URI)" size="36">'
+            f'<input name="reason" required minlength="{MIN_REASON}" maxlength="{MAX_REASON}" '
+            'placeholder="reason (required)" size="20">'
+            '<button type="submit">Ingest batch</button></form><br>')
+
+
 def forms(problem: str, csrf: str, models: list[dict[str, Any]], can: dict[str, bool],
           base: str) -> str:
     """The action forms of a problem page (empty for users who may not act)."""
+    ingest = ingest_form(problem, csrf, base) if can.get("ingest") else ""
     if not can["models"]:
+        if ingest:
+            return f'<div id="actions">{ingest}</div>'
+
         return ('<p class="muted" id="actions">You may view this problem; changing it needs '
                 "an Airflow role that may edit its DAGs."
                 f'<input type="hidden" name="csrf" value="{csrf}"></p>')
@@ -255,7 +304,7 @@ def forms(problem: str, csrf: str, models: list[dict[str, Any]], can: dict[str, 
         return (f'<form class="act" method="post" action="{action}{name}" id="form-{name}">'
                 f'{token}{body}{reason}<button type="submit">{label}</button></form><br>')
 
-    return ('<div id="actions">'
+    return ('<div id="actions">' + ingest
             + form("promote", "Promote (runs the checks)",
                    f'<select name="version" required>{options}</select>')
             + form("rollback", "Roll back champion", "")

@@ -5,7 +5,8 @@ The walk: a retrain DAG run fails for real (scheduler, LocalExecutor, the projec
 notifier journaling the alert) → the cockpit's "needs attention" lists it with its runbook
 section, which opens → a rollback from the view, with a reason, lands in the alias history under
 the logged-in user's name → the compare and version pages → a stage re-run from a "missing
-stage" button triggers the stage DAG with the batch in its conf. A Viewer sees no forms and a
+stage" button triggers the stage DAG with the batch in its conf; the ingest form refuses a bad
+batch ID inline and triggers the real ingest DAG, which publishes. A Viewer sees no forms and a
 hand-made POST with their own valid token is refused; a POST without the token or from another
 origin is refused for anyone. Screenshots go to docs/screenshots/.
 """
@@ -202,6 +203,53 @@ def test_cockpit_walk_failed_retrain_rollback_compare_rerun(view, spec, browser)
         ({"batch_id": "2016"}, "admin")]
 
 
+def test_ingest_from_the_view_refuses_a_bad_id_inline_then_publishes(view, browser, slices):
+    """The operator's ingest form: the browser itself refuses ``../etc`` (no request sent),
+    a hand-made POST of it gets a sentence, not a schema dump; a good ID triggers the real
+    ingest DAG (active from the start: nobody unpaused it), which publishes the batch."""
+    from selenium.webdriver.common.by import By
+
+    from mlcore.ingestion import published_batches
+
+    ingest = f"{PROBLEM}__ingest_batch"
+    page = f"{view.base}/batchloop/problems/{PROBLEM}"
+    _login(browser, view, "admin", view.password, page)
+    form = browser.find_element(By.ID, "form-ingest")
+    batch = form.find_element(By.NAME, "batch_id")
+    batch.send_keys("../etc")
+    form.find_element(By.NAME, "source").send_keys(str(slices[2017]))
+    form.find_element(By.NAME, "reason").send_keys("new quarter arrived")
+    form.find_element(By.TAG_NAME, "button").click()
+    time.sleep(1)
+    assert browser.current_url == page and not browser.find_elements(By.ID, "result")
+    assert browser.execute_script("return arguments[0].validity.patternMismatch", batch)
+    assert browser.execute_script("return arguments[0].validationMessage", batch)  # shown
+    assert "letters, digits" in batch.get_attribute("title")  # Chromium's bubble adds it
+
+    _, csrf = _page_csrf(view, view.token)
+    status, body = _post(view, f"/batchloop/problems/{PROBLEM}/actions/ingest",
+                         {"csrf": csrf, "reason": "by hand", "batch_id": "../etc",
+                          "source": str(slices[2017])}, view.token)
+    assert status == 400 and "Batch ID '../etc' is not valid: 1 to 64 letters" in (
+        html.unescape(body)), body[-600:]
+    assert "pattern" not in body and "schema" not in body.lower()
+
+    batch.clear()
+    batch.send_keys("2017")
+    form.find_element(By.TAG_NAME, "button").click()
+    result = _wait(browser, lambda d: d.find_elements(By.ID, "result"), "the ingest result")
+    assert result[0].text.startswith(f"Triggered {ingest} for batch 2017 from "), result[0].text
+    _, runs = _api(view, "GET", f"/api/v2/dags/{ingest}/dagRuns")
+    [run] = runs["dag_runs"]
+    assert run["conf"] == {"batch_id": "2017", "source": str(slices[2017])}
+    assert run["triggering_user_name"] == "admin"
+    path = f"/api/v2/dags/{ingest}/dagRuns/{urllib.parse.quote(run['dag_run_id'], safe='')}"
+    _until("the ingest run to succeed",
+           lambda: _api(view, "GET", path)[1].get("state") in ("success", "failed"))
+    assert _api(view, "GET", path)[1]["state"] == "success"
+    assert "2017" in {b.batch_id for b in published_batches(PROBLEM, view.settings.db_url)}
+
+
 def test_a_viewer_sees_no_forms_and_cannot_act(view, browser):
     from selenium.webdriver.common.by import By
 
@@ -219,7 +267,8 @@ def test_a_viewer_sees_no_forms_and_cannot_act(view, browser):
         PROBLEM, view.settings.db_url)))
     for action, fields in (("rollback", {}), ("promote", {"version": "1"}),
                            ("challenger", {"version": "1"}), ("retrain", {}),
-                           ("rerun", {"batch_id": "2016", "stage": "monitor"})):
+                           ("rerun", {"batch_id": "2016", "stage": "monitor"}),
+                           ("ingest", {"batch_id": "v1", "source": "/data/x.parquet"})):
         status, body = _post(view, f"/batchloop/problems/{PROBLEM}/actions/{action}",
                              {"csrf": csrf, "reason": "viewer tries", **fields}, token)
         assert status == 403 and "may view but not change" in html.unescape(body), (action, body)

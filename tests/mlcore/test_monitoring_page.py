@@ -3,6 +3,7 @@ order, coverage and quarantine figures, decisions with their links, escaping, si
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -286,3 +287,19 @@ def test_a_long_history_stays_under_the_size_limit(sqlite_settings):
     assert data["batches"][-1]["batch_id"].startswith(f"batch-{n - 1:04d}")  # the newest shown
     assert len(data["batches"]) == MAX_BATCHES
     assert max(len(d["reason"]) for d in data["decisions"]) <= 500
+
+
+def test_the_page_links_back_to_the_view_and_the_airflow_run(settings, monkeypatch):
+    """Served at <base>/batchloop/reports/problem=<p>/monitoring.html: two levels up is the
+    view; written by a task of the problem, it also links that DAG run."""
+    fill_store(settings)
+    for var in [v for v in os.environ if v.startswith("AIRFLOW_CTX_")]:
+        monkeypatch.delenv(var)
+    text = write_monitoring_page(PROBLEM, settings).path.read_text()
+    assert f"<a href='../../problems/{PROBLEM}'>← {PROBLEM} in the Batchloop view</a>" in text
+    assert "Airflow run" not in text
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_ID", f"{PROBLEM}__monitor_model")
+    monkeypatch.setenv("AIRFLOW_CTX_DAG_RUN_ID", "manual__1")
+    text = write_monitoring_page(PROBLEM, settings).path.read_text()
+    assert (f"<a href='../../../dags/{PROBLEM}__monitor_model/runs/manual__1'>Airflow run "
+            "manual__1</a>") in text

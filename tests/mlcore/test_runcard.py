@@ -577,3 +577,17 @@ def test_cards_stay_small_at_100k_rows(card, tmp_path, kind, k, n):
         labels = card["contender"]["curves"]["labels"]
         assert len(labels) == min(k, MAX_CLASSES) and f"<th>{labels[0]}</th>" in page
         assert (f"other ({k - MAX_CLASSES + 1} classes)" in page) == (k > MAX_CLASSES)
+
+
+def test_the_card_links_back_to_the_view_and_the_airflow_run(card, tmp_path):
+    """A card under <home>/reports/problem=<p>/evaluation=<n>/: three levels up is the view."""
+    from mlcore.drift_report import links
+
+    env = {"AIRFLOW_CTX_DAG_ID": f"{card['problem']}__retrain_model",
+           "AIRFLOW_CTX_DAG_RUN_ID": "manual__2"}
+    page = write_run_card({**card, "links": links(card["problem"], env)},
+                          tmp_path).html_path.read_text()
+    assert (f"<nav><a href='../../../problems/{card['problem']}'>← {card['problem']} in the "
+            "Batchloop view</a> · <a href='../../../../dags/") in page
+    assert "runs/manual__2'>Airflow run manual__2</a></nav>" in page
+    assert "<nav>" not in write_run_card(card, tmp_path / "bare").html_path.read_text()
