@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from functools import cache
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as pkg_version
@@ -32,13 +33,17 @@ def code_version() -> str:
 
 
 def failpoint(name: str) -> None:
-    """SIGKILL this process at ``name`` when ``MLCORE_FAILPOINT`` names it (crash tests only).
+    """SIGKILL this process at ``name`` when ``MLCORE_FAILPOINT`` names it, or sleep there when
+    ``MLCORE_STALL`` is ``<name>=<seconds>`` (crash tests only).
 
     Lets tests kill a real writer at the exact step they want (mid-write, between rename and
     commit) instead of racing a timer. Unset in production: one env lookup.
     """
     if os.environ.get("MLCORE_FAILPOINT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    stall = os.environ.get("MLCORE_STALL")  # "<name>=<seconds>": a slow step, to act during it
+    if stall and stall.partition("=")[0] == name:
+        time.sleep(float(stall.partition("=")[2]))
 
 
 @cache

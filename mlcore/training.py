@@ -280,6 +280,7 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
     from mlcore.monitoring import close_retrain_requests, write_reference_profile
     from mlcore.registry import register_version
 
+    failpoint("training.started")
     start = time.perf_counter()
     train = load_part(dataset.train_uri, dataset.train_hash)
     sampled = None

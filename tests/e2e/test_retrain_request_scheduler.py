@@ -8,17 +8,22 @@ private ``airflow standalone`` (own home, ports, SQLite DBs, problems dir):
   by an empty pool) is failed by the scheduler, its unfinished tasks skipped, the teardown never
   runs: the sweep fails the request as timed out and releases the lease.
 
-In both cases the next request is a new one. ``dag.test`` can show neither (a SIGKILL would
-kill pytest; it never checks ``dagrun_timeout``): ``test_retrain_request_failed.py`` covers a
-task that fails with an error.
+In both cases the next request is a new one. And a try whose supervisor (the executor's worker
+process) is SIGKILLed does not live on as an orphan: the task process ends itself within seconds
+(``mlcore.fencing``, exit 75, read here because pytest is the stack's child subreaper) while
+Airflow later declares the try dead and retries it. ``dag.test`` can show none of these (a
+SIGKILL would kill pytest; it never checks ``dagrun_timeout``): ``test_retrain_request_failed.py``
+covers a task that fails with an error.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -39,6 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 LEASE_HOURS = 0.04  # 144 s: the retrain DAG's dagrun_timeout
 DAG_ID = "census_employment__retrain_model"
+PR_SET_CHILD_SUBREAPER = 36
 CONF = {"until_batch": "2016", "algorithm": "logistic_regression", "reason": "test"}
 
 
@@ -76,6 +82,8 @@ def stack(tmp_path_factory, slices):
            # every try of train_contender SIGKILLs itself before registering, as the OOM
            # killer would (a kill from outside raced the task: it failed in CI twice)
            "MLCORE_FAILPOINT": "training.before_register",
+           "MLCORE_STALL": "training.started=20",  # time to kill a try's supervisor mid-way
+           "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",  # a lost try, sooner
            "PYTHONPATH": str(ROOT / "plugins"),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     for name in ("MLCORE_DATABASE_URL", "AIRFLOW_CONN_MLCORE_DB", "BATCHLOOP_DEADLINES"):
@@ -92,6 +100,7 @@ def stack(tmp_path_factory, slices):
     subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True,
                    capture_output=True, timeout=300)
     log = home / "standalone.log"
+    reaper = _subreaper(True)  # orphans of the stack become ours: their exit status readable
     with log.open("wb") as out:
         proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
@@ -109,6 +118,25 @@ def stack(tmp_path_factory, slices):
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
+        if reaper:
+            _subreaper(False)
+            _reap_all()
+
+
+def _subreaper(on: bool) -> bool:
+    """Make pytest the child subreaper of what it starts (or stop being one)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(PR_SET_CHILD_SUBREAPER, int(on), 0, 0, 0) == 0
+
+
+def _reap_all() -> None:
+    """Collect every adopted orphan that has exited (no zombies left behind)."""
+    while True:
+        try:
+            if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                return
+        except ChildProcessError:
+            return
 
 
 def _trigger(stack) -> str:
@@ -176,3 +204,34 @@ def test_a_timed_out_retrain_fails_its_request_and_releases_the_lease(stack):
     assert _ti(stack, run_id, "release_retrain")["state"] == "skipped"  # no teardown ran
     assert _leases(stack.url) == []  # the sweep released it
     assert request_manual("census_employment", "after the timeout", stack.url) != request_id
+
+
+def test_an_orphaned_try_ends_itself_and_is_retried(stack):
+    """SIGKILL the supervisor of a running train_contender try (the executor's worker process,
+    which forked the task): the task process, now unwatched, exits by itself (fencing exit 75,
+    not the failpoint's SIGKILL or the end of its 20 s stall) and registers nothing; the
+    scheduler declares the try dead when its heartbeats stop and runs try 2."""
+    from mlcore.fencing import EXIT_ORPHANED
+
+    request_manual("census_employment", "orphan drill", stack.url)
+    run_id = _trigger(stack)
+    ti = _wait("train_contender try 1 running", lambda: (t := _ti(
+        stack, run_id, "train_contender"))["state"] == "running" and t["pid"] and t, 300,
+        stack.log)
+    task = int(ti["pid"])
+    stat = Path(f"/proc/{task}/stat").read_text()
+    supervisor = int(stat.rsplit(")", 1)[1].split()[1])  # field 4: the parent pid
+    assert "airflow" in Path(f"/proc/{supervisor}/cmdline").read_bytes().decode(errors="replace")
+    os.kill(supervisor, signal.SIGKILL)
+    killed = time.monotonic()
+    while True:  # the orphan is re-parented to pytest (the subreaper): reap it
+        pid, status = os.waitpid(task, os.WNOHANG)
+        if pid:
+            break
+        assert time.monotonic() - killed < 15, "the orphaned task process is still alive"
+        time.sleep(0.1)
+    assert os.waitstatus_to_exitcode(status) == EXIT_ORPHANED
+    assert time.monotonic() - killed < 5  # the watchdog, not the 20 s stall ending
+    assert list_versions("census_employment", stack.url) == []
+    _wait("train_contender try 2 (the lost try declared dead)",
+          lambda: _ti(stack, run_id, "train_contender")["try_number"] >= 2, 240, stack.log)

@@ -133,3 +133,41 @@ def test_batch_not_found_drill(airflow_db, mlcore_env, spec, run_or_error):
     before = len(runs_of(dag_id))
     run_verbatim(section_commands("batch-not-found"), variables(alert))
     assert [r["conf"] for r in runs_of(dag_id)[before:]] == [{"batch_id": "2018"}]
+
+
+def test_batch_stalled_drill(airflow_db, mlcore_env, spec, run_or_error, slices, tmp_path,
+                             monkeypatch):
+    """A published batch nobody materialized (its event was lost), past the spec's deadline:
+    the sweep pages; the section's commands inspect the stage's DAG, unpause it and backfill
+    the batch, which is then materialized."""
+    import time
+
+    import yaml
+
+    from mlcore.backlog import missing
+    from mlcore.config import get_settings
+    from mlcore.ingestion import ingest_batch
+
+    problems = tmp_path / "problems"  # the census spec with a materialize deadline of 0.6 s
+    problems.mkdir()
+    data = yaml.safe_load((ROOT / "problems" / f"{spec.name}.yaml").read_text())
+    data["alerts"]["deadline_minutes"]["materialize_features"] = 0.01
+    (problems / f"{spec.name}.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("MLCORE_PROBLEMS_DIR", str(problems))
+    monkeypatch.setenv("BATCHLOOP_NUDGE_MINUTES", "0")
+    get_settings.cache_clear()
+    ingest_batch(spec, str(slices[2016]), "lost", mlcore_env)
+    time.sleep(1)
+    _, error = run_or_error(f"{spec.name}__sweep_backlog", {})
+    assert error is None, error
+    dag_id = f"{spec.name}__materialize_features"
+    alert = the_alert(mlcore_env.home, dag_id)
+    assert (alert["kind"], alert["batch_id"]) == ("batch_stalled", "lost")
+    assert alert["runbook"].endswith("#batch-stalled")
+    backfill = next(s for s in alert["next_steps"] if s.startswith("mlcore backfill"))
+    stage = shlex.split(backfill)[shlex.split(backfill).index("--stage") + 1]
+    # the DAGs as the dag-processor would have them in the metadata DB
+    run_verbatim(["airflow dags reserialize"], {})
+    out = run_verbatim(section_commands("batch-stalled"), variables(alert, STAGE=stage))
+    assert "is_paused" in out[0].stdout
+    assert [m.batch_id for m in missing(spec.name, "materialize", mlcore_env.db_url)] == []

@@ -206,10 +206,14 @@ def test_cockpit_walk_failed_retrain_rollback_compare_rerun(view, spec, browser)
 def test_ingest_from_the_view_refuses_a_bad_id_inline_then_publishes(view, browser, slices):
     """The operator's ingest form: the browser itself refuses ``../etc`` (no request sent),
     a hand-made POST of it gets a sentence, not a schema dump; a good ID triggers the real
-    ingest DAG (active from the start: nobody unpaused it), which publishes the batch."""
+    ingest DAG, which publishes the batch, and the real materialize and score DAGs follow by
+    asset events (all active from the start: nobody unpaused anything)."""
     from selenium.webdriver.common.by import By
+    from sqlalchemy import func, select
 
     from mlcore.ingestion import published_batches
+    from mlcore.store.models import Prediction
+    from mlcore.store.session import session_scope
 
     ingest = f"{PROBLEM}__ingest_batch"
     page = f"{view.base}/batchloop/problems/{PROBLEM}"
@@ -248,6 +252,18 @@ def test_ingest_from_the_view_refuses_a_bad_id_inline_then_publishes(view, brows
            lambda: _api(view, "GET", path)[1].get("state") in ("success", "failed"))
     assert _api(view, "GET", path)[1]["state"] == "success"
     assert "2017" in {b.batch_id for b in published_batches(PROBLEM, view.settings.db_url)}
+
+    def chained(stage: str) -> dict | None:  # the real stage DAGs, run by asset events alone
+        runs = _api(view, "GET", f"/api/v2/dags/{PROBLEM}__{stage}/dagRuns")[1]["dag_runs"]
+        return next((r for r in runs if r["state"] in ("success", "failed")), None)
+
+    for stage in ("materialize_features", "score_batch"):
+        run = _until(f"{stage} to run after the ingest", lambda s=stage: chained(s), 300)
+        assert (run["state"], run["run_type"]) == ("success", "asset_triggered"), run
+    with session_scope(view.settings.db_url) as s:
+        scored = s.scalar(select(func.count()).select_from(Prediction).where(
+            Prediction.problem == PROBLEM, Prediction.batch_id == "2017"))
+    assert scored and scored > 0
 
 
 def test_a_viewer_sees_no_forms_and_cannot_act(view, browser):

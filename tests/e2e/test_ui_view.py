@@ -134,7 +134,8 @@ def view(tmp_path_factory, settings_factory, spec, slices):
     settings = settings_factory("ui_mlcore")
     (home / "dags").mkdir()
     (home / "dags" / "ui_stage_dags.py").write_text(STAGE_DAGS)
-    shutil.copy(ROOT / "dags" / "ingest_batch.py", home / "dags")  # the real one: the view's form
+    for real in ("ingest_batch", "materialize_features", "score_batch"):  # the ingest form's chain
+        shutil.copy(ROOT / "dags" / f"{real}.py", home / "dags")
     password, viewer_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
     (home / "passwords.json").write_text(json.dumps({"admin": password,
                                                      "viewer": viewer_password}))
