@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class TryNotCurrent(RuntimeError):
 class _Binding:
     pid: int  # the bound process (a fork is not bound: it re-binds)
     parent: int  # the supervisor it must outlive
+    alive: Callable[[], bool] | None  # the orchestrator's own "is my supervisor there" check
 
 
 _binding: _Binding | None = None
@@ -48,20 +50,23 @@ _what = "this task try"  # the try the process runs now (updated by every bind)
 _lock = threading.Lock()
 
 
-def bind_to_parent(what: str, *, interval: float = 1.0, watchdog: bool = True) -> None:
-    """Allow this process to commit only while its current parent lives. ``what`` names the
-    try in the messages (e.g. ``dag/run/task try 2``). Idempotent per process: a second call
-    only renames the try (in-process runs execute many tasks in one process)."""
+def bind_to_parent(what: str, *, alive: Callable[[], bool] | None = None,
+                   interval: float = 1.0, watchdog: bool = True) -> None:
+    """Allow this process to commit only while its current parent lives and, when given,
+    ``alive()`` holds (the orchestrator's own check, e.g. its supervisor channel is open: it
+    also catches a process orphaned *before* it bound, whose parent is already the adopter).
+    ``what`` names the try in the messages (e.g. ``dag/run/task try 2``). Idempotent per
+    process: a second call only renames the try (in-process runs execute many tasks in one
+    process). With ``watchdog``, an orphan found now or later exits at once."""
     global _binding, _what
     with _lock:
         _what = what
         if _binding is not None and _binding.pid == os.getpid():
             return
-        parent = os.getppid()
-        if parent <= 1:  # already an orphan, or the init process itself: nothing to watch
-            return
-        _binding = binding = _Binding(pid=os.getpid(), parent=parent)
+        _binding = binding = _Binding(pid=os.getpid(), parent=os.getppid(), alive=alive)
     if watchdog:
+        if orphaned() is not None:
+            _exit_orphaned()
         threading.Thread(target=_watch, args=(binding, interval), name="mlcore-fencing",
                          daemon=True).start()
 
@@ -69,10 +74,23 @@ def bind_to_parent(what: str, *, interval: float = 1.0, watchdog: bool = True) -
 def orphaned() -> str | None:
     """Why this process may no longer commit, or None while it may."""
     b = _binding
-    if b is None or b.pid != os.getpid() or os.getppid() == b.parent:
+    if b is None or b.pid != os.getpid():
         return None
-    return (f"{_what}: its supervisor (pid {b.parent}) is gone; the orchestrator will declare "
-            "this try dead and retry it, so this process must not commit")
+    if b.parent > 1 and os.getppid() != b.parent:  # bound under init: only ``alive`` tells
+        gone = f"its supervisor (pid {b.parent}) is gone"
+    elif b.alive is not None and not _safely(b.alive):
+        gone = "its supervisor's channel is closed"
+    else:
+        return None
+    return (f"{_what}: {gone}; the orchestrator will declare this try dead and retry it, so "
+            "this process must not commit")
+
+
+def _safely(check: Callable[[], bool]) -> bool:
+    try:
+        return bool(check())
+    except Exception:  # noqa: BLE001 - a check that cannot answer does not fence
+        return True
 
 
 def ensure_current() -> None:
@@ -82,14 +100,21 @@ def ensure_current() -> None:
         raise TryNotCurrent(why)
 
 
+def _exit_orphaned() -> None:
+    why = orphaned()
+    try:  # the log and stderr may be sockets to the dead supervisor: a broken pipe
+        log.error("%s: exiting without committing", why)
+        print(f"mlcore fencing: {why}: exiting without committing", file=sys.stderr, flush=True)
+    except BaseException:  # noqa: BLE001, S110 - nothing may stop the exit
+        pass
+    finally:
+        os._exit(EXIT_ORPHANED)
+
+
 def _watch(binding: _Binding, interval: float) -> None:
     stop = threading.Event()
     while not stop.wait(interval):
         if _binding is not binding:
             return
-        why = orphaned()
-        if why is not None:
-            log.error("%s: exiting without committing", why)
-            print(f"mlcore fencing: {why}: exiting without committing", file=sys.stderr,
-                  flush=True)
-            os._exit(EXIT_ORPHANED)
+        if orphaned() is not None:
+            _exit_orphaned()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import select
+import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from airflow.sdk import Param, get_current_context, task
@@ -83,7 +87,30 @@ def fence_try() -> None:
         what = f"{ti.dag_id}/{ti.run_id}/{ti.task_id} try {ti.try_number}"
     except Exception:  # noqa: BLE001 - outside a task (a helper called directly): still fence
         what = "this task try"
-    bind_to_parent(what)
+    channel = supervisor_channel()
+    bind_to_parent(what, alive=None if channel is None else partial(peer_open, channel))
+
+
+def supervisor_channel() -> int | None:
+    """The file descriptor of the task process's socket to its supervisor (Airflow's task SDK
+    talks to it over a socketpair), or None in-process (``dag.test``) or when unknown."""
+    try:
+        from airflow.sdk.execution_time import task_runner
+
+        sock = getattr(getattr(task_runner, "SUPERVISOR_COMMS", None), "socket", None)
+        fd = sock.fileno() if sock is not None else -1
+        return fd if fd >= 0 and stat.S_ISSOCK(os.fstat(fd).st_mode) else None
+    except Exception:  # noqa: BLE001 - SDK internals moved: the parent-pid check still fences
+        return None
+
+
+def peer_open(fd: int) -> bool:
+    """Whether the other end of the stream socket ``fd`` is still open (poll, reads nothing).
+    A supervisor that died closed its end, even when this process was orphaned before it
+    bound (its parent is then already the adopter, so only this tells)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLRDHUP | select.POLLHUP)
+    return not any(ev & (select.POLLRDHUP | select.POLLHUP) for _, ev in poller.poll(0))
 
 
 @contextmanager

@@ -35,6 +35,7 @@ from test_alerts import (
     start_http_sink,
     start_smtp_sink,
 )
+from test_runbook_drill import run_verbatim, section_commands, variables
 from test_scheduler import _api, _wait
 
 from mlcore.store.session import upgrade
@@ -121,7 +122,8 @@ def stack(tmp_path_factory):
               and _api(base, "/dags?tags=stage:materialize_features")["total_entries"] == 1,
               240, log)
         yield SimpleNamespace(base=base, home=home, mlcore_home=mlcore_home, log=log,
-                              http=http, smtp=smtp, problems=Path(env["MLCORE_PROBLEMS_DIR"]))
+                              http=http, smtp=smtp, problems=Path(env["MLCORE_PROBLEMS_DIR"]),
+                              env=env)
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -185,6 +187,14 @@ def test_a_killed_task_still_alerts_once_with_its_signal(stack, slices):
     entry = json.loads((stack.mlcore_home / "alerts" / f"{alert['dedup_key']}.json").read_text())
     assert entry["deliveries"] == {"webhook": "sent", "webhook_connection": "sent",
                                    "slack": "sent", "email": "sent"}
+
+    # the on-call drill: the RUNBOOK's task-killed section, verbatim, against this stack
+    filled = {**stack.env, **variables(alert)}
+    out = run_verbatim(section_commands("task-killed"), filled)
+    assert "ingest_batch" in out[0].stdout and "failed" in out[0].stdout  # states-for-dag-run
+    runs = _api(stack.base, f"/dags/{dag_id}/dagRuns")["dag_runs"]
+    assert [r["conf"] for r in runs if r["dag_run_id"] != run_id] == [  # a new run, same Params
+        {"batch_id": "killed-1", "source": str(slices[2015])}]
 
 
 def test_a_missed_deadline_alerts_and_the_run_still_finishes(stack, slices):
