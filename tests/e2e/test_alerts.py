@@ -33,6 +33,7 @@ from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
+from test_runbook_drill import run_verbatim, section_commands, variables
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -393,6 +394,16 @@ def test_a_skipped_challenger_alerts_once_and_the_scoring_run_succeeds(
     [entry] = journal(mlcore_env.home).values()
     assert entry["dedup_key"] == alert["dedup_key"]
 
+    # the on-call drill: the artifact-tampered section, verbatim (its rebuild needs a real
+    # training set, which these hand-registered versions do not have: left out)
+    lines = [ln for ln in section_commands("artifact-tampered")
+             if not ln.startswith("mlcore reproduce")]
+    out = run_verbatim(lines, variables(alert, V=str(challenger)))
+    assert f'"version": {challenger}' in out[0].stdout  # models --json
+    assert [ln.split()[:3] for ln in lines] == [["mlcore", "models", "--problem"],
+                                               ["mlcore", "lineage", "--problem"],
+                                               ["mlcore", "backfill", "--problem"]]
+
 
 def test_a_batch_missing_a_stage_past_its_deadline_alerts_once_and_is_nudged(
         airflow_db, spec, run_or_error, slices, sinks, mlcore_env, monkeypatch, tmp_path):
@@ -458,12 +469,25 @@ def test_every_alert_links_to_a_runbook_section():
     assert wanted <= anchors, f"missing in RUNBOOK.md: {sorted(wanted - anchors)}"
 
 
+def runbook_examples() -> dict[str, str]:
+    """The example values of "Before you start" (``NAME=value  # comment`` lines)."""
+    text = runbook()
+    block = re.search(r"```bash\n(.*?)```", text[text.index("Fill these in from the alert"):],
+                      flags=re.S)
+    assert block is not None
+    words = [shlex.split(ln, comments=True) for ln in block.group(1).splitlines()]
+    return dict(w[0].split("=", 1) for w in words if w and re.match(r"[A-Z]+=", w[0]))
+
+
 def _commands(prefix: str) -> list[list[str]]:
-    """Every ``<prefix> ...`` line of RUNBOOK.md's code blocks (comments and pipes cut off)."""
+    """Every ``<prefix> ...`` line of RUNBOOK.md's code blocks (comments and pipes cut off),
+    its ``$VARIABLES`` replaced by the examples of "Before you start"."""
     blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", runbook(), flags=re.S)
     lines = [ln.split(" #")[0].split(" | ")[0].strip() for block in blocks
              for ln in block.replace("\\\n", " ").splitlines()]
-    return [shlex.split(ln) for ln in lines if ln.startswith(prefix + " ")]
+    examples = runbook_examples()
+    return [[examples.get(arg[1:], arg) if arg.startswith("$") else arg
+             for arg in shlex.split(ln)] for ln in lines if ln.startswith(prefix + " ")]
 
 
 @pytest.mark.parametrize("tool", ["mlcore", "airflow"])

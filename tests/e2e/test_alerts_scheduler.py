@@ -214,10 +214,14 @@ def test_a_missed_deadline_alerts_and_the_run_still_finishes(stack, slices):
                       {"logical_date": None, "conf": {"batch_id": "late-1"}}, "POST")["dag_run_id"])
 
     got = _alerts_for(stack, run_id)
-    _api(stack.base, f"/dags/{dag_id}", {"is_paused": False}, "PATCH")
+    [alert] = got["webhook"]
+    # the on-call drill: the RUNBOOK's deadline-missed section, verbatim; its
+    # `airflow dags unpause "$DAG"` is what lets the late run finish
+    out = run_verbatim(section_commands("deadline-missed"),
+                       {**stack.env, **variables(alert, AIRFLOW=stack.base)})
+    assert "is_paused" in out[0].stdout and '"scheduler"' in out[4].stdout  # details, health
     assert _finished(stack, dag_id, run_id) == "success"  # late is not failed
     assert {k: len(v) for k, v in got.items()} == {"webhook": 1, "slack": 1, "email": 1}
-    [alert] = got["webhook"]
     assert (alert["kind"], alert["dag_id"], alert["batch_id"]) == (
         "deadline_missed", dag_id, "late-1")
     assert alert["deadline_minutes"] == DEADLINE_MINUTES and alert["task_id"] is None
