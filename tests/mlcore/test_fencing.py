@@ -8,6 +8,7 @@ can be read (not lost to a container's init that never reaps)."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -94,19 +95,33 @@ def _orphan(tmp_path: Path, watchdog: str) -> tuple[int, str]:
     upgrade(url)
     supervisor = subprocess.Popen([sys.executable, "-c", SUPERVISOR, str(tmp_path), url,
                                    watchdog], env={**os.environ, "PYTHONPATH": str(PLUGINS)})
-    _wait_for(tmp_path / "bound", supervisor)
+    try:
+        _wait_for(tmp_path / "bound", supervisor)
+    except BaseException:  # a failed start leaves no process behind
+        supervisor.kill()
+        supervisor.wait(10)
+        if (tmp_path / "task.pid").exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int((tmp_path / "task.pid").read_text()), signal.SIGKILL)
+        raise
     task = int((tmp_path / "task.pid").read_text())
     os.kill(supervisor.pid, signal.SIGKILL)
     supervisor.wait(10)
     if watchdog in ("off", "late"):
         (tmp_path / "go").write_text("1")
     deadline = time.monotonic() + 30
-    while True:  # the orphan is ours now (subreaper): reap it
-        pid, status = os.waitpid(task, os.WNOHANG)
-        if pid:
-            return os.waitstatus_to_exitcode(status), url
-        assert time.monotonic() < deadline, "the orphaned task never ended"
-        time.sleep(0.05)
+    try:
+        while True:  # the orphan is ours now (subreaper): reap it
+            pid, status = os.waitpid(task, os.WNOHANG)
+            if pid:
+                task = 0
+                return os.waitstatus_to_exitcode(status), url
+            assert time.monotonic() < deadline, "the orphaned task never ended"
+            time.sleep(0.05)
+    finally:
+        if task:  # a failed run leaves no process behind
+            os.kill(task, signal.SIGKILL)
+            os.waitpid(task, 0)
 
 
 def test_an_orphaned_try_cannot_commit(tmp_path, subreaper):
