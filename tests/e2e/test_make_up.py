@@ -1,0 +1,91 @@
+"""``make up``'s launcher (``scripts/up.py``) for real, on a private home and port: quiet on the
+terminal (the URL, then the URL again once the UI answers), standalone's thousands of lines in
+``$AIRFLOW_HOME/standalone.log``, ``[api] base_url`` set to the URL it serves, and Ctrl-C
+(SIGINT) stops every process it started. Also ``make -s env``: the environment the RUNBOOK's
+commands need, usable from a bare shell."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_alerts import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.live
+def test_up_is_quiet_says_when_the_ui_answers_and_stops_on_ctrl_c(tmp_path):
+    port = free_port()
+    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "MLCORE_HOME": str(tmp_path / "mlcore"),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
+           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
+           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
+           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+           "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags"),  # nothing to parse
+           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    for name in ("AIRFLOW__API__BASE_URL", "BATCHLOOP_UP_VERBOSE"):
+        env.pop(name, None)
+    (tmp_path / "dags").mkdir()
+    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True,
+                   capture_output=True, timeout=300)
+    up = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "up.py")], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        first = up.stdout.readline()
+        assert first.startswith("Airflow standalone (pid ") and url in first
+        assert f"logs: {tmp_path / 'standalone.log'}" in first
+        ready = up.stdout.readline()  # blocks until the UI answers (or standalone exits)
+        assert ready.strip() == f"Airflow is up: {url}  (Batchloop view: {url}/batchloop/)"
+        log = (tmp_path / "standalone.log").read_text()
+        assert len(log.splitlines()) > 20 and "api-server" in log  # its output went there
+        assert f"base_url={url}" in log or url in log
+    finally:
+        up.send_signal(signal.SIGINT)  # what Ctrl-C sends to the launcher
+        try:
+            code = up.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(up.pid, signal.SIGKILL)
+            raise
+    rest = up.stdout.read()
+    assert "stopping Airflow" in rest and code is not None
+    deadline = time.monotonic() + 30
+    while _running_under(tmp_path):
+        assert time.monotonic() < deadline, "processes of the stack are still running"
+        time.sleep(1)
+
+
+def _running_under(home: Path) -> list[int]:
+    """PIDs whose environment points at this test's AIRFLOW_HOME."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if f"AIRFLOW_HOME={home}\0".encode() in environ:
+            found.append(int(entry.name))
+    return found
+
+
+def test_make_env_gives_a_bare_shell_the_projects_mlcore_and_airflow(tmp_path):
+    script = (f'eval "$(make -s -C {ROOT} env)" && command -v mlcore airflow && '
+              'echo "home=$AIRFLOW_HOME" && mlcore --help >/dev/null')
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={"HOME": os.environ.get("HOME", "/root"),
+                                            "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    assert lines[:2] == [str(ROOT / ".venv" / "bin" / "mlcore"),
+                         str(ROOT / ".venv" / "bin" / "airflow")]
+    assert f"home={ROOT / '.airflow'}" in lines
