@@ -113,7 +113,10 @@ def rerun_command(dag_id: str, run_id: str, batch_id: str | None,
         given["batch_id"] = batch_id  # the batch this alert is about (a run can map over many)
     if stage == "retrain_model":
         given["reason"] = f"re-run of {run_id}"
-    return (f"airflow dags trigger {shlex.quote(dag_id)} -c {shlex.quote(json.dumps(given))}"
+    from mlcore.errors import redact  # a source URL's password never goes out in an alert
+
+    return (f"airflow dags trigger {shlex.quote(dag_id)} -c "
+            f"{shlex.quote(redact(json.dumps(given)))}"
             "  # a new run with the same Params, once the cause is fixed")
 
 

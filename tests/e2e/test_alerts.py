@@ -235,6 +235,9 @@ def test_rerun_commands_name_the_batch_of_an_asset_triggered_run():
     assert json.loads(shlex.split(retrain.split("  #")[0])[-1]) == {
         "until_batch": "2017", "reason": "re-run of manual__1"}
     assert rerun_command("p__sweep_backlog", "scheduled__1", None, None) is None
+    leaky = rerun_command("p__ingest_batch", "manual__3", "b1",
+                          {"batch_id": "b1", "source": "https://u:s3cret@host/b1.parquet"})
+    assert "s3cret" not in leaky and "https://u:***@host/b1.parquet" in leaky
 
 
 def test_a_channel_down_does_not_stop_the_others_nor_mask_the_failure(
