@@ -33,7 +33,7 @@ from types import SimpleNamespace
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
-from test_runbook_drill import run_verbatim, section_commands, variables
+from test_runbook_drill import lose_a_batch, run_verbatim, section_commands, variables
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -412,24 +412,11 @@ def test_a_batch_missing_a_stage_past_its_deadline_alerts_once_and_is_nudged(
         airflow_db, spec, run_or_error, slices, sinks, mlcore_env, monkeypatch, tmp_path):
     """The backlog sweep: a published batch nobody materialized (its event was lost) past the
     spec's deadline pages once (dedup across sweeps) and gets one asset event naming it."""
-    import yaml
     from airflow.models.asset import AssetEvent
     from airflow.utils.session import create_session
     from sqlalchemy import select as sa_select
 
-    from mlcore.config import get_settings
-    from mlcore.ingestion import ingest_batch
-
-    problems = tmp_path / "problems"  # the census spec with a materialize deadline of 0.6 s
-    problems.mkdir()
-    data = yaml.safe_load((ROOT / "problems" / f"{spec.name}.yaml").read_text())
-    data["alerts"]["deadline_minutes"]["materialize_features"] = 0.01
-    (problems / f"{spec.name}.yaml").write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("MLCORE_PROBLEMS_DIR", str(problems))
-    monkeypatch.setenv("BATCHLOOP_NUDGE_MINUTES", "0")
-    get_settings.cache_clear()  # the tasks read the spec from the new problems folder
-    ingest_batch(spec, str(slices[2016]), "lost", mlcore_env)
-    time.sleep(1)
+    lose_a_batch(spec, slices, mlcore_env, tmp_path, monkeypatch)
 
     dag_id = f"{spec.name}__sweep_backlog"
     first, error = run_or_error(dag_id, {})

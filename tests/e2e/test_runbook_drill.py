@@ -86,6 +86,29 @@ def runs_of(dag_id: str) -> list[dict]:
                 session.query(DagRun).filter(DagRun.dag_id == dag_id).order_by(DagRun.id)]
 
 
+def lose_a_batch(spec, slices, settings, tmp_path: Path, monkeypatch) -> None:
+    """The stalled state: the census spec with a materialize deadline of 0.6 s (a problems
+    folder of its own, nudges at once) and a batch ``lost`` published a second ago that no
+    stage run picked up (its asset event was lost)."""
+    import time
+
+    import yaml
+
+    from mlcore.config import get_settings
+    from mlcore.ingestion import ingest_batch
+
+    problems = tmp_path / "problems"
+    problems.mkdir()
+    data = yaml.safe_load((ROOT / "problems" / f"{spec.name}.yaml").read_text())
+    data["alerts"]["deadline_minutes"]["materialize_features"] = 0.01
+    (problems / f"{spec.name}.yaml").write_text(yaml.safe_dump(data))
+    monkeypatch.setenv("MLCORE_PROBLEMS_DIR", str(problems))
+    monkeypatch.setenv("BATCHLOOP_NUDGE_MINUTES", "0")
+    get_settings.cache_clear()  # the tasks read the spec from the new problems folder
+    ingest_batch(spec, str(slices[2016]), "lost", settings)
+    time.sleep(1)
+
+
 def test_bad_input_drill(airflow_db, mlcore_env, spec, run_or_error, tmp_path):
     dag_id = f"{spec.name}__ingest_batch"
     _, error = run_or_error(dag_id, {"batch_id": "d1", "source": str(tmp_path / "gone.parquet")})
@@ -140,24 +163,9 @@ def test_batch_stalled_drill(airflow_db, mlcore_env, spec, run_or_error, slices,
     """A published batch nobody materialized (its event was lost), past the spec's deadline:
     the sweep pages; the section's commands inspect the stage's DAG, unpause it and backfill
     the batch, which is then materialized."""
-    import time
-
-    import yaml
-
     from mlcore.backlog import missing
-    from mlcore.config import get_settings
-    from mlcore.ingestion import ingest_batch
 
-    problems = tmp_path / "problems"  # the census spec with a materialize deadline of 0.6 s
-    problems.mkdir()
-    data = yaml.safe_load((ROOT / "problems" / f"{spec.name}.yaml").read_text())
-    data["alerts"]["deadline_minutes"]["materialize_features"] = 0.01
-    (problems / f"{spec.name}.yaml").write_text(yaml.safe_dump(data))
-    monkeypatch.setenv("MLCORE_PROBLEMS_DIR", str(problems))
-    monkeypatch.setenv("BATCHLOOP_NUDGE_MINUTES", "0")
-    get_settings.cache_clear()
-    ingest_batch(spec, str(slices[2016]), "lost", mlcore_env)
-    time.sleep(1)
+    lose_a_batch(spec, slices, mlcore_env, tmp_path, monkeypatch)
     _, error = run_or_error(f"{spec.name}__sweep_backlog", {})
     assert error is None, error
     dag_id = f"{spec.name}__materialize_features"
