@@ -558,7 +558,7 @@ def _promotion(p: Profile, tolerance: float) -> dict[str, Any]:
             "non_inferiority_margin": 0.0, "confidence": 0.95, "bootstrap_samples": 1000,
             "seed": 0,
             "guardrails": {"slices": {column: tolerance} if column else {},
-                           "min_slice_rows": 500, "max_throughput_drop": 0.8},
+                           "min_slice_rows": 500, "min_rows_per_second": 1000},
             "require_approval": False}
 
 

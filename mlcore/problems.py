@@ -257,8 +257,18 @@ class Guardrails(_Spec):
     # categorical column -> largest allowed drop of the primary metric within any of its values
     slices: dict[str, float] = Field(default_factory=dict)
     min_slice_rows: int = Field(500, ge=1)  # smaller slice values are reported, not judged
-    # contender rows/s must stay >= (1 - max_throughput_drop) x the champion's
-    max_throughput_drop: float = Field(0.5, ge=0.0, le=1.0)
+    # Throughput is a service level, not a race: the contender must score at least this many
+    # rows per second (median of interleaved timed passes, one thread each) ...
+    min_rows_per_second: float | None = Field(1000.0, gt=0.0)
+    # ... and/or score the largest recent labelled batch within this many seconds.
+    max_batch_seconds: float | None = Field(None, gt=0.0)
+    # Optional relative rule, off by default: contender rows/s >= (1 - drop) x the champion's.
+    max_throughput_drop: float | None = Field(None, ge=0.0, le=1.0)
+    timing_repeats: int = Field(5, ge=3, le=25)  # interleaved timed passes per model
+    timing_threads: int = Field(1, ge=1, le=64)  # BLAS/OpenMP threads while timing
+    timing_rows: int = Field(20_000, ge=100)  # rows timed (the holdout's first rows)
+    # (p90 - p10) / median of the passes' rows/s above this: too noisy, reported, not judged
+    max_timing_spread: float = Field(1.0, gt=0.0)
 
 
 class Promotion(_Spec):
@@ -273,6 +283,79 @@ class Promotion(_Spec):
     seed: int = Field(0, ge=0)
     guardrails: Guardrails = Field(default_factory=lambda: Guardrails())
     require_approval: bool = False  # retrain_model waits for a human before promoting
+
+
+class Window(_Spec):
+    """A training window: which labelled rows (before the holdout cut) a candidate trains on.
+    ``all``: every row; ``last_batches``: the newest N batches; ``last_days``: rows within D days
+    of the cut; ``half_life_days``: every row, weighted ``0.5 ** (age_days / half_life)``."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
+    last_batches: int | None = Field(None, ge=1)
+    last_days: float | None = Field(None, gt=0.0)
+    half_life_days: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> Window:
+        rules = [r for r in ("last_batches", "last_days", "half_life_days")
+                 if getattr(self, r) is not None]
+        if len(rules) > 1:
+            raise ValueError(f"training window {self.name!r}: at most one of last_batches, "
+                             f"last_days, half_life_days (got {', '.join(rules)})")
+        return self
+
+
+class Training(_Spec):
+    """How contenders are trained. ``windows``: candidate training windows, each trained and
+    the best on the newest validation rows kept (none declared: all history)."""
+
+    windows: tuple[Window, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> Training:
+        names = [w.name for w in self.windows]
+        if len(set(names)) != len(names):
+            raise ValueError("training.windows: names repeat")
+        return self
+
+
+HOLDOUT_DURATION = r"^\d+(\.\d+)?[hd]$"
+
+
+class EvaluationRule(_Spec):
+    """Which rows contender and champion are judged on.
+
+    ``holdout``: a fraction (0.2) of the newest labelled batch, its latest rows by event time
+    (ties broken by a stable hash of the entity key); a duration (``"14d"``, ``"36h"``): that
+    batch's rows this close to its newest event time; ``latest_batch``: the whole newest batch
+    (with a single batch, a stable entity-hash 20 %). The contender trains on every row before
+    the cut, so it sees the newest regime; neither model may have trained on a judged row.
+    """
+
+    holdout: float | str = 0.2
+    min_holdout_rows: int = Field(200, ge=1)  # fewer rows neither model trained on: refused
+    backtest_batches: int = Field(0, ge=0, le=12)  # rolling-origin backtest over the last k
+
+    @model_validator(mode="after")
+    def _check_holdout(self) -> EvaluationRule:
+        import re
+
+        h = self.holdout
+        if isinstance(h, float | int) and not isinstance(h, bool):
+            if not 0 < float(h) < 1:
+                raise ValueError(f"evaluation.holdout: a fraction must be in (0, 1), got {h}")
+        elif not (h == "latest_batch" or (isinstance(h, str) and re.match(HOLDOUT_DURATION, h))):
+            raise ValueError(f"evaluation.holdout: {h!r} is not a fraction, a duration like "
+                             "'14d' or '36h', or 'latest_batch'")
+        return self
+
+    @property
+    def holdout_seconds(self) -> float | None:
+        """The duration in seconds (None: not a duration)."""
+        h = self.holdout
+        if not isinstance(h, str) or h == "latest_batch":
+            return None
+        return float(h[:-1]) * (86400 if h.endswith("d") else 3600)
 
 
 class Validation(_Spec):
@@ -313,6 +396,9 @@ class Retrain(_Spec):
     run_missed_schedule: bool = False
     cooldown_days: float = Field(7.0, ge=0.0)  # no new request this soon after the last one
     performance_drop: float = Field(0.02, gt=0.0)  # matured metric this far below its holdout
+    # the metric estimated from the champion's own scores (before labels) this far below its
+    # holdout metric (None: estimates never trigger a retrain)
+    estimated_performance_drop: float | None = Field(None, gt=0.0)
     new_data_rows: int | None = Field(None, ge=1)  # labelled rows since the champion's data
     lease_hours: float = Field(6.0, gt=0.0)  # a crashed retrain frees the problem after this
     shadow_promotion: bool = False  # matured evidence may promote the challenger
@@ -357,6 +443,8 @@ class ProblemSpec(_Spec):
     metric: Metric = Field(default_factory=lambda: Metric())
     algorithms: dict[str, Candidate] = Field(min_length=1)
     promotion: Promotion
+    evaluation: EvaluationRule = Field(default_factory=lambda: EvaluationRule())
+    training: Training = Field(default_factory=lambda: Training())
     validation: Validation = Field(default_factory=lambda: Validation())
     drift: Drift = Field(default_factory=lambda: Drift())
     labels: Labels = Field(default_factory=lambda: Labels())
