@@ -1,4 +1,7 @@
-"""Training sets: a time-based split where the newest labelled batch is the frozen holdout."""
+"""Training sets: a time-based split. By default the latest rows (by event time) of the newest
+labelled batch are the frozen holdout and the contender trains on every row before the cut, so it
+sees the newest regime (``evaluation.holdout`` in the spec; ``latest_batch`` holds out the whole
+newest batch instead)."""
 
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from mlcore.features import (
 )
 from mlcore.ingestion import parquet_rows, published_batches
 from mlcore.integrity import curated_files, offline_files, parquet_files
-from mlcore.problems import ProblemSpec
+from mlcore.problems import EvaluationRule, ProblemSpec
 from mlcore.store.models import Batch
 
 
@@ -45,11 +48,16 @@ class NotEnoughData(ValueError):
 
 @dataclass(frozen=True)
 class SplitPlan:
-    """Which batches train and which one is held out (``hash`` split: one batch only)."""
+    """Which batches train and which one is held out.
+
+    ``time_slice``: the latest rows of the newest batch are held out, its earlier rows train
+    (so it is in both lists); ``newest_batch``: the whole newest batch; ``entity_hash``
+    (``latest_batch`` with a single batch): a stable entity-hash 20 % of it.
+    """
 
     train_batches: tuple[str, ...]
     holdout_batches: tuple[str, ...]
-    method: str  # "newest_batch" | "entity_hash"
+    method: str  # "time_slice" | "newest_batch" | "entity_hash"
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,9 @@ class DatasetRef:
     holdout_rows: int
     train_hash: str
     holdout_hash: str
+    holdout: str = "latest_batch"  # the spec's evaluation.holdout it was split by
+    holdout_from: str | None = None  # time_slice: the cut (ISO event time) the holdout starts at
+    left_out_rows: int = 0  # rows of older batches at or after the cut: in neither part
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -74,17 +85,21 @@ class DatasetRef:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DatasetRef:
         """Inverse of ``to_dict``."""
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__})
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
-def plan_split(batch_ids: list[str]) -> SplitPlan:
-    """Newest batch is the holdout; with a single batch, a stable entity-hash 20% is held out.
+def plan_split(batch_ids: list[str], rule: EvaluationRule | None = None) -> SplitPlan:
+    """The holdout of the newest batch: its latest rows (``time_slice``, the default rule), or
+    (``latest_batch``) the whole batch, with a single batch a stable entity-hash 20 %.
 
     Args:
-        batch_ids: labelled batches, oldest first.
+        batch_ids: labelled batches, oldest event time first.
+        rule: the spec's ``evaluation`` (default: a 0.2 time slice).
     """
     if not batch_ids:
         raise NotEnoughData("no labelled published batch to train on")
+    if (rule or EvaluationRule()).holdout != "latest_batch":
+        return SplitPlan(tuple(batch_ids), (batch_ids[-1],), "time_slice")
     if len(batch_ids) == 1:
         return SplitPlan(tuple(batch_ids), tuple(batch_ids), "entity_hash")
     return SplitPlan(tuple(batch_ids[:-1]), (batch_ids[-1],), "newest_batch")
@@ -121,10 +136,65 @@ def labelled_batches(spec: ProblemSpec, settings: Settings, until: str | None) -
     return batches
 
 
-def _held(frame: pd.DataFrame, plan: SplitPlan, spec: ProblemSpec) -> np.ndarray:
+@dataclass(frozen=True)
+class Split:
+    """Which rows of the joined frame train, which are held out (the rest: left out)."""
+
+    train: np.ndarray
+    held: np.ndarray
+    holdout_from: str | None = None
+
+
+def split_rows(frame: pd.DataFrame, plan: SplitPlan, spec: ProblemSpec) -> Split:
+    """The row masks of ``plan`` (see ``time_slice``)."""
     if plan.method == "entity_hash":
-        return (entity_bucket(frame[spec.entity.key]) < 20).to_numpy()
-    return frame["batch_id"].isin(plan.holdout_batches).to_numpy()
+        held = (entity_bucket(frame[spec.entity.key]) < 20).to_numpy()
+        return Split(~held, held)
+    if plan.method == "newest_batch":
+        held = frame["batch_id"].isin(plan.holdout_batches).to_numpy()
+        return Split(~held, held)
+    return time_slice(frame, plan.holdout_batches[0], spec)
+
+
+def time_slice(frame: pd.DataFrame, newest: str, spec: ProblemSpec) -> Split:
+    """The latest rows of batch ``newest`` by event time are held out; every row of any batch
+    strictly before the cut trains; rows of other batches at or after it are left out (batches
+    that overlap in time), so no training row is newer than a judged one.
+
+    A fraction orders the batch's rows by (event time, a stable hash of the entity key), so rows
+    sharing one moment (a yearly batch with one event time) are split by key, the same way every
+    time; a duration holds out the rows within it of the batch's newest event time.
+
+    Raises:
+        NotEnoughData: no row is left before the cut (a holdout as large as all the data).
+    """
+    rule = spec.evaluation
+    at = pd.to_datetime(frame["event_timestamp"], utc=True).dt.as_unit("ns").astype(
+        "int64").to_numpy()
+    tie = hash_array(frame[spec.entity.key].astype(str).to_numpy())
+    mine = (frame["batch_id"] == newest).to_numpy()
+    if not mine.any():
+        raise NotEnoughData(f"{spec.name!r}: batch {newest!r} has no labelled rows to hold out")
+    seconds = rule.holdout_seconds
+    if seconds is not None:
+        cut_at = int(at[mine].max() - seconds * 1e9)
+        before = at < cut_at
+        cut_tie = None
+    else:
+        idx = np.flatnonzero(mine)
+        order = idx[np.lexsort((tie[idx], at[idx]))]
+        n_held = min(len(idx), max(1, round(float(rule.holdout) * len(idx))))
+        first = order[len(idx) - n_held]
+        cut_at, cut_tie = int(at[first]), tie[first]
+        before = (at < cut_at) | ((at == cut_at) & (tie < cut_tie))
+    held = mine & ~before
+    if not before.any():
+        raise NotEnoughData(
+            f"{spec.name!r}: no labelled row is older than the holdout cut of batch {newest!r} "
+            f"(evaluation.holdout {rule.holdout!r} takes every row): nothing to train on; "
+            "declare a smaller holdout or load more batches")
+    cut = pd.Timestamp(cut_at, unit="ns", tz="UTC").isoformat()
+    return Split(before, held, cut)
 
 
 def build_dataset(spec: ProblemSpec, settings: Settings, until: str | None = None) -> DatasetRef:
@@ -139,14 +209,17 @@ def write_dataset(spec: ProblemSpec, settings: Settings, batches: list[Batch],
     ``root`` defaults to the content-addressed folder under ``datasets/``; ``reproduce`` passes
     a scratch folder to rebuild from scratch instead of reusing what is there.
     """
-    plan = plan_split([b.batch_id for b in batches])
-    key = json.dumps([plan.method, [(b.batch_id, b.sha256) for b in batches]]).encode()
+    plan = plan_split([b.batch_id for b in batches], spec.evaluation)
+    how = [plan.method, str(spec.evaluation.holdout)] if plan.method == "time_slice" else \
+        plan.method  # datasets of the older rule keep their ids
+    key = json.dumps([how, [(b.batch_id, b.sha256) for b in batches]]).encode()
     dataset_id = hashlib.sha256(key).hexdigest()[:16]
     root = root or settings.home / "datasets" / f"problem={spec.name}" / f"dataset={dataset_id}"
     require_materialized(spec.name, [b.batch_id for b in batches], settings.db_url)
     frame = point_in_time_features(spec, batches, settings)
-    held = _held(frame, plan, spec)
-    train, holdout = frame[~held], frame[held]
+    split = split_rows(frame, plan, spec)
+    left_out = len(frame) - int(split.train.sum()) - int(split.held.sum())
+    train, holdout = frame[split.train], frame[split.held]
     del frame  # the two parts are copies: never hold three frames of this size at once
     for part in (train, holdout):
         part.reset_index(drop=True, inplace=True)
@@ -157,7 +230,8 @@ def write_dataset(spec: ProblemSpec, settings: Settings, batches: list[Batch],
         tmp.replace(root / f"{name}.parquet")
     return DatasetRef(dataset_id, str(root / "train.parquet"), str(root / "holdout.parquet"),
                       list(plan.train_batches), list(plan.holdout_batches), plan.method,
-                      len(train), len(holdout), frame_hash(train), frame_hash(holdout))
+                      len(train), len(holdout), frame_hash(train), frame_hash(holdout),
+                      str(spec.evaluation.holdout), split.holdout_from, left_out)
 
 
 def load_part(uri: str, expected_hash: str) -> pd.DataFrame:

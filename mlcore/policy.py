@@ -148,14 +148,17 @@ def fired_triggers(spec: ProblemSpec, as_of: datetime, settings: Settings,
                                  f"{rule.performance_drop})",
                                  {"holdout": holdout, "matured": latest.value, "drop": drop,
                                   "batch_id": latest.batch_id}))
-    if rule.new_data_rows is not None and since is not None:
+    if rule.new_data_rows is not None:
+        # every labelled batch the champion did not train on, up to data time: newer ones and
+        # late ones (history loaded out of order) alike
+        trained = set(champion.training_batch_ids)
         fresh = [b for b in published_batches(spec.name, url)
                  if spec.target.name in b.schema and b.event_time_min is not None
-                 and since < _utc(b.event_time_min) <= as_of]
+                 and b.batch_id not in trained and _utc(b.event_time_min) <= as_of]
         rows = sum(b.row_count for b in fresh)
         if rows >= rule.new_data_rows:
             fired.append(Trigger("new_data", f"{rows:,} labelled rows in {len(fresh)} batches "
-                                 f"since champion v{version}'s training data (threshold "
+                                 f"champion v{version} did not train on (threshold "
                                  f"{rule.new_data_rows:,})", {"rows": rows}))
     return fired
 
@@ -207,12 +210,16 @@ def _file(spec: ProblemSpec, batch_id: str, as_of: datetime, fired: list[Trigger
             .order_by(RetrainRequest.id.desc()).limit(1))
         stamp = None if last is None else (last.details or {}).get("as_of")
         if last is not None and stamp:
+            # data time can run backwards (a late batch, history loaded newest first): the
+            # cooldown is the distance between the two requests' data, either way
             last_as_of = datetime.fromisoformat(stamp)
-            if as_of - last_as_of < timedelta(days=spec.retrain.cooldown_days):
+            gap = abs(as_of - last_as_of)
+            if gap < timedelta(days=spec.retrain.cooldown_days):
                 return decision("cooldown", None, f"cooldown: request #{last.id} was filed "
-                                f"for data as of {last_as_of:%Y-%m-%d}, less than "
-                                f"{spec.retrain.cooldown_days:g} days before; not filed: "
-                                f"{reason}")
+                                f"for data as of {last_as_of:%Y-%m-%d %H:%M}, "
+                                f"{gap.total_seconds() / 86400:.1f} days from this batch's "
+                                f"{as_of:%Y-%m-%d %H:%M} (cooldown "
+                                f"{spec.retrain.cooldown_days:g} days); not filed: {reason}")
         request = RetrainRequest(problem=spec.name, trigger=names[0], triggers=names,
                                  reason=reason, batch_id=batch_id, details=details)
         s.add(request)

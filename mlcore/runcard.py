@@ -35,7 +35,8 @@ MAX_SCATTER = 500  # regression: rows in the predicted-against-actual sample
 RESIDUAL_BINS = 30
 ROLES = ("contender", "champion")
 SLICE_KEYS = ("column", "value", "rows", "contender", "champion", "delta", "bound", "ok", "note")
-THROUGHPUT_KEYS = ("contender", "champion", "ratio", "max_drop", "ok")
+THROUGHPUT_KEYS = ("contender", "champion", "required", "required_from", "ok", "note", "ratio",
+                   "max_drop", "ok_relative", "relative_note", "max_spread")
 COLORS = {"contender": "#1f77b4", "champion": "#7f7f7f", "ok": "#4c72b0", "fail": "#c44e52",
           "skip": "#bbbbbb"}
 CSS = """body{font-family:sans-serif;max-width:960px;margin:2em auto;color:#222}
@@ -568,8 +569,15 @@ def _tables(card: dict[str, Any]) -> str:
             ["confidence", card.get("confidence")],
             ["bootstrap samples", card.get("bootstrap_samples")]])),
         ("Thresholds", table(kv, [[k, v] for k, v in (card.get("thresholds") or {}).items()])),
-        ("Holdout", table(kv, [[k, hold.get(k)] for k in ("batches", "rows", "hash", "method")])),
+        ("Holdout", table(kv, [[k, hold.get(k)] for k in (
+            "batches", "rows", "hash", "method", "rule", "from", "left_out_seen")])),
         ("Throughput guardrail", table(kv, [[k, thru.get(k)] for k in THROUGHPUT_KEYS])),
+        ("Throughput passes", table(
+            ["model", "median rows/s", "p10", "p90", "spread", "threads", "rows", "passes"],
+            [[role, t.get("rows_per_second"), t.get("p10"), t.get("p90"), t.get("spread"),
+              t.get("threads"), t.get("rows"), ", ".join(f"{v:,.0f}" for v in t.get("passes")
+                                                        or [])]
+             for role, t in (thru.get("timings") or {}).items()])),
         ("Guardrails", table(["guardrail", "ok", "detail"],
                               [[g.get("name"), g.get("ok"), g.get("detail")] for g in guards],
                               ["fail" if g.get("ok") is False else "" for g in guards])),
@@ -578,6 +586,16 @@ def _tables(card: dict[str, Any]) -> str:
         ("Models", table(["role", "version", "algorithm", "rows/s"], models)),
     ]
     return "".join(f"<h3>{title}</h3>{html_table}" for title, html_table in parts)
+
+
+def _held_by(card: dict[str, Any]) -> str:
+    """A better contender not promoted: the spec settings that held it, as a list."""
+    held = card.get("held_by") or []
+    if not held:
+        return ""
+    items = "".join(f"<li><code>{fmt(h.get('setting'))}</code> is {fmt(h.get('value'))}; "
+                    f"{fmt(h.get('would_change'))}</li>" for h in held)
+    return f'<p>Held back by:</p><ul class="held">{items}</ul>'
 
 
 def _target_text(card: dict[str, Any]) -> str:
@@ -608,7 +626,8 @@ def _render_html(card: dict[str, Any]) -> str:
             f"<h1>{fmt(title)}</h1><p>created {fmt(card.get('created_at'))}; "
             f"{fmt(_target_text(card))}</p>"
             f'<div class="outcome {banner}"><h2>{fmt(outcome)} (promote: '
-            f"{fmt(card.get('promote'))})</h2><p>{fmt(card.get('reason'))}</p></div>"
+            f"{fmt(card.get('promote'))})</h2><p>{fmt(card.get('reason'))}</p>"
+            f"{_held_by(card)}</div>"
             f"{_model_section(card)}"
             f"<h3>Primary-metric delta</h3><figure>{delta}</figure>"
             f"<h3>Per-slice delta</h3><figure>{slices}</figure>{_tables(card)}</body></html>\n")

@@ -85,7 +85,7 @@ def test_a_worse_or_nan_contender_is_never_promoted_and_why_is_recorded(
     assert words in decision["reason"]
     row = recorded(settings, decision["evaluation_id"])
     assert (row.outcome, row.promote, row.reason) == (outcome, False, decision["reason"])
-    assert row.champion_version == champion and row.holdout_rows == 1500
+    assert row.champion_version == champion and row.holdout_rows == 300
     card = json.loads((Path(row.run_card_uri).parent / "run_card.json").read_text())
     assert card["outcome"] == outcome and card["reason"] == decision["reason"]
     assert alias_holder(spec.name, settings.db_url) == champion
@@ -100,8 +100,9 @@ def test_a_contender_that_trained_on_the_holdout_is_refused(spec, settings, loop
     leaked = dict(loop.dataset.to_dict(), train_uri=loop.dataset.holdout_uri)
     version = register_version(
         spec, settings, algorithm="cheat", artifact_uri=uri, artifact_sha256=sha,
-        hyperparameters={}, dataset=loop.dataset, train_rows=1500, validation={}, timings={},
+        hyperparameters={}, dataset=loop.dataset, train_rows=300, validation={}, timings={},
         reproducibility={"dataset": leaked})
-    with pytest.raises(UnfairHoldout, match=f"v{version} trained on 1500 of the 1500"):
+    with pytest.raises(UnfairHoldout, match=f"v{version} trained on 300; only 0 rows neither "
+                                            "trained on are left"):
         evaluate_contender(spec, loop.dataset, version, settings)
     assert alias_holder(spec.name, settings.db_url) == champion

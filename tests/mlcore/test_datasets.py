@@ -17,16 +17,23 @@ from mlcore.datasets import (
     labelled_batches,
     load_part,
     plan_split,
+    time_slice,
 )
+from mlcore.problems import EvaluationRule
+
+LATEST_BATCH = EvaluationRule(holdout="latest_batch")
 
 
-@pytest.mark.parametrize("batch_ids, train, holdout, method", [
-    (["2015"], ("2015",), ("2015",), "entity_hash"),
-    (["2015", "2016"], ("2015",), ("2016",), "newest_batch"),
-    (["2015", "2016", "2017"], ("2015", "2016"), ("2017",), "newest_batch"),
+@pytest.mark.parametrize("batch_ids, rule, train, holdout, method", [
+    (["2015"], None, ("2015",), ("2015",), "time_slice"),
+    (["2015", "2016"], None, ("2015", "2016"), ("2016",), "time_slice"),
+    (["2015", "2016"], EvaluationRule(holdout="14d"), ("2015", "2016"), ("2016",), "time_slice"),
+    (["2015"], LATEST_BATCH, ("2015",), ("2015",), "entity_hash"),
+    (["2015", "2016"], LATEST_BATCH, ("2015",), ("2016",), "newest_batch"),
+    (["2015", "2016", "2017"], LATEST_BATCH, ("2015", "2016"), ("2017",), "newest_batch"),
 ])
-def test_plan_split(batch_ids, train, holdout, method):
-    plan = plan_split(batch_ids)
+def test_plan_split(batch_ids, rule, train, holdout, method):
+    plan = plan_split(batch_ids, rule)
     assert (plan.train_batches, plan.holdout_batches, plan.method) == (train, holdout, method)
 
 
@@ -67,16 +74,71 @@ def test_frame_hash_sees_values_and_column_names():
     assert frame_hash(df) != frame_hash(df.iloc[::-1])
 
 
-def test_newest_batch_is_held_out_and_never_trained_on(loop):
+def test_the_latest_slice_of_the_newest_batch_is_held_out_and_the_rest_trains(loop):
+    """The default: the contender trains on 80 % of the newest batch too (it sees the newest
+    regime); the census batches have one event time each, so the slice is cut by key hash."""
     ref = loop.dataset
-    assert (ref.train_batches, ref.holdout_batches, ref.method) == (
-        ["2015", "2016"], ["2017"], "newest_batch")
+    assert (ref.train_batches, ref.holdout_batches, ref.method, ref.holdout) == (
+        ["2015", "2016", "2017"], ["2017"], "time_slice", "0.2")
     train = pd.read_parquet(ref.train_uri)
     holdout = pd.read_parquet(ref.holdout_uri)
-    assert (len(train), len(holdout)) == (ref.train_rows, ref.holdout_rows) == (3000, 1500)
-    assert set(train["batch_id"]) == {"2015", "2016"} and set(holdout["batch_id"]) == {"2017"}
+    assert (len(train), len(holdout)) == (ref.train_rows, ref.holdout_rows) == (4200, 300)
+    assert set(train["batch_id"]) == {"2015", "2016", "2017"}
+    assert set(holdout["batch_id"]) == {"2017"} and ref.left_out_rows == 0
     assert not set(train["id"]) & set(holdout["id"])
     assert train["id"].is_unique and holdout["id"].is_unique
+    assert ref.holdout_from is not None and pd.Timestamp(ref.holdout_from).year == 2017
+
+
+def test_latest_batch_holds_out_the_whole_newest_batch(spec, loop):
+    ref = build_dataset(spec.model_copy(update={"evaluation": LATEST_BATCH}), loop.settings)
+    assert (ref.train_batches, ref.holdout_batches, ref.method) == (
+        ["2015", "2016"], ["2017"], "newest_batch")
+    assert (ref.train_rows, ref.holdout_rows) == (3000, 1500)
+    assert ref.dataset_id != loop.dataset.dataset_id
+
+
+def _rows(batch: str, start: str, hours: int, keys: range) -> pd.DataFrame:
+    return pd.DataFrame({"id": list(keys), "batch_id": batch, "event_timestamp": pd.date_range(
+        start, periods=len(keys), freq=f"{hours}h", tz="UTC")})
+
+
+def test_time_slice_by_fraction_holds_out_the_latest_rows_and_trains_on_older_ones(spec):
+    frame = pd.concat([_rows("a", "2020-01-01", 1, range(100)),
+                       _rows("b", "2020-01-05", 1, range(100, 200))], ignore_index=True)
+    frame = frame.sample(frac=1.0, random_state=3).reset_index(drop=True)  # order is irrelevant
+    split = time_slice(frame, "b", spec)
+    held, train = frame[split.held], frame[split.train]
+    assert len(held) == 20 and set(held["batch_id"]) == {"b"}
+    assert len(train) == 180 and train["event_timestamp"].max() < held["event_timestamp"].min()
+    assert split.holdout_from == held["event_timestamp"].min().isoformat()
+
+
+def test_time_slice_breaks_ties_of_one_moment_by_key_the_same_way_every_time(spec):
+    frame = pd.DataFrame({"id": range(1000), "batch_id": "a",
+                          "event_timestamp": pd.Timestamp("2020-12-31", tz="UTC")})
+    split = time_slice(frame, "a", spec)
+    again = time_slice(frame.iloc[::-1].reset_index(drop=True), "a", spec)
+    assert split.held.sum() == 200 and split.train.sum() == 800
+    assert set(frame["id"][split.held]) == set(frame["id"][::-1].reset_index(drop=True)[again.held])
+
+
+def test_time_slice_by_duration_and_overlapping_batches_leave_newer_rows_out(spec):
+    rule = spec.model_copy(update={"evaluation": EvaluationRule(holdout="24h")})
+    frame = pd.concat([_rows("a", "2020-01-01", 1, range(100)),  # until 01-05 03:00
+                       _rows("b", "2020-01-04", 1, range(100, 148))], ignore_index=True)
+    split = time_slice(frame, "b", rule)
+    assert split.held.sum() == 25  # 01-05 23:00 back to 01-04 23:00, inclusive
+    cut = pd.Timestamp(split.holdout_from)
+    left = frame[~split.held & ~split.train]
+    assert set(left["batch_id"]) == {"a"} and (left["event_timestamp"] >= cut).all()
+    assert (frame[split.train]["event_timestamp"] < cut).all()
+
+
+def test_a_holdout_taking_every_row_is_not_enough_data(spec):
+    rule = spec.model_copy(update={"evaluation": EvaluationRule(holdout="30d")})
+    with pytest.raises(NotEnoughData, match="no labelled row is older than the holdout cut"):
+        time_slice(_rows("a", "2020-01-01", 1, range(50)), "a", rule)
 
 
 def test_dataset_parts_carry_features_target_and_recorded_hashes(spec, loop):
@@ -92,6 +154,7 @@ def test_dataset_parts_carry_features_target_and_recorded_hashes(spec, loop):
 def test_dataset_labels_match_the_curated_batches(spec, loop):
     holdout = pd.read_parquet(loop.dataset.holdout_uri).set_index("id")
     curated = pd.read_parquet(loop.manifests[2017].curated_uri).set_index("id")
+    curated = curated.loc[holdout.index]
     assert holdout["employed"].sort_index().tolist() == curated["employed"].sort_index().tolist()
     assert holdout["AGEP"].sort_index().tolist() == curated["AGEP"].sort_index().tolist()
 
@@ -102,7 +165,8 @@ def test_rebuilding_gives_the_same_dataset(spec, loop):
 
 
 def test_until_cuts_the_batches_and_one_batch_holds_out_by_entity_hash(spec, loop):
-    ref = build_dataset(spec, loop.settings, until="2015")
+    ref = build_dataset(spec.model_copy(update={"evaluation": LATEST_BATCH}), loop.settings,
+                        until="2015")
     assert (ref.method, ref.train_batches, ref.holdout_batches) == ("entity_hash", ["2015"],
                                                                    ["2015"])
     assert ref.dataset_id != loop.dataset.dataset_id

@@ -153,6 +153,34 @@ def test_the_cooldown_holds_back_a_new_request(spec, world):
     assert count(url) == 2
 
 
+def test_the_cooldown_measures_the_gap_when_data_arrives_out_of_order(spec, world):
+    """A request for 2017's data, then a late batch: a year earlier is a year apart (filed),
+    not "less than 7 days before"; a late batch 3 days earlier is within the cooldown."""
+    url = world.db_url
+    add_batch(url, "2017", 2017)
+    first = assess(rule(spec), "2017", world, drift("2017"))
+    with session_scope(url) as s:
+        s.execute(update(RetrainRequest).values(state="trained", resolved_by_version=1))
+    with session_scope(url) as s:
+        s.add(Batch(problem=P, batch_id="late3", source_uri="file:///x", sha256="e" * 64,
+                    row_count=10, schema_hash="c" * 64, schema={"employed": "int64"},
+                    quarantine_count=0, state="published",
+                    event_time_min=year_end(2017) - timedelta(days=3),
+                    event_time_max=year_end(2017) - timedelta(days=3)))
+    held = assess(rule(spec), "late3", world, drift("late3"))
+    assert held.action == "cooldown" and f"request #{first.request_id}" in held.reason
+    assert "3.0 days from this batch's" in held.reason
+    late = assess(rule(spec), "2016", world, drift("2016"))  # 365 days before 2017's data
+    assert late.action == "filed"
+
+
+def test_new_data_counts_late_batches_the_champion_did_not_train_on(spec, world):
+    add_batch(world.db_url, "2014", 2014, rows=3000)  # older than the champion's data
+    d = assess(rule(spec, new_data_rows=3000), "2014", world)
+    assert d.fired[0]["name"] == "new_data" and d.fired[0]["numbers"]["rows"] == 3000
+    assert "did not train on" in d.fired[0]["reason"]
+
+
 def test_concurrent_monitors_file_exactly_one_request(spec, world):
     url, errors, actions = world.db_url, [], []
     for i in range(8):
