@@ -201,3 +201,20 @@ def test_reproduce_verifies_a_windowed_version(cars, shifted, windows, chosen):
     result = reproduce_version(spec, contender.version, settings)
     assert result.verified, result
     assert result.max_abs_diff == 0.0
+
+
+def test_an_estimator_without_sample_weight_trains_unweighted_with_a_note(cars, shifted,
+                                                                         monkeypatch):
+    import mlcore.training
+
+    monkeypatch.setattr(mlcore.training, "_takes_weights", lambda estimator: False)
+    train = shifted[2]
+    spec = variant(cars, algorithms={"ridge": {**RIDGE, "search": {}, "params": {"alpha": 1.0}}},
+                   training={"windows": [{"name": "all", "half_life_days": 3.0}]})
+    trained = select_and_fit(spec, train, TrainConfig())
+    assert trained.window is not None and trained.window["weighted"] is False
+    assert trained.window_scores["all"]["notes"] == [
+        "sklearn.linear_model.Ridge takes no sample_weight: trained unweighted"]
+    plain = build_pipeline(spec, "ridge", 0).fit(train[spec.feature_names], train["price"])
+    X = train[spec.feature_names].head(100)
+    np.testing.assert_array_equal(trained.pipeline.predict(X), plain.predict(X))
