@@ -1,14 +1,17 @@
 """
 ### Retrain the model
 
-Builds a point-in-time training set from Feast over the published labelled batches (the newest
-one is the frozen holdout neither model trains on, checked by row key), trains a contender from
-the spec's candidate algorithms (a small grid each, seeded, with a reproducibility record),
+Builds a point-in-time training set from Feast over the published labelled batches (the latest
+rows of the newest one, by event time, are the frozen holdout; the contender trains on every row
+before the cut; rows either model trained on are left out, checked by row key), trains a
+contender from the spec's candidate algorithms and training windows (a small grid each, seeded,
+with a reproducibility record),
 evaluates it against the `champion` on that holdout (metric delta with a paired-bootstrap
 confidence interval, the spec's floor, improvement, margin and guardrails), writes a run card,
 and promotes it by compare-and-set only on `promote`. Outcomes: `promote`, `keep: worse`,
 `keep: too close to call` (the contender becomes the `challenger`, for shadow scoring),
-`reject: failed floor/guardrail`. With `promotion.require_approval` in the spec, a human approves
+`reject: failed floor/guardrail`; a better contender not promoted names the spec setting that
+held it back. With `promotion.require_approval` in the spec, a human approves
 the promotion in the UI (Required Actions) first; no answer in time means reject.
 
 Runs on the spec's cron schedule, whenever `monitor_model` files a retrain request, or manually.
@@ -61,8 +64,9 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
 
     @dag(**retrain_dag_kwargs(problem, STAGE, __doc__, hours), schedule=schedule, params={
         "until_batch": Param(None, type=["null", "string"], title="Train up to batch",
-                             description="Use labelled batches up to this one (it becomes the "
-                                         "holdout). Empty: every published labelled batch."),
+                             description="Use labelled batches up to this one (its latest rows "
+                                         "become the holdout). Empty: every published "
+                                         "labelled batch."),
         "algorithm": Param("auto", enum=["auto", *algorithms], title="Algorithm",
                            description="auto: fit every candidate, keep the best on validation."),
         "validation_fraction": Param(0.2, type="number", minimum=0.05, maximum=0.45,
