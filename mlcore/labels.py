@@ -23,6 +23,7 @@ from sqlalchemy import Float, String, bindparam, delete, func, insert, literal, 
 
 from mlcore.batches import BatchConflict, BatchError, check_batch_id, sha256_file
 from mlcore.config import Settings, _RunConfig
+from mlcore.estimation import attach_realized
 from mlcore.ingestion import get_batch, nullable_int, read_curated
 from mlcore.locks import file_lock
 from mlcore.problems import ProblemSpec
@@ -382,6 +383,9 @@ def _record(spec: ProblemSpec, result: PerformanceResult, url: str) -> None:
             predicted_rows=result.predicted_rows, matured_rows=result.matured_rows,
             labelled_rows=result.labelled_rows,
             details={**result.details, "coverage": result.coverage}))
+        # the realized value beside the estimate made before labels (the estimator's error)
+        attach_realized(s, spec.name, result.batch_id, result.model_version, result.metric,
+                        result.value)
 
 
 def performance(spec: ProblemSpec, batch_id: str, settings: Settings, version: int | None = None,

@@ -16,6 +16,7 @@ from sqlalchemy import Table, delete, insert
 
 from mlcore.config import Settings
 from mlcore.datasets import bucketable_source, point_in_time_features
+from mlcore.estimation import estimate_scored
 from mlcore.evaluation import predict_proba
 from mlcore.features import feature_store, missing_features, require_materialized
 from mlcore.ingestion import get_batch, read_curated
@@ -23,6 +24,7 @@ from mlcore.integrity import offline_files, parquet_files
 from mlcore.problems import ProblemSpec
 from mlcore.registry import (
     CHALLENGER,
+    CHAMPION,
     ArtifactIntegrityError,
     ModelNotFound,
     alias_holder,
@@ -53,6 +55,8 @@ class ScoringResult:
     challenger_mean_score: float | None = None
     # a challenger that could not be loaded: ``{"version": int, "reason": str}`` (alert on it)
     skipped_challenger: dict[str, Any] | None = None
+    # each scored version's metric estimated before labels (``mlcore.estimation``)
+    estimates: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
@@ -72,6 +76,9 @@ def score_batch(spec: ProblemSpec, batch_id: str, settings: Settings,
     ``ScoringResult.skipped_challenger``; the champion's scoring still succeeds. A champion
     that cannot be loaded fails the run with nothing written.
 
+    Each scored version's metric is estimated from its outputs and stored
+    (``mlcore.estimation``); an estimator failure is stored as "not estimated", never raised.
+
     Raises:
         ModelNotFound: no champion yet and no version given.
         BatchNotFound: the batch is not published.
@@ -79,15 +86,19 @@ def score_batch(spec: ProblemSpec, batch_id: str, settings: Settings,
             tampered (nothing was written).
     """
     batch = get_batch(spec.name, batch_id, settings.db_url)
+    explicit = version
     shadow = None if version else alias_holder(spec.name, settings.db_url, CHALLENGER)
     version = version or alias_holder(spec.name, settings.db_url)
     if version is None:
         raise ModelNotFound(f"batch {batch_id!r}: {spec.name!r} has no champion to score with")
-    model = load_model(get_version(spec.name, version, settings.db_url), settings)
-    challenger, skipped = None, None
+    role = CHAMPION if explicit is None else role_now(spec.name, version, settings.db_url)
+    mv = get_version(spec.name, version, settings.db_url)
+    model = load_model(mv, settings)
+    challenger, skipped, shadow_mv = None, None, None
     if shadow is not None and shadow != version:
         try:
-            challenger = load_model(get_version(spec.name, shadow, settings.db_url), settings)
+            shadow_mv = get_version(spec.name, shadow, settings.db_url)
+            challenger = load_model(shadow_mv, settings)
         except (ArtifactIntegrityError, ModelNotFound) as exc:
             skipped = {"version": shadow, "reason": f"{type(exc).__name__}: {exc}"}
             log.warning("batch %r of %r: challenger v%d skipped, champion v%d scored alone: %s",
@@ -98,14 +109,27 @@ def score_batch(spec: ProblemSpec, batch_id: str, settings: Settings,
     start = time.perf_counter()
     scores = _predict(model, frame, spec.feature_names)
     rps = len(frame) / max(time.perf_counter() - start, 1e-9)
-    shadow_rows = None if challenger is None else rows_of(
-        challenger, _predict(challenger, frame, spec.feature_names))
+    shadow_out = None if challenger is None else _predict(challenger, frame, spec.feature_names)
     mean = _store(spec.name, batch_id, version, keys, rows_of(model, scores), settings.db_url)
     shadow_mean = None
-    if challenger is not None and shadow is not None and shadow_rows is not None:
-        shadow_mean = _store(spec.name, batch_id, shadow, keys, shadow_rows, settings.db_url)
+    if challenger is not None and shadow_mv is not None and shadow_out is not None:
+        shadow_mean = _store(spec.name, batch_id, shadow_mv.version, keys,
+                             rows_of(challenger, shadow_out), settings.db_url)
+    estimates = [estimate_scored(spec, batch_id, mv, role, model, frame, scores, settings)]
+    if challenger is not None and shadow_mv is not None and shadow_out is not None:
+        estimates.append(estimate_scored(spec, batch_id, shadow_mv, CHALLENGER, challenger,
+                                         frame, shadow_out, settings))
     return ScoringResult(spec.name, batch_id, version, len(keys), mean, rps,
-                         shadow if shadow_mean is not None else None, shadow_mean, skipped)
+                         shadow if shadow_mean is not None else None, shadow_mean, skipped,
+                         estimates)
+
+
+def role_now(problem: str, version: int, url: str) -> str:
+    """The alias ``version`` holds now (champion, challenger), else ``other``."""
+    for alias in (CHAMPION, CHALLENGER):
+        if alias_holder(problem, url, alias) == version:
+            return alias
+    return "other"
 
 
 @dataclass(frozen=True)

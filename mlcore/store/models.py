@@ -319,3 +319,30 @@ class TargetClasses(Base):
     classes: Mapped[list[Any]] = mapped_column(JSON)
     source: Mapped[str] = mapped_column(Text)  # "spec", or "batch <id>" it was learnt from
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class PerformanceEstimate(Base):
+    """A model's metric on one batch estimated from its own scores before labels arrive
+    (``mlcore.estimation``: CBPE for classifiers, DLE for regression), with a confidence
+    interval; ``realized`` is filled in beside it when matured labels are measured.
+    ``estimate`` None: not estimated, ``reason`` says why."""
+
+    __tablename__ = "performance_estimates"
+    __table_args__ = (UniqueConstraint("problem", "batch_id", "model_version", "metric"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    problem: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[int] = mapped_column(Integer)
+    role: Mapped[str] = mapped_column(String(16))  # champion | challenger | other
+    metric: Mapped[str] = mapped_column(String(32))
+    estimate: Mapped[float | None] = mapped_column(Float)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    rows: Mapped[int] = mapped_column(BigInteger)
+    method: Mapped[str] = mapped_column(String(16))  # cbpe | dle | none
+    reason: Mapped[str | None] = mapped_column(Text)  # why it was not estimated
+    details: Mapped[dict[str, Any] | None]  # reference set, interval method, cache key
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    realized: Mapped[float | None] = mapped_column(Float)  # the metric on matured labels
+    realized_at: Mapped[datetime | None]
