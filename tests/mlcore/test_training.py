@@ -192,8 +192,9 @@ def test_train_contender_registers_a_reproducible_version(spec, loop):
     mv = get_version(spec.name, contender.version, loop.settings.db_url)
     assert (mv.algorithm, mv.artifact_uri, mv.artifact_sha256) == (
         "logistic_regression", contender.artifact_uri, contender.artifact_sha256)
-    assert mv.training_batch_ids == loop.dataset.train_batches == ["2015", "2016"]
-    assert (mv.data_hash, mv.train_rows) == (loop.dataset.train_hash, 3000)
+    # the holdout is the latest 20 % of 2017 (evaluation.holdout's default): 2017's other rows train
+    assert mv.training_batch_ids == loop.dataset.train_batches == ["2015", "2016", "2017"]
+    assert (mv.data_hash, mv.train_rows) == (loop.dataset.train_hash, 3000 + 1200)
     assert mv.spec_hash == spec_hash(spec)
     chosen = mv.hyperparameters
     assert chosen["algorithm"] == "logistic_regression" and chosen["max_iter"] == 300
@@ -237,7 +238,7 @@ def test_reproduce_rebuilds_retrains_and_verifies_identical_predictions(spec, lo
     assert result.verified, result
     assert (result.dataset_identical, result.predictions_identical,
             result.matches_registered, result.max_abs_diff) == (True, True, True, 0.0)
-    assert result.rows == 1500
+    assert result.rows == loop.dataset.holdout_rows == 300
     assert not list((loop.settings.home / "tmp").iterdir())  # the scratch rebuild is gone
 
 
