@@ -100,10 +100,10 @@ class Probe:
         ("mlcore.training", "reproducibility_record", "reproducibility record"),
         ("mlcore.training", "save_artifact", "`save_artifact` (joblib + sha256)"),
         ("mlcore.registry", "register_version", "`register_version` (DB)"),
-        ("mlcore.evaluation", "check_fair_holdout", "`check_fair_holdout` (reads train part)"),
+        ("mlcore.evaluation", "unseen_holdout", "`unseen_holdout` (reads train parts)"),
         ("mlcore.registry", "load_model", "`load_model` x2 (sha256 + unpickle)"),
-        ("mlcore.evaluation", "timed_scores",
-         "scores, `timed_scores` x2 models"),
+        ("mlcore.evaluation", "measure_throughput",
+         "throughput: warm-up + 5 interleaved passes x2 models, 1 thread"),
         ("mlcore.evaluation", "paired_bootstrap", "paired bootstrap"),
         ("mlcore.evaluation", "slice_checks", "slice guardrails"),
         ("mlcore.runcard", "write_run_card", "`write_run_card` (HTML + SVG plots)"),
@@ -347,9 +347,9 @@ def render(rounds: list[Round], cfg: Config, meta: dict[str, Any]) -> tuple[str,
         f"Model: HistGradientBoostingClassifier(max_iter={cfg.max_iter}, "
         f"learning_rate={cfg.learning_rate}, max_leaf_nodes=31, early_stopping=False), "
         f"ordinal + native categorical splits, 16 features, seed 0.",
-        f"Data: history {meta['history']}; arriving batch {ARRIVAL} "
-        f"({rounds[0].holdout_rows:,} rows). Training frame {rounds[0].train_rows:,} rows "
-        f"(2015-2017), holdout {rounds[0].holdout_rows:,} rows. Bootstrap "
+        f"Data: history {meta['history']}; arriving batch {ARRIVAL}. Training frame "
+        f"{rounds[0].train_rows:,} rows (2015-2017 and the arriving batch before the holdout "
+        f"cut), holdout {rounds[0].holdout_rows:,} rows (the arriving batch's latest). Bootstrap "
         f"{meta['bootstrap']} resamples.",
         "Decisions: " + "; ".join(f"round {i + 1}: v{r.contender} {r.outcome}"
                                   for i, r in enumerate(rounds)) + ".",
