@@ -195,17 +195,46 @@ def cmd_labels(args: argparse.Namespace, settings: Settings) -> None:
           f"sha256 {r.sha256}")
 
 
+def _estimate_text(e: dict[str, Any] | None) -> str:
+    """``est 0.8794 [0.8769, 0.8820] err +0.0032`` (err = realized - estimate), or why not."""
+    if e is None:
+        return ""
+    if e["estimate"] is None:
+        return f"  {e['reason']}"
+    err = f" err {e['error']:+.4f}" if e["error"] is not None else ""
+    return f"  est {e['estimate']:.4f} [{e['ci_low']:.4f}, {e['ci_high']:.4f}]{err}"
+
+
 def _performance_text(rows: list[dict[str, Any]], empty: str) -> str:
     return "\n".join(
         f"{r['batch_id']:<12} v{r['model_version']:<4} {r['role']:<10} {r['metric']} "
         + (f"{r['value']:.4f}" if r["value"] is not None else "n/a   ")
-        + f"  labelled {r['labelled_rows']}/{r['predicted_rows']} ({r['coverage']:.1%}), "
-        f"matured {r['matured_rows']}"
-        + (f"  ({r['details']['reason']})" if (r["details"] or {}).get("reason") else "")
+        + (f"  labelled {r['labelled_rows']}/{r['predicted_rows']} ({r['coverage']:.1%}), "
+           f"matured {r['matured_rows']}" if r.get("labelled_rows") is not None
+           else "  no labels measured yet")
+        + (f"  ({r['details']['reason']})" if (r.get("details") or {}).get("reason") else "")
+        + _estimate_text(r.get("estimate"))
         for r in rows) or empty
 
 
+def _with_estimates(rows: list[dict[str, Any]], estimates: list[dict[str, Any]],
+                    batch: str | None) -> list[dict[str, Any]]:
+    """Each performance row with its estimate made before labels (``estimate``: None if none);
+    batches estimated but not measured yet as rows of their own (value None), after them."""
+    keys = ("estimate", "ci_low", "ci_high", "rows", "method", "reason", "error")
+    found = {(e["batch_id"], e["model_version"]): e for e in estimates
+             if batch is None or e["batch_id"] == batch}
+    out = [{**r, "estimate": {k: found[key][k] for k in keys}
+            if (key := (r["batch_id"], r["model_version"])) in found else None} for r in rows]
+    seen = {(r["batch_id"], r["model_version"]) for r in rows}
+    out += [{"batch_id": e["batch_id"], "model_version": e["model_version"], "role": e["role"],
+             "metric": e["metric"], "value": None, "estimate": {k: e[k] for k in keys}}
+            for key, e in found.items() if key not in seen]
+    return out
+
+
 def cmd_performance(args: argparse.Namespace, settings: Settings) -> None:
+    from mlcore.estimation import estimate_history
     from mlcore.labels import measure_performance, performance_history
 
     spec = _problem(args, settings)
@@ -213,6 +242,7 @@ def cmd_performance(args: argparse.Namespace, settings: Settings) -> None:
         raise ValueError("--as-of needs --batch (the history shows what was recorded)")
     rows = (performance_history(spec.name, settings.db_url) if args.batch is None else
             [r.to_dict() for r in measure_performance(spec, args.batch, settings, args.as_of)])
+    rows = _with_estimates(rows, estimate_history(spec.name, settings.db_url), args.batch)
     empty = ("no performance reports yet (mlcore labels FILE --batch-id ID)" if args.batch is None
              else f"batch {args.batch}: no model version has scored it yet; nothing to measure")
     _emit(args, rows, lambda rs: _performance_text(rs, empty))
@@ -365,7 +395,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("labels", cmd_labels, "store late ground-truth labels of a published batch")
     p.add_argument("file", help="parquet/CSV with the entity key and target columns")
     p.add_argument("--batch-id", required=True)
-    p = verb("performance", cmd_performance, "performance on matured labels: the history, or "
+    p = verb("performance", cmd_performance, "performance on matured labels beside the estimate "
+             "made before labels (estimate [CI], err = realized - estimate): the history, or "
              "one batch measured now", read=True)
     p.add_argument("--batch", metavar="ID", help="measure every version that scored this batch")
     p.add_argument("--as-of", type=_timestamp, metavar="ISO",

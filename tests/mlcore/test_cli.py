@@ -324,6 +324,42 @@ def test_labels_then_performance(migrated, slices, tmp_path):
     assert unscored.code == 0 and "2016: no model version has scored it yet" in unscored.out
 
 
+def test_performance_shows_the_estimate_made_before_labels_beside_the_realized_value(
+        migrated, slices):
+    """`mlcore performance`: estimate [CI] and err = realized - estimate on each measured
+    batch; an estimated batch without labels yet gets its own line; "not estimated" says why."""
+    from mlcore.estimation import Estimate, record_estimate
+
+    for year in (2015, 2016):
+        assert migrated.run("ingest", str(slices[year]), "--batch-id", str(year)).code == 0
+    keys = pd.read_parquet(slices[2015])["id"]
+    version = register(migrated.url)
+    with session_scope(migrated.url) as s:
+        s.add_all([Prediction(problem="census_employment", batch_id="2015", entity_key=str(k),
+                              model_version=version, score=i / len(keys))
+                   for i, k in enumerate(keys)])
+    for batch, value in (("2015", 0.5), ("2016", 0.75)):
+        record_estimate(Estimate("census_employment", batch, version, "champion", "roc_auc",
+                                 value, value - 0.01, value + 0.01, 1500, "cbpe"), migrated.url)
+    record_estimate(Estimate("census_employment", "2016", version + 1, "challenger", "roc_auc",
+                             None, None, None, 1500, "none", "not estimated: test reason"),
+                    migrated.url)
+    assert migrated.run("labels", str(slices[2015]), "--batch-id", "2015").code == 0
+    assert migrated.run("performance", "--batch", "2015", "--as-of", "2030-01-01").code == 0
+    history = migrated.run("performance")
+    assert history.code == 0, history.err
+    lines = history.out.splitlines()
+    assert lines[0].startswith("2015") and "est 0.5000 [0.4900, 0.5100] err " in lines[0]
+    assert lines[1].startswith("2016") and "no labels measured yet  est 0.7500 [0.7400, " \
+        "0.7600]" in lines[1]
+    assert "not estimated: test reason" in lines[2]
+    rows = json.loads(migrated.run("performance", "--json").out)
+    first = rows[0]
+    assert first["estimate"]["estimate"] == 0.5
+    assert first["estimate"]["error"] == pytest.approx(first["value"] - 0.5)
+    assert [r["value"] for r in rows[1:]] == [None, None]
+
+
 def test_requests_lists_and_files_a_manual_retrain_request(migrated):
     assert migrated.run("requests").out.strip() == "no retrain requests"
     filed = migrated.run("requests", "--file", "new census methodology")
