@@ -3,7 +3,9 @@ problem, and let at most one retrain per problem run at a time (a lease in the m
 
 Triggers (``retrain:`` in the spec): ``schedule`` (a cron tick since the champion's newest
 training data), ``drift`` (dataset or prediction drift of the batch), ``performance`` (the
-champion's metric on matured labels this far below its own holdout metric), ``new_data``
+champion's metric on matured labels this far below its own holdout metric), ``estimate`` (the
+same, for the metric estimated from the champion's own scores before labels arrive,
+``estimated_performance_drop``), ``new_data``
 (labelled rows published since the champion's newest training data), ``manual``.
 
 The policy runs on data time: ``as_of`` is the monitored batch's newest event time, so a replay
@@ -43,7 +45,7 @@ from mlcore.store.models import (
 )
 from mlcore.store.session import session_scope
 
-TRIGGERS = ("schedule", "drift", "performance", "new_data", "manual")
+TRIGGERS = ("schedule", "drift", "performance", "estimate", "new_data", "manual")
 PENDING, TRAINED, FAILED = "pending", "trained", "failed"  # a request's states
 MAX_ERROR_CHARS = 2000
 
@@ -148,6 +150,21 @@ def fired_triggers(spec: ProblemSpec, as_of: datetime, settings: Settings,
                                  f"{rule.performance_drop})",
                                  {"holdout": holdout, "matured": latest.value, "drop": drop,
                                   "batch_id": latest.batch_id}))
+    if rule.estimated_performance_drop is not None and holdout is not None:
+        from mlcore.estimation import latest_estimate
+
+        guess = latest_estimate(spec.name, version, url)
+        if guess is not None and guess["metric"] == spec.metric.name:
+            sign = 1.0 if spec.metric.direction == "maximize" else -1.0
+            drop = sign * (holdout - guess["estimate"])
+            if drop > rule.estimated_performance_drop:
+                fired.append(Trigger(
+                    "estimate", f"champion v{version}'s {spec.metric.name} estimated before "
+                    f"labels on batch {guess['batch_id']} is {guess['estimate']:.4f} (CI "
+                    f"{guess['ci_low']:.4f}..{guess['ci_high']:.4f}), {drop:.4f} below its "
+                    f"holdout {holdout:.4f} (allowed {rule.estimated_performance_drop})",
+                    {"holdout": holdout, "estimate": guess["estimate"], "drop": drop,
+                     "batch_id": guess["batch_id"], "ci": [guess["ci_low"], guess["ci_high"]]}))
     if rule.new_data_rows is not None:
         # every labelled batch the champion did not train on, up to data time: newer ones and
         # late ones (history loaded out of order) alike

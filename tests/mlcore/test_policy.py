@@ -118,6 +118,22 @@ def test_a_performance_drop_on_matured_labels_fires(spec, world, matured, fires)
         assert d.fired[0]["numbers"]["drop"] == pytest.approx(0.03)
 
 
+@pytest.mark.parametrize("estimate, fires", [(0.80, True), (0.84, False)])
+def test_an_estimated_drop_before_labels_fires_when_the_spec_asks(spec, world, estimate, fires):
+    from mlcore.store.models import PerformanceEstimate
+
+    with session_scope(world.db_url) as s:
+        s.add(PerformanceEstimate(problem=P, batch_id="2016", model_version=1, role="champion",
+                                  metric="roc_auc", estimate=estimate, ci_low=estimate - 0.01,
+                                  ci_high=estimate + 0.01, rows=1000, method="cbpe"))
+    assert not assess(rule(spec), "2016", world).fired  # off by default
+    d = assess(rule(spec, estimated_performance_drop=0.02), "2016", world)
+    assert ([t["name"] for t in d.fired] == ["estimate"]) is fires
+    if fires:
+        assert d.fired[0]["numbers"]["drop"] == pytest.approx(0.05)
+        assert "estimated before labels on batch 2016 is 0.8000" in d.reason
+
+
 def test_new_labelled_data_fires_over_its_threshold(spec, world):
     add_batch(world.db_url, "2017", 2017, rows=5000)
     assert not assess(rule(spec, new_data_rows=7000), "2017", world).fired
