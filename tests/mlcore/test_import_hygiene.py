@@ -19,7 +19,7 @@ MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validat
            "mlcore.policy", "mlcore.shadow", "mlcore.feast_sqlite", "mlcore.columns",
            "mlcore.targets", "mlcore.metrics", "mlcore.preprocessing", "mlcore.draft",
            "mlcore.integrity", "mlcore.repair", "mlcore.errors", "mlcore.drift_report",
-           "mlcore.backlog", "mlcore.fencing", "mlcore.estimation"]
+           "mlcore.backlog", "mlcore.fencing", "mlcore.estimation", "mlcore.backtest"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 
