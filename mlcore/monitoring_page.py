@@ -1,11 +1,14 @@
 """Monitoring page: one static HTML page (plus its JSON) per problem, rewritten after each run.
 
 ``<home>/reports/problem=<p>/monitoring.html`` shows, over the problem's batches in event-time
-order, five inline SVG plots: the primary metric on matured labels (champion, challenger, and each
-evaluation's holdout figures), drift share against the dataset-drift threshold, rows read with the
-quarantine rate, label coverage, and a timeline of decisions (evaluation outcomes, retrain requests
-by trigger, alias moves and rollbacks). Below them: a per-batch table and the decision log, with
-links to run cards and drift reports. ``monitoring.json`` next to it holds the same data.
+order, six inline SVG plots: one performance timeline (the champion's metric estimated from its
+own scores before labels arrive, with its interval, beside the realized metric, with dataset
+drift, retrains and promotions marked), the primary metric on matured labels (champion,
+challenger, and each evaluation's holdout figures), drift share against the dataset-drift
+threshold, rows read with the quarantine rate, label coverage, and a timeline of decisions
+(evaluation outcomes, retrain requests by trigger, alias moves and rollbacks). Below them: a
+per-batch table and the decision log, with links to run cards and drift reports.
+``monitoring.json`` next to it holds the same data.
 
 Everything comes from the metadata store; like the run card the page has no scripts and loads
 nothing, every text is escaped, and both files are written atomically. Only the newest
@@ -54,7 +57,9 @@ COLORS = {"champion": "#1f77b4", "challenger": "#ff7f0e", "contender": "#2ca02c"
           "holdout_champion": "#7f7f7f", "drift": "#c44e52", "share": "#4c72b0",
           "rows": "#4c72b0", "quarantine": "#c44e52", "coverage": "#55a868", "matured": "#333333",
           "promote": "#2e7d32", "keep": "#b08900", "reject": "#c62828", "other": "#7f7f7f",
-          "retrain": "#1f77b4", "rollback": "#8e24aa", "alias": "#555555"}
+          "retrain": "#1f77b4", "rollback": "#8e24aa", "alias": "#555555",
+          "estimate": "#9467bd"}
+CONFIDENCE_LABEL = "95%"  # mlcore.estimation.CONFIDENCE (not imported: it is a heavy module)
 PAGE_CSS = CSS + """body{max-width:1200px}td,th{font-size:90%}.empty{padding:1em;background:#f3f3f3;
 border-radius:6px}.notes{color:#555;font-size:90%}"""
 NOTES = (
@@ -63,7 +68,12 @@ NOTES = (
     "quarantine rate is quarantined / rows read and the published rows are rows read minus "
     "quarantined. The primary metric is computed on rows whose label has matured; a gap means "
     "too few matured labels. Label coverage is labelled rows / predicted rows of the champion's "
-    "performance report (the challenger's when the champion has none). Times are UTC."
+    "performance report (the challenger's when the champion has none). The estimated metric is "
+    "computed when a batch is scored, from the model's own outputs calibrated on its holdout "
+    "(CBPE for classifiers, DLE for regression); its interval is the sampling error of the batch "
+    "and of the calibration; a gap means it was not estimated (mlcore performance says why). "
+    "Retrains and promotions are drawn just after the newest batch their version was trained or "
+    "judged on. Times are UTC."
 )
 
 
@@ -150,7 +160,7 @@ def _batches(s: Any, problem: str, links: Any) -> list[dict[str, Any]]:
     event time; batches known only from reports come last."""
     from sqlalchemy import select
 
-    from mlcore.store.models import Batch, DriftReport, PerformanceReport
+    from mlcore.store.models import Batch, DriftReport, PerformanceEstimate, PerformanceReport
 
     records: dict[str, dict[str, Any]] = {}
     order: dict[str, tuple[Any, ...]] = {}
@@ -162,7 +172,8 @@ def _batches(s: Any, problem: str, links: Any) -> list[dict[str, Any]]:
             records[batch_id] = {"batch_id": batch_id, **dict.fromkeys(
                 ("state", "event_time_min", "event_time_max", "created_at", "rows",
                  "quarantined", "published_rows", "quarantine_rate", "drift", "label_coverage")),
-                "performance": {"champion": None, "challenger": None}}
+                "performance": {"champion": None, "challenger": None},
+                "estimate": {"champion": None, "challenger": None}}
             order[batch_id] = (1, _utc(created) or far, _utc(created) or far, batch_id)
         if manifest is not None:
             read, bad = manifest.row_count, manifest.quarantine_count or 0
@@ -194,6 +205,13 @@ def _batches(s: Any, problem: str, links: Any) -> list[dict[str, Any]]:
             "labelled_rows": p.labelled_rows,
             "label_coverage": _ratio(p.labelled_rows, p.predicted_rows),
             "matured_share": _ratio(p.matured_rows, p.predicted_rows)}
+    for e in s.scalars(select(PerformanceEstimate).where(PerformanceEstimate.problem == problem)
+                       .order_by(PerformanceEstimate.created_at, PerformanceEstimate.id)):
+        role = "champion" if e.role == "champion" else "challenger"
+        record(e.batch_id, created=e.created_at)["estimate"][role] = {
+            "model_version": e.model_version, "metric": e.metric, "estimate": num(e.estimate),
+            "ci_low": num(e.ci_low), "ci_high": num(e.ci_high), "rows": e.rows,
+            "method": e.method, "reason": _clip(e.reason), "realized": num(e.realized)}
     for rec in records.values():
         perf = rec["performance"]["champion"] or rec["performance"]["challenger"]
         rec["label_coverage"] = perf and perf["label_coverage"]
@@ -257,6 +275,30 @@ def _decisions(s: Any, problem: str, links: Any,
     return [d for _, _, d in out]
 
 
+def _model_events(s: Any, problem: str) -> list[dict[str, Any]]:
+    """Retrains (a version registered) and champion moves, each with the batches its version
+    was trained and judged on (the timeline places it after the newest of them)."""
+    from sqlalchemy import select
+
+    from mlcore.store.models import AliasHistory, ModelVersion
+
+    seen: dict[int, list[str]] = {}
+    out = []
+    for mv in s.scalars(select(ModelVersion).where(ModelVersion.problem == problem)
+                        .order_by(ModelVersion.version)):
+        held = ((mv.reproducibility or {}).get("dataset") or {}).get("holdout_batches") or []
+        seen[mv.version] = [str(b) for b in [*(mv.training_batch_ids or []), *held]]
+        out.append({"kind": "retrain", "version": mv.version, "time": _iso(mv.created_at),
+                    "batches": seen[mv.version]})
+    for a in s.scalars(select(AliasHistory).where(AliasHistory.problem == problem,
+                                                  AliasHistory.alias == "champion")
+                       .order_by(AliasHistory.created_at, AliasHistory.id)):
+        out.append({"kind": "rollback" if a.action == "rollback" else "promotion",
+                    "version": a.to_version, "time": _iso(a.created_at),
+                    "batches": seen.get(a.to_version, [])})
+    return out
+
+
 def collect(problem: str, settings: Settings) -> dict[str, Any]:
     """Everything the monitoring page shows, as strict-JSON-able data (the ``monitoring.json``).
 
@@ -281,6 +323,7 @@ def collect(problem: str, settings: Settings) -> dict[str, Any]:
         batches = _batches(s, problem, links)
         drift_hrefs = {b["batch_id"]: (b["drift"] or {}).get("report_href") for b in batches}
         decisions = _decisions(s, problem, links, drift_hrefs)
+        model_events = _model_events(s, problem)
         champion = s.scalar(select(Alias.version).where(Alias.problem == problem,
                                                         Alias.alias == "champion"))
     return jsonable({
@@ -290,7 +333,8 @@ def collect(problem: str, settings: Settings) -> dict[str, Any]:
         "drift_threshold": spec.drift.drift_share, "champion_version": champion,
         "notes": NOTES,
         "totals": {"batches": len(batches), "decisions": len(decisions)},
-        "batches": batches[-MAX_BATCHES:], "decisions": decisions[-MAX_DECISIONS:]})
+        "batches": batches[-MAX_BATCHES:], "decisions": decisions[-MAX_DECISIONS:],
+        "model_events": model_events[-MAX_DECISIONS:]})
 
 
 # --- plots ---------------------------------------------------------------------------------------
@@ -311,6 +355,63 @@ def _batch_axis(ax: Any, ids: list[str]) -> None:
 
 def _legend(ax: Any) -> None:
     ax.legend(loc="upper left", fontsize="small", bbox_to_anchor=(1.01, 1))
+
+
+def _event_positions(data: dict[str, Any], ids: list[str]) -> list[tuple[float, str, int]]:
+    """(x, kind, version) of each retrain / champion move: just after the newest batch its
+    version was trained or judged on (events of versions with no batch shown are left out)."""
+    position = {b: i for i, b in enumerate(ids)}
+    out = []
+    for event in data.get("model_events") or []:
+        xs = [position[b] for b in event["batches"] if b in position]
+        if xs:
+            out.append((max(xs) + (0.3 if event["kind"] == "retrain" else 0.45), event["kind"],
+                        event["version"]))
+    return out
+
+
+def _plot_estimates(ax: Any, data: dict[str, Any]) -> None:
+    """One timeline: the champion's estimated metric per batch (before labels, with its CI as a
+    band and whiskers), the realized metric on matured labels, dataset drift, retrains and
+    promotions."""
+    batches, metric = data["batches"], data["metric"]["name"]
+    ids, xs = [b["batch_id"] for b in batches], list(range(len(batches)))
+    est = [b["estimate"]["champion"] or {} for b in batches]
+    est = [e if e.get("metric") == metric else {} for e in est]
+    value = [_nan(e.get("estimate")) for e in est]
+    low, high = [_nan(e.get("ci_low")) for e in est], [_nan(e.get("ci_high")) for e in est]
+    real = [_nan(r["value"]) if (r := b["performance"]["champion"]) and r["metric"] == metric
+            else math.nan for b in batches]
+    if all(math.isnan(v) for v in value + real):
+        return message(ax, f"no estimated or realized {metric} yet")
+    ax.fill_between(xs, low, high, color=COLORS["estimate"], alpha=0.18, linewidth=0,
+                    label=f"{CONFIDENCE_LABEL} interval")
+    ax.errorbar(xs, value, yerr=[[v - lo for v, lo in zip(value, low, strict=True)],
+                                 [hi - v for v, hi in zip(value, high, strict=True)]],
+                marker="o", markersize=4, capsize=3, color=COLORS["estimate"],
+                label="champion: estimated (before labels)")
+    ax.plot(xs, real, linestyle="none", marker="s", markersize=6, color=COLORS["champion"],
+            label="champion: realized (matured labels)")
+    for i, b in enumerate(batches):
+        if (b["drift"] or {}).get("dataset_drift"):
+            ax.axvspan(i - 0.45, i + 0.45, color=COLORS["drift"], alpha=0.12, linewidth=0,
+                       label="dataset drift" if "dataset drift" not in _labels(ax) else None)
+    styles = {"retrain": (":", COLORS["retrain"], "retrain"),
+              "promotion": ("--", COLORS["promote"], "promoted champion"),
+              "rollback": ("--", COLORS["rollback"], "rollback")}
+    for x, kind, version in _event_positions(data, ids):
+        style, color, label = styles[kind]
+        ax.axvline(x, linestyle=style, color=color, linewidth=1.2,
+                   label=label if label not in _labels(ax) else None)
+        ax.text(x, 1.0, f"v{version}", transform=ax.get_xaxis_transform(), color=color,
+                fontsize="x-small", ha="center", va="bottom")
+    _batch_axis(ax, ids)
+    ax.set_ylabel(tex_safe(f"{metric} ({data['metric']['direction']})"))
+    _legend(ax)
+
+
+def _labels(ax: Any) -> list[str]:
+    return list(ax.get_legend_handles_labels()[1])
 
 
 def _plot_metric(ax: Any, data: dict[str, Any]) -> None:
@@ -454,10 +555,11 @@ def _plot_timeline(ax: Any, data: dict[str, Any]) -> None:
 
 
 def _figures(data: dict[str, Any]) -> list[str]:
-    """The five plots as inline SVG strings."""
+    """The six plots as inline SVG strings."""
     lanes = {d["lane"] for d in data["decisions"]} | {
         f"retrain request: {t}" for d in data["decisions"] for t in d.get("triggers") or []}
-    return figures([(_plot_metric, (7.5, 3.0)), (_plot_drift, (7.5, 2.8)),
+    return figures([(_plot_estimates, (7.5, 3.2)), (_plot_metric, (7.5, 3.0)),
+                    (_plot_drift, (7.5, 2.8)),
                     (_plot_rows, (7.5, 2.8)), (_plot_coverage, (7.5, 2.6)),
                     (_plot_timeline, (7.5, 0.35 * len(lanes) + 1.2))], data)
 
@@ -541,7 +643,7 @@ def _decision_table(data: dict[str, Any]) -> str:
 
 
 def _render_html(data: dict[str, Any]) -> str:
-    """The page: header, five plots, two tables (or a note when there is nothing yet)."""
+    """The page: header, six plots, two tables (or a note when there is nothing yet)."""
     problem, totals = data["problem"], data["totals"]
     metric = data["metric"]
     champion = data["champion_version"]
@@ -559,7 +661,9 @@ def _render_html(data: dict[str, Any]) -> str:
                 "retrain requests or alias moves for it.</p></body></html>\n")
     shown_b, shown_d = len(data["batches"]), len(data["decisions"])
     plots = _figures(data)
-    titles = [f"Primary metric ({metric['name']}) over batches", "Drift share per batch",
+    titles = [f"Performance timeline: {metric['name']} estimated before labels (CBPE/DLE, "
+              "with its interval) and realized, dataset drift, retrains and promotions",
+              f"Primary metric ({metric['name']}) over batches", "Drift share per batch",
               "Rows and quarantine rate per batch", "Label coverage per batch",
               "Decisions over time"]
     body = "".join(f"<h3>{fmt(t)}</h3><figure>{p}</figure>"

@@ -19,6 +19,8 @@ from mlcore.store.models import (
     Batch,
     DriftReport,
     Evaluation,
+    ModelVersion,
+    PerformanceEstimate,
     PerformanceReport,
     RetrainRequest,
 )
@@ -153,7 +155,7 @@ def test_page_shows_batches_in_event_time_order_with_their_figures(written, sett
     assert page.bytes == page.path.stat().st_size < MAX_BYTES
     assert sorted(p.name for p in page.path.parent.iterdir()) == [
         "monitoring.html", "monitoring.json"]  # no temp files
-    assert text.count("<svg") == 5 and text.count("</svg>") == 5
+    assert text.count("<svg") == 6 and text.count("</svg>") == 6
     assert [b["batch_id"] for b in data["batches"]] == EVENT_ORDER + ["zulu"]
     html_only = without_svg(text)
     positions = [html_only.index(f"<td>{b}</td>") for b in EVENT_ORDER + ["zulu"]]
@@ -222,6 +224,44 @@ def test_decisions_link_run_cards_and_drift_reports(written, settings):
         assert f">{legend}</text>" in plots
     assert data["champion_version"] == 1 and "current champion v1" in html_only
     assert data["totals"] == {"batches": 5, "decisions": 9}
+
+
+def test_one_timeline_shows_estimates_beside_realized_with_drift_retrains_and_promotions(
+        settings):
+    fill_store(settings)
+    with session_scope(settings.db_url) as s:
+        for v, trained, held in ((1, ["delta"], ["alpha"]), (2, ["delta", "alpha"], ["charlie"])):
+            s.add(ModelVersion(
+                problem=PROBLEM, version=v, algorithm="lr", hyperparameters={},
+                artifact_uri="/x", artifact_sha256="0" * 64, training_batch_ids=trained,
+                data_hash="0" * 64, train_rows=10, metrics={}, code_version="x", timings={},
+                spec_hash="0" * 64, reproducibility={"dataset": {"holdout_batches": held}},
+                created_at=T0 + timedelta(minutes=v)))
+        s.add_all([PerformanceEstimate(
+            problem=PROBLEM, batch_id=b, model_version=1, role="champion", metric="roc_auc",
+            estimate=e, ci_low=e - 0.02, ci_high=e + 0.02, rows=1000, method="cbpe", realized=r)
+            for b, e, r in (("delta", 0.8, 0.81), ("alpha", 0.79, 0.79),
+                            ("charlie", 0.75, 0.74))])
+        s.add(PerformanceEstimate(problem=PROBLEM, batch_id="bravo", model_version=1,
+                                  role="champion", metric="roc_auc", rows=3000, method="none",
+                                  reason="not estimated: no reference set"))
+    page = write_monitoring_page(PROBLEM, settings)
+    text, data = page.path.read_text(), strict_json(page.json_path.read_text())
+    by = {b["batch_id"]: b["estimate"]["champion"] for b in data["batches"]}
+    assert (by["charlie"]["estimate"], by["charlie"]["ci_low"], by["charlie"]["realized"]) == (
+        0.75, 0.73, 0.74)
+    assert by["bravo"]["estimate"] is None
+    assert by["bravo"]["reason"] == "not estimated: no reference set"
+    assert [(e["kind"], e["version"], e["batches"]) for e in data["model_events"]] == [
+        ("retrain", 1, ["delta", "alpha"]), ("retrain", 2, ["delta", "alpha", "charlie"]),
+        ("promotion", 1, ["delta", "alpha"]), ("promotion", 2, ["delta", "alpha", "charlie"]),
+        ("rollback", 1, ["delta", "alpha"])]
+    timeline = re.findall(r"<svg.*?</svg>", text, flags=re.S)[0]  # the first plot
+    for legend in ("champion: estimated (before labels)", "champion: realized (matured labels)",
+                   "95% interval", "dataset drift", "retrain", "promoted champion", "rollback"):
+        assert f">{legend}</text>" in timeline, legend
+    assert ">v1</text>" in timeline and ">v2</text>" in timeline
+    assert "Performance timeline: roc_auc estimated before labels" in without_svg(text)
 
 
 def test_text_is_escaped_and_the_page_is_offline(written):
