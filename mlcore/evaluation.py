@@ -490,6 +490,12 @@ def evaluate_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
     decision, details = judge(spec, holdout, p_new, p_old, timings, largest_recent_batch(
         spec, settings))
     details["split"] = dataset.method
+    if spec.evaluation.backtest_batches:
+        from mlcore.backtest import backtest
+
+        details["backtest"] = backtest(spec, load_part(dataset.train_uri, dataset.train_hash), {
+            role: mv for role, mv in (("contender", new_mv), ("champion", old_mv))
+            if mv is not None})
     return record_evaluation(spec, settings, new_mv, old_mv, y, p_new, p_old, decision, details,
                              {"batches": dataset.holdout_batches, "rows": len(holdout),
                               "hash": frame_hash(holdout) if seen else dataset.holdout_hash,
@@ -555,7 +561,8 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersio
             "bootstrap_samples": spec.promotion.bootstrap_samples,
             "thresholds": spec.promotion.model_dump(), "holdout": holdout,
             "slices": details["slices"], "throughput": speed,
-            "guardrails": list(decision.guardrails), "held_by": list(decision.held_by)}),
+            "guardrails": list(decision.guardrails), "held_by": list(decision.held_by),
+            "backtest": details.get("backtest") or []}),
             settings.partition("reports", spec.name) / f"evaluation={row.id}")
         row.run_card_uri = str(card.html_path)
         eval_id = row.id

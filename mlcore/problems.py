@@ -334,6 +334,8 @@ class EvaluationRule(_Spec):
 
     holdout: float | str = 0.2
     min_holdout_rows: int = Field(200, ge=1)  # fewer rows neither model trained on: refused
+    # rolling-origin backtest over the last k batches before the cut, on the run card (2k fits)
+    backtest_batches: int = Field(0, ge=0, le=12)
 
     @model_validator(mode="after")
     def _check_holdout(self) -> EvaluationRule:

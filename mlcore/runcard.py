@@ -585,6 +585,14 @@ def _tables(card: dict[str, Any]) -> str:
                           ["fail" if s.get("ok") is False else "" for s in slices])),
         ("Models", table(["role", "version", "algorithm", "rows/s"], models)),
     ]
+    if back := card.get("backtest"):
+        parts.append(("Rolling-origin backtest (each configuration refitted on the batches "
+                      "before each one; not part of the decision)", table(
+            ["batch", "fitted rows", "rows", "contender", "champion", "delta", "note"],
+            [[b.get("batch_id"), b.get("fit_rows"), b.get("rows"), b.get("contender"),
+              b.get("champion"), b.get("delta"),
+              "; ".join(b[k] for k in ("contender_note", "champion_note") if b.get(k))]
+             for b in back])))
     return "".join(f"<h3>{title}</h3>{html_table}" for title, html_table in parts)
 
 

@@ -429,3 +429,22 @@ def test_a_checked_promotion_applies_the_retrain_rules_and_force_skips_them(spec
     assert forced["promoted"] and alias_holder(spec.name, url) == version
     assert alias_log(spec.name, url)[-1]["reason"] == "incident 42 (forced, checks skipped)"
     assert rollback(spec.name, "restore the fixture's champion", url) == (version, champion)
+
+
+def test_the_rolling_origin_backtest_refits_both_configurations_per_batch(spec, loop):
+    """Off by default; with backtest_batches 2 the run card reports 2016 (fitted on 2015) and
+    2017's earlier rows (fitted on 2015-16) for contender and champion, not part of the rule."""
+    assert spec.evaluation.backtest_batches == 0
+    s = spec.model_copy(update={"evaluation": spec.evaluation.model_copy(
+        update={"backtest_batches": 2})})
+    out = evaluate_contender(s, loop.dataset, loop.contender.version, loop.settings)
+    card = json.loads((Path(out["run_card"]).parent / "run_card.json").read_text())
+    back = card["backtest"]
+    assert [(b["batch_id"], b["fit_rows"], b["rows"]) for b in back] == [
+        ("2016", 1500, 1500), ("2017", 3000, 1200)]
+    for b in back:  # the champion is the same version: the same refit, the same metric
+        assert 0.7 < b["contender"] == b["champion"] and b["delta"] == 0.0
+    assert "Rolling-origin backtest" in Path(out["run_card"]).read_text()
+    plain = evaluate_contender(spec, loop.dataset, loop.contender.version, loop.settings)
+    assert json.loads((Path(plain["run_card"]).parent / "run_card.json").read_text())[
+        "backtest"] == []
