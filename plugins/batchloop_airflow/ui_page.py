@@ -124,7 +124,9 @@ def page(title: str, body: str, base: str = "") -> str:
 
 
 def index_data(settings: Any) -> list[dict[str, Any]]:
-    """One row per declared problem: champion, challenger, version and batch counts."""
+    """One row per declared problem: champion, challenger, version and batch counts, and the
+    champion's newest estimated metric (``mlcore.estimation.latest_estimate``)."""
+    from mlcore.estimation import latest_estimate
     from mlcore.problems import load_problems
     from mlcore.registry import list_versions
     from mlcore.reporting import batches
@@ -133,10 +135,22 @@ def index_data(settings: Any) -> list[dict[str, Any]]:
     for name, spec in load_problems(settings.problems_dir).items():
         versions = list_versions(name, settings.db_url)
         holder = {a: v["version"] for v in versions for a in v["aliases"]}
+        champion = holder.get("champion")
         rows.append({"problem": name, "description": spec.description,
-                     "champion": holder.get("champion"), "challenger": holder.get("challenger"),
-                     "versions": len(versions), "batches": len(batches(name, settings.db_url))})
+                     "champion": champion, "challenger": holder.get("challenger"),
+                     "versions": len(versions), "batches": len(batches(name, settings.db_url)),
+                     "estimate": None if champion is None else
+                     latest_estimate(name, champion, settings.db_url)})
     return rows
+
+
+def estimate_text(e: dict[str, Any] | None) -> str:
+    """``roc_auc 0.8782 [0.8756, 0.8807] on 2018``: a newest estimate made before labels."""
+    if e is None:
+        return '<span class="muted">not estimated yet</span>'
+    return (f'{esc(e["metric"])} <span class="num">{num(e["estimate"])}</span> '
+            f'<span class="nowrap muted">[{num(e["ci_low"])}, {num(e["ci_high"])}]</span> '
+            f"on {esc(e['batch_id'])}")
 
 
 def render_index(rows: list[dict[str, Any]]) -> str:
@@ -144,9 +158,12 @@ def render_index(rows: list[dict[str, Any]]) -> str:
     cells = [[link(f"problems/{quote(r['problem'], safe='')}", r["problem"]),
               esc(r["description"]), _version(r["champion"]), _version(r["challenger"]),
               f'<span class="num">{r["versions"]}</span>',
-              f'<span class="num">{r["batches"]}</span>'] for r in rows]
+              f'<span class="num">{r["batches"]}</span>',
+              "—" if r["champion"] is None else estimate_text(r.get("estimate"))]
+             for r in rows]
     return page("Batchloop", "<h1>Batchloop: problems</h1>" + table(
-        ["Problem", "Description", "Champion", "Challenger", "Versions", "Batches"], cells,
+        ["Problem", "Description", "Champion", "Challenger", "Versions", "Batches",
+         "Champion's estimated metric (newest batch, before labels)"], cells,
         "No problem specs found (MLCORE_PROBLEMS_DIR)."))
 
 
@@ -158,6 +175,7 @@ def problem_data(spec: Any, settings: Any) -> dict[str, Any]:
     """``reporting.summary`` plus the lineage of the newest ``MAX_LINEAGE`` versions, the
     quarantine breakdown, drift per batch and the "needs attention" panel's data."""
     from batchloop_airflow.ui_cockpit import attention_data
+    from mlcore.estimation import latest_estimate
     from mlcore.lineage import model_lineage
     from mlcore.reporting import drift_by_batch, quarantine_breakdown, summary
 
@@ -171,6 +189,8 @@ def problem_data(spec: Any, settings: Any) -> dict[str, Any]:
     data["quarantine"] = quarantine_breakdown(spec.name, settings.db_url)
     data["drift_by_batch"] = drift_by_batch(spec.name, settings.db_url)
     data["attention"] = attention_data(spec, settings)
+    data["estimates"] = {m["version"]: latest_estimate(spec.name, m["version"], settings.db_url)
+                         for m in data["models"] if m["aliases"]}
     return data
 
 
@@ -217,9 +237,11 @@ def render_problem(d: dict[str, Any], home: Path, spec: Any, ui: dict[str, Any])
             f'<br><span class="muted">since {when(last["at"])} by {esc(last["actor"])}: '
             f'{esc(last["reason"])}</span>')
         v = str(m["version"])
+        estimated = (f'<br>estimated before labels: '
+                     f'{estimate_text((d.get("estimates") or {}).get(m["version"]))}')
         return (f'<div class="card">{esc(alias)}<br><b>{link(vpage + v, "v" + v)}</b> '
                 f'{esc(m["algorithm"])}<br>holdout {esc(metric)} '
-                f'{num(holdout.get(m["version"]))}{since}</div>')
+                f'{num(holdout.get(m["version"]))}{estimated}{since}</div>')
 
     monitoring = (link(rep + f"problem={quote(p, safe='')}/monitoring.html", "Monitoring page",
                        new_tab=True) if d["monitoring_exists"] else
