@@ -549,6 +549,7 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersio
             "promote": decision.promote, "reason": decision.reason,
             "metric": spec.metric.model_dump(), "target": {"kind": kind, "classes": classes},
             "contender": {"version": contender, "algorithm": new_mv.algorithm,
+                          "window": (new_mv.reproducibility or {}).get("window_why"),
                           "metrics": new_metrics, "rows_per_second": speed.get("contender"),
                           "curves": model_curves(kind, y, p_new, classes)},
             "champion": None if old_mv is None or p_old is None else {

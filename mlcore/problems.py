@@ -288,7 +288,9 @@ class Promotion(_Spec):
 class Window(_Spec):
     """A training window: which labelled rows (before the holdout cut) a candidate trains on.
     ``all``: every row; ``last_batches``: the newest N batches; ``last_days``: rows within D days
-    of the cut; ``half_life_days``: every row, weighted ``0.5 ** (age_days / half_life)``."""
+    of the newest training row; ``half_life_days``: every row, weighted
+    ``0.5 ** (age_days / half_life)`` (age from the newest training row). Windows are chosen on
+    the newest validation rows, as if they were the future (``mlcore.training``)."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     last_batches: int | None = Field(None, ge=1)

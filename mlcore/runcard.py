@@ -558,7 +558,8 @@ def _tables(card: dict[str, Any]) -> str:
     hold, thru = card.get("holdout") or {}, card.get("throughput") or {}
     slices, guards = card.get("slices") or [], card.get("guardrails") or []
     kv = ["name", "value"]
-    models = [[role, m.get("version"), m.get("algorithm"), m.get("rows_per_second")]
+    models = [[role, m.get("version"), m.get("algorithm"), m.get("rows_per_second"),
+               m.get("window") or "all history"]
               for role in ("contender", "champion") if (m := card.get(role))]
     parts = [
         ("Metrics", table(["metric", "better", "contender", "champion"],
@@ -583,7 +584,8 @@ def _tables(card: dict[str, Any]) -> str:
                               ["fail" if g.get("ok") is False else "" for g in guards])),
         ("Slices", table(list(SLICE_KEYS), [[s.get(k) for k in SLICE_KEYS] for s in slices],
                           ["fail" if s.get("ok") is False else "" for s in slices])),
-        ("Models", table(["role", "version", "algorithm", "rows/s"], models)),
+        ("Models", table(["role", "version", "algorithm", "rows/s", "training window"],
+                         models)),
     ]
     if back := card.get("backtest"):
         parts.append(("Rolling-origin backtest (each configuration refitted on the batches "
