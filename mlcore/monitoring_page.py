@@ -403,8 +403,9 @@ def _plot_estimates(ax: Any, data: dict[str, Any]) -> None:
         style, color, label = styles[kind]
         ax.axvline(x, linestyle=style, color=color, linewidth=1.2,
                    label=label if label not in _labels(ax) else None)
-        ax.text(x, 1.0, f"v{version}", transform=ax.get_xaxis_transform(), color=color,
-                fontsize="x-small", ha="center", va="bottom")
+        top = kind != "retrain"  # retrains labelled at the foot, champion moves at the top
+        ax.text(x, 1.0 if top else 0.01, f"v{version}", transform=ax.get_xaxis_transform(),
+                color=color, fontsize="x-small", ha="center", va="bottom")
     _batch_axis(ax, ids)
     ax.set_ylabel(tex_safe(f"{metric} ({data['metric']['direction']})"))
     _legend(ax)
