@@ -339,6 +339,9 @@ def estimate_batch(spec: ProblemSpec, batch_id: str, mv: ModelVersion, role: str
     name, rows = spec.metric.name, len(frame)
     if name in NOT_ESTIMABLE:
         return not_estimated(spec, batch_id, mv.version, role, rows, NOT_ESTIMABLE[name])
+    if spec.target.kind == "regression" and name not in DLE_LOSSES:
+        return not_estimated(spec, batch_id, mv.version, role, rows, f"no loss is defined for "
+                             f"{name} (direct loss estimation knows {', '.join(DLE_LOSSES)})")
     if not rows:
         return not_estimated(spec, batch_id, mv.version, role, rows, "the batch has no rows")
     try:
