@@ -145,6 +145,32 @@ class Split:
     holdout_from: str | None = None
 
 
+def event_ns(frame: pd.DataFrame) -> np.ndarray:
+    """The rows' event times as int64 nanoseconds since the epoch (UTC)."""
+    at = pd.to_datetime(frame["event_timestamp"], utc=True).dt.as_unit("ns")
+    return np.asarray(at.astype("int64").to_numpy(), dtype="int64")
+
+
+def key_hash(frame: pd.DataFrame, key: str) -> np.ndarray:
+    """A stable hash of each row's entity key as text (breaks ties of one moment)."""
+    return hash_array(frame[key].astype(str).to_numpy())
+
+
+def newest_mask(at: np.ndarray, tie: np.ndarray, fraction: float) -> np.ndarray:
+    """Mask of the newest ``fraction`` of rows (at least one) ordered by (``at``, ``tie``)."""
+    order = np.lexsort((tie, at))
+    held = np.zeros(len(at), dtype=bool)
+    held[order[len(at) - max(1, round(fraction * len(at))):]] = True
+    return held
+
+
+def newest_rows(frame: pd.DataFrame, key: str, fraction: float) -> np.ndarray:
+    """Mask of the newest ``fraction`` of the rows by event time (at least one row); rows of
+    one moment are ordered by a stable hash of the entity key, so the cut is the same every
+    time, whatever the row order."""
+    return newest_mask(event_ns(frame), key_hash(frame, key), fraction)
+
+
 def split_rows(frame: pd.DataFrame, plan: SplitPlan, spec: ProblemSpec) -> Split:
     """The row masks of ``plan`` (see ``time_slice``)."""
     if plan.method == "entity_hash":
@@ -169,9 +195,7 @@ def time_slice(frame: pd.DataFrame, newest: str, spec: ProblemSpec) -> Split:
         NotEnoughData: no row is left before the cut (a holdout as large as all the data).
     """
     rule = spec.evaluation
-    at = pd.to_datetime(frame["event_timestamp"], utc=True).dt.as_unit("ns").astype(
-        "int64").to_numpy()
-    tie = hash_array(frame[spec.entity.key].astype(str).to_numpy())
+    at, tie = event_ns(frame), key_hash(frame, spec.entity.key)
     mine = (frame["batch_id"] == newest).to_numpy()
     if not mine.any():
         raise NotEnoughData(f"{spec.name!r}: batch {newest!r} has no labelled rows to hold out")
@@ -182,9 +206,8 @@ def time_slice(frame: pd.DataFrame, newest: str, spec: ProblemSpec) -> Split:
         cut_tie = None
     else:
         idx = np.flatnonzero(mine)
-        order = idx[np.lexsort((tie[idx], at[idx]))]
-        n_held = min(len(idx), max(1, round(float(rule.holdout) * len(idx))))
-        first = order[len(idx) - n_held]
+        held_idx = idx[newest_mask(at[idx], tie[idx], float(rule.holdout))]
+        first = held_idx[np.lexsort((tie[held_idx], at[held_idx]))[0]]  # the oldest held row
         cut_at, cut_tie = int(at[first]), tie[first]
         before = (at < cut_at) | ((at == cut_at) & (tie < cut_tie))
     held = mine & ~before

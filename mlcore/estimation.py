@@ -55,6 +55,7 @@ from mlcore.preprocessing import CategoryCodes
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch, ModelVersion, PerformanceEstimate, PerformanceReport, utcnow
 from mlcore.store.session import session_scope
+from mlcore.targets import predict
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +302,6 @@ def fitted_estimator(spec: ProblemSpec, mv: ModelVersion, model: Any,
     Raises:
         NotEstimated: no usable reference set (record, file or classes missing).
     """
-    from mlcore.evaluation import predict_proba
 
     record = _dataset_record(mv)
     key = cache_key(spec, mv, record)
@@ -314,7 +314,7 @@ def fitted_estimator(spec: ProblemSpec, mv: ModelVersion, model: Any,
     estimator = PerformanceEstimator(
         spec.target.kind, spec.metric.name, spec.numeric, spec.categorical,
         [spec.vocabulary(c) for c in spec.categorical]).fit(
-        X, reference[spec.target.name].to_numpy(), predict_proba(model, X))
+        X, reference[spec.target.name].to_numpy(), predict(model, X))
     _save_cached(path, estimator)
     return estimator, key
 

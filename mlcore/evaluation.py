@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from mlcore.config import Settings
-from mlcore.datasets import DatasetRef, load_part
+from mlcore.datasets import DatasetRef, event_ns, load_part
 from mlcore.drift_report import links
 from mlcore.metrics import compute_metrics, metric, paired_bootstrap
 from mlcore.problems import ProblemSpec
@@ -353,9 +353,8 @@ class UnfairHoldout(ValueError):
 def _row_keys(spec: ProblemSpec, frame: pd.DataFrame) -> np.ndarray:
     """One hash per row of (entity key as text, event time in UTC nanoseconds), whatever the
     frame's dtypes (a Feast join and a curated file store the same moment differently)."""
-    stamps = pd.to_datetime(frame["event_timestamp"], utc=True).dt.as_unit("ns")
     norm = pd.DataFrame({"key": frame[spec.entity.key].astype(str).to_numpy(),
-                         "at": stamps.astype("int64").to_numpy()})
+                         "at": event_ns(frame)})
     return pd.util.hash_pandas_object(norm, index=False).to_numpy()
 
 

@@ -19,7 +19,6 @@ from typing import Any
 import joblib
 import numpy as np
 import pandas as pd
-from pandas.util import hash_array
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -27,7 +26,14 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlcore.batches import sha256_file
 from mlcore.config import Settings, TrainConfig
-from mlcore.datasets import DatasetRef, entity_bucket, load_part, write_dataset
+from mlcore.datasets import (
+    DatasetRef,
+    entity_bucket,
+    event_ns,
+    load_part,
+    newest_rows,
+    write_dataset,
+)
 from mlcore.evaluation import compute_metrics, timed_scores
 from mlcore.preprocessing import CategoryCodes
 from mlcore.problems import ESTIMATORS, NAN_NATIVE, Candidate, ProblemSpec, Scalar, Window
@@ -208,23 +214,6 @@ def select_and_fit(spec: ProblemSpec, train: pd.DataFrame, cfg: TrainConfig,
 
 MIN_WINDOW_ROWS = 50  # a window with fewer (effective) rows is skipped, with the reason recorded
 _NS_PER_DAY = 86_400 * 10**9
-
-
-def event_ns(frame: pd.DataFrame) -> np.ndarray:
-    """The rows' event times as int64 nanoseconds since the epoch (UTC)."""
-    at = pd.to_datetime(frame["event_timestamp"], utc=True).dt.as_unit("ns")
-    return np.asarray(at.astype("int64").to_numpy(), dtype="int64")
-
-
-def newest_rows(frame: pd.DataFrame, key: str, fraction: float) -> np.ndarray:
-    """Mask of the newest ``fraction`` of the rows by event time (at least one row); rows of
-    one moment are ordered by a stable hash of the entity key, so the cut is the same every
-    time, whatever the row order."""
-    tie = hash_array(frame[key].astype(str).to_numpy())
-    order = np.lexsort((tie, event_ns(frame)))
-    held = np.zeros(len(frame), dtype=bool)
-    held[order[len(frame) - max(1, round(fraction * len(frame))):]] = True
-    return held
 
 
 def window_rows(window: Window, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None]:

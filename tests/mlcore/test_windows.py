@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from mlcore.config import TrainConfig
-from mlcore.datasets import entity_bucket
+from mlcore.datasets import entity_bucket, newest_rows
 from mlcore.problems import ProblemSpec, get_problem
-from mlcore.training import build_pipeline, newest_rows, select_and_fit, window_rows
+from mlcore.training import build_pipeline, select_and_fit, window_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS, WEEKS, FLIPPED = 600, 5, 3
