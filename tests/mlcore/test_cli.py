@@ -277,16 +277,22 @@ def test_batches_shows_the_rejection_decision(migrated, slices, tmp_path):
     assert row["state"] == "rejected" and "AGEP" in row["reason"]
 
 
+def scored_2015(url: str, slices) -> int:
+    """A registered version whose predictions of batch 2015 rank its rows in file order."""
+    keys = pd.read_parquet(slices[2015])["id"]
+    version = register(url)
+    with session_scope(url) as s:
+        s.add_all([Prediction(problem="census_employment", batch_id="2015", entity_key=str(k),
+                              model_version=version, score=i / len(keys))
+                   for i, k in enumerate(keys)])
+    return version
+
+
 def test_labels_then_performance(migrated, slices, tmp_path):
     """`mlcore labels` stores a batch's late labels (no-op on repeat, conflict exits 3, bad input
     exits 2); `mlcore performance` measures a batch now, or lists what was recorded."""
     assert migrated.run("ingest", str(slices[2015]), "--batch-id", "2015").code == 0
-    keys = pd.read_parquet(slices[2015])["id"]
-    version = register(migrated.url)
-    with session_scope(migrated.url) as s:
-        s.add_all([Prediction(problem="census_employment", batch_id="2015", entity_key=str(k),
-                              model_version=version, score=i / len(keys))
-                   for i, k in enumerate(keys)])
+    version = scored_2015(migrated.url, slices)
     assert "no performance reports yet" in migrated.run("performance").out
 
     first = migrated.run("labels", str(slices[2015]), "--batch-id", "2015")
@@ -332,12 +338,7 @@ def test_performance_shows_the_estimate_made_before_labels_beside_the_realized_v
 
     for year in (2015, 2016):
         assert migrated.run("ingest", str(slices[year]), "--batch-id", str(year)).code == 0
-    keys = pd.read_parquet(slices[2015])["id"]
-    version = register(migrated.url)
-    with session_scope(migrated.url) as s:
-        s.add_all([Prediction(problem="census_employment", batch_id="2015", entity_key=str(k),
-                              model_version=version, score=i / len(keys))
-                   for i, k in enumerate(keys)])
+    version = scored_2015(migrated.url, slices)
     for batch, value in (("2015", 0.5), ("2016", 0.75)):
         record_estimate(Estimate("census_employment", batch, version, "champion", "roc_auc",
                                  value, value - 0.01, value + 0.01, 1500, "cbpe"), migrated.url)
