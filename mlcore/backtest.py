@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 
 from mlcore.metrics import metric
-from mlcore.problems import Candidate, ProblemSpec
-from mlcore.targets import mark, predict
+from mlcore.problems import ProblemSpec
+from mlcore.targets import predict
 
 if TYPE_CHECKING:
     from mlcore.store.models import ModelVersion
@@ -37,24 +37,20 @@ def origins(train: pd.DataFrame, k: int) -> list[tuple[str, list[str]]]:
 def _refit_and_score(spec: ProblemSpec, mv: ModelVersion, fit: pd.DataFrame,
                      test: pd.DataFrame) -> tuple[float | None, str]:
     """The version's recorded configuration refitted on ``fit``, its metric on ``test``."""
-    from mlcore.training import pipeline_for, recorded_window
+    from mlcore.training import recorded_window, refit_recorded
 
     rec = mv.reproducibility or {}
     if "estimator" not in rec:
         return None, "no reproducibility record"
     kind = spec.target.kind
     target = rec.get("target", {"kind": "binary", "classes": ["0", "1"]})
-    rows, extra = recorded_window(rec, fit)
+    rows, _ = recorded_window(rec, fit)
     y = fit[spec.target.name].to_numpy()[rows]
     if len(y) < MIN_FIT_ROWS:
         return None, f"{len(y)} rows before this batch in its window"
     if kind != "regression" and len(np.unique(y)) < len(target["classes"]):
         return None, "a class has no row before this batch"
-    candidate = Candidate(estimator=rec["estimator"], preprocessing=rec["preprocessing"],
-                          params=rec["params"])
-    model = pipeline_for(spec, candidate, rec["seed"]).fit(
-        fit[spec.feature_names][rows], y, **extra)
-    mark(model, target["kind"], target["classes"])
+    model = refit_recorded(spec, rec, fit)
     value = metric(spec.metric_name, test[spec.target.name].to_numpy(),
                    predict(model, test[spec.feature_names]), kind)
     return (value if math.isfinite(value) else None), ""

@@ -614,13 +614,7 @@ def reproduce_version(spec: ProblemSpec, version: int, settings: Settings) -> Re
         train = pd.read_parquet(rebuilt.train_uri)
         if rec["sampled_rows"]:
             train = train.sample(rec["sampled_rows"], random_state=rec["seed"])
-        candidate = Candidate(estimator=rec["estimator"], preprocessing=rec["preprocessing"],
-                              params=rec["params"])
-        rows, extra = recorded_window(rec, train)
-        model = pipeline_for(spec, candidate, rec["seed"]).fit(
-            train[spec.feature_names][rows], train[spec.target.name].to_numpy()[rows], **extra)
-        target = rec.get("target", {"kind": "binary", "classes": ["0", "1"]})
-        mark(model, target["kind"], target["classes"])
+        model = refit_recorded(spec, rec, train)
         X = pd.read_parquet(rebuilt.holdout_uri)[spec.feature_names]
         again = predict(model, X)
         registered = predict(load_model(mv, settings), X)
@@ -638,6 +632,18 @@ def reproduce_version(spec: ProblemSpec, version: int, settings: Settings) -> Re
         bool(np.array_equal(again, registered)), float(np.max(np.abs(again - registered),
                                                              initial=0.0)),
         len(X), round(time.perf_counter() - start, 3), notes)
+
+
+def refit_recorded(spec: ProblemSpec, rec: dict[str, Any], train: pd.DataFrame) -> Pipeline:
+    """A version's recorded configuration (estimator, preprocessing, params, seed, training
+    window and its weights) fitted on ``train``, marked with the recorded target."""
+    candidate = Candidate(estimator=rec["estimator"], preprocessing=rec["preprocessing"],
+                          params=rec["params"])
+    rows, extra = recorded_window(rec, train)
+    model = pipeline_for(spec, candidate, rec["seed"]).fit(
+        train[spec.feature_names][rows], train[spec.target.name].to_numpy()[rows], **extra)
+    target = rec.get("target", {"kind": "binary", "classes": ["0", "1"]})
+    return mark(model, target["kind"], target["classes"])
 
 
 def recorded_window(rec: dict[str, Any], train: pd.DataFrame
