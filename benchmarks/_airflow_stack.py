@@ -261,8 +261,8 @@ def seed_home(settings: Any, files: dict[int, Path], train: bool) -> dict[str, A
     from mlcore.datasets import build_dataset
     from mlcore.features import apply_definitions, materialize_batch
     from mlcore.ingestion import ingest_batch
+    from mlcore.model.registry import move_alias
     from mlcore.problems import get_problem
-    from mlcore.registry import move_alias
     from mlcore.store.session import get_engine, upgrade
     from mlcore.training import train_contender
 

@@ -262,7 +262,7 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
     from mlcore.datasets import build_dataset
     from mlcore.features import apply_definitions, materialize_batch
     from mlcore.ingestion import ingest_batch
-    from mlcore.registry import move_alias
+    from mlcore.model.registry import move_alias
     from mlcore.store.session import upgrade
     from mlcore.training import train_contender
 

@@ -1,5 +1,5 @@
 """Verify-on-read cost: ``ingest_batch`` of a synthetic census file against the cold check of its
-curated files (``mlcore.integrity.curated_files``, memo cleared) and the fingerprint taken at
+curated files (``mlcore.data.integrity.curated_files``, memo cleared) and the fingerprint taken at
 publish, in one process, per round. Not a test; results go to BENCHMARKS.md.
 
     python benchmarks/bench_integrity.py [--rows 1000000] [--rounds 2]
@@ -19,7 +19,7 @@ from bench_ingest import fresh_settings, load_real, write_input  # noqa: E402
 
 
 def main() -> None:
-    import mlcore.integrity as integrity
+    import mlcore.data.integrity as integrity
     from mlcore.ingestion import get_batch, ingest_batch
     from mlcore.problems import get_problem
 

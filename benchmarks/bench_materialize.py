@@ -93,7 +93,7 @@ class Dataset:
                              feature_repo=ROOT / "feature_repo")
         stock = work / name / "feature_store.stock.yaml"
         stock.write_text((ROOT / "feature_repo" / "feature_store.yaml").read_text()
-                         .replace("mlcore.feast_sqlite.FastSqliteOnlineStore", "sqlite")
+                         .replace("mlcore.feast.sqlite_online.FastSqliteOnlineStore", "sqlite")
                          .replace("/feast/registry.db", "/feast/stock_registry.db")
                          .replace("/feast/online_store.db", "/feast/stock_online.db"))
         self.stock = self.ours.model_copy(update={"feast_config": stock})

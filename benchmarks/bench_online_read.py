@@ -82,7 +82,7 @@ class Store:
         online_features(spec, self.keys[:1], self.settings, via_feast=True)
         self.first_call = time.perf_counter() - start
         online = _online(self.settings)
-        from mlcore.feast_sqlite import db_path, table_name
+        from mlcore.feast.sqlite_online import db_path, table_name
 
         self.view = online.store.get_feature_view(spec.feature_view)
         cols = ", ".join(f'"{c}"' for c in ["entity_key", "event_ts", *spec.feature_names])

@@ -86,10 +86,10 @@ def plain_child(home: str) -> None:
     from mlcore.config import Settings, TrainConfig
     from mlcore.datasets import DatasetRef, build_dataset
     from mlcore.evaluation import KEEP_TOO_CLOSE, evaluate_contender
-    from mlcore.monitoring_page import write_monitoring_page
+    from mlcore.model.registry import CHALLENGER, alias_holder, move_alias
     from mlcore.policy import acquire_lease, pending_requests, promotion_hold, release_lease
     from mlcore.problems import get_problem
-    from mlcore.registry import CHALLENGER, alias_holder, move_alias
+    from mlcore.reports.monitoring_page import write_monitoring_page
     from mlcore.training import train_contender
 
     steps: dict[str, float] = {"imports": time.perf_counter() - t_imp}

@@ -99,14 +99,14 @@ class Probe:
         ("mlcore.training", "timed_scores", "holdout scores, `timed_scores`"),
         ("mlcore.training", "reproducibility_record", "reproducibility record"),
         ("mlcore.training", "save_artifact", "`save_artifact` (joblib + sha256)"),
-        ("mlcore.registry", "register_version", "`register_version` (DB)"),
+        ("mlcore.model.registry", "register_version", "`register_version` (DB)"),
         ("mlcore.evaluation", "unseen_holdout", "`unseen_holdout` (reads train parts)"),
-        ("mlcore.registry", "load_model", "`load_model` x2 (sha256 + unpickle)"),
+        ("mlcore.model.registry", "load_model", "`load_model` x2 (sha256 + unpickle)"),
         ("mlcore.evaluation", "measure_throughput",
          "throughput: warm-up + 5 interleaved passes x2 models, 1 thread"),
         ("mlcore.evaluation", "paired_bootstrap", "paired bootstrap"),
         ("mlcore.evaluation", "slice_checks", "slice guardrails"),
-        ("mlcore.runcard", "write_run_card", "`write_run_card` (HTML + SVG plots)"),
+        ("mlcore.reports.runcard", "write_run_card", "`write_run_card` (HTML + SVG plots)"),
     )
 
     def __init__(self) -> None:
@@ -207,7 +207,7 @@ def setup(spec: Any, settings: Any, files: dict[int, Path]) -> dict[str, Any]:
     from mlcore.evaluation import evaluate_contender
     from mlcore.features import apply_definitions, materialize_batch
     from mlcore.ingestion import ingest_batch
-    from mlcore.registry import move_alias
+    from mlcore.model.registry import move_alias
     from mlcore.store.session import upgrade
     from mlcore.training import train_contender
 
@@ -268,7 +268,7 @@ def run_round(i: int, spec: Any, settings: Any, arrival: Path, probe: Probe) -> 
     from mlcore.evaluation import KEEP_TOO_CLOSE, evaluate_contender, predict_proba
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
-    from mlcore.registry import CHALLENGER, alias_holder, get_version, load_model, move_alias
+    from mlcore.model.registry import CHALLENGER, alias_holder, get_version, load_model, move_alias
     from mlcore.training import build_pipeline, train_contender
 
     r, cfg, batch_id = Round(), TrainConfig(), f"arrival-{ARRIVAL}-r{i + 1}"

@@ -56,7 +56,7 @@ VERIFY_MAX_ROWS = 2_000_000
 # Sub-steps timed (and their highest RSS sampled) inside a stage's child by wrapping names.
 SUBSTEPS: dict[str, list[tuple[str, str, str]]] = {
     "features": [("mlcore.features", "write_offline", "write offline partition"),
-                 ("mlcore.features", "_write_online", "online write (mlcore.feast_sqlite)"),
+                 ("mlcore.features", "_write_online", "online write (mlcore.feast.sqlite_online)"),
                  ("feast", "FeatureStore.materialize", "Feast materialize (online store)")],
     "retrieval": [("mlcore.datasets", "historical_features", "Feast join in one piece"),
                   ("mlcore.datasets", "_to_buckets", "split into key-hash buckets"),
@@ -119,7 +119,7 @@ def _offline_only(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
 def _train(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
     from mlcore.config import TrainConfig
     from mlcore.datasets import DatasetRef
-    from mlcore.registry import move_alias
+    from mlcore.model.registry import move_alias
     from mlcore.training import train_contender
 
     ref = train_contender(spec, DatasetRef.from_dict(cmd["dataset"]),
@@ -132,7 +132,7 @@ def _train(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
 def _install(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
     """Register the champion trained in another home here: same bytes, paths rewritten."""
     from mlcore.datasets import DatasetRef
-    from mlcore.registry import alias_holder, get_version, move_alias, register_version
+    from mlcore.model.registry import alias_holder, get_version, move_alias, register_version
 
     src = _settings(cmd["from_home"])
     mv = get_version(spec.name, alias_holder(spec.name, src.db_url) or 0, src.db_url)

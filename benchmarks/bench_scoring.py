@@ -29,7 +29,7 @@ champion (no challenger: no shadow scoring) and the batch's earlier scores by it
   memory: ``mlcore.datasets.point_in_time_features(spec, [batch], settings, with_target=False)
   [spec.feature_names]``, built once in setup.
 Ratio = (rows / whole s) / (rows / bare s) = bare s / whole s, per round; median reported.
-Verify on read (issue 14): the time inside ``mlcore.integrity.verified`` (size, footer rows and
+Verify on read (issue 14): the time inside ``mlcore.data.integrity.verified`` (size, footer rows and
 SHA-256 of the batch's curated file and of every features partition of the problem), with the
 per-process memo cleared before each round (an Airflow task is a fresh process: every check is
 cold), reported as seconds and as a share of the whole task.
@@ -74,10 +74,10 @@ STAGES = {"champion load": ("get_batch", "alias_holder", "get_version", "load_mo
 
 
 class VerifyTimer:
-    """Seconds inside ``mlcore.integrity.verified`` (every verify-on-read check goes through it)."""
+    """Seconds inside ``mlcore.data.integrity.verified`` (every verify-on-read check passes it)."""
 
     def __init__(self) -> None:
-        import mlcore.integrity as integrity
+        import mlcore.data.integrity as integrity
 
         self.integrity, self.seconds = integrity, 0.0
         inner = integrity.verified
@@ -161,7 +161,7 @@ def setup(spec: Any, settings: Any, files: dict[str, Path], quick: bool) -> dict
     from mlcore.datasets import build_dataset
     from mlcore.features import apply_definitions, materialize_batch
     from mlcore.ingestion import ingest_batch
-    from mlcore.registry import get_version
+    from mlcore.model.registry import get_version
     from mlcore.store.session import upgrade
     from mlcore.training import train_contender
 
@@ -190,7 +190,7 @@ def setup(spec: Any, settings: Any, files: dict[str, Path], quick: bool) -> dict
 
 
 def make_champion(spec: Any, settings: Any, version: int) -> None:
-    from mlcore.registry import alias_holder, move_alias
+    from mlcore.model.registry import alias_holder, move_alias
 
     current = alias_holder(spec.name, settings.db_url)
     if current != version:
@@ -245,8 +245,8 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from mlcore.datasets import point_in_time_features
     from mlcore.evaluation import predict_proba
     from mlcore.ingestion import get_batch
+    from mlcore.model.registry import get_version, load_model
     from mlcore.problems import get_problem
-    from mlcore.registry import get_version, load_model
     from mlcore.scoring import score_batch
 
     spec = get_problem(PROBLEM, ROOT / "problems")

@@ -127,7 +127,7 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
             """A too-close contender is shadow-scored next to the champion as `challenger`."""
             from batchloop_airflow import settings as mlcore_settings
             from mlcore.evaluation import KEEP_TOO_CLOSE
-            from mlcore.registry import CHALLENGER, alias_holder, move_alias
+            from mlcore.model.registry import CHALLENGER, alias_holder, move_alias
 
             if decision["outcome"] != KEEP_TOO_CLOSE:
                 return None
@@ -157,7 +157,7 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
         @task(outlets=[champion])
         def promote_contender(decision: dict) -> dict:
             from batchloop_airflow import settings as mlcore_settings
-            from mlcore.registry import move_alias
+            from mlcore.model.registry import move_alias
 
             settings = mlcore_settings()
             with fail_fast():

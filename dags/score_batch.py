@@ -35,7 +35,7 @@ def build(problem: str) -> None:
         @task(outlets=[predictions])
         def score_batch(batch_id: str) -> dict:
             from batchloop_airflow import settings as mlcore_settings
-            from batchloop_airflow.notifiers import skipped_challenger
+            from batchloop_airflow.alerting.callbacks import skipped_challenger
             from mlcore.problems import get_problem
             from mlcore.scoring import score_batch as run
 

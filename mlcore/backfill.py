@@ -27,9 +27,9 @@ from sqlalchemy import exists, select
 
 from mlcore.batches import BATCH_ID_RE, BatchError, InvalidBatchId, check_batch_id
 from mlcore.config import Settings, _RunConfig
-from mlcore.integrity import DataDamaged, verified
+from mlcore.data.integrity import DataDamaged, verified
+from mlcore.model.registry import alias_holder
 from mlcore.problems import ProblemSpec
-from mlcore.registry import alias_holder
 from mlcore.store.models import Batch, DriftReport, Materialization, Prediction, utcnow
 from mlcore.store.session import session_scope
 

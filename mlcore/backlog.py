@@ -28,8 +28,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import and_, exists, func, select
 
 from mlcore.backfill import stage_done
+from mlcore.model.registry import CHAMPION, alias_holder
 from mlcore.problems import ProblemSpec
-from mlcore.registry import CHAMPION, alias_holder
 from mlcore.store.models import AliasHistory, Batch, DriftReport, Materialization, Prediction
 from mlcore.store.session import session_scope
 

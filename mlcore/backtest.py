@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from mlcore.metrics import metric
+from mlcore.model.metrics import metric
+from mlcore.model.targets import predict
 from mlcore.problems import ProblemSpec
-from mlcore.targets import predict
 
 if TYPE_CHECKING:
     from mlcore.store.models import ModelVersion

@@ -92,7 +92,7 @@ def cmd_batches(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
-    from mlcore.registry import list_versions
+    from mlcore.model.registry import list_versions
     from mlcore.store.session import read_only
 
     with read_only():
@@ -105,7 +105,7 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> int:
     from mlcore.evaluation import promote_version
-    from mlcore.registry import CHAMPION, alias_holder, get_version, move_alias
+    from mlcore.model.registry import CHAMPION, alias_holder, get_version, move_alias
 
     spec = _problem(args, settings)
     current = alias_holder(spec.name, settings.db_url, args.alias)
@@ -147,7 +147,7 @@ def cmd_reproduce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
-    from mlcore.registry import rollback
+    from mlcore.model.registry import rollback
 
     problem = _problem(args, settings).name
     old, new = rollback(problem, args.reason, settings.db_url, settings=settings)
@@ -304,8 +304,8 @@ def cmd_problem_draft(args: argparse.Namespace, settings: Settings) -> None:
     from pathlib import Path
 
     from mlcore.batches import BatchRejected
+    from mlcore.data.validation import validate_rows
     from mlcore.draft import default_name, draft_yaml, read_sample
-    from mlcore.validation import validate_rows
 
     path, out = Path(args.file), Path(args.out) if args.out else None
     if out is not None and out.exists() and not args.force:

@@ -24,6 +24,7 @@ from pandas.util import hash_array
 
 from mlcore.batches import BatchNotFound, check_batch_id
 from mlcore.config import Settings
+from mlcore.data.integrity import curated_files, offline_files, parquet_files
 from mlcore.features import (
     ROW_ID,
     FeatureRetrievalError,
@@ -37,7 +38,6 @@ from mlcore.features import (
     shared_rows,
 )
 from mlcore.ingestion import parquet_rows, published_batches
-from mlcore.integrity import curated_files, offline_files, parquet_files
 from mlcore.problems import EvaluationRule, ProblemSpec
 from mlcore.store.models import Batch
 

@@ -44,8 +44,8 @@ import pandas as pd
 import yaml
 
 from mlcore.columns import missing, parse_timestamp
+from mlcore.data.validation import numeric
 from mlcore.problems import DEFAULT_METRIC, METRICS_BY_KIND, NAME_PATTERN, ProblemSpec, label_key
-from mlcore.validation import numeric
 
 MARGIN = 0.1  # numeric bounds: widened by this share of the seen range on each side
 MAX_INT_CATEGORIES = 20  # integer columns with at most this many values ...

@@ -49,13 +49,13 @@ from sqlalchemy import delete, select, update
 
 from mlcore.config import Settings
 from mlcore.datasets import load_part
-from mlcore.fencing import TryNotCurrent
-from mlcore.metrics import metric
-from mlcore.preprocessing import CategoryCodes
+from mlcore.model.metrics import metric
+from mlcore.model.preprocessing import CategoryCodes
+from mlcore.model.targets import predict
 from mlcore.problems import ProblemSpec
+from mlcore.store.fencing import TryNotCurrent
 from mlcore.store.models import Batch, ModelVersion, PerformanceEstimate, PerformanceReport, utcnow
 from mlcore.store.session import session_scope
-from mlcore.targets import predict
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class PerformanceEstimator(BaseEstimator):
 
     Args:
         kind: binary | multiclass | regression.
-        metric: the metric to estimate (``mlcore.metrics``' names).
+        metric: the metric to estimate (``mlcore.model.metrics``' names).
         numeric, categorical, vocabularies: the model's feature columns (DLE's loss model).
         resamples, seed: the bootstrap of the sampling error.
     """
@@ -285,7 +285,7 @@ def _load_cached(path: Path) -> PerformanceEstimator | None:
 def _save_cached(path: Path, estimator: PerformanceEstimator) -> None:
     import joblib
 
-    from mlcore.runcard import write_atomic
+    from mlcore.reports.runcard import write_atomic
 
     buffer = io.BytesIO()
     joblib.dump(estimator, buffer)

@@ -19,12 +19,12 @@ import pandas as pd
 
 from mlcore.config import Settings
 from mlcore.datasets import DatasetRef, event_ns, load_part
-from mlcore.drift_report import links
-from mlcore.metrics import compute_metrics, metric, paired_bootstrap
+from mlcore.model.metrics import compute_metrics, metric, paired_bootstrap
+from mlcore.model.targets import predict
 from mlcore.problems import ProblemSpec
+from mlcore.reports.drift_report import links
 from mlcore.store.models import Evaluation
 from mlcore.store.session import session_scope
-from mlcore.targets import predict
 
 if TYPE_CHECKING:
     from mlcore.store.models import ModelVersion
@@ -41,7 +41,7 @@ OUTCOMES = (PROMOTE, KEEP_WORSE, KEEP_TOO_CLOSE, REJECT_FLOOR, REJECT_GUARDRAIL)
 
 
 def predict_proba(model: Any, X: pd.DataFrame) -> np.ndarray:
-    """The model's outputs (``mlcore.targets.predict``): P(positive) for binary, one
+    """The model's outputs (``mlcore.model.targets.predict``): P(positive) for binary, one
     probability per class for multiclass, the value for regression."""
     return predict(model, X)
 
@@ -471,7 +471,7 @@ def evaluate_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
             neither model trained on.
     """
     from mlcore.datasets import frame_hash
-    from mlcore.registry import alias_holder, get_version, load_model
+    from mlcore.model.registry import alias_holder, get_version, load_model
 
     full = load_part(dataset.holdout_uri, dataset.holdout_hash)
     new_mv = get_version(spec.name, contender, settings.db_url)
@@ -522,7 +522,7 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersio
 
     ``holdout``: ``batches``, ``rows``, ``hash``, ``method`` of the rows both were judged on.
     """
-    from mlcore.runcard import model_curves, write_run_card
+    from mlcore.reports.runcard import model_curves, write_run_card
 
     kind = spec.target.kind
     classes = version_classes(new_mv)
@@ -606,7 +606,7 @@ def promote_version(spec: ProblemSpec, version: int, reason: str, settings: Sett
             SHA-256 (``move_alias`` checks it on every move, forced or not).
     """
     from mlcore.datasets import build_dataset
-    from mlcore.registry import alias_holder, get_version, move_alias
+    from mlcore.model.registry import alias_holder, get_version, move_alias
 
     get_version(spec.name, version, settings.db_url)
     current = alias_holder(spec.name, settings.db_url)

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 from sqlalchemy import delete, func, select
 
 from mlcore.config import Settings
+from mlcore.data.integrity import FileSet, curated_files, fingerprint, offline_files
 from mlcore.ingestion import get_batch, read_curated
-from mlcore.integrity import FileSet, curated_files, fingerprint, offline_files
 from mlcore.locks import file_lock
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch, Materialization
@@ -168,7 +168,8 @@ def online_store_lock(settings: Settings, store: FeatureStore) -> Iterator[None]
 
     Feast's own SQLite store opens it without a busy timeout, so two concurrent
     materializations (two mapped tasks, two problems) fail with "database is locked"; mlcore's
-    (``mlcore.feast_sqlite``) waits, but writers still take turns here (WAL readers never wait).
+    (``mlcore.feast.sqlite_online``) waits, but writers still take turns here (WAL readers never
+    wait).
     Server stores (PostgreSQL, Redis) take concurrent writers themselves: no lock for them.
     """
     from feast.infra.online_stores.sqlite import SqliteOnlineStoreConfig
@@ -198,7 +199,8 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     """Engineer a published batch into the offline store and materialize it online (idempotent).
 
     A late or re-run older batch never regresses the online store: the newer event time wins.
-    With mlcore's SQLite store (``mlcore.feast_sqlite``) the engineered frame is written in bulk
+    With mlcore's SQLite store (``mlcore.feast.sqlite_online``) the engineered frame is written in
+    bulk
     and the store's upsert keeps the newer row; other stores (PostgreSQL, Redis) go through
     Feast's ``materialize`` up to the newest window already online, so Feast keeps the latest row.
     """
@@ -223,7 +225,7 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
 
 
 def _fast_store(store: FeatureStore) -> bool:
-    from mlcore.feast_sqlite import FastSqliteOnlineStoreConfig
+    from mlcore.feast.sqlite_online import FastSqliteOnlineStoreConfig
 
     return isinstance(store.config.online_store, FastSqliteOnlineStoreConfig)
 
@@ -232,7 +234,7 @@ def _write_online(store: FeatureStore, spec: ProblemSpec, frame: pa.Table, start
                   end: datetime) -> None:
     """The bulk path: the engineered frame straight into mlcore's SQLite online store, and the
     interval into Feast's registry as ``materialize`` records it."""
-    from mlcore.feast_sqlite import FastSqliteOnlineStore
+    from mlcore.feast.sqlite_online import FastSqliteOnlineStore
 
     view = store.get_feature_view(spec.feature_view)
     writer = FastSqliteOnlineStore()
@@ -349,7 +351,7 @@ def shared_rows(entity_df: pd.DataFrame, spec: ProblemSpec, batches: list[Any]) 
 
 def shared_mask(entity_df: pd.DataFrame, spec: ProblemSpec) -> np.ndarray:
     """True for each entity row whose (key, event time) another row has."""
-    from mlcore.validation import duplicate_mask
+    from mlcore.data.validation import duplicate_mask
 
     return duplicate_mask(entity_df[spec.entity.key], entity_df["event_timestamp"])
 
@@ -438,7 +440,7 @@ class _Online:
 def _direct(online: _Online, spec: ProblemSpec) -> tuple[Any, bool] | None:
     """(view, all features numeric) when the direct reader serves the spec's one-view service."""
     def plan() -> tuple[Any, bool] | None:
-        from mlcore.feast_sqlite import column_kinds
+        from mlcore.feast.sqlite_online import column_kinds
 
         service = online.store.get_feature_service(spec.feature_service, allow_cache=True)
         [*views] = service.feature_view_projections
@@ -477,7 +479,7 @@ def _online(settings: Settings) -> _Online:
                 if (dropped := _ONLINE.pop(old, None)) and dropped.reader is not None:
                     dropped.reader.disconnect()
             store = feature_store(settings)
-            from mlcore.feast_sqlite import FastSqliteOnlineStore, db_path
+            from mlcore.feast.sqlite_online import FastSqliteOnlineStore, db_path
 
             path = db_path(store.config) if _fast_store(store) else ""
             online = _ONLINE[key] = _Online(store, FastSqliteOnlineStore() if path else None,

@@ -44,14 +44,8 @@ from sqlalchemy import delete, insert, select, update
 from mlcore.batches import BatchConflict, BatchNotFound, BatchRejected, check_batch_id, sha256_file
 from mlcore.columns import category_array, factorize, label_key, parse_timestamp, time_part
 from mlcore.config import Settings
-from mlcore.integrity import curated_files, fingerprint
-from mlcore.locks import file_lock
-from mlcore.problems import Feature, ProblemSpec
-from mlcore.provenance import code_version, failpoint
-from mlcore.store.models import Batch, QuarantinedRow, utcnow
-from mlcore.store.session import session_scope
-from mlcore.targets import ClassesUnknown, TargetCoder, fix_classes, local_coder, target_coder
-from mlcore.validation import (
+from mlcore.data.integrity import curated_files, fingerprint
+from mlcore.data.validation import (
     PUBLISHED_RULE,
     check_columns,
     describe_feature,
@@ -62,6 +56,12 @@ from mlcore.validation import (
     rejection_reasons,
     row_violations,
 )
+from mlcore.locks import file_lock
+from mlcore.model.targets import ClassesUnknown, TargetCoder, fix_classes, local_coder, target_coder
+from mlcore.problems import Feature, ProblemSpec
+from mlcore.provenance import code_version, failpoint
+from mlcore.store.models import Batch, QuarantinedRow, utcnow
+from mlcore.store.session import session_scope
 
 CHUNK_ROWS = 250_000
 log = logging.getLogger(__name__)
@@ -204,7 +204,7 @@ def _int_array(raw: pd.Series) -> pa.Array:
 def curate_table(valid: pd.DataFrame, spec: ProblemSpec, when: pd.Series | None = None,
                  coder: TargetCoder | None = None) -> pa.Table:
     """Typed curated rows as Arrow: key, event_timestamp, inputs in their stored types (with
-    timestamp parts), the target encoded by ``coder`` (``mlcore.targets``).
+    timestamp parts), the target encoded by ``coder`` (``mlcore.model.targets``).
 
     Built column by column from numpy (no pandas frame to consolidate and re-index).
     """

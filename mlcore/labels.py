@@ -23,16 +23,16 @@ from sqlalchemy import Float, String, bindparam, delete, func, insert, literal, 
 
 from mlcore.batches import BatchConflict, BatchError, check_batch_id, sha256_file
 from mlcore.config import Settings, _RunConfig
+from mlcore.data.validation import entity_keys
 from mlcore.estimation import attach_realized
 from mlcore.ingestion import get_batch, nullable_int, read_curated
 from mlcore.locks import file_lock
+from mlcore.model.registry import CHALLENGER, CHAMPION, ModelNotFound, alias_holder
+from mlcore.model.targets import TargetCoder, learn_coder, local_coder
 from mlcore.problems import ProblemSpec
-from mlcore.registry import CHALLENGER, CHAMPION, ModelNotFound, alias_holder
 from mlcore.scoring import stored_outputs
 from mlcore.store.models import Batch, GroundTruth, PerformanceReport, Prediction, utcnow
 from mlcore.store.session import session_scope
-from mlcore.targets import TargetCoder, learn_coder, local_coder
-from mlcore.validation import entity_keys
 
 _CHUNK = 10_000
 _EXAMPLES = 5

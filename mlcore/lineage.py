@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import func, or_, select
 
 from mlcore.batches import BatchNotFound, check_batch_id
-from mlcore.registry import get_version
+from mlcore.model.registry import get_version
 from mlcore.store.models import (
     AliasHistory,
     Batch,

@@ -1,7 +1,8 @@
 """Monitoring: drift of a batch against the champion's own reference profile (a sample of its
 training features and scores, written when it was trained), judged per column by Evidently with
 the spec's effect-size thresholds, overall and within segments; reports in JSON and HTML (built
-and rendered by ``mlcore.drift_report``) and a row in the metadata store. Whether drift asks for
+and rendered by ``mlcore.reports.drift_report``) and a row in the metadata store. Whether drift
+asks for
 a retrain is the policy's business."""
 
 from __future__ import annotations
@@ -22,11 +23,11 @@ import pandas as pd
 from sqlalchemy import delete, update
 
 from mlcore.config import Settings
-from mlcore.drift_report import build_report, plot_data, render_report
+from mlcore.data.integrity import curated_files
 from mlcore.ingestion import get_batch, parquet_rows, read_curated
-from mlcore.integrity import curated_files
+from mlcore.model.registry import ModelNotFound, alias_holder, get_version, load_model
 from mlcore.problems import ProblemSpec
-from mlcore.registry import ModelNotFound, alias_holder, get_version, load_model
+from mlcore.reports.drift_report import build_report, plot_data, render_report
 from mlcore.store.models import Batch, DriftReport, ModelVersion, RetrainRequest
 from mlcore.store.session import session_scope
 
@@ -156,7 +157,7 @@ def write_reference_profile(spec: ProblemSpec, train: pd.DataFrame, pipeline: An
         ``{"uri", "sha256", "rows", "columns"}`` for the version's reproducibility record.
     """
     from mlcore.batches import sha256_file
-    from mlcore.targets import model_target, predict
+    from mlcore.model.targets import model_target, predict
 
     columns = list(dict.fromkeys([*spec.feature_names, *spec.drift.segments]))
     sample = _sample(train[columns], spec.drift.sample_rows, seed)
@@ -372,7 +373,7 @@ def _reference(spec: ProblemSpec, mv: ModelVersion, model: Any, settings: Settin
                batch_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The champion's reference profile (SHA-256 checked), or for versions trained before
     profiles existed, its training batches' curated rows scored now."""
-    from mlcore.targets import model_target, predict
+    from mlcore.model.targets import model_target, predict
 
     profile = (mv.reproducibility or {}).get("reference_profile")
     if profile is None:
@@ -406,7 +407,7 @@ def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftR
         DriftCheckFailed: mismatched columns, a bad reference profile, Evidently failing, or the
             budget exceeded (nothing is recorded then).
     """
-    from mlcore.targets import model_target, predict
+    from mlcore.model.targets import model_target, predict
 
     budget = _Budget(batch_id, spec.drift.budget_seconds)
     batch = get_batch(spec.name, batch_id, settings.db_url)

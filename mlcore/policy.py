@@ -31,8 +31,8 @@ from sqlalchemy.exc import IntegrityError
 
 from mlcore.config import Settings
 from mlcore.ingestion import get_batch, published_batches
+from mlcore.model.registry import alias_holder, get_version
 from mlcore.problems import ProblemSpec
-from mlcore.registry import alias_holder, get_version
 from mlcore.store.models import (
     Batch,
     DriftReport,

@@ -627,3 +627,8 @@ def get_problem(name: str, problems_dir: Path | None = None) -> ProblemSpec:
     if spec.name != name:
         raise ValueError(f"invalid problem spec {path}: name {spec.name!r} != file stem")
     return spec
+
+
+def spec_hash(spec: ProblemSpec) -> str:
+    """SHA-256 of the spec as validated (what a model was trained under)."""
+    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()

@@ -20,8 +20,8 @@ from sqlalchemy import exists, select, update
 
 from mlcore.batches import BatchError, sha256_file
 from mlcore.config import Settings
+from mlcore.data.integrity import DataDamaged, curated_files, fingerprint, offline_files
 from mlcore.ingestion import batch_lock, get_batch, recurate, staging_dir
-from mlcore.integrity import DataDamaged, curated_files, fingerprint, offline_files
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch, DriftReport, Materialization, Prediction
 from mlcore.store.session import session_scope

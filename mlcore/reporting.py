@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from mlcore.config import Settings
-from mlcore.registry import alias_holder, alias_log, list_versions
+from mlcore.model.registry import alias_holder, alias_log, list_versions
 from mlcore.store.models import Batch, DriftReport, Evaluation, Prediction, RetrainRequest
 from mlcore.store.session import session_scope
 
@@ -202,7 +202,7 @@ def version_detail(problem: str, version: int, url: str) -> dict[str, Any]:
     Raises:
         ModelNotFound: no such version.
     """
-    from mlcore.registry import get_version
+    from mlcore.model.registry import get_version
 
     mv = get_version(problem, version, url)
     with session_scope(url) as s:

@@ -15,14 +15,13 @@ import pyarrow.parquet as pq
 from sqlalchemy import Table, delete, insert
 
 from mlcore.config import Settings
+from mlcore.data.integrity import offline_files, parquet_files
 from mlcore.datasets import bucketable_source, point_in_time_features
 from mlcore.estimation import estimate_scored
 from mlcore.evaluation import predict_proba
 from mlcore.features import feature_store, missing_features, require_materialized
 from mlcore.ingestion import get_batch, read_curated
-from mlcore.integrity import offline_files, parquet_files
-from mlcore.problems import ProblemSpec
-from mlcore.registry import (
+from mlcore.model.registry import (
     CHALLENGER,
     CHAMPION,
     ArtifactIntegrityError,
@@ -31,9 +30,10 @@ from mlcore.registry import (
     get_version,
     load_model,
 )
+from mlcore.model.targets import model_target
+from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch, Prediction, utcnow
 from mlcore.store.session import session_scope
-from mlcore.targets import model_target
 
 log = logging.getLogger(__name__)
 

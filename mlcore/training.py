@@ -35,10 +35,8 @@ from mlcore.datasets import (
     write_dataset,
 )
 from mlcore.evaluation import compute_metrics, timed_scores
-from mlcore.preprocessing import CategoryCodes
-from mlcore.problems import ESTIMATORS, NAN_NATIVE, Candidate, ProblemSpec, Scalar, Window
-from mlcore.provenance import code_version, failpoint, lock_hash
-from mlcore.targets import (
+from mlcore.model.preprocessing import CategoryCodes
+from mlcore.model.targets import (
     TargetCoder,
     coder_for_codes,
     mark,
@@ -46,6 +44,16 @@ from mlcore.targets import (
     predict,
     target_coder,
 )
+from mlcore.problems import (
+    ESTIMATORS,
+    NAN_NATIVE,
+    Candidate,
+    ProblemSpec,
+    Scalar,
+    Window,
+    spec_hash,
+)
+from mlcore.provenance import code_version, failpoint, lock_hash
 
 # Estimators that refuse sparse input: one-hot output is densified for them only (it stays
 # sparse for linear models, where it is ~6x smaller).
@@ -515,8 +523,8 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
     from pathlib import Path
 
     from mlcore.ingestion import published_batches
+    from mlcore.model.registry import register_version
     from mlcore.monitoring import close_retrain_requests, write_reference_profile
-    from mlcore.registry import register_version
 
     failpoint("training.started")
     start = time.perf_counter()
@@ -586,7 +594,7 @@ def reproduce_version(spec: ProblemSpec, version: int, settings: Settings) -> Re
     import shutil
 
     from mlcore.ingestion import published_batches
-    from mlcore.registry import get_version, load_model
+    from mlcore.model.registry import get_version, load_model
 
     start = time.perf_counter()
     mv = get_version(spec.name, version, settings.db_url)
@@ -657,10 +665,3 @@ def recorded_window(rec: dict[str, Any], train: pd.DataFrame
     if weights is None or not rec["window"]["weighted"]:
         return rows, {}
     return rows, {"model__sample_weight": weights[rows]}
-
-
-def spec_hash(spec: ProblemSpec) -> str:
-    """SHA-256 of the spec as validated (what a model was trained under)."""
-    return hashlib.sha256(spec.model_dump_json().encode()).hexdigest()
-
-

@@ -207,7 +207,7 @@ def loop(settings_factory, spec, slices):
     from mlcore.datasets import build_dataset
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
-    from mlcore.registry import move_alias
+    from mlcore.model.registry import move_alias
     from mlcore.training import train_contender
 
     settings = settings_factory("loop")

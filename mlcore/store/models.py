@@ -81,7 +81,7 @@ class Batch(Base):
     event_time_max: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
-    files: Mapped[dict[str, Any] | None]  # the curated files' record (mlcore.integrity)
+    files: Mapped[dict[str, Any] | None]  # the curated files' record (mlcore.data.integrity)
 
 
 class QuarantinedRow(Base):
@@ -112,7 +112,7 @@ class Materialization(Base):
     window_start: Mapped[datetime]
     window_end: Mapped[datetime]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    files: Mapped[dict[str, Any] | None]  # the offline partition's record (mlcore.integrity)
+    files: Mapped[dict[str, Any] | None]  # the offline partition's record (mlcore.data.integrity)
 
 
 class ModelVersion(Base):

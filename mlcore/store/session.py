@@ -231,15 +231,15 @@ def session_scope(url: str | None = None, *, readonly: bool = False) -> Iterator
     ``readonly`` (or an enclosing :func:`read_only`) makes it a read-only transaction that does
     not wait for writers. Raises :class:`DatabaseUnavailable` when the database cannot be
     reached or does not answer in time, :class:`SchemaMissing` when its tables do not exist.
-    A write rolls back with :class:`mlcore.fencing.TryNotCurrent` when this process is an
-    orphaned task try (``mlcore.fencing``).
+    A write rolls back with :class:`mlcore.store.fencing.TryNotCurrent` when this process is an
+    orphaned task try (``mlcore.store.fencing``).
     """
     if url is None:
         from mlcore.config import get_settings
 
         url = get_settings().db_url
     from mlcore.config import home_of
-    from mlcore.fencing import ensure_current
+    from mlcore.store.fencing import ensure_current
 
     engine = get_engine(url)
     options = {_READ_ONLY_OPTION: True} if readonly or _READ_ONLY.get() else None

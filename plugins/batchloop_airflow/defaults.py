@@ -15,7 +15,7 @@ from airflow.sdk import (  # type: ignore[attr-defined]
     DeadlineReference,
 )
 
-from batchloop_airflow.notifiers import deadline_missed, notify_failure, notify_run_failure
+from batchloop_airflow.alerting.callbacks import deadline_missed, notify_failure, notify_run_failure
 
 _specs: dict[str, Any] = {}  # the specs problem_specs() loaded, for dag_kwargs' deadlines
 

@@ -23,9 +23,9 @@ from typing import Any
 
 from airflow.sdk import get_current_context, setup, task, teardown
 
-from batchloop_airflow.alerts import split_dag_id
+from batchloop_airflow.alerting.callbacks import RunFailureSweep, _AlertNotifier, _error_text
+from batchloop_airflow.alerting.payload import split_dag_id
 from batchloop_airflow.defaults import dag_kwargs
-from batchloop_airflow.notifiers import RunFailureSweep, _AlertNotifier, _error_text
 
 log = logging.getLogger("batchloop.retrain")
 APPROVAL_HOURS = 24  # how long a promotion waits for a human (``approve_promotion``)
@@ -45,7 +45,7 @@ def holder_of(dag_id: str, run_id: str) -> str:
 def end_failed_run_requests(dag_id: str, run_id: str, error: str, release: bool) -> list[int]:
     """Fail the requests the run answered (``error`` redacted) and, with ``release``, give its
     lease back. Returns the request ids failed now. Logs, never raises."""
-    from batchloop_airflow.alert_channels import redact
+    from batchloop_airflow.alerting.channels import redact
     from batchloop_airflow.connections import settings
     from mlcore.errors import one_line
     from mlcore.policy import fail_requests, release_lease

@@ -25,9 +25,9 @@ def nudge_after() -> timedelta:
 
 def alert_stalled(problem: str, context: Any) -> list[dict[str, str]]:
     """Alert once per batch and stage stalled past the spec's deadline; returns what it found."""
-    from batchloop_airflow.alerts import stalled_payload
+    from batchloop_airflow.alerting.callbacks import deliver
+    from batchloop_airflow.alerting.payload import stalled_payload
     from batchloop_airflow.connections import settings
-    from batchloop_airflow.notifiers import deliver
     from mlcore.backlog import DAG_STAGE, stalled
     from mlcore.problems import get_problem
 

@@ -75,12 +75,12 @@ def batch_ids_from_context(context: Any) -> list[str]:
 
 
 def fence_try() -> None:
-    """Tie this task process's right to commit to its supervisor (``mlcore.fencing``): a try
+    """Tie this task process's right to commit to its supervisor (``mlcore.store.fencing``): a try
     whose worker or supervisor was killed is declared dead by the scheduler and retried; its
     orphaned process must neither register a model nor publish a batch meanwhile, nor hold on
     to the retrain lease. The watchdog ends it within a second; a commit it reaches first is
     rolled back."""
-    from mlcore.fencing import bind_to_parent
+    from mlcore.store.fencing import bind_to_parent
 
     try:
         ti = get_current_context()["ti"]
@@ -121,8 +121,8 @@ def fail_fast() -> Iterator[None]:
     fence_try()
     from mlcore.batches import BatchConflict, BatchError
     from mlcore.datasets import NotEnoughData
+    from mlcore.model.registry import AliasConflict, ArtifactIntegrityError, ModelNotFound
     from mlcore.problems import ProblemNotFound
-    from mlcore.registry import AliasConflict, ArtifactIntegrityError, ModelNotFound
 
     try:
         yield
@@ -138,7 +138,7 @@ def publish_monitoring_page(problem: str) -> str:
     """Rewrite the problem's static monitoring page (after each monitoring or retrain run) and
     log where it is."""
     from batchloop_airflow.connections import settings
-    from mlcore.monitoring_page import write_monitoring_page
+    from mlcore.reports.monitoring_page import write_monitoring_page
 
     page = write_monitoring_page(problem, settings())
     print(f"monitoring page: {page.path} ({page.bytes:,} bytes)")

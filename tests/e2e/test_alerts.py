@@ -226,7 +226,7 @@ def test_the_alerts_next_steps_run_verbatim_and_the_rerun_publishes(
 
 
 def test_rerun_commands_name_the_batch_of_an_asset_triggered_run():
-    from batchloop_airflow.alerts import rerun_command
+    from batchloop_airflow.alerting.payload import rerun_command
 
     step = rerun_command("p__score_batch", "asset_triggered__x", "2018", None)
     assert shlex.split(step.split("  #")[0]) == [
@@ -355,7 +355,7 @@ def test_a_skipped_challenger_alerts_once_and_the_scoring_run_succeeds(
     from mlcore.datasets import DatasetRef
     from mlcore.features import materialize_batch
     from mlcore.ingestion import get_batch, ingest_batch, read_curated
-    from mlcore.registry import CHALLENGER, get_version, move_alias, register_version
+    from mlcore.model.registry import CHALLENGER, get_version, move_alias, register_version
     from mlcore.training import build_pipeline, save_artifact
 
     settings = mlcore_env
@@ -450,7 +450,12 @@ def runbook() -> str:
 
 
 def test_every_alert_links_to_a_runbook_section():
-    from batchloop_airflow.alerts import DELIVERY_ANCHOR, ERROR_ANCHORS, KIND_ANCHORS, stage_anchor
+    from batchloop_airflow.alerting.payload import (
+        DELIVERY_ANCHOR,
+        ERROR_ANCHORS,
+        KIND_ANCHORS,
+        stage_anchor,
+    )
     from mlcore.problems import DAG_STAGES
 
     anchors = set(re.findall(r'<a id="([a-z0-9-]+)"></a>', runbook()))

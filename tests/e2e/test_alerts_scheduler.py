@@ -81,7 +81,7 @@ def test_each_batch_stage_dag_gets_the_spec_deadline(spec, monkeypatch):
         [alert] = dag.deadline
         assert type(alert.reference).__name__ == "DagRunQueuedAtDeadline"
         assert alert.interval.total_seconds() == minutes * 60
-        assert alert.callback.path == "batchloop_airflow.notifiers.deadline_missed"
+        assert alert.callback.path == "batchloop_airflow.alerting.callbacks.deadline_missed"
         assert alert.callback.kwargs == {"minutes": minutes}
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
-from mlcore.registry import alias_holder, alias_log
+from mlcore.model.registry import alias_holder, alias_log
 
 ROOT = Path(__file__).resolve().parents[2]
 

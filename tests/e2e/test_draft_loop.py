@@ -29,9 +29,9 @@ def test_a_drafted_spec_runs_the_loop_on_its_own_file(name, tmp_path, capsys, mo
     from mlcore.features import apply_definitions, materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.labels import ingest_labels, measure_performance
+    from mlcore.model.registry import move_alias
     from mlcore.monitoring import detect_drift
     from mlcore.problems import load_problem_file
-    from mlcore.registry import move_alias
     from mlcore.scoring import score_batch
     from mlcore.store.session import upgrade
     from mlcore.training import reproduce_version, train_contender

@@ -12,7 +12,7 @@ from mlcore.config import TrainConfig
 from mlcore.datasets import build_dataset
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
-from mlcore.registry import CHALLENGER, move_alias
+from mlcore.model.registry import CHALLENGER, move_alias
 from mlcore.scoring import score_batch
 from mlcore.store.models import GroundTruth, PerformanceReport
 from mlcore.store.session import session_scope

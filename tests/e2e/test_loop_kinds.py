@@ -109,8 +109,8 @@ def _run_loop(problem: str, batches: list[tuple[str, Path]]) -> list[dict]:
 
 
 def test_family_runs_the_whole_loop_through_the_dags(case):
+    from mlcore.model.registry import alias_holder
     from mlcore.problems import get_problem
-    from mlcore.registry import alias_holder
     from mlcore.training import reproduce_version
 
     problem, settings, batches = case

@@ -121,7 +121,7 @@ def _count(url: str, model: Any, **where: Any) -> int:
 
 
 def test_the_loop_lands_in_the_postgres_mlcore_store(profile):
-    from mlcore.registry import alias_holder
+    from mlcore.model.registry import alias_holder
 
     url = profile.mlcore_url
     assert _count(url, Batch, problem=PROBLEM, state="published") == 2

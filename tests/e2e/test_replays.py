@@ -136,8 +136,8 @@ def _retrain(problem: str, url: str, entry: dict, request: int | None) -> None:
 def replay(problem: str, settings: Any) -> list[dict]:
     """Run every batch of ``problem`` through the DAGs in order; one timeline entry per batch."""
     from batchloop_airflow.runner import run_dag
+    from mlcore.model.registry import alias_holder
     from mlcore.policy import pending_requests
-    from mlcore.registry import alias_holder
 
     url, timeline = settings.db_url, []
     for i, (batch, path) in enumerate(batch_files(problem)):
@@ -178,7 +178,7 @@ def unseen_rows(spec: Any, settings: Any, batches: list[str], versions: list[int
     from mlcore.datasets import point_in_time_features
     from mlcore.evaluation import check_fair_holdout, training_rows_path
     from mlcore.ingestion import get_batch
-    from mlcore.registry import get_version
+    from mlcore.model.registry import get_version
 
     url = settings.db_url
     frame = point_in_time_features(spec, [get_batch(spec.name, b, url) for b in batches],
@@ -199,8 +199,8 @@ def head_to_head(spec: Any, settings: Any, rows: pd.DataFrame, new: int, old: in
     """Both versions scored by the same mlcore code on the same rows: metric each and the
     paired-bootstrap CI of the improvement (positive: ``new`` better)."""
     from mlcore.evaluation import paired_ci, predict_proba
-    from mlcore.metrics import metric
-    from mlcore.registry import get_version, load_model
+    from mlcore.model.metrics import metric
+    from mlcore.model.registry import get_version, load_model
 
     y = rows[spec.target.name].to_numpy()
     scores = {v: predict_proba(load_model(get_version(spec.name, v, settings.db_url), settings),
@@ -252,7 +252,7 @@ def render(problem: str, timeline: list[dict]) -> str:
 
 def check_adapts(spec: Any, settings: Any, timeline: list[dict], shift: Shift) -> dict:
     """The issue's acceptance on a replay's timeline; returns the head-to-head numbers."""
-    from mlcore.registry import get_version
+    from mlcore.model.registry import get_version
 
     ids = [e["batch"] for e in timeline]
     at, k = {e["batch"]: e for e in timeline}, ids.index(shift.batch)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
-from mlcore.registry import alias_holder
+from mlcore.model.registry import alias_holder
 
 
 def test_a_kept_champion_skips_promotion_but_refreshes_the_page(airflow_db, mlcore_env, spec,

@@ -69,7 +69,7 @@ def test_a_failed_retrain_fails_its_request_and_the_next_one_is_answered(
 def test_the_retrain_dag_answers_its_request_on_every_failure_path(spec):
     from datetime import timedelta
 
-    from batchloop_airflow.notifiers import RunFailureSweep
+    from batchloop_airflow.alerting.callbacks import RunFailureSweep
     from batchloop_airflow.retrain_tasks import RetrainTaskFailed, end_failed_run
     from batchloop_airflow.runner import dagbag
 

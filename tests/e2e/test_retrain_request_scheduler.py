@@ -10,7 +10,7 @@ private ``airflow standalone`` (own home, ports, SQLite DBs, problems dir):
 
 In both cases the next request is a new one. And a try whose supervisor (the executor's worker
 process) is SIGKILLed does not live on as an orphan: the task process ends itself within seconds
-(``mlcore.fencing``, exit 75, read here because pytest is the stack's child subreaper) while
+(``mlcore.store.fencing``, exit 75, read here because pytest is the stack's child subreaper) while
 Airflow later declares the try dead and retries it. ``dag.test`` can show none of these (a
 SIGKILL would kill pytest; it never checks ``dagrun_timeout``): ``test_retrain_request_failed.py``
 covers a task that fails with an error.
@@ -33,8 +33,8 @@ from sqlalchemy import select
 from test_alerts import free_port
 from test_scheduler import _api, _wait
 
+from mlcore.model.registry import list_versions
 from mlcore.policy import list_requests, request_manual
-from mlcore.registry import list_versions
 from mlcore.store.models import RetrainLease
 from mlcore.store.session import session_scope, upgrade
 
@@ -220,7 +220,7 @@ def test_an_orphaned_try_ends_itself_and_is_retried(stack):
     which forked the task): the task process, now unwatched, exits by itself (fencing exit 75,
     not the failpoint's SIGKILL or the end of its 20 s stall) and registers nothing; the
     scheduler declares the try dead when its heartbeats stop and runs try 2."""
-    from mlcore.fencing import EXIT_ORPHANED
+    from mlcore.store.fencing import EXIT_ORPHANED
 
     request_manual("census_employment", "orphan drill", stack.url)
     run_id = _trigger(stack)

@@ -74,7 +74,7 @@ def _seed_champion(spec, settings, source: Path) -> int:
     from mlcore.datasets import build_dataset
     from mlcore.features import apply_definitions, materialize_batch
     from mlcore.ingestion import ingest_batch
-    from mlcore.registry import move_alias
+    from mlcore.model.registry import move_alias
     from mlcore.training import train_contender
 
     apply_definitions(settings)  # what `mlcore init` does

@@ -269,7 +269,7 @@ def test_ingest_from_the_view_refuses_a_bad_id_inline_then_publishes(view, brows
 def test_a_viewer_sees_no_forms_and_cannot_act(view, browser):
     from selenium.webdriver.common.by import By
 
-    from mlcore.registry import alias_holder, alias_log
+    from mlcore.model.registry import alias_holder, alias_log
 
     page = f"{view.base}/batchloop/problems/{PROBLEM}"
     _login(browser, view, "viewer", view.viewer_password, page)
@@ -293,7 +293,7 @@ def test_a_viewer_sees_no_forms_and_cannot_act(view, browser):
 
 
 def test_actions_need_the_session_token_and_same_origin(view):
-    from mlcore.registry import alias_log
+    from mlcore.model.registry import alias_log
 
     page, csrf = _page_csrf(view, view.token)
     assert 'id="form-rollback"' in page

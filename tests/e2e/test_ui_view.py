@@ -102,8 +102,8 @@ def _build_state(settings, spec, slices, tmp: Path) -> dict:
     from mlcore.evaluation import promote_version
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
-    from mlcore.monitoring_page import write_monitoring_page
-    from mlcore.registry import CHALLENGER, move_alias
+    from mlcore.model.registry import CHALLENGER, move_alias
+    from mlcore.reports.monitoring_page import write_monitoring_page
     from mlcore.training import train_contender
 
     bad = pd.read_parquet(slices[2016])

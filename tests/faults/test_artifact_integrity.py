@@ -24,7 +24,7 @@ from mlcore.datasets import DatasetRef
 from mlcore.evaluation import promote_version
 from mlcore.features import materialize_batch
 from mlcore.ingestion import get_batch, ingest_batch, read_curated
-from mlcore.registry import (
+from mlcore.model.registry import (
     CHALLENGER,
     ArtifactIntegrityError,
     ArtifactMissing,

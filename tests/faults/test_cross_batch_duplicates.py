@@ -194,7 +194,7 @@ def test_the_spec_default_is_reject_and_unknown_values_are_refused():
 def test_batches_of_other_event_times_are_not_read(settings, spec, slices, tmp_path):
     """The check reads only published batches whose event-time range overlaps: a damaged 2015
     batch does not stop 2016 (read, it would raise DataDamaged), but stops a resent 2015 row."""
-    from mlcore.integrity import DataDamaged
+    from mlcore.data.integrity import DataDamaged
 
     ingest_batch(spec, str(slices[2015]), "2015", settings)
     curated = settings.partition("curated", spec.name, "2015") / "part-0.parquet"

@@ -23,8 +23,8 @@ from mlcore.evaluation import (
     UnfairHoldout,
     evaluate_contender,
 )
+from mlcore.model.registry import alias_holder, alias_log, move_alias, register_version
 from mlcore.problems import ProblemSpec
-from mlcore.registry import alias_holder, alias_log, move_alias, register_version
 from mlcore.store.models import Evaluation
 from mlcore.store.session import session_scope
 from mlcore.training import build_pipeline, save_artifact

@@ -77,7 +77,7 @@ def champion_with(monkeypatch, tmp_path):
 
 @pytest.fixture(scope="module")
 def profile(spec, loop):
-    from mlcore.registry import get_version
+    from mlcore.model.registry import get_version
 
     mv = get_version(spec.name, loop.contender.version, loop.settings.db_url)
     return pd.read_parquet(profile_path(mv, mv.reproducibility["reference_profile"]))

@@ -42,9 +42,9 @@ from sklearn.dummy import DummyClassifier
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from mlcore import registry
 from mlcore.datasets import DatasetRef
-from mlcore.registry import (
+from mlcore.model import registry
+from mlcore.model.registry import (
     AliasConflict,
     ArtifactTampered,
     alias_holder,
@@ -295,7 +295,7 @@ from sklearn.dummy import DummyClassifier
 from mlcore.config import Settings
 from mlcore.datasets import DatasetRef
 from mlcore.problems import get_problem
-from mlcore.registry import move_alias, register_version
+from mlcore.model.registry import move_alias, register_version
 from mlcore.training import save_artifact
 
 settings = Settings()
@@ -314,7 +314,7 @@ print("committed", flush=True)
 PROMOTE = """
 import sys
 from mlcore.config import Settings
-from mlcore.registry import move_alias
+from mlcore.model.registry import move_alias
 
 settings = Settings()
 move_alias("census_employment", expected=int(sys.argv[1]), new=int(sys.argv[2]),

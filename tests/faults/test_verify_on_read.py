@@ -14,12 +14,12 @@ from sqlalchemy import func, select
 
 from mlcore.backfill import load_state, plan
 from mlcore.config import TrainConfig
+from mlcore.data.integrity import DataDamaged, curated_files, offline_files
 from mlcore.datasets import build_dataset
 from mlcore.features import materialize_batch
 from mlcore.ingestion import get_batch, ingest_batch, read_curated
-from mlcore.integrity import DataDamaged, curated_files, offline_files
+from mlcore.model.registry import move_alias
 from mlcore.monitoring import detect_drift
-from mlcore.registry import move_alias
 from mlcore.repair import check, raw_copy, repair_batch
 from mlcore.scoring import score_batch
 from mlcore.store.models import Prediction

@@ -17,8 +17,8 @@ from mlcore.datasets import build_dataset
 from mlcore.evaluation import PROMOTE, evaluate_contender
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
+from mlcore.model.registry import alias_holder, move_alias
 from mlcore.problems import EvaluationRule, ProblemSpec
-from mlcore.registry import alias_holder, move_alias
 from mlcore.store.models import Evaluation, ModelVersion
 from mlcore.store.session import session_scope
 from mlcore.training import train_contender

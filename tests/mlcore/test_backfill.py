@@ -28,8 +28,8 @@ from mlcore.backfill import (
     run_stage,
 )
 from mlcore.batches import BatchNotFound, InvalidBatchId
+from mlcore.data.integrity import fingerprint
 from mlcore.ingestion import ingest_batch
-from mlcore.integrity import fingerprint
 from mlcore.store.models import Alias, Batch, DriftReport, Materialization, Prediction
 from mlcore.store.session import session_scope
 

@@ -13,10 +13,10 @@ from sklearn.dummy import DummyClassifier
 
 from mlcore.cli import main
 from mlcore.config import get_settings
+from mlcore.data.integrity import fingerprint
 from mlcore.datasets import DatasetRef
-from mlcore.integrity import fingerprint
+from mlcore.model.registry import register_version
 from mlcore.problems import get_problem
-from mlcore.registry import register_version
 from mlcore.store.models import Batch, Materialization, Prediction
 from mlcore.store.session import session_scope, upgrade
 from mlcore.training import save_artifact

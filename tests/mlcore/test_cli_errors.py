@@ -125,8 +125,8 @@ def test_storage_errors_exit_7(home, monkeypatch, capsys, err, label):
 
 
 def test_damaged_data_exits_8_naming_the_batch_and_repair(home, monkeypatch, capsys):
-    class DataDamaged(Exception):  # matched by name: mlcore.integrity's class
-        __module__ = "mlcore.integrity"
+    class DataDamaged(Exception):  # matched by name: mlcore.data.integrity's class
+        __module__ = "mlcore.data.integrity"
 
     fail_with(monkeypatch, DataDamaged("batch '2015' curated: file part-0.parquet is missing"))
     assert cli.main(["batches"]) == cli.EXIT_DAMAGED

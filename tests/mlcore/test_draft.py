@@ -12,9 +12,9 @@ import pytest
 
 from mlcore.cli import main
 from mlcore.config import get_settings
+from mlcore.data.validation import validate_rows
 from mlcore.draft import default_name, draft_yaml, read_sample, widen
 from mlcore.problems import NAME_PATTERN, ProblemSpec, load_problem_file
-from mlcore.validation import validate_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "data"

@@ -32,9 +32,9 @@ from mlcore.evaluation import predict_proba
 from mlcore.features import materialize_batch
 from mlcore.ingestion import get_batch, ingest_batch
 from mlcore.labels import ingest_labels, measure_performance
-from mlcore.metrics import metric
+from mlcore.model.metrics import metric
+from mlcore.model.registry import CHALLENGER, get_version, load_model, move_alias
 from mlcore.problems import get_problem
-from mlcore.registry import CHALLENGER, get_version, load_model, move_alias
 from mlcore.scoring import score_batch
 from mlcore.store.models import PerformanceEstimate
 from mlcore.store.session import session_scope

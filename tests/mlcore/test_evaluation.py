@@ -290,7 +290,7 @@ def test_measure_throughput_interleaves_warm_passes_of_both_models_on_one_thread
     from threadpoolctl import threadpool_info
 
     from mlcore.evaluation import measure_throughput
-    from mlcore.targets import mark
+    from mlcore.model.targets import mark
 
     calls: list[tuple[str, int, int]] = []
 
@@ -336,7 +336,7 @@ def test_nan_scores_never_promote_and_say_why(spec):
 
 def test_the_holdout_is_checked_by_row_key_against_both_models(spec, loop):
     from mlcore.evaluation import UnfairHoldout, check_fair_holdout
-    from mlcore.registry import get_version
+    from mlcore.model.registry import get_version
 
     mv = get_version(spec.name, loop.contender.version, loop.settings.db_url)
     holdout = pd.read_parquet(loop.dataset.holdout_uri)
@@ -350,7 +350,7 @@ def test_rows_a_model_trained_on_are_left_out_and_too_few_left_is_refused(spec, 
     """A champion that trained on part of today's holdout (history loaded newest first) is
     judged with the contender on the rest; with too few rows left, nobody is judged."""
     from mlcore.evaluation import UnfairHoldout, unseen_holdout
-    from mlcore.registry import get_version
+    from mlcore.model.registry import get_version
 
     mv = get_version(spec.name, loop.contender.version, loop.settings.db_url)
     holdout = pd.read_parquet(loop.dataset.holdout_uri)
@@ -406,7 +406,7 @@ def test_the_run_card_is_written_small_and_names_the_decision(spec, loop):
 
 def test_a_checked_promotion_applies_the_retrain_rules_and_force_skips_them(spec, loop):
     from mlcore.evaluation import promote_version
-    from mlcore.registry import alias_holder, alias_log, register_version, rollback
+    from mlcore.model.registry import alias_holder, alias_log, register_version, rollback
     from mlcore.training import build_pipeline, save_artifact
 
     url, champion = loop.settings.db_url, loop.contender.version

@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.validation",
+MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.data.validation",
            "mlcore.ingestion", "mlcore.features", "mlcore.datasets", "mlcore.training",
-           "mlcore.evaluation", "mlcore.registry", "mlcore.scoring", "mlcore.monitoring",
+           "mlcore.evaluation", "mlcore.model.registry", "mlcore.scoring", "mlcore.monitoring",
            "mlcore.reporting", "mlcore.lineage", "mlcore.cli", "mlcore.store.models",
-           "mlcore.store.session", "mlcore.provenance", "mlcore.locks",
-           "mlcore.backfill", "mlcore.runcard", "mlcore.monitoring_page", "mlcore.labels",
-           "mlcore.policy", "mlcore.shadow", "mlcore.feast_sqlite", "mlcore.columns",
-           "mlcore.targets", "mlcore.metrics", "mlcore.preprocessing", "mlcore.draft",
-           "mlcore.integrity", "mlcore.repair", "mlcore.errors", "mlcore.drift_report",
-           "mlcore.backlog", "mlcore.fencing", "mlcore.estimation", "mlcore.backtest"]
+           "mlcore.store.session", "mlcore.provenance", "mlcore.locks", "mlcore.backfill",
+           "mlcore.reports.runcard", "mlcore.reports.monitoring_page", "mlcore.labels",
+           "mlcore.policy", "mlcore.shadow", "mlcore.feast.sqlite_online", "mlcore.columns",
+           "mlcore.model.targets", "mlcore.model.metrics", "mlcore.model.preprocessing",
+           "mlcore.draft", "mlcore.data.integrity", "mlcore.repair", "mlcore.errors",
+           "mlcore.reports.drift_report", "mlcore.backlog", "mlcore.store.fencing",
+           "mlcore.estimation", "mlcore.backtest"]
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 
@@ -53,8 +54,10 @@ def test_importing_all_of_mlcore_does_not_import_airflow():
     ("mlcore.cli", set()),
     ("mlcore.features", {"pandas", "numpy", "sqlalchemy"}),
     ("mlcore.monitoring", {"pandas", "numpy", "sqlalchemy"}),
-    ("mlcore.drift_report", set()),  # rendering is stdlib; the data part imports when called
-    ("mlcore.monitoring_page", {"numpy"}),  # numpy through mlcore.runcard's page helpers
+    # rendering is stdlib; the data part imports when called
+    ("mlcore.reports.drift_report", set()),
+    # numpy through mlcore.reports.runcard's page helpers
+    ("mlcore.reports.monitoring_page", {"numpy"}),
 ])
 def test_light_modules_defer_heavy_imports(module, allowed):
     heavy = loaded_after(module) & set(HEAVY)

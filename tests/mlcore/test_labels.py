@@ -27,8 +27,8 @@ from mlcore.labels import (
     performance,
     performance_history,
 )
+from mlcore.model.registry import CHALLENGER, move_alias, register_version
 from mlcore.problems import Labels
-from mlcore.registry import CHALLENGER, move_alias, register_version
 from mlcore.store.models import GroundTruth, PerformanceReport, Prediction
 from mlcore.store.session import session_scope
 

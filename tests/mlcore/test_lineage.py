@@ -10,7 +10,7 @@ import pytest
 
 from mlcore.batches import BatchNotFound, InvalidBatchId
 from mlcore.lineage import batch_lineage, model_lineage
-from mlcore.registry import ModelNotFound
+from mlcore.model.registry import ModelNotFound
 from mlcore.store.models import Batch, DriftReport, Evaluation, ModelVersion, Prediction
 from mlcore.store.session import session_scope
 

@@ -18,6 +18,7 @@ from sqlalchemy import select
 
 from mlcore.evaluation import predict_proba
 from mlcore.ingestion import curate, get_batch, ingest_batch, read_curated
+from mlcore.model.registry import ModelNotFound, alias_holder, get_version, load_model
 from mlcore.monitoring import (
     PREDICTION,
     DriftResult,
@@ -30,7 +31,6 @@ from mlcore.monitoring import (
     stattests,
     write_reference_profile,
 )
-from mlcore.registry import ModelNotFound, alias_holder, get_version, load_model
 from mlcore.store.models import DriftReport, RetrainRequest
 from mlcore.store.session import session_scope
 

@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from mlcore.datasets import DatasetRef
+from mlcore.model.registry import move_alias, register_version
 from mlcore.policy import (
     RetrainInFlight,
     acquire_lease,
@@ -20,7 +21,6 @@ from mlcore.policy import (
     request_manual,
 )
 from mlcore.problems import ProblemSpec
-from mlcore.registry import move_alias, register_version
 from mlcore.store.models import (
     Batch,
     Evaluation,

@@ -110,8 +110,8 @@ def test_the_lease_of_a_failed_run_is_released_by_its_holder_only(world):
 
 
 def test_reports_show_a_failed_request_with_its_error_and_run(world):
-    from mlcore.monitoring_page import collect
     from mlcore.reporting import format_summary, summary
+    from mlcore.reports.monitoring_page import collect
 
     url = world.db_url
     request_id = request_manual(P, "by hand", url)

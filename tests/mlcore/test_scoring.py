@@ -11,7 +11,7 @@ from mlcore.batches import BatchNotFound
 from mlcore.evaluation import predict_proba
 from mlcore.features import materialize_batch
 from mlcore.ingestion import get_batch, ingest_batch, read_curated
-from mlcore.registry import ModelNotFound, get_version, load_model
+from mlcore.model.registry import ModelNotFound, get_version, load_model
 from mlcore.scoring import score_batch
 from mlcore.store.models import ModelVersion, Prediction
 from mlcore.store.session import session_scope
@@ -99,7 +99,7 @@ def test_scoring_without_a_champion_is_not_found(spec, slices, sqlite_settings):
 def shadowed(spec, slices, settings_factory):
     """Batch 2016 materialized; champion and challenger: two real pipelines of different C."""
     from mlcore.datasets import DatasetRef
-    from mlcore.registry import CHALLENGER, move_alias, register_version
+    from mlcore.model.registry import CHALLENGER, move_alias, register_version
     from mlcore.training import build_pipeline, save_artifact
 
     settings = settings_factory("shadow")
@@ -151,7 +151,7 @@ def partitions(spec, slices, settings_factory, tmp_path_factory):
     re-sends 200 rows of ``2016`` at the same key and event time with other AGEP values (a
     tie Feast breaks by its sort order). A LogisticRegression champion fitted on 2016."""
     from mlcore.datasets import DatasetRef
-    from mlcore.registry import move_alias, register_version
+    from mlcore.model.registry import move_alias, register_version
     from mlcore.training import build_pipeline, save_artifact
 
     settings = settings_factory("partitions")

@@ -12,8 +12,8 @@ from mlcore.datasets import DatasetRef
 from mlcore.evaluation import PROMOTE
 from mlcore.features import materialize_batch
 from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.model.registry import CHALLENGER, alias_holder, alias_log, move_alias, register_version
 from mlcore.problems import ProblemSpec
-from mlcore.registry import CHALLENGER, alias_holder, alias_log, move_alias, register_version
 from mlcore.scoring import score_batch
 from mlcore.shadow import compare_shadow
 from mlcore.store.models import GroundTruth

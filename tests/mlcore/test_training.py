@@ -12,9 +12,9 @@ import pytest
 
 from mlcore.config import TrainConfig
 from mlcore.ingestion import curate
-from mlcore.problems import ProblemSpec
-from mlcore.registry import get_version, load_model
-from mlcore.training import build_pipeline, save_artifact, select_and_fit, spec_hash
+from mlcore.model.registry import get_version, load_model
+from mlcore.problems import ProblemSpec, spec_hash
+from mlcore.training import build_pipeline, save_artifact, select_and_fit
 
 
 def variant(spec, **changes) -> ProblemSpec:

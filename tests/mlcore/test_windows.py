@@ -187,7 +187,7 @@ def test_no_windows_declared_fits_exactly_as_before(cars, shifted):
     ([{"name": "all", "half_life_days": 3.0}], "all"),
 ])
 def test_reproduce_verifies_a_windowed_version(cars, shifted, windows, chosen):
-    from mlcore.registry import get_version
+    from mlcore.model.registry import get_version
     from mlcore.training import reproduce_version, train_contender
 
     settings, dataset, train = shifted

@@ -1,0 +1,1 @@
+"""Data wing: raw and curated files, their validation and their integrity records."""

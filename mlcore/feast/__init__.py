@@ -1,0 +1,1 @@
+"""Feast wing: the feature store, every retrieval path and the online stores."""

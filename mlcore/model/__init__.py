@@ -1,0 +1,1 @@
+"""Model wing: pipelines, estimators, targets, metrics, splits, registry, evaluation, drift."""
