@@ -82,10 +82,10 @@ def report(problem: str, brief: bool, out: TextIO) -> None:
     """The summary (the whole one, or the decisions only), the monitoring page, and a check
     that the champion can be rebuilt from its record."""
     from mlcore.config import get_settings
-    from mlcore.monitoring_page import write_monitoring_page
+    from mlcore.model.registry import alias_holder
     from mlcore.problems import get_problem
-    from mlcore.registry import alias_holder
     from mlcore.reporting import format_summary, summary
+    from mlcore.reports.monitoring_page import write_monitoring_page
     from mlcore.training import reproduce_version
 
     settings = get_settings()
