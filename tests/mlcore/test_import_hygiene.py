@@ -10,17 +10,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-MODULES = ["mlcore.config", "mlcore.problems", "mlcore.batches", "mlcore.data.validation",
-           "mlcore.ingestion", "mlcore.features", "mlcore.datasets", "mlcore.training",
-           "mlcore.evaluation", "mlcore.model.registry", "mlcore.scoring", "mlcore.monitoring",
-           "mlcore.reporting", "mlcore.lineage", "mlcore.cli", "mlcore.store.models",
-           "mlcore.store.session", "mlcore.provenance", "mlcore.locks", "mlcore.backfill",
-           "mlcore.reports.runcard", "mlcore.reports.monitoring_page", "mlcore.labels",
-           "mlcore.policy", "mlcore.shadow", "mlcore.feast.sqlite_online", "mlcore.columns",
-           "mlcore.model.targets", "mlcore.model.metrics", "mlcore.model.preprocessing",
-           "mlcore.draft", "mlcore.data.integrity", "mlcore.repair", "mlcore.errors",
-           "mlcore.reports.drift_report", "mlcore.backlog", "mlcore.store.fencing",
-           "mlcore.estimation", "mlcore.backtest"]
+MODULES = sorted(".".join(p.relative_to(ROOT).with_suffix("").parts)
+                 for p in (ROOT / "mlcore").rglob("*.py")
+                 if "migrations" not in p.parts and p.stem not in {"__init__", "__main__"})
 HEAVY = ["pandas", "numpy", "sklearn", "feast", "evidently", "sqlalchemy", "airflow"]
 
 
@@ -34,11 +26,8 @@ def loaded_after(*modules: str) -> set[str]:
     return set(json.loads(out.splitlines()[-1]))
 
 
-def test_the_module_list_covers_every_mlcore_module():
-    found = {".".join(p.relative_to(ROOT).with_suffix("").parts)
-             for p in (ROOT / "mlcore").rglob("*.py")
-             if "migrations" not in p.parts and p.stem not in {"__init__", "__main__"}}
-    assert found == set(MODULES)
+def test_the_module_list_is_found_on_disk():
+    assert len(MODULES) >= 30 and "mlcore.problems" in MODULES and "mlcore.store.session" in MODULES
 
 
 def test_importing_all_of_mlcore_does_not_import_airflow():
