@@ -25,7 +25,7 @@ VALUE_TYPES = {"float": Float64, "int": Int64, "str": String, "bool": Bool}
 
 def feature_fields(feature):
     """(column, Feast type) of each model column of one declared feature, as mlcore stores it
-    (``mlcore.problems.Feature``): numeric Float64; categorical by its vocabulary's type (Int64,
+    (``mlcore.spec_columns.Feature``): numeric Float64; categorical by its vocabulary's type (Int64,
     String, Bool); boolean Bool; a timestamp Float64 per declared part."""
     kind = feature["kind"]
     if kind == "timestamp":

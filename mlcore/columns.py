@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from mlcore.problems import label_key
+from mlcore.spec_columns import label_key
 
 TRUE_TEXT = frozenset({"true", "t", "yes", "y", "1", "1.0"})
 FALSE_TEXT = frozenset({"false", "f", "no", "n", "0", "0.0"})

@@ -38,7 +38,8 @@ from mlcore.features import (
     shared_rows,
 )
 from mlcore.ingestion import parquet_rows, published_batches
-from mlcore.problems import EvaluationRule, ProblemSpec
+from mlcore.problems import ProblemSpec
+from mlcore.spec_rules import EvaluationRule
 from mlcore.store.models import Batch
 
 

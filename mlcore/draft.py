@@ -45,7 +45,9 @@ import yaml
 
 from mlcore.columns import missing, parse_timestamp
 from mlcore.data.validation import numeric
-from mlcore.problems import DEFAULT_METRIC, METRICS_BY_KIND, NAME_PATTERN, ProblemSpec, label_key
+from mlcore.problems import NAME_PATTERN, ProblemSpec
+from mlcore.spec_columns import label_key
+from mlcore.spec_rules import DEFAULT_METRIC, METRICS_BY_KIND
 
 MARGIN = 0.1  # numeric bounds: widened by this share of the seen range on each side
 MAX_INT_CATEGORIES = 20  # integer columns with at most this many values ...
@@ -687,7 +689,7 @@ def _head_comments(p: Profile) -> dict[str, str]:
         "validation": ("When a batch is rejected as a whole instead of publishing its valid "
                        "rows. An event time in the future means a broken export: critical."),
         "metric": f"The {t.kind} default metric (the direction is implied by the name).",
-        "algorithms": ("Candidates from the library in mlcore/problems.py: fixed `params` and a "
+        "algorithms": ("Candidates from the library in mlcore/spec_rules.py: fixed `params` and a "
                        "small `search` grid tried on a validation slice; the run's seed sets "
                        "random_state. Linear models get one-hot categories, trees ordinal "
                        "codes."),

@@ -58,8 +58,9 @@ from mlcore.data.validation import (
 )
 from mlcore.locks import file_lock
 from mlcore.model.targets import ClassesUnknown, TargetCoder, fix_classes, local_coder, target_coder
-from mlcore.problems import Feature, ProblemSpec
+from mlcore.problems import ProblemSpec
 from mlcore.provenance import code_version, failpoint
+from mlcore.spec_columns import Feature
 from mlcore.store.models import Batch, QuarantinedRow, utcnow
 from mlcore.store.session import session_scope
 

@@ -44,16 +44,9 @@ from mlcore.model.targets import (
     predict,
     target_coder,
 )
-from mlcore.problems import (
-    ESTIMATORS,
-    NAN_NATIVE,
-    Candidate,
-    ProblemSpec,
-    Scalar,
-    Window,
-    spec_hash,
-)
+from mlcore.problems import ProblemSpec, spec_hash
 from mlcore.provenance import code_version, failpoint, lock_hash
+from mlcore.spec_rules import ESTIMATORS, NAN_NATIVE, Candidate, Scalar, Window
 
 # Estimators that refuse sparse input: one-hot output is densified for them only (it stays
 # sparse for linear models, where it is ~6x smaller).

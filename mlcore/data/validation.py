@@ -28,7 +28,8 @@ from mlcore.columns import (
     vocabulary_check,
 )
 from mlcore.model.targets import TargetCoder, local_coder
-from mlcore.problems import Feature, ProblemSpec
+from mlcore.problems import ProblemSpec
+from mlcore.spec_columns import Feature
 
 VIOLATION_COLUMNS = ["row_number", "rule", "reason"]
 

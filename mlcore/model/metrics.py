@@ -3,7 +3,7 @@ by weighting rows with their draw counts, never by copying them).
 
 Inputs are in ``mlcore.model.targets``' encoding: ``y`` the encoded labels; ``p`` P(positive) for
 binary, an (n, k) probability matrix for multiclass, the predicted value for regression.
-Directions live with the names in ``mlcore.problems.METRICS_BY_KIND``.
+Directions live with the names in ``mlcore.spec_rules.METRICS_BY_KIND``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mlcore.problems import METRICS_BY_KIND
+from mlcore.spec_rules import METRICS_BY_KIND
 
 EPS = 1e-7
 Weights = np.ndarray | None

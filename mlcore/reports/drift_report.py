@@ -64,7 +64,7 @@ def numeric_plot(ref: Any, cur: Any) -> dict[str, Any]:
 def categorical_plot(ref: Any, cur: Any, order: list[str]) -> dict[str, Any]:
     """Counts per category on both sides: the ``TOP_CATEGORIES`` with the largest share on
     either side (in the spec's order, then by share), the rest as one "other" bar."""
-    from mlcore.problems import label_key
+    from mlcore.spec_columns import label_key
 
     def counts(series: Any) -> dict[str, int]:
         out: dict[str, int] = {}
@@ -94,7 +94,7 @@ def categorical_plot(ref: Any, cur: Any, order: list[str]) -> dict[str, Any]:
 def plot_data(reference: Any, current: Any, kinds: dict[str, str],
               spec: Any) -> dict[str, dict[str, Any]]:
     """Bounded plot data per judged column (``kinds``: column -> numeric | categorical)."""
-    from mlcore.problems import label_key
+    from mlcore.spec_columns import label_key
 
     def order(column: str) -> list[str]:
         if column not in spec.column_kinds:

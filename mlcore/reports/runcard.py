@@ -539,7 +539,7 @@ def _model_section(card: dict[str, Any]) -> str:
 def _metric_rows(card: dict[str, Any]) -> list[list[Any]]:
     """One row per metric present: name (primary marked), which way is better, contender value,
     champion value."""
-    from mlcore.problems import METRICS_BY_KIND
+    from mlcore.spec_rules import METRICS_BY_KIND
 
     contender = (card.get("contender") or {}).get("metrics") or {}
     champion = (card.get("champion") or {}).get("metrics") or {}

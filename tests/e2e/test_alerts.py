@@ -456,7 +456,7 @@ def test_every_alert_links_to_a_runbook_section():
         KIND_ANCHORS,
         stage_anchor,
     )
-    from mlcore.problems import DAG_STAGES
+    from mlcore.spec_rules import DAG_STAGES
 
     anchors = set(re.findall(r'<a id="([a-z0-9-]+)"></a>', runbook()))
     wanted = {*ERROR_ANCHORS.values(), *KIND_ANCHORS.values(), DELIVERY_ANCHOR,

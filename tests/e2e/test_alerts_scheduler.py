@@ -61,7 +61,7 @@ def test_each_batch_stage_dag_gets_the_spec_deadline(spec, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
 
     from batchloop_airflow.defaults import deadlines_enabled
-    from mlcore.problems import DAG_STAGES
+    from mlcore.spec_rules import DAG_STAGES
 
     assert not deadlines_enabled()  # a plain process (dag.test): none, see defaults.py
     monkeypatch.setenv("_AIRFLOW_PROCESS_CONTEXT", "client")  # as in the dag-processor

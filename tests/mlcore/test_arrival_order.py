@@ -18,7 +18,8 @@ from mlcore.evaluation import PROMOTE, evaluate_contender
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
 from mlcore.model.registry import alias_holder, move_alias
-from mlcore.problems import EvaluationRule, ProblemSpec
+from mlcore.problems import ProblemSpec
+from mlcore.spec_rules import EvaluationRule
 from mlcore.store.models import Evaluation, ModelVersion
 from mlcore.store.session import session_scope
 from mlcore.training import train_contender

@@ -19,7 +19,7 @@ from mlcore.datasets import (
     plan_split,
     time_slice,
 )
-from mlcore.problems import EvaluationRule
+from mlcore.spec_rules import EvaluationRule
 
 LATEST_BATCH = EvaluationRule(holdout="latest_batch")
 

@@ -28,7 +28,7 @@ from mlcore.labels import (
     performance_history,
 )
 from mlcore.model.registry import CHALLENGER, move_alias, register_version
-from mlcore.problems import Labels
+from mlcore.spec_rules import Labels
 from mlcore.store.models import GroundTruth, PerformanceReport, Prediction
 from mlcore.store.session import session_scope
 

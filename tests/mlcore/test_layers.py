@@ -17,7 +17,8 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-FOUNDATION = {"config", "problems", "batches", "errors", "provenance", "locks", "columns"}
+FOUNDATION = {"config", "problems", "spec_columns", "spec_rules", "batches", "errors",
+              "provenance", "locks", "columns"}
 WINGS = {"data": 1, "feast": 2, "model": 2, "reports": 3}
 STAGE_RANK = 4
 

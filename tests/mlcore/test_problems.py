@@ -174,6 +174,6 @@ def test_an_unknown_alerts_key_is_refused(tmp_path):
 
 
 def test_the_stage_list_matches_the_dag_files():
-    from mlcore.problems import DAG_STAGES
+    from mlcore.spec_rules import DAG_STAGES
 
     assert sorted(DAG_STAGES) == sorted(p.stem for p in (ROOT / "dags").glob("*.py"))

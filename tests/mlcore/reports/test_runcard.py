@@ -15,7 +15,6 @@ import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from mlcore.model.metrics import compute_metrics
-from mlcore.problems import DEFAULT_METRIC, METRICS_BY_KIND
 from mlcore.reports.runcard import (
     MAX_BYTES,
     MAX_CLASSES,
@@ -28,6 +27,7 @@ from mlcore.reports.runcard import (
     roc_points,
     write_run_card,
 )
+from mlcore.spec_rules import DEFAULT_METRIC, METRICS_BY_KIND
 
 ROOT = Path(__file__).resolve().parents[3]
 NAN = float("nan")
