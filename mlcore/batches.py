@@ -1,10 +1,9 @@
-"""Batch identity: the ID rule, deterministic IDs per run, and the errors every entry point maps."""
+"""Batch identity: the ID rule, the errors every entry point maps, and file hashing."""
 
 from __future__ import annotations
 
 import hashlib
 import re
-from datetime import datetime
 from pathlib import Path
 
 BATCH_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -44,19 +43,6 @@ def check_batch_id(batch_id: str) -> str:
     if batch_id in {".", ".."} or ".." in batch_id:
         raise InvalidBatchId(f"invalid batch id {batch_id!r}: '..' is not allowed")
     return batch_id
-
-
-def make_batch_id(logical_date: datetime | None, run_id: str, override: str | None = None) -> str:
-    """A deterministic batch ID for a run: explicit override, else logical date, else run ID.
-
-    Retries of one run therefore always land on the same batch.
-    """
-    if override:
-        return check_batch_id(override)
-    if logical_date is not None:
-        return check_batch_id(logical_date.strftime("%Y%m%dT%H%M%S"))
-    safe = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9_.-]", "_", run_id))
-    return check_batch_id(safe.lstrip("_.-")[:64] or "run")
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

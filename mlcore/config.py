@@ -99,12 +99,6 @@ class IngestConfig(_RunConfig):
     source: str = Field(min_length=1)
 
 
-class BatchConfig(_RunConfig):
-    """Knobs of stages that act on one published batch (features, scoring, monitoring)."""
-
-    batch_id: str = Field(min_length=1, max_length=64)
-
-
 class TrainConfig(_RunConfig):
     """Knobs of ``retrain_model``."""
 

@@ -138,10 +138,10 @@ def test_backfill_params_match_the_mlcore_config(bag, spec):
 
 def test_every_param_maps_to_a_config_field(bag):
     from mlcore.backfill import BackfillConfig
-    from mlcore.config import BatchConfig, IngestConfig, TrainConfig
+    from mlcore.config import IngestConfig, TrainConfig
     from mlcore.labels import LabelsConfig
 
-    fields = set().union(*(m.model_fields for m in (IngestConfig, BatchConfig, TrainConfig,
+    fields = set().union(*(m.model_fields for m in (IngestConfig, TrainConfig,
                                                      BackfillConfig, LabelsConfig)))
     for dag in bag.dags.values():
         for key, param in dag.params.items():

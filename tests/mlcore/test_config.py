@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from mlcore.config import BatchConfig, IngestConfig, Settings, TrainConfig, get_settings
+from mlcore.config import IngestConfig, Settings, TrainConfig, get_settings
 
 
 def test_settings_default_to_sqlite_under_home(tmp_path):
@@ -55,8 +55,8 @@ def test_from_params_keeps_own_fields_and_drops_none():
     (TrainConfig, {"random_state": -1}),
     (TrainConfig, {"max_train_rows": 99}),
     (TrainConfig, {"until_batch": "x" * 65}),
-    (BatchConfig, {}),
-    (BatchConfig, {"batch_id": ""}),
+    (IngestConfig, {"source": "s"}),
+    (IngestConfig, {"batch_id": "", "source": "s"}),
     (IngestConfig, {"batch_id": "b"}),
 ])
 def test_from_params_rechecks_bounds(model, params):
@@ -65,6 +65,6 @@ def test_from_params_rechecks_bounds(model, params):
 
 
 def test_run_configs_are_frozen():
-    cfg = BatchConfig.from_params({"batch_id": "2015"})
+    cfg = IngestConfig.from_params({"batch_id": "2015", "source": "s"})
     with pytest.raises(ValidationError):
         cfg.batch_id = "2016"  # type: ignore[misc]
