@@ -25,12 +25,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, task
 
-from batchloop_airflow import dag_kwargs, fail_fast, problem_specs
+from batchloop_airflow import dag_kwargs, problem_specs, run_stage
 from batchloop_airflow.tasks import BATCH_ID_PATTERN
 
 STAGE = Path(__file__).stem
+CONFIG = "mlcore.backfill.BackfillConfig"
 MAX_PARALLEL = 4  # mapped run_stage tasks of one run at once (fixed at parse time, see doc)
 
 
@@ -50,29 +51,17 @@ def build(problem: str) -> None:
     def backfill_batches_dag() -> None:
         @task
         def plan_backfill() -> list[str]:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.backfill import BackfillConfig, plan
-            from mlcore.problems import get_problem
+            items = run_stage("mlcore.backfill.plan", problem, config=CONFIG,
+                              params=("stage", "batch_ids", "policy", "order"),
+                              log="{batch_id}: {action} ({reason})")
+            return [i["batch_id"] for i in items if i["action"] != "skip"]
 
-            with fail_fast():
-                cfg = BackfillConfig.from_params(get_current_context()["params"])
-                items = plan(get_problem(problem), cfg.stage, cfg.batch_ids, mlcore_settings(),
-                             cfg.policy, cfg.order)
-            print("\n".join(f"{i.batch_id}: {i.action} ({i.reason})" for i in items))
-            return [i.batch_id for i in items if i.action != "skip"]
+        @task(task_id="run_stage", max_active_tis_per_dagrun=MAX_PARALLEL)
+        def run_stage_again(batch_id: str) -> dict:
+            return run_stage("mlcore.backfill.run_stage", problem, batch_id=batch_id,
+                             config=CONFIG, params=("stage",))
 
-        @task(max_active_tis_per_dagrun=MAX_PARALLEL)
-        def run_stage(batch_id: str) -> dict:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.backfill import BackfillConfig
-            from mlcore.backfill import run_stage as run
-            from mlcore.problems import get_problem
-
-            with fail_fast():
-                cfg = BackfillConfig.from_params(get_current_context()["params"])
-                return run(get_problem(problem), cfg.stage, batch_id, mlcore_settings())
-
-        run_stage.expand(batch_id=plan_backfill())
+        run_stage_again.expand(batch_id=plan_backfill())
 
     backfill_batches_dag()
 

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import Param, dag, task
 
-from batchloop_airflow import dag_kwargs, fail_fast, problem_specs, stage_asset
+from batchloop_airflow import dag_kwargs, problem_specs, run_stage, stage_asset
 from batchloop_airflow.tasks import BATCH_ID_PATTERN
 
 STAGE = Path(__file__).stem
@@ -33,18 +33,8 @@ def build(problem: str) -> None:
     def ingest_batch_dag() -> None:
         @task(task_id="ingest_batch", outlets=[curated])
         def ingest() -> dict:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.config import IngestConfig
-            from mlcore.ingestion import ingest_batch
-            from mlcore.problems import get_problem
-
-            ctx = get_current_context()
-            with fail_fast():
-                cfg = IngestConfig.from_params(ctx["params"])
-                manifest = ingest_batch(get_problem(problem), cfg.source, cfg.batch_id,
-                                        mlcore_settings()).to_dict()
-            ctx["outlet_events"][curated].extra = {"batch_id": cfg.batch_id}
-            return manifest
+            return run_stage("mlcore.ingestion.ingest_batch", problem, outlet=curated,
+                             config="mlcore.config.IngestConfig", params=("source", "batch_id"))
 
         ingest()
 

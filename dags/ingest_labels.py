@@ -26,9 +26,9 @@ from airflow.sdk import Param, dag, get_current_context, task
 
 from batchloop_airflow import (
     dag_kwargs,
-    fail_fast,
     problem_specs,
     publish_monitoring_page,
+    run_stage,
     stage_asset,
 )
 from batchloop_airflow.tasks import BATCH_ID_PATTERN
@@ -50,39 +50,18 @@ def build(problem: str) -> None:
     def ingest_labels_dag() -> None:
         @task
         def ingest_labels() -> dict:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.labels import LabelsConfig
-            from mlcore.labels import ingest_labels as run
-            from mlcore.problems import get_problem
-
-            ctx = get_current_context()
-            with fail_fast():
-                cfg = LabelsConfig.from_params(ctx["params"])
-                result = run(get_problem(problem), cfg.source, cfg.batch_id, mlcore_settings())
-            return result.to_dict()
+            return run_stage("mlcore.labels.ingest_labels", problem,
+                             config="mlcore.labels.LabelsConfig", params=("source", "batch_id"))
 
         @task(outlets=[labels])
         def measure_performance(stored: dict) -> list[dict]:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.labels import measure_performance as run
-            from mlcore.problems import get_problem
-
-            with fail_fast():
-                results = run(get_problem(problem), stored["batch_id"], mlcore_settings())
-            get_current_context()["outlet_events"][labels].extra = {
-                "batch_id": stored["batch_id"]}
-            return [r.to_dict() for r in results]
+            return run_stage("mlcore.labels.measure_performance", problem,
+                             batch_id=stored["batch_id"], outlet=labels)
 
         @task
         def assess_retrain(stored: dict) -> dict:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.policy import assess
-            from mlcore.problems import get_problem
-
-            with fail_fast():
-                decision = assess(get_problem(problem), stored["batch_id"], mlcore_settings())
-            print(f"retrain policy: {decision.action}: {decision.reason}")
-            return decision.to_dict()
+            return run_stage("mlcore.policy.assess", problem, batch_id=stored["batch_id"],
+                             log="retrain policy: {action}: {reason}")
 
         @task.short_circuit(ignore_downstream_trigger_rules=False)
         def requested(decision: dict) -> bool:
@@ -96,15 +75,8 @@ def build(problem: str) -> None:
 
         @task
         def compare_shadow() -> dict | None:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.problems import get_problem
-            from mlcore.shadow import compare_shadow as run
-
-            with fail_fast():
-                result = run(get_problem(problem), mlcore_settings())
-            if result is not None:
-                print(f"shadow: {result['outcome']}: {result['reason']}")
-            return result
+            return run_stage("mlcore.shadow.compare_shadow", problem,
+                             log="shadow: {outcome}: {reason}")
 
         stored = ingest_labels()
         measured = measure_performance(stored)

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from airflow.sdk import dag, get_current_context, task
+from airflow.sdk import dag, task
 
 from batchloop_airflow import (
     batch_id_param,
     dag_kwargs,
-    fail_fast,
     problem_specs,
     resolve_batches,
+    run_stage,
     stage_asset,
 )
 
@@ -33,14 +33,8 @@ def build(problem: str) -> None:
     def materialize_features_dag() -> None:
         @task(outlets=[features])
         def materialize_batch(batch_id: str) -> dict:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.features import materialize_batch as run
-            from mlcore.problems import get_problem
-
-            with fail_fast():
-                result = run(get_problem(problem), batch_id, mlcore_settings()).to_dict()
-            get_current_context()["outlet_events"][features].extra = {"batch_id": batch_id}
-            return result
+            return run_stage("mlcore.features.materialize_batch", problem, batch_id=batch_id,
+                             outlet=features)
 
         materialize_batch.expand(batch_id=resolve_batches())
 

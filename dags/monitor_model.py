@@ -19,10 +19,10 @@ from airflow.sdk import dag, get_current_context, task
 from batchloop_airflow import (
     batch_id_param,
     dag_kwargs,
-    fail_fast,
     problem_specs,
     publish_monitoring_page,
     resolve_batches,
+    run_stage,
     stage_asset,
 )
 
@@ -37,26 +37,13 @@ def build(problem: str) -> None:
     def monitor_model_dag() -> None:
         @task
         def detect_drift(batch_id: str) -> dict:
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.monitoring import detect_drift as run
-            from mlcore.problems import get_problem
-
-            with fail_fast():
-                return run(get_problem(problem), batch_id, mlcore_settings()).to_dict()
+            return run_stage("mlcore.monitoring.detect_drift", problem, batch_id=batch_id)
 
         @task
         def assess_retrain(results: list[dict]) -> list[dict]:
             """The retrain policy for each checked batch, in the order they were checked."""
-            from batchloop_airflow import settings as mlcore_settings
-            from mlcore.policy import assess
-            from mlcore.problems import get_problem
-
-            spec, settings = get_problem(problem), mlcore_settings()
-            with fail_fast():
-                decisions = [assess(spec, r["batch_id"], settings, r).to_dict() for r in results]
-            for d in decisions:
-                print(f"batch {d['batch_id']}: {d['action']}: {d['reason']}")
-            return decisions
+            return [run_stage("mlcore.policy.assess", problem, batch_id=r["batch_id"], drift=r,
+                              log="batch {batch_id}: {action}: {reason}") for r in results]
 
         @task.short_circuit(ignore_downstream_trigger_rules=False)
         def requested(decisions: list[dict]) -> bool:

@@ -17,9 +17,9 @@ from airflow.sdk import dag, get_current_context, task
 from batchloop_airflow import (
     batch_id_param,
     dag_kwargs,
-    fail_fast,
     problem_specs,
     resolve_batches,
+    run_stage,
     stage_asset,
 )
 
@@ -34,16 +34,11 @@ def build(problem: str) -> None:
     def score_batch_dag() -> None:
         @task(outlets=[predictions])
         def score_batch(batch_id: str) -> dict:
-            from batchloop_airflow import settings as mlcore_settings
             from batchloop_airflow.alerting.callbacks import skipped_challenger
-            from mlcore.problems import get_problem
-            from mlcore.scoring import score_batch as run
 
-            with fail_fast():
-                result = run(get_problem(problem), batch_id, mlcore_settings()).to_dict()
-            context = get_current_context()
-            context["outlet_events"][predictions].extra = {"batch_id": batch_id}
-            skipped_challenger(context, batch_id, result["skipped_challenger"])
+            result = run_stage("mlcore.scoring.score_batch", problem, batch_id=batch_id,
+                               outlet=predictions)
+            skipped_challenger(get_current_context(), batch_id, result["skipped_challenger"])
             return result
 
         score_batch.expand(batch_id=resolve_batches())

@@ -1,4 +1,4 @@
-"""Airflow glue for Batchloop: DAG defaults, assets, failure notifier, task helpers, settings.
+"""Airflow glue for Batchloop: DAG defaults, assets, the stage call, task helpers, settings.
 
 Light at import (stdlib + ``airflow.sdk`` only) because every DAG file imports it at parse time.
 """
@@ -6,6 +6,7 @@ Light at import (stdlib + ``airflow.sdk`` only) because every DAG file imports i
 from batchloop_airflow.assets import stage_asset
 from batchloop_airflow.connections import settings
 from batchloop_airflow.defaults import dag_kwargs, problem_specs
+from batchloop_airflow.stage import run_stage
 from batchloop_airflow.tasks import (
            batch_id_param,
            batch_ids_from_context,
@@ -15,4 +16,4 @@ from batchloop_airflow.tasks import (
 )
 
 __all__ = ["batch_id_param", "batch_ids_from_context", "dag_kwargs", "fail_fast", "problem_specs",
-           "publish_monitoring_page", "resolve_batches", "settings", "stage_asset"]
+           "publish_monitoring_page", "resolve_batches", "run_stage", "settings", "stage_asset"]

@@ -59,3 +59,25 @@ def test_a_healthy_channel_sends_once(flaky_sink):
     state, send = flaky_sink
     assert alert_channels._send("webhook", send, {"dedup_key": "k3"}) == "sent"
     assert state["bodies"] == [{"dedup_key": "k3"}]
+
+
+def test_the_registry_picks_the_channels_the_deployment_defines(monkeypatch):
+    defined = {alert_channels.SLACK_CONN}
+    monkeypatch.setattr(alert_channels, "_connection", lambda c: object() if c in defined else None)
+    monkeypatch.setenv(alert_channels.WEBHOOK_ENV, "http://127.0.0.1:9/hook")
+    monkeypatch.delenv(alert_channels.EMAIL_TO_ENV, raising=False)
+    assert [name for name, _ in alert_channels.configured()] == ["webhook", "slack"]
+    monkeypatch.setenv(alert_channels.EMAIL_TO_ENV, "oncall@test.invalid")  # email, no connection
+    assert [name for name, _ in alert_channels.configured()][-1] == "email"
+
+
+def test_a_new_channel_is_one_function_and_one_registry_entry(monkeypatch):
+    sent = []
+    monkeypatch.setattr(alert_channels, "_connection", lambda c: None)
+    for env in (alert_channels.WEBHOOK_ENV, alert_channels.EMAIL_TO_ENV):
+        monkeypatch.delenv(env, raising=False)
+    monkeypatch.setenv("BATCHLOOP_ALERT_PAGER", "on")
+    monkeypatch.setitem(alert_channels.CHANNELS, "pager", alert_channels.Channel(
+        lambda payload, conn: sent.append(payload), env="BATCHLOOP_ALERT_PAGER"))
+    assert alert_channels.send_all({"dedup_key": "k4"}) == {"pager": "sent"}
+    assert sent == [{"dedup_key": "k4"}]

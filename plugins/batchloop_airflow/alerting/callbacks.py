@@ -12,8 +12,8 @@ were killed, and the per-stage run deadline.
 * ``skipped_challenger``: called by the scoring task when it succeeded without its shadow
   challenger (artifact missing or tampered): nothing failed, but someone must look.
 
-Every alert is journaled (``alert_journal``: dedup + audit), logged as one JSON line and sent to
-each configured channel (``alert_channels``). Nothing here raises into Airflow: an alert that
+Every alert is journaled (``alerting.journal``: dedup + audit), logged as one JSON line and sent to
+each configured channel (``alerting.channels``). Nothing here raises into Airflow: an alert that
 cannot be sent must not mask the task's failure.
 """
 

@@ -11,7 +11,9 @@ Connection (an ``AIRFLOW_CONN_*`` env var, the metadata DB or a secrets backend)
 * ``email``: Connection ``batchloop_alert_smtp`` (type smtp) and ``BATCHLOOP_ALERT_EMAIL_TO``
   (comma-separated; or the connection's extra ``to``): subject + text (provider SmtpNotifier).
 
-Each channel is tried on its own; a failure is recorded (and logged) and never stops the others.
+``CHANNELS`` is the registry (name -> send function and what turns it on): adding a channel is
+one send function and one entry. Each channel is tried on its own; a failure is recorded (and
+logged) and never stops the others.
 Provider modules are imported only when sending (DAG files import this package at parse time).
 """
 
@@ -24,7 +26,7 @@ import os
 import time
 import urllib.request
 from collections.abc import Callable
-from functools import partial
+from dataclasses import dataclass
 from typing import Any
 
 from batchloop_airflow.alerting.payload import DELIVERY_ANCHOR, runbook_link
@@ -121,7 +123,13 @@ def _post_json(url: str, body: bytes) -> None:
         pass
 
 
-def _webhook_connection(payload: dict[str, Any]) -> None:
+def _webhook(payload: dict[str, Any], _conn: Any) -> None:
+    url = os.environ[WEBHOOK_ENV]
+    mask(url)  # a webhook URL often carries its token: never in logs or journal
+    _post_json(url, json.dumps(payload, default=str).encode())
+
+
+def _webhook_connection(payload: dict[str, Any], _conn: Any) -> None:
     from airflow.providers.http.notifications.http import HttpNotifier
 
     HttpNotifier(http_conn_id=WEBHOOK_CONN, json=payload,
@@ -129,7 +137,7 @@ def _webhook_connection(payload: dict[str, Any]) -> None:
                  extra_options={"timeout": TIMEOUT_SECONDS}).notify({})
 
 
-def _slack(payload: dict[str, Any]) -> None:
+def _slack(payload: dict[str, Any], _conn: Any) -> None:
     from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
     body = text(payload).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -152,6 +160,25 @@ def _email(payload: dict[str, Any], conn: Any) -> None:
                  html_content=f"<pre>{html.escape(text(payload))}</pre>").notify({})
 
 
+@dataclass(frozen=True)
+class Channel:
+    """A way to send an alert: ``send(payload, connection)``, on when its Connection is defined
+    or its env var is set (the connection is then None if not defined)."""
+
+    send: Callable[[dict[str, Any], Any], None]
+    conn_id: str | None = None
+    env: str | None = None
+
+
+# name -> channel, tried in this order. A new channel: a send function and an entry here.
+CHANNELS = {
+    "webhook": Channel(_webhook, env=WEBHOOK_ENV),
+    "webhook_connection": Channel(_webhook_connection, conn_id=WEBHOOK_CONN),
+    "slack": Channel(_slack, conn_id=SLACK_CONN),
+    "email": Channel(_email, conn_id=SMTP_CONN, env=EMAIL_TO_ENV),
+}
+
+
 def _unreadable(conn_id: str, exc: Exception) -> Callable[[dict[str, Any]], None]:
     def send(_payload: dict[str, Any]) -> None:
         raise LookupError(f"Connection {conn_id!r} could not be read: {type(exc).__name__}")
@@ -163,21 +190,16 @@ def configured() -> list[tuple[str, Callable[[dict[str, Any]], None]]]:
     """The channels this deployment defines, as (name, send) pairs. A connection that cannot be
     read counts as a channel that fails (recorded and logged), not as no channel."""
     chosen: list[tuple[str, Callable[[dict[str, Any]], None]]] = []
-    if url := os.environ.get(WEBHOOK_ENV):
-        mask(url)  # a webhook URL often carries its token: never in logs or journal
-        chosen.append(("webhook", lambda p: _post_json(url, json.dumps(p, default=str).encode())))
-    for name, conn_id in (("webhook_connection", WEBHOOK_CONN), ("slack", SLACK_CONN),
-                          ("email", SMTP_CONN)):
-        try:
-            conn = _connection(conn_id)
-        except Exception as exc:  # noqa: BLE001 - e.g. a secrets backend down
-            chosen.append((name, _unreadable(conn_id, exc)))
-            continue
-        if name == "email":
-            if conn is not None or os.environ.get(EMAIL_TO_ENV):
-                chosen.append((name, partial(_email, conn=conn)))
-        elif conn is not None:
-            chosen.append((name, _webhook_connection if name == "webhook_connection" else _slack))
+    for name, channel in CHANNELS.items():
+        conn = None
+        if channel.conn_id is not None:
+            try:
+                conn = _connection(channel.conn_id)
+            except Exception as exc:  # noqa: BLE001 - e.g. a secrets backend down
+                chosen.append((name, _unreadable(channel.conn_id, exc)))
+                continue
+        if conn is not None or (channel.env is not None and os.environ.get(channel.env)):
+            chosen.append((name, lambda p, send=channel.send, conn=conn: send(p, conn)))
     return chosen
 
 

@@ -1,6 +1,6 @@
 """What an on-call alert says: its kind, where, which batch, what broke and what to do.
 
-Five kinds, one payload shape (a flat JSON object; ``alert_channels`` renders it for humans):
+Five kinds, one payload shape (a flat JSON object; ``alerting.channels`` renders it for humans):
 
 * ``task_failed``: a task raised and failed for good (retries used up or a fail-fast error).
 * ``task_killed``: a task failed without its own failure handler running: the process was
