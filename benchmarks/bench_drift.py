@@ -51,7 +51,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import statistics
 import sys
 import time
@@ -61,7 +60,8 @@ from typing import Any
 
 sys.dont_write_bytecode = True
 
-ROOT = Path(__file__).resolve().parents[1]
+from _common import ROOT, load, machine  # noqa: E402
+
 DATA = ROOT / "data" / "census_ma_employment"
 RATIO_TARGET = 10.0
 RETRAIN_SHARE_TARGET = 0.25
@@ -314,21 +314,6 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
             "drifted": result.drifted_columns, "prediction_drift": result.prediction_drift}
 
 
-def machine() -> str:
-    load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        cpu = next((line.split(":", 1)[1].strip() for line in
-                    Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), "?")
-    from importlib.metadata import version
-
-    libs = ", ".join(f"{p} {version(p)}" for p in ("evidently", "numpy", "scipy", "pandas",
-                                                    "scikit-learn"))
-    return (f"{os.cpu_count()} vCPU {cpu}, Python {platform.python_version()}, {libs}; "
-            f"load {load}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}")
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -352,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
     from mlcore.problems import get_problem
 
     spec = get_problem("census_employment", ROOT / "problems")
-    print(f"# bench_drift {' '.join(sys.argv[1:])}\n{machine()}", flush=True)
+    print(f"# bench_drift {' '.join(sys.argv[1:])}\n"
+          f"{machine('evidently', 'numpy', 'scipy', 'pandas', 'scikit-learn')}; load {load()}; "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
     rows = load_rows(spec)
     train = rows.sample(args.retrain_rows, random_state=0) if args.retrain_rows else rows
     model, retrain_s, fit_s = retrain(spec, train)

@@ -10,11 +10,11 @@ Not a test (no timed assertions in the test suite). Results go to BENCHMARKS.md.
 Issue 7: "batch arrival -> first online read of its new values, / the in-process compute time of
 ingest + validate + materialize; target <= 1.5x".
 
-Setup (not timed): a fresh MLCORE home under a temp dir with 2015-2017 of the census demo
-ingested and materialized (``mlcore`` in-process); snapshotted. A private ``airflow
-standalone`` (``_airflow_stack.py``: SQLite metadata, LocalExecutor as the Makefile ships it,
-the repo's dags/ and plugins/) with ``ingest_batch`` and ``materialize_features`` unpaused. The
-other DAGs stay paused, so the ``features`` asset event queues a ``score_batch`` run that is never
+Setup (not timed): a fresh MLCORE home under a temp dir with 2015-2017 of the census demo ingested
+and materialized (``mlcore`` in-process); snapshotted. A private ``airflow standalone``
+(``tests/support/airflow_stack.py``: SQLite metadata, LocalExecutor as the Makefile ships it, the
+repo's dags/ and plugins/) with ``ingest_batch`` and ``materialize_features`` unpaused. The other
+DAGs stay paused, so the ``features`` asset event queues a ``score_batch`` run that is never
 created (scoring/monitoring are not part of freshness and would load the 2 cores meanwhile).
 
 Batches: the real 2018 file (70,131 rows) and a synthesized one (``--synthetic-rows``, 1M:
@@ -54,10 +54,10 @@ from typing import Any
 sys.dont_write_bytecode = True  # Feast imports feature_repo/*.py: write nothing into the repo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _airflow_stack import (  # noqa: E402
+from _common import (  # noqa: E402
     PROBLEM,
     ROOT,
-    Stack,
+    bench_stack,
     code,
     log,
     machine,
@@ -66,8 +66,9 @@ from _airflow_stack import (  # noqa: E402
     slice_files,
     task_breakdown,
     utc_now,
+    work_parent,
 )
-from _common import work_parent  # noqa: E402
+from airflow_stack import Stack  # noqa: E402
 
 INGEST, MATERIALIZE = f"{PROBLEM}__ingest_batch", f"{PROBLEM}__materialize_features"
 TARGET = 1.5
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parent = work_parent(args.workdir)
     tmp = Path(tempfile.mkdtemp(prefix="bench-freshness-", dir=parent))
     res: dict[str, Any] = {"started": utc_now(), "code": code(), "load_before": os.getloadavg(),
-                           "machine": machine(),
+                           "machine": machine("apache-airflow", "feast"),
                            "executor": "stock LocalExecutor" if args.stock_executor
                            else "shipped (Makefile)", "datasets": []}
     try:
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"} if args.stock_executor else {}
         env.update(kv.split("=", 1) for kv in args.airflow_env)
         res["airflow_env"] = env
-        with Stack(tmp / "airflow", home, env, dag_ids=(INGEST, MATERIALIZE)) as stack:
+        with bench_stack(tmp / "airflow", home, env, dag_ids=(INGEST, MATERIALIZE)) as stack:
             res["stack_start"] = stack.start_seconds
             log(f"standalone up in {stack.start_seconds:.0f} s")
             for dag_id in (INGEST, MATERIALIZE):

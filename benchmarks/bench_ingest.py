@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -41,8 +40,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from _common import ROOT, load, machine, work_parent
 
-ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "census_ma_employment"
 PROBLEM = "census_employment"
 ROW_GROUP = 131_072
@@ -328,15 +327,6 @@ def _fmt(xs: list[float]) -> str:
     return ", ".join(f"{x:.2f}" for x in xs)
 
 
-def machine() -> dict[str, str]:
-    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text()
-                .splitlines() if x.startswith("model name")), platform.processor())
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return {"machine": f"{os.cpu_count()} vCPU {cpu}, {mem:.1f} GiB RAM, "
-                       f"Python {platform.python_version()}, pyarrow {pa.__version__}",
-            "load": ", ".join(f"{x:.2f}" for x in os.getloadavg())}
-
-
 # ---------------------------------------------------------------------------- main
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -367,10 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         src, home, batch = args.child
         child_main(Path(src), Path(home), batch, args.sample_rss)
         return 0
-    parent = Path(args.workdir or tempfile.gettempdir()).resolve()
-    if parent.is_relative_to(ROOT):
-        sys.exit("refusing to write benchmark files inside the repo")
-    meta = machine()
+    parent = work_parent(args.workdir)
+    meta = {"machine": machine("pyarrow"), "load": load()}
     with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=parent) as tmp:
         work = Path(tmp)
         base = load_real()

@@ -32,8 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
-import platform
 import shutil
 import sqlite3
 import statistics
@@ -44,7 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, load, log, work_parent  # noqa: E402,F401
+from _common import ROOT, load, log, machine, work_parent  # noqa: E402,F401
 
 sys.dont_write_bytecode = True
 
@@ -232,16 +230,6 @@ def render(ds: Dataset, runs: dict[str, list[dict[str, float]]]) -> tuple[list[s
     return lines + [""], met
 
 
-def machine() -> str:
-    from importlib.metadata import version
-
-    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text()
-                .splitlines() if x.startswith("model name")), platform.processor())
-    libs = ", ".join(f"{p} {version(p)}" for p in ("feast", "pandas", "numpy", "pyarrow"))
-    return (f"{os.cpu_count()} vCPU {cpu}, Linux {platform.release()}, Python "
-            f"{platform.python_version()}, SQLite {sqlite3.sqlite_version}, {libs}")
-
-
 def parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--entities", type=int, default=1_000_000, help="synthetic batch size")
@@ -288,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(["### Materialization (`bench_materialize.py`): issue 7", "",
                      f"Command: `.venv/bin/python {cmd}`; {started}, load {load_before} before, "
                      f"{load()} after; {args.rounds} round(s), order alternated, medians.",
-                     f"Machine: {machine()}.", "", *out]))
+                     f"Machine: {machine('feast', 'pandas', 'numpy', 'pyarrow')}, "
+                     f"SQLite {sqlite3.sqlite_version}.", "", *out]))
     if args.quick:
         print("Quick mode (smoke run): the ratios mean little.")
     return 1 if args.check and not ok else 0

@@ -9,12 +9,12 @@ Issue 7: "(the retrain DAG under a real scheduler, trigger to success - the same
 a plain script) / number of tasks; target <= 1.5 s per task. DAG parse time beyond
 ``import airflow.sdk`` <= 0.5 s per file."
 
-Setup (not timed): a fresh MLCORE home under a temp dir; 2015-2017 of the census demo ingested
-and materialized, a logistic-regression champion trained on 2015-2016 (holdout 2017) and
-promoted; the home is snapshotted. A private ``airflow standalone`` (``_airflow_stack.py``:
-SQLite metadata, LocalExecutor, the repo's dags/ and plugins/, the Makefile's settings) runs
-``census_employment__retrain_model``, unpaused (the cron tick it catches up on unpausing is
-waited out); every other DAG stays paused.
+Setup (not timed): a fresh MLCORE home under a temp dir; 2015-2017 of the census demo ingested and
+materialized, a logistic-regression champion trained on 2015-2016 (holdout 2017) and promoted; the
+home is snapshotted. A private ``airflow standalone`` (``tests/support/airflow_stack.py``: SQLite
+metadata, LocalExecutor, the repo's dags/ and plugins/, the Makefile's settings) runs
+``census_employment__retrain_model``, unpaused (the cron tick it catches up on unpausing is waited
+out); every other DAG stays paused.
 
 Each round restores the home from the snapshot before each side, and alternates the order:
 - DAG: REST trigger with ``algorithm=logistic_regression`` (pinned: both sides fit the same
@@ -49,10 +49,10 @@ from typing import Any
 sys.dont_write_bytecode = True  # Feast imports feature_repo/*.py: write nothing into the repo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _airflow_stack import (  # noqa: E402
+from _common import (  # noqa: E402
     PROBLEM,
     ROOT,
-    Stack,
+    bench_stack,
     code,
     idle_seconds,
     log,
@@ -62,8 +62,9 @@ from _airflow_stack import (  # noqa: E402
     slice_files,
     task_breakdown,
     utc_now,
+    work_parent,
 )
-from _common import work_parent  # noqa: E402
+from airflow_stack import Stack  # noqa: E402
 
 DAG_ID = f"{PROBLEM}__retrain_model"
 ALGO = "logistic_regression"
@@ -332,13 +333,14 @@ def main(argv: list[str] | None = None) -> int:
     parent = work_parent(args.workdir)
     tmp = Path(tempfile.mkdtemp(prefix="bench-orchestration-", dir=parent))
     res: dict[str, Any] = {"started": utc_now(), "code": code(), "load_before": os.getloadavg(),
-                           "machine": machine(), "rows_per_batch": args.rows_per_batch,
+                           "machine": machine("apache-airflow", "feast"),
+                           "rows_per_batch": args.rows_per_batch,
                            "executor": "stock" if args.stock_executor else "shipped"}
     try:
         stack_env = {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"} if args.stock_executor else {}
         stack_env.update(kv.split("=", 1) for kv in args.airflow_env)
         res["airflow_env"] = stack_env
-        probe = Stack(tmp / "airflow", tmp / "home", stack_env)
+        probe = bench_stack(tmp / "airflow", tmp / "home", stack_env)
         if not args.no_parse:
             parse_env = {**probe.env, "_AIRFLOW_PROCESS_CONTEXT": "client"}
             (tmp / "airflow").mkdir(parents=True)
@@ -362,7 +364,7 @@ def orchestration(args: argparse.Namespace, tmp: Path, stack_env: dict[str, str]
     seed = seed_home(new_settings(home), files, train=True)
     shutil.copytree(home, snapshot)
     rounds: list[dict[str, Any]] = []
-    with Stack(tmp / "airflow", home, stack_env, dag_ids=(DAG_ID,)) as stack:
+    with bench_stack(tmp / "airflow", home, stack_env, dag_ids=(DAG_ID,)) as stack:
         log(f"standalone up in {stack.start_seconds:.0f} s")
         stack.set_paused(DAG_ID, False)
         stack.wait_idle(DAG_ID, 1800, first="scheduled")  # the cron tick caught up on unpausing

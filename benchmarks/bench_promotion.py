@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import gc
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -56,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, code, load, log, utc_now, work_parent  # noqa: E402,F401
+from _common import ROOT, code, load, log, machine, utc_now, work_parent  # noqa: E402,F401
 
 sys.dont_write_bytecode = True  # write nothing into the repo (feature_repo/ is imported by Feast)
 
@@ -394,19 +393,6 @@ def render(rounds: list[Round], cfg: Config, meta: dict[str, Any]) -> tuple[str,
     return "\n".join(lines), met
 
 
-def machine() -> str:
-    import numpy as np
-    import pandas as pd
-    import sklearn
-
-    cpu = next((x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text()
-                .splitlines() if x.startswith("model name")), platform.processor())
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (f"{os.cpu_count()} vCPU {cpu}, {mem:.1f} GiB RAM, Linux {platform.release()}, "
-            f"Python {platform.python_version()}, scikit-learn {sklearn.__version__}, "
-            f"pandas {pd.__version__}, numpy {np.__version__}")
-
-
 def openmp_threads() -> str:
     from threadpoolctl import threadpool_info
 
@@ -477,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
                 if r.contender != info["champion"] + 1:
                     sys.exit(f"round {i + 1}: contender is v{r.contender}; the home was not "
                              "reset")
-        meta.update(machine=machine(), load_after=load(), openmp=openmp_threads(), ended=utc_now(),
+        meta.update(machine=machine("scikit-learn", "pandas", "numpy"), load_after=load(),
+                    openmp=openmp_threads(), ended=utc_now(),
                     bootstrap=spec.promotion.bootstrap_samples,
                     history=", ".join(f"{y} ({n:,} rows)"
                                       for y, n in info["history_rows"].items()))

@@ -38,7 +38,7 @@ def test_parse_time_is_measured_per_dag_file(tmp_path):
 
 
 def test_plain_sides_run_the_same_mlcore_calls(tmp_path):
-    from _airflow_stack import new_settings, seed_home, slice_files
+    from _common import new_settings, seed_home, slice_files
     from bench_freshness import run_compute
     from bench_orchestration import run_plain
 

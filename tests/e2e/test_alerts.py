@@ -19,7 +19,6 @@ import logging
 import os
 import re
 import shlex
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from airflow_stack import free_port
 from sqlalchemy import create_engine, make_url, text
 from test_runbook_drill import lose_a_batch, run_verbatim, section_commands, variables
 
@@ -78,12 +78,6 @@ def start_smtp_sink() -> SimpleNamespace:
     controller = Controller(Handler(), hostname="127.0.0.1", port=port)
     controller.start()
     return SimpleNamespace(controller=controller, port=port, messages=messages)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def channel_env(http_port: int, smtp_port: int) -> dict[str, str]:

@@ -16,34 +16,28 @@ the dag-processor parses it, carries its spec deadline and the DAG-level sweep.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+from airflow_stack import Stack, api, migrate, wait_for
 from test_alerts import (
     alerts_at,
     assert_carries_the_payload,
     channel_env,
     email_text,
-    free_port,
     start_http_sink,
     start_smtp_sink,
 )
 from test_runbook_drill import run_verbatim, section_commands, variables
-from test_scheduler import _api, _wait
 
 from mlcore.store.session import upgrade
 
 pytestmark = pytest.mark.live  # starts a live Airflow (make test-live)
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 DEADLINE_MINUTES = 0.05  # 3 s; the test holds its run queued (DAG paused) past it
 
 
@@ -89,65 +83,43 @@ def test_each_batch_stage_dag_gets_the_spec_deadline(spec, monkeypatch):
 def stack(tmp_path_factory):
     home = tmp_path_factory.mktemp("alerts_standalone")
     http, smtp = start_http_sink(), start_smtp_sink()
-    port, mlcore_home = free_port(), home / "mlcore"
-    env = {**os.environ, **channel_env(http.port, smtp.port),
-           "AIRFLOW_HOME": str(home), "MLCORE_HOME": str(mlcore_home),
-           "MLCORE_PROBLEMS_DIR": str(_problems_dir(home)),
-           "MLCORE_FAILPOINT": "ingest.after_stage_write", "BATCHLOOP_RETRY_DELAY": "1",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-           "AIRFLOW__CORE__PARALLELISM": "2",
-           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-           "BATCHLOOP_START_PAUSED": "true",  # each test unpauses the DAG it exercises
-           "PYTHONPATH": str(ROOT / "plugins"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for name in ("MLCORE_DATABASE_URL", "AIRFLOW_CONN_MLCORE_DB", "BATCHLOOP_DEADLINES"):
-        env.pop(name, None)
+    mlcore_home = home / "mlcore"
+    airflow = Stack(home, {
+        **channel_env(http.port, smtp.port), "MLCORE_HOME": str(mlcore_home),
+        "MLCORE_PROBLEMS_DIR": str(_problems_dir(home)),
+        "MLCORE_FAILPOINT": "ingest.after_stage_write", "BATCHLOOP_RETRY_DELAY": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "BATCHLOOP_START_PAUSED": "true",  # each test unpauses the DAG it exercises
+        "MLCORE_DATABASE_URL": None, "AIRFLOW_CONN_MLCORE_DB": None, "BATCHLOOP_DEADLINES": None},
+        dag_ids=("census_employment__materialize_features",))
     mlcore_home.mkdir()
     upgrade(f"sqlite:///{mlcore_home / 'mlcore.db'}")
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    log = home / "standalone.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    migrate(airflow.env)
+    airflow.start()
     try:
-        _wait("a healthy scheduler and the DAGs",
-              lambda: _api(base, "/monitor/health")["scheduler"]["status"] == "healthy"
-              and _api(base, "/dags?tags=stage:materialize_features")["total_entries"] == 1,
-              240, log)
-        yield SimpleNamespace(base=base, home=home, mlcore_home=mlcore_home, log=log,
-                              http=http, smtp=smtp, problems=Path(env["MLCORE_PROBLEMS_DIR"]),
-                              env=env)
+        airflow.wait_ready(timeout=240)
+        yield SimpleNamespace(base=airflow.base, home=home, mlcore_home=mlcore_home,
+                              log=airflow.log_path, http=http, smtp=smtp,
+                              problems=Path(airflow.env["MLCORE_PROBLEMS_DIR"]), env=airflow.env)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        airflow.stop()
         http.server.shutdown()
         smtp.controller.stop()
 
 
 def _trigger(stack, dag_id: str, conf: dict) -> str:
-    _api(stack.base, f"/dags/{dag_id}", {"is_paused": False}, "PATCH")
-    run = _api(stack.base, f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf},
+    api(stack.base, f"/dags/{dag_id}", {"is_paused": False}, "PATCH")
+    run = api(stack.base, f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf},
                "POST")
     return str(run["dag_run_id"])
 
 
 def _finished(stack, dag_id: str, run_id: str) -> str:
     def state():
-        s = _api(stack.base, f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
+        s = api(stack.base, f"/dags/{dag_id}/dagRuns/{run_id}")["state"]
         return s if s in ("success", "failed") else None
 
-    return str(_wait(f"{dag_id} run {run_id} to finish", state, 240, stack.log))
+    return str(wait_for(f"{dag_id} run {run_id} to finish", state, 240, stack.log))
 
 
 def _alerts_for(stack, run_id: str, count: int = 1) -> dict[str, list]:
@@ -157,7 +129,7 @@ def _alerts_for(stack, run_id: str, count: int = 1) -> dict[str, list]:
         got = [a for a in alerts_at(stack.http, stack.smtp)["webhook"] if a["run_id"] == run_id]
         return got if len(got) >= count else None
 
-    _wait(f"{count} alert(s) of run {run_id}", mine, 120, stack.log)
+    wait_for(f"{count} alert(s) of run {run_id}", mine, 120, stack.log)
     time.sleep(5)
     got = alerts_at(stack.http, stack.smtp)
     return {"webhook": [a for a in got["webhook"] if a["run_id"] == run_id],
@@ -169,7 +141,7 @@ def test_a_killed_task_still_alerts_once_with_its_signal(stack, slices):
     dag_id = "census_employment__ingest_batch"
     run_id = _trigger(stack, dag_id, {"batch_id": "killed-1", "source": str(slices[2015])})
     assert _finished(stack, dag_id, run_id) == "failed"
-    [ti] = _api(stack.base, f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
+    [ti] = api(stack.base, f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
     assert (ti["state"], ti["try_number"]) == ("failed", 3)  # killed on every try
 
     got = _alerts_for(stack, run_id)
@@ -192,7 +164,7 @@ def test_a_killed_task_still_alerts_once_with_its_signal(stack, slices):
     filled = {**stack.env, **variables(alert)}
     out = run_verbatim(section_commands("task-killed"), filled)
     assert "ingest_batch" in out[0].stdout and "failed" in out[0].stdout  # states-for-dag-run
-    runs = _api(stack.base, f"/dags/{dag_id}/dagRuns")["dag_runs"]
+    runs = api(stack.base, f"/dags/{dag_id}/dagRuns")["dag_runs"]
     assert [r["conf"] for r in runs if r["dag_run_id"] != run_id] == [  # a new run, same Params
         {"batch_id": "killed-1", "source": str(slices[2015])}]
 
@@ -209,8 +181,8 @@ def test_a_missed_deadline_alerts_and_the_run_still_finishes(stack, slices):
     dag_id = "census_employment__materialize_features"
     # Triggered while paused, the run waits queued past its deadline (counted from queued):
     # late for sure, however fast the task (with the preloading executor it can finish in 3 s).
-    _api(stack.base, f"/dags/{dag_id}", {"is_paused": True}, "PATCH")
-    run_id = str(_api(stack.base, f"/dags/{dag_id}/dagRuns",
+    api(stack.base, f"/dags/{dag_id}", {"is_paused": True}, "PATCH")
+    run_id = str(api(stack.base, f"/dags/{dag_id}/dagRuns",
                       {"logical_date": None, "conf": {"batch_id": "late-1"}}, "POST")["dag_run_id"])
 
     got = _alerts_for(stack, run_id)

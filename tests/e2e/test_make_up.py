@@ -14,27 +14,20 @@ import time
 from pathlib import Path
 
 import pytest
-from test_alerts import free_port
+from airflow_stack import free_port, migrate, standalone_env
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 
 
 @pytest.mark.live
 def test_up_is_quiet_says_when_the_ui_answers_and_stops_on_ctrl_c(tmp_path):
     port = free_port()
-    env = {**os.environ, "AIRFLOW_HOME": str(tmp_path), "MLCORE_HOME": str(tmp_path / "mlcore"),
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path / 'airflow.db'}",
-           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags"),  # nothing to parse
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for name in ("AIRFLOW__API__BASE_URL", "BATCHLOOP_UP_VERBOSE"):
-        env.pop(name, None)
+    env = standalone_env(tmp_path, port, {
+        "MLCORE_HOME": str(tmp_path / "mlcore"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags"),  # nothing to parse
+        "AIRFLOW__API__BASE_URL": None, "BATCHLOOP_UP_VERBOSE": None})
     (tmp_path / "dags").mkdir()
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=300)
+    migrate(env)
     up = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "up.py")], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)

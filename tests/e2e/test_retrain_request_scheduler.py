@@ -21,17 +21,14 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import yaml
+from airflow_stack import Stack, api, migrate, wait_for
 from sqlalchemy import select
-from test_alerts import free_port
-from test_scheduler import _api, _wait
 
 from mlcore.model.registry import list_versions
 from mlcore.policy import list_requests, request_manual
@@ -41,7 +38,6 @@ from mlcore.store.session import session_scope, upgrade
 pytestmark = pytest.mark.live
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 LEASE_HOURS = 0.04  # 144 s: the retrain DAG's dagrun_timeout
 DAG_ID = "census_employment__retrain_model"
 PR_SET_CHILD_SUBREAPER = 36
@@ -67,27 +63,19 @@ def stack(tmp_path_factory, slices):
     from mlcore.problems import get_problem
 
     home = tmp_path_factory.mktemp("retrain_standalone")
-    port, mlcore_home, problems = free_port(), home / "mlcore", _problems_dir(home)
-    env = {**os.environ, "AIRFLOW_HOME": str(home), "MLCORE_HOME": str(mlcore_home),
-           "MLCORE_PROBLEMS_DIR": str(problems), "BATCHLOOP_RETRY_DELAY": "1",
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
-           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-           "AIRFLOW__CORE__PARALLELISM": "2",
-           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-           "BATCHLOOP_START_PAUSED": "true",  # only the retrain DAG (unpaused below) runs
-           # every try of train_contender SIGKILLs itself before registering, as the OOM
-           # killer would (a kill from outside raced the task: it failed in CI twice)
-           "MLCORE_FAILPOINT": "training.before_register",
-           "MLCORE_STALL": "training.started=20",  # time to kill a try's supervisor mid-way
-           "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",  # a lost try, sooner
-           "PYTHONPATH": str(ROOT / "plugins"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for name in ("MLCORE_DATABASE_URL", "AIRFLOW_CONN_MLCORE_DB", "BATCHLOOP_DEADLINES"):
-        env.pop(name, None)
+    mlcore_home, problems = home / "mlcore", _problems_dir(home)
+    airflow = Stack(home, {
+        "MLCORE_HOME": str(mlcore_home), "MLCORE_PROBLEMS_DIR": str(problems),
+        "BATCHLOOP_RETRY_DELAY": "1",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "BATCHLOOP_START_PAUSED": "true",  # only the retrain DAG (unpaused below) runs
+        # every try of train_contender SIGKILLs itself before registering, as the OOM
+        # killer would (a kill from outside raced the task: it failed in CI twice)
+        "MLCORE_FAILPOINT": "training.before_register",
+        "MLCORE_STALL": "training.started=20",  # time to kill a try's supervisor mid-way
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "30",  # a lost try, sooner
+        "MLCORE_DATABASE_URL": None, "AIRFLOW_CONN_MLCORE_DB": None, "BATCHLOOP_DEADLINES": None},
+        dag_ids=(DAG_ID,))
     mlcore_home.mkdir()
     settings = Settings(home=mlcore_home, problems_dir=problems,
                         feature_repo=ROOT / "feature_repo")
@@ -97,27 +85,15 @@ def stack(tmp_path_factory, slices):
     for year in (2015, 2016):
         ingest_batch(spec, str(slices[year]), str(year), settings)
         materialize_batch(spec, str(year), settings)
-    subprocess.run([str(BIN / "airflow"), "db", "migrate"], env=env, check=True,
-                   capture_output=True, timeout=300)
-    log = home / "standalone.log"
+    migrate(airflow.env)
     reaper = _subreaper(True)  # orphans of the stack become ours: their exit status readable
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    airflow.start()
     try:
-        _wait("a healthy scheduler and the retrain DAG",
-              lambda: _api(base, "/monitor/health")["scheduler"]["status"] == "healthy"
-              and _api(base, f"/dags/{DAG_ID}")["dag_id"] == DAG_ID, 300, log)
-        _api(base, f"/dags/{DAG_ID}", {"is_paused": False}, "PATCH")
-        yield SimpleNamespace(base=base, log=log, url=settings.db_url)
+        airflow.wait_ready(timeout=300)
+        api(airflow.base, f"/dags/{DAG_ID}", {"is_paused": False}, "PATCH")
+        yield SimpleNamespace(base=airflow.base, log=airflow.log_path, url=settings.db_url)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        airflow.stop()
         if reaper:
             _subreaper(False)
             _reap_all()
@@ -149,21 +125,21 @@ def _proc_status(pid: int) -> str:
 
 
 def _trigger(stack) -> str:
-    run = _api(stack.base, f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": CONF},
+    run = api(stack.base, f"/dags/{DAG_ID}/dagRuns", {"logical_date": None, "conf": CONF},
                "POST")
     return str(run["dag_run_id"])
 
 
 def _ti(stack, run_id: str, task_id: str) -> dict:
-    return _api(stack.base, f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")
+    return api(stack.base, f"/dags/{DAG_ID}/dagRuns/{run_id}/taskInstances/{task_id}")
 
 
 def _finished(stack, run_id: str) -> str:
     def state():
-        s = _api(stack.base, f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
+        s = api(stack.base, f"/dags/{DAG_ID}/dagRuns/{run_id}")["state"]
         return s if s in ("success", "failed") else None
 
-    return str(_wait(f"run {run_id} to finish", state, 400, stack.log))
+    return str(wait_for(f"run {run_id} to finish", state, 400, stack.log))
 
 
 def _answered(stack, request_id: int) -> dict:
@@ -172,7 +148,7 @@ def _answered(stack, request_id: int) -> dict:
         [row] = [r for r in list_requests("census_employment", stack.url) if r["id"] == request_id]
         return row if row["state"] == "failed" else None
 
-    return dict(_wait(f"request #{request_id} to fail", failed, 120, stack.log))
+    return dict(wait_for(f"request #{request_id} to fail", failed, 120, stack.log))
 
 
 def _leases(url: str) -> list[str]:
@@ -198,15 +174,15 @@ def test_a_retrain_killed_on_every_try_fails_its_request(stack):
 def test_a_timed_out_retrain_fails_its_request_and_releases_the_lease(stack):
     request_id = request_manual("census_employment", "timed out", stack.url)
     run_id = _trigger(stack)
-    _wait("start_retrain to take the request",
+    wait_for("start_retrain to take the request",
           lambda: _ti(stack, run_id, "start_retrain")["state"] == "success", 240, stack.log)
     pool = "/pools/default_pool?update_mask=slots"
-    _api(stack.base, pool, {"slots": 0}, "PATCH")  # every later task waits for a slot
+    api(stack.base, pool, {"slots": 0}, "PATCH")  # every later task waits for a slot
     try:
         assert _finished(stack, run_id) == "failed"
         row = _answered(stack, request_id)
     finally:
-        _api(stack.base, pool, {"slots": 128}, "PATCH")
+        api(stack.base, pool, {"slots": 128}, "PATCH")
 
     assert row["run_id"] == run_id
     assert "timed out" in row["error"] and "dagrun_timeout" in row["error"]
@@ -224,7 +200,7 @@ def test_an_orphaned_try_ends_itself_and_is_retried(stack):
 
     request_manual("census_employment", "orphan drill", stack.url)
     run_id = _trigger(stack)
-    ti = _wait("train_contender try 1 running", lambda: (t := _ti(
+    ti = wait_for("train_contender try 1 running", lambda: (t := _ti(
         stack, run_id, "train_contender"))["state"] == "running" and t["pid"] and t, 300,
         stack.log)
     task = int(ti["pid"])
@@ -248,5 +224,5 @@ def test_an_orphaned_try_ends_itself_and_is_retried(stack):
     assert os.waitstatus_to_exitcode(status) == EXIT_ORPHANED
     assert time.monotonic() - killed < 10  # the watchdog, not the end of the 20 s stall
     assert list_versions("census_employment", stack.url) == []
-    _wait("train_contender try 2 (the lost try declared dead)",
+    wait_for("train_contender try 2 (the lost try declared dead)",
           lambda: _ti(stack, run_id, "train_contender")["try_number"] >= 2, 240, stack.log)

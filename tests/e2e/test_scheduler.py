@@ -11,19 +11,14 @@ afterwards. It never touches `make up`'s instance.
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
+from airflow_stack import Stack, api, wait_for
 from sqlalchemy import create_engine, func, select, text
 
 from mlcore.store.models import DriftReport, Materialization, Prediction
@@ -32,40 +27,12 @@ from mlcore.store.session import get_engine, session_scope, upgrade
 pytestmark = pytest.mark.live  # starts a live Airflow (make test-live)
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 PG = urlsplit(os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"))
 CHAIN = ("ingest_batch", "materialize_features", "score_batch", "monitor_model")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _pg_url(database: str, scheme: str = "postgresql+psycopg2") -> str:
     return urlunsplit(PG._replace(scheme=scheme, path=f"/{database}"))
-
-
-def _api(base: str, path: str, body: dict | None = None, method: str = "GET") -> dict:
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(f"{base}/api/v2{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-def _wait(what: str, check, timeout: float, log: Path):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if result := check():
-                return result
-        except (OSError, ValueError, KeyError, IndexError):
-            pass
-        time.sleep(1)
-    tail = log.read_text()[-4000:] if log.exists() else ""
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}\n{tail}")
 
 
 def _seed_champion(spec, settings, source: Path) -> int:
@@ -98,36 +65,26 @@ def server(tmp_path_factory, spec, slices):
     with admin.connect() as conn:
         for name in dbs.values():
             conn.execute(text(f'CREATE DATABASE "{name}"'))
-    port, mlcore_home, mlcore_url = _free_port(), home / "mlcore", _pg_url(dbs["ml"])
+    mlcore_home, mlcore_url = home / "mlcore", _pg_url(dbs["ml"])
     feast_env = {"FEAST_PG_HOST": PG.hostname or "127.0.0.1", "FEAST_PG_PORT": str(PG.port or 5432),
                  "FEAST_PG_USER": PG.username or "postgres", "FEAST_PG_DATABASE": dbs["feast"],
                  "FEAST_PG_PASSWORD": PG.password or "unused-trust-auth"}
     feast_config = ROOT / "deploy" / "feature_store.postgres.yaml"
-    env = {**os.environ, **feast_env,
-           "AIRFLOW_HOME": str(home), "MLCORE_HOME": str(mlcore_home),
-           "MLCORE_DATABASE_URL": mlcore_url, "MLCORE_FEAST_CONFIG": str(feast_config),
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _pg_url(dbs["af"]),
-           # Airflow derives postgresql+asyncpg otherwise, and asyncpg is not in uv.lock.
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": _pg_url(dbs["af"], "postgresql+psycopg"),
-           "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-           "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-           "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-           "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
-           "AIRFLOW__CORE__PARALLELISM": "2",
-           "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-           "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
-           # every DAG starts paused here: each test unpauses what it exercises
-           "BATCHLOOP_START_PAUSED": "true",
-           # the backlog sweep, once unpaused: every 15 s, nudging whatever is missing
-           "BATCHLOOP_SWEEP_MINUTES": "0.25", "BATCHLOOP_NUDGE_MINUTES": "0",
-           "PYTHONPATH": str(ROOT / "plugins"),
-           "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    log, proc = home / "standalone.log", None
+    stack = Stack(home, {
+        **feast_env, "MLCORE_HOME": str(mlcore_home),
+        "MLCORE_DATABASE_URL": mlcore_url, "MLCORE_FEAST_CONFIG": str(feast_config),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _pg_url(dbs["af"]),
+        # Airflow derives postgresql+asyncpg otherwise, and asyncpg is not in uv.lock.
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": _pg_url(dbs["af"], "postgresql+psycopg"),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        # every DAG starts paused here: each test unpauses what it exercises
+        "BATCHLOOP_START_PAUSED": "true",
+        # the backlog sweep, once unpaused: every 15 s, nudging whatever is missing
+        "BATCHLOOP_SWEEP_MINUTES": "0.25", "BATCHLOOP_NUDGE_MINUTES": "0"},
+        dag_ids=tuple(f"{spec.name}__{stage}" for stage in CHAIN))
     try:  # standalone migrates the empty metadata DB itself ("Checking database is initialized")
-        with log.open("wb") as out:
-            proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        stack.start()
         mlcore_home.mkdir()
         upgrade(mlcore_url)
         settings = Settings(home=mlcore_home, database_url=mlcore_url, feast_config=feast_config,
@@ -136,20 +93,10 @@ def server(tmp_path_factory, spec, slices):
             for key, value in {**feast_env, "MLCORE_HOME": str(mlcore_home)}.items():
                 mp.setenv(key, value)
             champion = _seed_champion(spec, settings, slices[2015])
-        base = f"http://127.0.0.1:{port}"
-        _wait("a healthy scheduler and the chain's DAGs",
-              lambda: _api(base, "/monitor/health")["scheduler"]["status"] == "healthy"
-              and all(_api(base, f"/dags/{spec.name}__{stage}")["dag_id"] for stage in CHAIN),
-              240, log)
-        yield base, mlcore_url, _pg_url(dbs["af"]), champion, log
+        stack.wait_ready(timeout=240)
+        yield stack.base, mlcore_url, _pg_url(dbs["af"]), champion, stack.log_path
     finally:
-        if proc is not None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+        stack.stop()
         get_engine(mlcore_url).dispose()
         with admin.connect() as conn:
             for name in dbs.values():
@@ -169,21 +116,21 @@ def test_one_rest_trigger_runs_the_asset_chain_under_the_real_scheduler(server, 
     base, mlcore_url, airflow_url, champion, log = server
     p, batch = spec.name, "sched-2016"
     for stage in CHAIN:
-        _api(base, f"/dags/{p}__{stage}", {"is_paused": False}, "PATCH")
-    trigger = _api(base, f"/dags/{p}__ingest_batch/dagRuns",
+        api(base, f"/dags/{p}__{stage}", {"is_paused": False}, "PATCH")
+    trigger = api(base, f"/dags/{p}__ingest_batch/dagRuns",
                    {"logical_date": None, "conf": {"batch_id": batch,
                                                    "source": str(slices[2016])}}, "POST")
 
     def finished(stage: str):
         def check():
-            runs = _api(base, f"/dags/{p}__{stage}/dagRuns")["dag_runs"]
+            runs = api(base, f"/dags/{p}__{stage}/dagRuns")["dag_runs"]
             done = [r for r in runs if r["state"] in ("success", "failed")]
             return done[0] if done else None
         return check
 
     runs = {}
     for stage in CHAIN:  # in order: each stage's run exists only once the previous one emitted
-        runs[stage] = _wait(f"a finished {stage} run", finished(stage), 150, log)
+        runs[stage] = wait_for(f"a finished {stage} run", finished(stage), 150, log)
         assert runs[stage]["state"] == "success", (runs[stage], log.read_text()[-4000:])
     assert runs["ingest_batch"]["dag_run_id"] == trigger["dag_run_id"]
     # nobody triggered the others: the scheduler did, on the asset events
@@ -205,7 +152,7 @@ def test_one_rest_trigger_runs_the_asset_chain_under_the_real_scheduler(server, 
 
 
 def _pause(base: str, dag_id: str, paused: bool) -> None:
-    _api(base, f"/dags/{dag_id}", {"is_paused": paused}, "PATCH")
+    api(base, f"/dags/{dag_id}", {"is_paused": paused}, "PATCH")
 
 
 def _successes(airflow_url: str, dag_id: str, task_id: str) -> int:
@@ -249,12 +196,12 @@ def test_no_batch_is_left_behind_when_events_are_lost(server, spec, slices, tmp_
     rows = len(frame)
 
     def trigger(batch: str) -> None:
-        _api(base, f"/dags/{p}__ingest_batch/dagRuns", {"logical_date": None, "conf": {
+        api(base, f"/dags/{p}__ingest_batch/dagRuns", {"logical_date": None, "conf": {
             "batch_id": batch, "source": str(tmp_path / f"{batch}.parquet")}}, "POST")
 
     for batch in batches[:3]:  # three at once: faster than ingest + materialize finish
         trigger(batch)
-    _wait("three batches materialized while score_batch is paused",
+    wait_for("three batches materialized while score_batch is paused",
           lambda: all(c["materialized"] == 1 for c in
                       _stage_counts(mlcore_url, champion, batches[:3]).values()), 300, log)
     assert all(c["predictions"] == 0 for c in
@@ -263,7 +210,7 @@ def test_no_batch_is_left_behind_when_events_are_lost(server, spec, slices, tmp_
     # score comes back; only the 4th batch's event reaches it: its run catches up the other 3
     _pause(base, f"{p}__score_batch", False)
     trigger(batches[3])
-    _wait("every batch scored", lambda: all(
+    wait_for("every batch scored", lambda: all(
         c["predictions"] == rows for c in _stage_counts(mlcore_url, champion, batches).values()),
         300, log)
 
@@ -273,13 +220,13 @@ def test_no_batch_is_left_behind_when_events_are_lost(server, spec, slices, tmp_
     time.sleep(3)
     assert all(c["drift"] == 0 for c in _stage_counts(mlcore_url, champion, batches).values())
     _pause(base, f"{p}__sweep_backlog", False)
-    _wait("every batch drift-checked", lambda: all(
+    wait_for("every batch drift-checked", lambda: all(
         c["drift"] == 1 for c in _stage_counts(mlcore_url, champion, batches).values()), 300, log)
     _pause(base, f"{p}__sweep_backlog", True)
     time.sleep(5)  # anything queued by a last nudge finishes (and must find nothing to redo)
-    _wait("no stage run still going", lambda: not any(
+    wait_for("no stage run still going", lambda: not any(
         r["state"] in ("queued", "running")
-        for d in tasks for r in _api(base, f"/dags/{p}__{d}/dagRuns")["dag_runs"]), 180, log)
+        for d in tasks for r in api(base, f"/dags/{p}__{d}/dagRuns")["dag_runs"]), 180, log)
 
     counts = _stage_counts(mlcore_url, champion, batches)
     assert counts == {b: {"materialized": 1, "predictions": rows, "drift": 1} for b in batches}

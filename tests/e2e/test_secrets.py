@@ -18,7 +18,6 @@ import base64
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -33,6 +32,7 @@ from types import SimpleNamespace
 from urllib.parse import quote, quote_plus
 
 import pytest
+from airflow_stack import free_port, launch, stop_process
 from sqlalchemy import create_engine, make_url, text
 
 pytestmark = pytest.mark.live  # starts a live api-server (make test-live)
@@ -197,17 +197,11 @@ dag.test(run_conf={**dag.params.dump(), **json.loads(sys.argv[2])}, use_executor
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def execution_api(tmp_path, monkeypatch, secret_env) -> Iterator[dict[str, str]]:
     """A private Airflow Execution API server (what LocalExecutor's task processes call); yields
     the environment a child process needs to run DAGs through LocalExecutor against it."""
-    port = _free_port()
+    port = free_port()
     monkeypatch.setenv("AIRFLOW__API_AUTH__JWT_SECRET", uuid.uuid4().hex)  # shared with workers
     env = {**os.environ, "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
            "AIRFLOW__CORE__PARALLELISM": "1",
@@ -215,20 +209,13 @@ def execution_api(tmp_path, monkeypatch, secret_env) -> Iterator[dict[str, str]]
            "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     log = tmp_path / "api-server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(BIN / "airflow"), "api-server", "--apps", "execution",
-                                 "-H", "127.0.0.1", "-p", str(port), "-w", "1"], env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = launch(["api-server", "--apps", "execution", "-H", "127.0.0.1", "-p", str(port),
+                   "-w", "1"], env, log)
     env["API_LOG"] = str(log)
     try:
         yield env
     finally:
-        os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        stop_process(proc, whole_group=True)
 
 
 def _last_run(dag_id: str | None = None) -> tuple[int, str, str]:

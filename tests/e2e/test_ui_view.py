@@ -16,22 +16,19 @@ import json
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from airflow_stack import Stack
 
 pytestmark = pytest.mark.live  # starts a live Airflow (make test-live)
 
 ROOT = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -72,12 +69,6 @@ def census_employment__monitor_model():
 census_employment__retrain_model()
 census_employment__monitor_model()
 '''
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(base: str, path: str, token: str | None = None, accept: str = "application/json"
@@ -139,54 +130,28 @@ def view(tmp_path_factory, settings_factory, spec, slices):
     password, viewer_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
     (home / "passwords.json").write_text(json.dumps({"admin": password,
                                                      "viewer": viewer_password}))
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if k != "MLCORE_DATABASE_URL"}
-    env.update({
-        "AIRFLOW_HOME": str(home), "MLCORE_HOME": str(settings.home),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+    airflow = Stack(home, {
+        "MLCORE_HOME": str(settings.home), "MLCORE_DATABASE_URL": None,
         "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),  # two stage DAGs (STAGE_DAGS)
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,viewer:viewer",
         "BATCHLOOP_RETRY_DELAY": "1",
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",  # `make` exports True
-        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json"),
-        "AIRFLOW__API__HOST": "127.0.0.1", "AIRFLOW__API__PORT": str(port),
-        "AIRFLOW__API__BASE_URL": f"http://127.0.0.1:{port}",
-        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(_free_port()),
-        "AIRFLOW__CORE__PARALLELISM": "2",
-        "PYTHONPATH": str(ROOT / "plugins"), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"})
-    log = home / "standalone.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([str(BIN / "airflow"), "standalone"], env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(home / "passwords.json")})
+    airflow.start()
+    base = airflow.base
     try:
         state = _build_state(settings, spec, slices, home)
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/v2/monitor/health", timeout=10):
-                    break
-            except (OSError, ValueError):
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise AssertionError("api-server not up:\n"
-                                         + log.read_text()[-4000:]) from None
-                time.sleep(1)
+        airflow.wait("the api-server", lambda: airflow.api("/monitor/health"), 180, every=1)
         req = urllib.request.Request(
             f"{base}/auth/token", method="POST", headers={"Content-Type": "application/json"},
             data=json.dumps({"username": "admin", "password": password}).encode())
         with urllib.request.urlopen(req, timeout=30) as resp:
             token = json.loads(resp.read())["access_token"]
         yield SimpleNamespace(base=base, password=password, token=token, settings=settings,
-                              log=log, viewer_password=viewer_password, **state)
+                              log=airflow.log_path, viewer_password=viewer_password, **state)
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+        airflow.stop()
 
 
 def test_plugin_load_stays_light():

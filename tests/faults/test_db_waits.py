@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from airflow_stack import free_port
 from sqlalchemy import create_engine, select, text
 
 from mlcore.config import get_settings
@@ -83,12 +84,6 @@ def hung_port() -> Iterator[int]:
     server.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_a_hung_server_fails_the_connect_in_seconds_naming_host_and_cause(hung_port, timeouts):
     timeouts(connect=2)
     url = f"postgresql+psycopg2://mlcore:hunter2-Pw@127.0.0.1:{hung_port}/db"
@@ -107,7 +102,7 @@ def test_a_hung_server_fails_the_connect_in_seconds_naming_host_and_cause(hung_p
 
 def test_a_refused_port_fails_at_once(timeouts):
     timeouts(connect=2)
-    port = _free_port()
+    port = free_port()
     started = time.monotonic()
     with pytest.raises(DatabaseUnavailable, match=f"127.0.0.1:{port} could not be reached"):
         with session_scope(f"postgresql+psycopg2://x@127.0.0.1:{port}/db") as s:

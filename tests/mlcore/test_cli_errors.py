@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from airflow_stack import free_port  # bound, never listening: a refused connect
 
 from mlcore import cli
 from mlcore.config import get_settings
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:  # bound, never listening: connecting to it is refused
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def run(tmp_path: Path, *argv: str, url: str | None = None, **env: str):
