@@ -96,7 +96,7 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
         def train_contender(dataset: dict) -> dict:
             from batchloop_airflow import settings as mlcore_settings
             from mlcore.config import TrainConfig
-            from mlcore.datasets import DatasetRef
+            from mlcore.model.splits import DatasetRef
             from mlcore.policy import claim_trained
             from mlcore.problems import get_problem
             from mlcore.training import train_contender as run
@@ -111,8 +111,8 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
         @task
         def evaluate_contender(dataset: dict, contender: dict) -> dict:
             from batchloop_airflow import settings as mlcore_settings
-            from mlcore.datasets import DatasetRef
             from mlcore.evaluation import evaluate_contender as run
+            from mlcore.model.splits import DatasetRef
             from mlcore.problems import get_problem
 
             with fail_fast():
@@ -126,19 +126,12 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
         def mark_challenger(decision: dict) -> int | None:
             """A too-close contender is shadow-scored next to the champion as `challenger`."""
             from batchloop_airflow import settings as mlcore_settings
-            from mlcore.evaluation import KEEP_TOO_CLOSE
-            from mlcore.model.registry import CHALLENGER, alias_holder, move_alias
+            from mlcore.promotion import mark_challenger as run
 
-            if decision["outcome"] != KEEP_TOO_CLOSE:
-                return None
             settings = mlcore_settings()
-            url = settings.db_url
             with fail_fast():
-                move_alias(problem, alias=CHALLENGER, url=url, new=decision["contender_version"],
-                           expected=alias_holder(problem, url, CHALLENGER),
-                           reason=decision["reason"], evaluation_id=decision["evaluation_id"],
-                           actor=f"airflow:{get_current_context()['run_id']}", settings=settings)
-            return int(decision["contender_version"])
+                return run(problem, decision, settings,
+                           actor=f"airflow:{get_current_context()['run_id']}")
 
         @task.short_circuit(ignore_downstream_trigger_rules=False)
         def should_promote(decision: dict) -> bool:
@@ -157,14 +150,11 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
         @task(outlets=[champion])
         def promote_contender(decision: dict) -> dict:
             from batchloop_airflow import settings as mlcore_settings
-            from mlcore.model.registry import move_alias
+            from mlcore.promotion import promote_contender as run
 
             settings = mlcore_settings()
             with fail_fast():
-                move_alias(problem, expected=decision["champion_version"],
-                           new=decision["contender_version"], reason=decision["reason"],
-                           url=settings.db_url, evaluation_id=decision["evaluation_id"],
-                           actor=f"airflow:{get_current_context()['run_id']}", settings=settings)
+                run(problem, decision, settings, actor=f"airflow:{get_current_context()['run_id']}")
             return {"champion": decision["contender_version"]}
 
         lease = start_retrain(problem, hours)
