@@ -136,7 +136,8 @@ def numpy_scores(ref: Any, cur: Any, tests: dict[str, Any]) -> dict[str, tuple[f
 
 def numpy_drift(ref: Any, cur: Any, spec: Any) -> Verdicts:
     """The baseline: the same columns, segments and skip rule as ``measure_drift``."""
-    from mlcore.monitoring import MIN_SEGMENT_ROWS, stattests
+    from mlcore.model.drift import stattests
+    from mlcore.monitoring import MIN_SEGMENT_ROWS
 
     tests = stattests(spec)
     out = {"all": numpy_scores(ref, cur, tests)}
@@ -167,7 +168,7 @@ def evidently_drift(ref: Any, cur: Any, spec: Any) -> Verdicts:
 
 def capped(fn: Callable[[Any, Any, Any], Verdicts]) -> Callable[[Any, Any, Any], Verdicts]:
     """``fn`` on each side sampled the way ``detect_drift`` samples it (inside the clock)."""
-    from mlcore.monitoring import _sample
+    from mlcore.model.reference import sample_rows as _sample
 
     def run(ref: Any, cur: Any, spec: Any) -> Verdicts:
         n = spec.drift.sample_rows
@@ -182,14 +183,14 @@ def stock_value_drift() -> Iterator[None]:
     mlcore's lean metric, same stattests and thresholds."""
     from evidently.metrics import ValueDrift
 
-    import mlcore.monitoring as monitoring
+    import mlcore.model.drift as drift
 
-    real = monitoring.drift_metric
-    monitoring.drift_metric = lambda: ValueDrift  # type: ignore[assignment]
+    real = drift.drift_metric
+    drift.drift_metric = lambda: ValueDrift  # type: ignore[assignment]
     try:
         yield
     finally:
-        monitoring.drift_metric = real
+        drift.drift_metric = real
 
 
 def evidently_html_bytes(ref: Any, cur: Any, spec: Any) -> int:
@@ -198,7 +199,7 @@ def evidently_html_bytes(ref: Any, cur: Any, spec: Any) -> int:
     from evidently import DataDefinition, Dataset, Report
     from evidently.metrics import ValueDrift
 
-    from mlcore.monitoring import stattests
+    from mlcore.model.drift import stattests
 
     tests = stattests(spec)
     definition = DataDefinition(
@@ -257,6 +258,7 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
     2018 batch against that champion, ``rounds`` times (it is idempotent)."""
     import pyarrow.parquet as pq
 
+    import mlcore.model.reference as reference
     import mlcore.monitoring as monitoring
     from mlcore.config import Settings, TrainConfig
     from mlcore.datasets import build_dataset
@@ -283,7 +285,7 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
         materialize_batch(spec, str(year), settings)
     dataset = build_dataset(spec, settings)
     profile_s: list[float] = []
-    real_write = monitoring.write_reference_profile
+    real_write = reference.write_reference_profile
 
     def write_timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -292,13 +294,13 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
         finally:
             profile_s.append(time.perf_counter() - start)
 
-    monitoring.write_reference_profile = write_timed  # type: ignore[assignment]
+    reference.write_reference_profile = write_timed  # type: ignore[assignment]
     try:
         start = time.perf_counter()
         ref = train_contender(spec, dataset, TrainConfig(), settings)
         train_s = time.perf_counter() - start
     finally:
-        monitoring.write_reference_profile = real_write  # type: ignore[assignment]
+        reference.write_reference_profile = real_write  # type: ignore[assignment]
     move_alias(spec.name, expected=None, new=ref.version, reason="bench", url=settings.db_url)
     ingest_batch(spec, str(files[2018]), "2018", settings)  # the batch that arrives
     drift_s, result = [], None
@@ -354,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     for n in args.rows:
         ref, cur = make_sides(rows, n, spec, model)
         if n == args.rows[0]:
-            from mlcore.monitoring import _sample
+            from mlcore.model.reference import sample_rows as _sample
 
             size = evidently_html_bytes(_sample(ref, 50_000), _sample(cur, 50_000), spec)
             print(f"Evidently's own HTML report, 17 columns, 50k rows a side: {size:,} B",

@@ -172,7 +172,8 @@ def _verify(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
             found[f"with_target={with_target}"] = f"identical ({len(got)} rows)"
         except AssertionError as exc:
             found[f"with_target={with_target}"] = f"DIFFERENT: {exc}"
-    from mlcore.monitoring import _sample, read_curated, sample_curated
+    from mlcore.model.reference import sample_rows as _sample
+    from mlcore.monitoring import read_curated, sample_curated
 
     batch, rows = batches[-1], -(-len(want) // 3)
     try:  # drift's streamed sample against DataFrame.sample of the whole batch

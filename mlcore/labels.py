@@ -1,47 +1,50 @@
 """Ground truth: labels that arrive after scoring, joined to the stored predictions by entity key,
 and each model's performance over matured labelled rows only (never an imputed label).
 
-A labels file is stored like a batch: validated as a whole, then written in one transaction or
-not at all. The same file again is a no-op; a different label for a stored key is a conflict;
-keys that are not rows of the batch are refused, naming the batch, the count and examples.
+A labels file is stored like a batch: validated as a whole (``mlcore.data.label_files``: keys
+that are not rows of the batch are refused, naming the batch, the count and examples), then
+written in one transaction or not at all. The same file again is a no-op; a different label for
+a stored key is a conflict. The metric over matured labelled rows is computed by
+``mlcore.model.performance.realized_performance``.
 """
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import Field
 from sqlalchemy import Float, String, bindparam, delete, func, insert, literal, select
 
-from mlcore.batches import BatchConflict, BatchError, check_batch_id, sha256_file
+from mlcore.batches import BatchConflict, check_batch_id, sha256_file
 from mlcore.config import Settings, _RunConfig
-from mlcore.data.validation import entity_keys
+from mlcore.data.io import read_curated
+from mlcore.data.label_files import (
+    LabelsRejected,
+    check_known,
+    clean_labels,
+    key_strings,
+    read_labels,
+    refusal,
+)
+from mlcore.data.target_coding import learn_coder
 from mlcore.estimation import attach_realized
-from mlcore.ingestion import get_batch, nullable_int, read_curated
 from mlcore.locks import file_lock
+from mlcore.model.performance import realized_performance
 from mlcore.model.registry import CHALLENGER, CHAMPION, ModelNotFound, alias_holder
-from mlcore.model.targets import TargetCoder, learn_coder, local_coder
 from mlcore.problems import ProblemSpec
 from mlcore.scoring import stored_outputs
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, GroundTruth, PerformanceReport, Prediction, utcnow
 from mlcore.store.session import session_scope
 
 _CHUNK = 10_000
-_EXAMPLES = 5
 OTHER = "other"  # a version that scored the batch but holds no alias now
 ROLES = (CHAMPION, CHALLENGER, OTHER)
-
-
-class LabelsRejected(BatchError, ValueError):
-    """The labels file was refused as a whole; nothing was stored."""
 
 
 class LabelConflict(BatchConflict):
@@ -100,93 +103,6 @@ class PerformanceResult:
         return asdict(self)
 
 
-def _refusal(batch_id: str, problem: str, examples: Any) -> str:
-    shown = ", ".join(repr(x) for x in list(examples)[:_EXAMPLES])
-    return f"labels for batch {batch_id!r}: {problem} (e.g. {shown}); the file is refused, " \
-           "nothing stored"
-
-
-def key_strings(keys: pd.Series, spec: ProblemSpec) -> pd.Series:
-    """Entity keys as stored in ``predictions`` and ``ground_truth`` (``str`` of the dtype)."""
-    if spec.entity.dtype == "int64":
-        return pd.Series(keys.to_numpy(dtype="int64"), index=keys.index).astype(str)
-    return keys.astype(str)
-
-
-def read_labels(path: Path, spec: ProblemSpec, batch_id: str) -> pd.DataFrame:
-    """The key and target columns of a parquet or CSV file (other columns are ignored).
-
-    Raises:
-        LabelsRejected: not a readable parquet/CSV file, or a column is missing.
-    """
-    wanted = [spec.entity.key, spec.target.name]
-    if path.suffix not in {".parquet", ".pq", ".csv"}:
-        raise LabelsRejected(f"labels for batch {batch_id!r}: unsupported file type "
-                             f"{path.name!r} (parquet or csv)")
-    try:
-        if path.suffix == ".csv":
-            columns = list(pd.read_csv(path, nrows=0).columns)
-        else:
-            columns = list(pq.ParquetFile(path).schema_arrow.names)
-        if missing := [c for c in wanted if c not in columns]:
-            raise LabelsRejected(f"labels for batch {batch_id!r}: {path.name} lacks columns "
-                                 f"{missing} (needs {wanted}); nothing stored")
-        if path.suffix == ".csv":  # keys as text, parsed exactly (never via float64)
-            return pd.read_csv(path, usecols=wanted, dtype={spec.entity.key: str})
-        table = pq.read_table(path, columns=wanted)
-        frame = table.to_pandas()
-        key = table.column(spec.entity.key)
-        if pa.types.is_integer(key.type) and key.null_count:  # not float64 with NaN
-            frame[spec.entity.key] = key.to_pandas(types_mapper=nullable_int)
-        return frame
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        if isinstance(exc, LabelsRejected):
-            raise
-        raise LabelsRejected(f"labels for batch {batch_id!r}: {path} is not a readable parquet "
-                             f"or CSV file ({type(exc).__name__}: {exc})") from exc
-
-
-def clean_labels(raw: pd.DataFrame, spec: ProblemSpec, batch_id: str,
-                 coder: TargetCoder | None = None) -> pd.DataFrame:
-    """Validated labels as (``entity_key`` str, ``label`` float64 encoded by ``coder``: binary
-    0/1, multiclass the class's position, regression the value). Any bad row refuses the file.
-
-    Raises:
-        LabelsRejected: no rows; a key missing or not of the spec's dtype; a label that is not
-            valid for the target (a missing label is refused, never imputed); a key more than
-            once.
-    """
-    key_col, target = spec.entity.key, spec.target.name
-    if raw.empty:
-        raise LabelsRejected(f"labels for batch {batch_id!r}: the file has no rows")
-    keys = entity_keys(raw[key_col], spec)
-    if (bad := keys.isna().to_numpy()).any():
-        raise LabelsRejected(_refusal(batch_id, f"{int(bad.sum())} rows have {key_col} missing "
-                                      f"or not a valid {spec.entity.dtype}; row numbers",
-                                      np.flatnonzero(bad)))
-    coder = coder or local_coder(spec, raw[target])
-    label = coder.encode(raw[target])
-    if (bad := np.isnan(label)).any():
-        raise LabelsRejected(_refusal(batch_id, f"{int(bad.sum())} rows have {target} missing "
-                                      f"or not {coder.describe()} (labels are never imputed); "
-                                      "row numbers", np.flatnonzero(bad)))
-    out = pd.DataFrame({"entity_key": key_strings(keys, spec).to_numpy(), "label": label})
-    if (dup := out["entity_key"].duplicated(keep=False).to_numpy()).any():
-        repeated = out.loc[dup, "entity_key"].unique()
-        raise LabelsRejected(_refusal(batch_id, f"{len(repeated)} keys appear more than once",
-                                      repeated))
-    return out
-
-
-def _check_known(labels: pd.DataFrame, batch_keys: pd.Series, batch_id: str) -> None:
-    unknown = ~labels["entity_key"].isin(batch_keys).to_numpy()
-    if unknown.any():
-        raise LabelsRejected(_refusal(
-            batch_id, f"{int(unknown.sum())} of {len(labels)} keys are not rows of the batch "
-            "(another batch's, or quarantined when it was ingested)",
-            labels.loc[unknown, "entity_key"]))
-
-
 def _frame(s: Any, query: Any, columns: list[str]) -> pd.DataFrame:
     """A Core query's rows as a frame (Core rows, not ORM objects: ~2x faster at 70k rows)."""
     return pd.DataFrame.from_records(s.connection().execute(query).all(), columns=columns)
@@ -211,7 +127,7 @@ def _store(problem: str, batch_id: str, labels: pd.DataFrame, sha: str,
         known = both["label_stored"].notna().to_numpy()
         differ = known & (both["label_stored"] != both["label"]).to_numpy()
         if differ.any():
-            raise LabelConflict(_refusal(
+            raise LabelConflict(refusal(
                 batch_id, f"{int(differ.sum())} keys are already stored with a different label",
                 both.loc[differ, "entity_key"]))
         new = labels.loc[~known]
@@ -286,7 +202,7 @@ def ingest_labels(spec: ProblemSpec, source: str, batch_id: str,
         except ValueError as exc:
             raise LabelsRejected(f"labels for batch {batch_id!r}: {exc}; nothing stored") from exc
         labels = clean_labels(raw, spec, batch_id, coder)
-        _check_known(labels, batch_keys, batch_id)
+        check_known(labels, batch_keys, batch_id)
         inserted, unchanged, total = _store(spec.name, batch_id, labels, sha, url)
     return LabelsResult(spec.name, batch_id, uri, sha, len(labels), inserted, unchanged,
                         int(round(float(labels["label"].sum())))
@@ -335,41 +251,10 @@ def joined_labels(spec: ProblemSpec, batch: Batch, version: int, url: str) -> pd
             .merge(times, on="entity_key", how="left"))
 
 
-def measure(joined: pd.DataFrame, spec: ProblemSpec, as_of: datetime) -> dict[str, Any]:
-    """Counts, coverage and the spec's metric over matured labelled rows (pure).
-
-    A row is matured when its event time is at least ``labels.maturity_days`` before ``as_of``
-    (timezone-aware); unmatured and unlabelled rows are left out, never given a label.
-    """
-    from mlcore.evaluation import metric
-
-    matured = np.zeros(len(joined), dtype=bool)
-    with contextlib.suppress(OverflowError):  # a window reaching before year 1: none matured
-        cutoff = pd.Timestamp(as_of - timedelta(days=spec.labels.maturity_days))
-        matured = (joined["event_timestamp"] <= cutoff).to_numpy(dtype=bool)
-    labelled = joined["label"].notna().to_numpy()
-    used = matured & labelled
-    y = joined["label"].to_numpy(dtype="float64")[used]
+def _outputs(joined: pd.DataFrame) -> np.ndarray:
+    """The joined rows' stored model outputs (scores, or rows of probabilities)."""
     probs = joined["probabilities"].tolist() if "probabilities" in joined else None
-    p = stored_outputs(joined["score"].to_numpy(dtype="float64"), probs)[used]
-    n, predicted = int(used.sum()), len(joined)
-    value, reason = None, None
-    if n < spec.labels.min_rows:
-        reason = f"{n} matured labelled rows, fewer than labels.min_rows={spec.labels.min_rows}"
-    elif np.isnan(v := metric(spec.metric.name, y, p, spec.target.kind)):
-        reason = "metric undefined on the matured labelled rows (a single class or " \
-                 "non-finite scores)"
-    else:
-        value = v
-    return {"value": value, "predicted_rows": predicted, "matured_rows": int(matured.sum()),
-            "labelled_rows": n, "coverage": n / predicted if predicted else 0.0, "details": {
-                "as_of": pd.Timestamp(as_of).isoformat(), "reason": reason,
-                "maturity_days": spec.labels.maturity_days, "min_rows": spec.labels.min_rows,
-                "unmatured_rows": int((~matured).sum()),
-                "unmatured_labelled_rows": int((labelled & ~matured).sum()),
-                "matured_coverage": n / int(matured.sum()) if matured.any() else 0.0,
-                "positives_share": float(y.mean()) if n and spec.target.kind == "binary"
-                else None}}
+    return stored_outputs(joined["score"].to_numpy(dtype="float64"), probs)
 
 
 def _record(spec: ProblemSpec, result: PerformanceResult, url: str) -> None:
@@ -410,7 +295,8 @@ def performance(spec: ProblemSpec, batch_id: str, settings: Settings, version: i
         raise ValueError(f"unknown role {role!r} (roles: {', '.join(ROLES)})")
     when = as_of or datetime.now(UTC)
     when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    numbers = measure(joined_labels(spec, batch, version, url), spec, when)
+    joined = joined_labels(spec, batch, version, url)
+    numbers = realized_performance(joined, _outputs(joined), spec, when)
     result = PerformanceResult(spec.name, batch_id, version, role, spec.metric.name, **numbers)
     _record(spec, result, url)
     return result

@@ -1,54 +1,48 @@
 """Monitoring: drift of a batch against the champion's own reference profile (a sample of its
-training features and scores, written when it was trained), judged per column by Evidently with
-the spec's effect-size thresholds, overall and within segments; reports in JSON and HTML (built
-and rendered by ``mlcore.reports.drift_report``) and a row in the metadata store. Whether drift
-asks for
-a retrain is the policy's business."""
+training features and scores, written when it was trained: ``mlcore.model.reference``), judged
+per column by the drift tests of ``mlcore.model.drift`` with the spec's effect-size thresholds,
+overall and within segments, under a time budget; reports in JSON and HTML (built and rendered
+by ``mlcore.reports.drift_report``) and a row in the metadata store. Whether drift asks for a
+retrain is the policy's business (``mlcore.policy``)."""
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import io
 import json
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-import numpy as np
 import pandas as pd
-from sqlalchemy import delete, update
+from sqlalchemy import delete
 
 from mlcore.config import Settings
 from mlcore.data.integrity import curated_files
-from mlcore.ingestion import get_batch, parquet_rows, read_curated
+from mlcore.data.io import parquet_rows, read_curated
+from mlcore.model.drift import (
+    PREDICTION,
+    DriftCheckFailed,
+    check_columns,
+    comparable,
+    is_prediction,
+    prediction_columns,
+    run_drift,
+    stattests,
+)
+from mlcore.model.reference import read_reference_profile, sample_rows
 from mlcore.model.registry import ModelNotFound, alias_holder, get_version, load_model
 from mlcore.problems import ProblemSpec
-from mlcore.reports.drift_report import build_report, plot_data, render_report
-from mlcore.store.models import Batch, DriftReport, ModelVersion, RetrainRequest
+from mlcore.reports.drift_data import build_report, plot_data
+from mlcore.reports.drift_report import render_report
+from mlcore.store.catalog import get_batch
+from mlcore.store.models import Batch, DriftReport, ModelVersion
 from mlcore.store.session import session_scope
 
-PREDICTION = "prediction"
 MIN_SEGMENT_ROWS = 200  # smaller segment values (either side) are reported as skipped
-
-
-class DriftCheckFailed(ValueError):
-    """No drift verdict could be reached (mismatched columns, Evidently failed, over budget)."""
 
 
 class DriftBudgetExceeded(DriftCheckFailed):
     """The check took longer than ``spec.drift.budget_seconds``."""
-
-
-class Stattest(NamedTuple):
-    """How one column is judged: drift when ``score >= threshold`` (both are distances)."""
-
-    kind: str  # numeric | categorical
-    method: str  # Evidently stattest name
-    threshold: float
 
 
 @dataclass(frozen=True)
@@ -71,56 +65,8 @@ class DriftResult:
         return asdict(self)
 
 
-def prediction_columns(outputs: np.ndarray, classes: list[str]) -> dict[str, np.ndarray]:
-    """A model's outputs as drift columns: ``prediction`` (binary P(positive), regression the
-    value), or one ``prediction:<class>`` probability per class (multiclass)."""
-    if outputs.ndim == 1:
-        return {PREDICTION: outputs}
-    return {f"{PREDICTION}:{c}": outputs[:, i] for i, c in enumerate(classes)}
-
-
-def is_prediction(column: str) -> bool:
-    """A model-output column (see ``prediction_columns``), not a feature."""
-    return column == PREDICTION or column.startswith(f"{PREDICTION}:")
-
-
-def stattests(spec: ProblemSpec, classes: list[str] | None = None) -> dict[str, Stattest]:
-    """Per-column tests from the spec: normed Wasserstein for numeric features (timestamp parts
-    included), Jensen-Shannon for categorical and boolean ones, and the model's outputs
-    (probabilities, or predicted values: numeric) with their own threshold."""
-    d = spec.drift
-    tests = {c: Stattest("numeric", "wasserstein", d.numeric_threshold) if k == "numeric"
-             else Stattest("categorical", "jensenshannon", d.categorical_threshold)
-             for c, k in spec.column_kinds.items()}
-    outputs = [PREDICTION] if spec.target.kind != "multiclass" or not classes else [
-        f"{PREDICTION}:{c}" for c in classes]
-    return {**tests, **{c: Stattest("numeric", "wasserstein", d.prediction_threshold)
-                        for c in outputs}}
-
-
-def comparable(frame: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
-    """Text and boolean categories as text (``label_key``; None where missing), so a column
-    compares alike whether it was read from Feast or a curated file, with or without missing
-    values. Integer categories stay integers (the same dtype from either source; converting
-    them made a census drift check ~3x slower, benchmarks/BENCHMARKS.md)."""
-    from mlcore.columns import label_key
-
-    out = frame.copy()
-    for c in spec.categorical:
-        if c in out.columns and spec.feature(c).value_type != "int":
-            codes, uniques = pd.factorize(out[c], use_na_sentinel=True)
-            table = np.array([label_key(u) for u in uniques] + [None], dtype=object)
-            out[c] = table[codes]
-    return out
-
-
-def _sample(frame: pd.DataFrame, rows: int, seed: int = 0) -> pd.DataFrame:
-    out = frame.sample(rows, random_state=seed) if len(frame) > rows else frame
-    return out.reset_index(drop=True)
-
-
 def sample_curated(batch: Batch, rows: int, seed: int = 0) -> pd.DataFrame:
-    """``_sample(read_curated(batch), rows, seed)``, the same rows in the same order, read one
+    """``sample_rows(read_curated(batch), rows, seed)``, the same rows in the same order, read one
     row group at a time: memory grows with ``rows``, not with the batch (10M rows read whole
     were 3.5 GiB to keep 50k; benchmarks/BENCHMARKS.md, scale curve)."""
     import numpy as np
@@ -130,7 +76,7 @@ def sample_curated(batch: Batch, rows: int, seed: int = 0) -> pd.DataFrame:
     files = curated_files(batch)
     total = parquet_rows(files)
     if total <= rows:
-        return _sample(read_curated(batch), rows, seed)
+        return sample_rows(read_curated(batch), rows, seed)
     # DataFrame.sample's own draw: RandomState(seed).choice(total, rows, replace=False).
     wanted = np.random.RandomState(seed).choice(total, size=rows, replace=False)
     order = np.argsort(wanted, kind="stable")
@@ -145,140 +91,6 @@ def sample_curated(batch: Batch, rows: int, seed: int = 0) -> pd.DataFrame:
             offset += n
     table = pa.concat_tables(pieces).take(pa.array(np.argsort(order, kind="stable")))
     return table.to_pandas()
-
-
-def write_reference_profile(spec: ProblemSpec, train: pd.DataFrame, pipeline: Any, out_dir: Path,
-                            seed: int) -> dict[str, Any]:
-    """Write a model's reference profile next to its artifact: a seeded sample (at most
-    ``spec.drift.sample_rows``) of its training features and segment columns, plus its score
-    on those rows, as ``out_dir/reference.parquet`` (written atomically).
-
-    Returns:
-        ``{"uri", "sha256", "rows", "columns"}`` for the version's reproducibility record.
-    """
-    from mlcore.batches import sha256_file
-    from mlcore.model.targets import model_target, predict
-
-    columns = list(dict.fromkeys([*spec.feature_names, *spec.drift.segments]))
-    sample = _sample(train[columns], spec.drift.sample_rows, seed)
-    outputs = predict(pipeline, sample[spec.feature_names])
-    sample = comparable(sample, spec).assign(
-        **prediction_columns(outputs, model_target(pipeline)["classes"]))
-    dest = out_dir / "reference.parquet"
-    tmp = out_dir / f".reference-{time.time_ns()}.parquet"
-    sample.to_parquet(tmp, index=False)
-    sha = sha256_file(tmp)
-    tmp.replace(dest)
-    # the name only: resolved next to the artifact (``profile_path``), so a moved home works
-    return {"uri": dest.name, "sha256": sha, "rows": len(sample), "columns": list(sample.columns)}
-
-
-def profile_path(mv: ModelVersion, profile: dict[str, Any]) -> Path:
-    """Where a version's reference profile is: a name next to its artifact (absolute paths
-    were recorded before homes could move)."""
-    path = Path(profile["uri"])
-    return path if path.is_absolute() else Path(mv.artifact_uri).parent / path
-
-
-def check_columns(reference: pd.DataFrame, current: pd.DataFrame, tests: dict[str, Stattest],
-                  batch_id: str) -> None:
-    """Both sides must have every tested column, with the same kind of dtype (any numeric dtype
-    for numeric columns), so a mismatch can never read as "no drift".
-
-    Raises:
-        DriftCheckFailed: naming the batch and the columns.
-    """
-    def kind(frame: pd.DataFrame, col: str) -> str:
-        k = frame[col].dtype.kind
-        return "number" if tests[col].kind == "numeric" and k in "iuf" else k
-
-    problems = [f"{c} missing from the {side}" for c in tests
-                for side, frame in (("reference", reference), ("current batch", current))
-                if c not in frame.columns]
-    both = [c for c in tests if c in reference.columns and c in current.columns]
-    problems += [f"{c} is {reference[c].dtype} in the reference but {current[c].dtype} now"
-                 for c in both if kind(reference, c) != kind(current, c)]
-    problems += [f"{c} must be numeric, is {reference[c].dtype}" for c in both
-                 if tests[c].kind == "numeric" and kind(reference, c) == kind(current, c)
-                 != "number"]
-    if problems:
-        raise DriftCheckFailed(f"batch {batch_id!r}: reference and current columns do not match "
-                               f"({'; '.join(problems)}); no drift verdict")
-
-
-def _finite(values: pd.Series, column: str) -> pd.Series:
-    out = values.replace([-math.inf, math.inf], float("nan")).dropna()
-    if out.empty:
-        raise ValueError(f"column {column!r} has no values on a side")
-    return out
-
-
-@functools.cache
-def drift_metric() -> Any:
-    """The Evidently metric each column is judged with (built on first use: Evidently loads
-    lazily). Its score is Evidently's registered stattest, the function ``ValueDrift`` calls, on
-    the column with NaN/inf dropped as ``ValueDrift`` drops them; its test fails (drift) unless
-    ``score < threshold``. Unlike ``ValueDrift`` it builds no plotly widgets: those were ~75% of
-    the run time (benchmarks/BENCHMARKS.md) and the compact HTML report does not use them.
-    """
-    from evidently.core.metric_types import SingleValueCalculation, SingleValueMetric
-    from evidently.legacy.calculations.stattests import get_stattest
-    from evidently.tests import lt
-
-    class StattestDrift(SingleValueMetric):
-        column: str
-        method: str
-        threshold: float
-
-        def _default_tests_with_reference(self, context: Any) -> list[Any]:
-            return [lt(self.threshold).bind_single(self.get_fingerprint())]
-
-    class StattestDriftCalculation(SingleValueCalculation[StattestDrift]):
-        def calculate(self, context: Any, current_data: Any, reference_data: Any) -> Any:
-            m = self.metric
-            kind = reference_data.column(m.column).type
-            ref, cur = (_finite(d.column(m.column).data, m.column)
-                        for d in (reference_data, current_data))
-            test = get_stattest(ref, cur, kind, m.method)
-            return self.result(test(ref, cur, kind, m.threshold).drift_score)
-
-        def display_name(self) -> str:
-            return f"{self.metric.method} drift of {self.metric.column}"
-
-    return StattestDrift
-
-
-def run_drift(reference: pd.DataFrame, current: pd.DataFrame,
-              tests: dict[str, Stattest]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """One Evidently run: a ``drift_metric()`` per column with its stattest and threshold.
-
-    Returns:
-        (the snapshot as JSON-able dict, ``{column: {method, score, threshold, drift}}``) with
-        each verdict read from Evidently's own per-column test.
-
-    Raises:
-        ValueError: Evidently gave no finite score for a column.
-    """
-    from evidently import DataDefinition, Dataset, Report
-
-    definition = DataDefinition(
-        numerical_columns=[c for c, t in tests.items() if t.kind == "numeric"],
-        categorical_columns=[c for c, t in tests.items() if t.kind == "categorical"])
-    cols, metric = list(tests), drift_metric()
-    report = Report([metric(column=c, method=t.method, threshold=t.threshold)
-                     for c, t in tests.items()], include_tests=True)
-    snapshot = report.run(
-        current_data=Dataset.from_pandas(current[cols], data_definition=definition),
-        reference_data=Dataset.from_pandas(reference[cols], data_definition=definition))
-    raw = json.loads(snapshot.json())
-    scores = {m["config"]["column"]: m["value"] for m in raw["metrics"]}
-    failed = {t["metric_config"]["params"]["column"] for t in raw["tests"]
-              if t["status"] == "FAIL"}
-    if bad := [c for c in cols if not isinstance(scores.get(c), float | int)
-               or not math.isfinite(scores[c])]:
-        raise ValueError(f"no finite drift score for {bad}")
-    return raw, {c: {"method": t.method, "score": float(scores[c]), "threshold": t.threshold,
-                     "drift": c in failed} for c, t in tests.items()}
 
 
 def _describe(ref: pd.Series, cur: pd.Series, kind: str) -> dict[str, Any]:
@@ -379,19 +191,11 @@ def _reference(spec: ProblemSpec, mv: ModelVersion, model: Any, settings: Settin
     if profile is None:
         frames = [read_curated(get_batch(spec.name, b, settings.db_url))
                   for b in mv.training_batch_ids]
-        frame = _sample(pd.concat(frames, ignore_index=True), spec.drift.sample_rows)
+        frame = sample_rows(pd.concat(frames, ignore_index=True), spec.drift.sample_rows)
         frame = comparable(frame, spec).assign(**prediction_columns(
             predict(model, frame[spec.feature_names]), model_target(model)["classes"]))
         return frame, {"source": "training_batches", "batches": list(mv.training_batch_ids)}
-    path = profile_path(mv, profile)
-    data = path.read_bytes() if path.is_file() else b""
-    if hashlib.sha256(data).hexdigest() != profile["sha256"]:
-        raise DriftCheckFailed(f"batch {batch_id!r}: {spec.name!r} v{mv.version}'s reference "
-                               f"profile {path} is missing or does not match its recorded "
-                               "SHA-256; no drift verdict")
-    # profiles written before categories were kept as text hold codes: made comparable too
-    frame = comparable(_sample(pd.read_parquet(io.BytesIO(data)), spec.drift.sample_rows), spec)
-    return frame, {"source": "profile", "uri": profile["uri"], "sha256": profile["sha256"]}
+    return read_reference_profile(spec, mv, profile, batch_id)
 
 
 def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftResult:
@@ -475,10 +279,3 @@ def _record(result: DriftResult, url: str) -> None:
                           dataset_drift=result.dataset_drift, json_uri=result.json_uri,
                           html_uri=result.html_uri, details=result.details))
 
-
-def close_retrain_requests(problem: str, version: int, url: str) -> int:
-    """Mark every pending retrain request of ``problem`` as answered by ``version``."""
-    with session_scope(url) as s:
-        return int(s.execute(update(RetrainRequest).where(
-            RetrainRequest.problem == problem, RetrainRequest.state == "pending",
-        ).values(state="trained", resolved_by_version=version)).rowcount)  # type: ignore[attr-defined]

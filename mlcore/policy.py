@@ -30,9 +30,9 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mlcore.config import Settings
-from mlcore.ingestion import get_batch, published_batches
 from mlcore.model.registry import alias_holder, get_version
 from mlcore.problems import ProblemSpec
+from mlcore.store.catalog import get_batch, published_batches
 from mlcore.store.models import (
     Batch,
     DriftReport,
@@ -291,6 +291,15 @@ def take_requests(problem: str, holder: str, run_id: str, url: str) -> list[dict
         ).values(taken_by=holder, run_id=run_id))
     return [r for r in list_requests(problem, url)
             if r["state"] == PENDING and r["run_id"] == run_id]
+
+
+def close_retrain_requests(problem: str, version: int, url: str) -> int:
+    """Mark every pending retrain request of ``problem`` as answered by ``version`` (training
+    calls it once the version is registered). Returns how many."""
+    with session_scope(url) as s:
+        return int(s.execute(update(RetrainRequest).where(
+            RetrainRequest.problem == problem, RetrainRequest.state == PENDING,
+        ).values(state=TRAINED, resolved_by_version=version)).rowcount)  # type: ignore[attr-defined]
 
 
 def claim_trained(problem: str, run_id: str, version: int, url: str) -> int:

@@ -516,8 +516,9 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
     from pathlib import Path
 
     from mlcore.ingestion import published_batches
+    from mlcore.model.reference import write_reference_profile
     from mlcore.model.registry import register_version
-    from mlcore.monitoring import close_retrain_requests, write_reference_profile
+    from mlcore.policy import close_retrain_requests
 
     failpoint("training.started")
     start = time.perf_counter()

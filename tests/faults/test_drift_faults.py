@@ -15,17 +15,13 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
+import mlcore.model.drift as drift
 import mlcore.monitoring as monitoring
-from mlcore.ingestion import curate, ingest_batch
-from mlcore.monitoring import (
-    DriftBudgetExceeded,
-    DriftCheckFailed,
-    check_columns,
-    detect_drift,
-    measure_drift,
-    profile_path,
-    stattests,
-)
+from mlcore.data.curation import curate
+from mlcore.ingestion import ingest_batch
+from mlcore.model.drift import DriftCheckFailed, check_columns, stattests
+from mlcore.model.reference import profile_path
+from mlcore.monitoring import DriftBudgetExceeded, detect_drift, measure_drift
 from mlcore.store.models import DriftReport
 from mlcore.store.session import session_scope
 
@@ -142,7 +138,7 @@ def test_evidently_failing_fails_the_check(spec, home, monkeypatch):
 
 
 def test_evidently_giving_no_score_fails_the_check(spec, home, monkeypatch):
-    real = monitoring.json.loads
+    real = drift.json.loads
 
     def no_scores(text, *args, **kwargs):
         raw = real(text, *args, **kwargs)
@@ -150,7 +146,7 @@ def test_evidently_giving_no_score_fails_the_check(spec, home, monkeypatch):
             m["value"] = float("nan")
         return raw
 
-    monkeypatch.setattr(monitoring.json, "loads", no_scores)
+    monkeypatch.setattr(drift.json, "loads", no_scores)
     with pytest.raises(DriftCheckFailed, match=rf"batch '{BATCH}': .*no finite drift score"):
         detect_drift(spec, BATCH, home)
     assert nothing_recorded(home)

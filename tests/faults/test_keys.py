@@ -10,8 +10,8 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from mlcore.data.label_files import clean_labels, read_labels
 from mlcore.ingestion import get_batch, ingest_batch, read_curated
-from mlcore.labels import clean_labels, read_labels
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import QuarantinedRow
 from mlcore.store.session import session_scope
@@ -143,7 +143,7 @@ def test_label_keys_above_2_53_match_exactly(tmp_path):
 
 @pytest.mark.parametrize("bad", [str(2**63), "", "1.5"])
 def test_a_label_key_that_does_not_fit_refuses_the_file(tmp_path, bad):
-    from mlcore.labels import LabelsRejected
+    from mlcore.data.label_files import LabelsRejected
 
     spec = key_spec()
     labels = tmp_path / "labels.csv"

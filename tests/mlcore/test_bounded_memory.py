@@ -17,8 +17,9 @@ from mlcore import datasets, scoring
 from mlcore.datasets import point_in_time_features
 from mlcore.features import FeatureRetrievalError, historical_features
 from mlcore.ingestion import get_batch, read_curated
+from mlcore.model.reference import sample_rows as _sample
 from mlcore.model.registry import get_version, load_model
-from mlcore.monitoring import _sample, sample_curated
+from mlcore.monitoring import sample_curated
 
 
 @pytest.fixture

@@ -16,10 +16,9 @@ import pandas as pd
 import pytest
 
 from mlcore.config import TrainConfig
-from mlcore.datasets import build_dataset, point_in_time_features
+from mlcore.datasets import build_dataset
 from mlcore.estimation import (
     Estimate,
-    PerformanceEstimator,
     attach_realized,
     cache_path,
     estimate_batch,
@@ -29,13 +28,16 @@ from mlcore.estimation import (
     record_estimate,
 )
 from mlcore.evaluation import predict_proba
+from mlcore.feast.bounded import point_in_time_features
 from mlcore.features import materialize_batch
-from mlcore.ingestion import get_batch, ingest_batch
+from mlcore.ingestion import ingest_batch
 from mlcore.labels import ingest_labels, measure_performance
 from mlcore.model.metrics import metric
+from mlcore.model.performance import PerformanceEstimator
 from mlcore.model.registry import CHALLENGER, get_version, load_model, move_alias
 from mlcore.problems import get_problem
 from mlcore.scoring import score_batch
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import PerformanceEstimate
 from mlcore.store.session import session_scope
 from mlcore.training import train_contender

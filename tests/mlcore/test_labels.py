@@ -11,15 +11,15 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from registry_stub import register_stub
 from sklearn.metrics import roc_auc_score
 from sqlalchemy import insert, select
 
 from mlcore.batches import BatchConflict, BatchNotFound, InvalidBatchId
-from mlcore.datasets import DatasetRef
-from mlcore.ingestion import get_batch, ingest_batch
+from mlcore.data.label_files import LabelsRejected
+from mlcore.ingestion import ingest_batch
 from mlcore.labels import (
     LabelConflict,
-    LabelsRejected,
     NoPredictions,
     ingest_labels,
     joined_labels,
@@ -27,22 +27,14 @@ from mlcore.labels import (
     performance,
     performance_history,
 )
-from mlcore.model.registry import CHALLENGER, move_alias, register_version
+from mlcore.model.registry import CHALLENGER, move_alias
 from mlcore.spec_rules import Labels
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import GroundTruth, PerformanceReport, Prediction
 from mlcore.store.session import session_scope
 
 FAR_FUTURE = datetime(2100, 1, 1, tzinfo=UTC)
 DATA = Path(__file__).resolve().parents[2] / "data" / "census_ma_employment"
-
-
-def register(spec, settings) -> int:
-    dataset = DatasetRef("d" * 16, "/x/train.parquet", "/x/holdout.parquet", ["2015"], ["2015"],
-                         "entity_hash", 1200, 300, "a" * 64, "b" * 64)
-    return register_version(spec, settings, algorithm="logistic_regression",
-                            artifact_uri="/x/model.joblib", artifact_sha256="0" * 64,
-                            hyperparameters={}, dataset=dataset, train_rows=1200,
-                            validation={}, timings={})
 
 
 def store_predictions(settings, problem, batch_id, keys, version, scores) -> None:
@@ -66,7 +58,7 @@ def scored(settings, spec, slices, tmp_path):
     path = tmp_path / "mixed.parquet"
     raw.to_parquet(path, index=False)
     ingest_batch(spec, str(path), "mixed", settings)
-    champion, challenger = register(spec, settings), register(spec, settings)
+    champion, challenger = register_stub(spec, settings), register_stub(spec, settings)
     move_alias(spec.name, expected=None, new=champion, reason="t", url=settings.db_url)
     move_alias(spec.name, expected=None, new=challenger, reason="t", url=settings.db_url,
                alias=CHALLENGER)
@@ -322,7 +314,7 @@ def test_seventy_thousand_labels_are_stored_and_measured_quickly(settings, spec)
     source = str(DATA / "employment_2018.parquet")
     ingest_batch(spec, source, "y2018", settings)
     keys = pd.read_parquet(source, columns=["id"])["id"]
-    version = register(spec, settings)
+    version = register_stub(spec, settings)
     store_predictions(settings, spec.name, "y2018", keys, version,
                       np.random.default_rng(0).random(len(keys)))
     start = time.perf_counter()

@@ -16,21 +16,16 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 from sqlalchemy import select
 
+from mlcore.data.curation import curate
+from mlcore.data.io import read_curated
 from mlcore.evaluation import predict_proba
-from mlcore.ingestion import curate, get_batch, ingest_batch, read_curated
+from mlcore.ingestion import ingest_batch
+from mlcore.model.drift import PREDICTION, comparable, stattests
+from mlcore.model.reference import profile_path, write_reference_profile
 from mlcore.model.registry import ModelNotFound, alias_holder, get_version, load_model
-from mlcore.monitoring import (
-    PREDICTION,
-    DriftResult,
-    _record,
-    close_retrain_requests,
-    comparable,
-    detect_drift,
-    measure_drift,
-    profile_path,
-    stattests,
-    write_reference_profile,
-)
+from mlcore.monitoring import DriftResult, _record, detect_drift, measure_drift
+from mlcore.policy import close_retrain_requests
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import DriftReport, RetrainRequest
 from mlcore.store.session import session_scope
 
@@ -250,7 +245,7 @@ def test_scores_and_verdicts_equal_evidentlys_stock_value_drift(spec, slices, mo
     """The lean metric (no widgets) computes what ``ValueDrift`` computes, NaNs included."""
     from evidently.metrics import ValueDrift
 
-    import mlcore.monitoring as monitoring
+    import mlcore.model.drift as drift
 
     rng = np.random.default_rng(0)
     reference = curate(pd.read_parquet(slices[2015]), spec).assign(prediction=rng.random(1500))
@@ -258,9 +253,9 @@ def test_scores_and_verdicts_equal_evidentlys_stock_value_drift(spec, slices, mo
         prediction=rng.random(1500) ** 2)
     current.loc[:99, "AGEP"] = np.nan
     tests = stattests(spec)
-    lean = monitoring.run_drift(reference, current, tests)[1]
-    monkeypatch.setattr(monitoring, "drift_metric", lambda: ValueDrift)
-    stock = monitoring.run_drift(reference, current, tests)[1]
+    lean = drift.run_drift(reference, current, tests)[1]
+    monkeypatch.setattr(drift, "drift_metric", lambda: ValueDrift)
+    stock = drift.run_drift(reference, current, tests)[1]
     assert lean == stock
     assert {c for c, v in lean.items() if v["drift"]} == {"AGEP", "MAR", PREDICTION}
 

@@ -66,7 +66,7 @@ def test_the_first_error_stays_and_other_runs_requests_are_untouched(world):
 
 
 def test_a_run_that_fails_after_training_fails_what_its_training_closed(world):
-    from mlcore.monitoring import close_retrain_requests
+    from mlcore.policy import close_retrain_requests
 
     url = world.db_url
     taken = request_manual(P, "taken at start", url)
@@ -111,7 +111,7 @@ def test_the_lease_of_a_failed_run_is_released_by_its_holder_only(world):
 
 def test_reports_show_a_failed_request_with_its_error_and_run(world):
     from mlcore.reporting import format_summary, summary
-    from mlcore.reports.monitoring_page import collect
+    from mlcore.reports.monitoring_data import collect
 
     url = world.db_url
     request_id = request_manual(P, "by hand", url)

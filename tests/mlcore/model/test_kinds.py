@@ -326,7 +326,8 @@ def test_a_reference_profile_with_integer_codes_compares_with_text_categories(sp
     import hashlib
     from types import SimpleNamespace
 
-    from mlcore.monitoring import _reference, check_columns, comparable, stattests
+    from mlcore.model.drift import check_columns, comparable, stattests
+    from mlcore.monitoring import _reference
 
     old = curate(pd.read_parquet(slices[2015]), spec)[spec.feature_names]  # int64 codes
     old.assign(prediction=0.5).to_parquet(tmp_path / "reference.parquet")

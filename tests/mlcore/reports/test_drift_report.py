@@ -17,7 +17,8 @@ import pandas as pd
 import pytest
 
 from mlcore.ingestion import ingest_batch
-from mlcore.monitoring import PREDICTION, detect_drift
+from mlcore.model.drift import PREDICTION
+from mlcore.monitoring import detect_drift
 from mlcore.reports.drift_report import (
     BINS,
     TOP_CATEGORIES,
