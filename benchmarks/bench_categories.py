@@ -146,9 +146,9 @@ def run_once(src: Path, home: Path, problems_dir: Path, batch_id: str,
              profilers: dict[str, cProfile.Profile] | None = None) -> dict[str, Any]:
     """Ingest ``src`` and materialize it in a fresh home: seconds per stage and what came out."""
     from mlcore.features import materialize_batch
-    from mlcore.ingestion import get_batch
     from mlcore.ingestion import ingest_batch as ingest
     from mlcore.problems import get_problem
+    from mlcore.store.catalog import get_batch
 
     settings = fresh_home(home, problems_dir)
     spec = get_problem(PROBLEM, problems_dir)

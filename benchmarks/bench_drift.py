@@ -71,7 +71,7 @@ Verdicts = dict[str, dict[str, tuple[float, bool]]]  # "all" | "SEX=1" -> column
 def load_rows(spec: Any) -> Any:
     import pandas as pd
 
-    from mlcore.ingestion import curate
+    from mlcore.data.curation import curate
 
     raw = pd.concat([pd.read_parquet(DATA / f"employment_{y}.parquet") for y in (2015, 2016, 2017)],
                     ignore_index=True)

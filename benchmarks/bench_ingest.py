@@ -192,12 +192,14 @@ def child_main(src: Path, home: Path, batch_id: str, sample: bool) -> None:
 class _RssSampler:
     """RSS every 20 ms from /proc/self/statm, tagged with the ingest step running at the time.
 
-    Steps are named by wrapping a few ``mlcore.ingestion`` names in this (child) process only;
-    a sample's tag is the stack of wrapped calls, e.g. ``_stream > curate > entity_keys``.
+    Steps are named by wrapping a few ``mlcore.ingestion`` and ``mlcore.data.curation`` names
+    in this (child) process only; a sample's tag is the stack of wrapped calls, e.g.
+    ``stream > curate > entity_keys``.
     """
 
-    WRAPPED = ("sha256_file", "_stream", "entity_keys", "event_time", "duplicate_mask",
-               "row_violations", "curate", "_finish")
+    WRAPPED = {"ingestion": ("sha256_file", "stream", "_finish"),
+               "curation": ("entity_keys", "event_time", "duplicate_mask", "row_violations",
+                            "curate")}
 
     def __init__(self) -> None:
         self._page = os.sysconf("SC_PAGE_SIZE")
@@ -210,10 +212,12 @@ class _RssSampler:
 
     def _instrument(self) -> None:
         import mlcore.ingestion as ing
+        from mlcore.data import curation, io
 
-        for name in self.WRAPPED:
-            setattr(ing, name, self._wrap(name, getattr(ing, name)))
-        ing._Source.read_columns = self._wrap("read_columns", ing._Source.read_columns)
+        for mod in (ing, curation):
+            for name in self.WRAPPED[mod.__name__.rsplit(".", 1)[-1]]:
+                setattr(mod, name, self._wrap(name, getattr(mod, name)))
+        io.RawFile.read_columns = self._wrap("read_columns", io.RawFile.read_columns)
         ing.shutil.copy2 = self._wrap("copy2", ing.shutil.copy2)  # type: ignore[assignment]
 
     def _wrap(self, name: str, fn: Any) -> Any:

@@ -20,8 +20,9 @@ from bench_ingest import fresh_settings, load_real, write_input  # noqa: E402
 
 def main() -> None:
     import mlcore.data.integrity as integrity
-    from mlcore.ingestion import get_batch, ingest_batch
+    from mlcore.ingestion import ingest_batch
     from mlcore.problems import get_problem
+    from mlcore.store.catalog import get_batch
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--rows", type=int, default=1_000_000)

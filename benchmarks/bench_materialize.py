@@ -80,8 +80,10 @@ class Dataset:
 
     def __init__(self, spec: Any, work: Path, name: str, label: str, source: Path) -> None:
         from mlcore.config import Settings
+        from mlcore.data.io import read_curated
         from mlcore.features import apply_definitions, materialize_batch
-        from mlcore.ingestion import get_batch, ingest_batch, read_curated
+        from mlcore.ingestion import ingest_batch
+        from mlcore.store.catalog import get_batch
         from mlcore.store.session import upgrade
 
         self.spec, self.work, self.name, self.label = spec, work, name, label

@@ -100,8 +100,9 @@ def _setup(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
 def _offline_only(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
     """The offline partition and its Materialization row without the online write: what the
     later stages need when the features stage was not run or did not finish."""
+    from mlcore.data.io import read_curated
     from mlcore.features import engineer, write_offline
-    from mlcore.ingestion import get_batch, read_curated
+    from mlcore.store.catalog import get_batch
     from mlcore.store.models import Materialization
     from mlcore.store.session import session_scope
 
@@ -159,7 +160,7 @@ def _verify(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
 
     import mlcore.datasets as ds
     from mlcore.features import historical_features
-    from mlcore.ingestion import published_batches
+    from mlcore.store.catalog import published_batches
 
     found = {}
     batches = published_batches(spec.name, settings.db_url)

@@ -244,10 +244,10 @@ def store_floor(work: Path, rows: int, batch_id: str) -> float:
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from mlcore.datasets import point_in_time_features
     from mlcore.evaluation import predict_proba
-    from mlcore.ingestion import get_batch
     from mlcore.model.registry import get_version, load_model
     from mlcore.problems import get_problem
     from mlcore.scoring import score_batch
+    from mlcore.store.catalog import get_batch
 
     spec = get_problem(PROBLEM, ROOT / "problems")
     settings = new_settings(work / "home")

@@ -283,7 +283,7 @@ def run_stage(spec: ProblemSpec, stage: Stage, batch_id: str,
         InvalidBatchId, BatchNotFound: bad input; nothing is run or recorded.
         Exception: whatever the stage raised (recorded as ``failed`` first).
     """
-    from mlcore.ingestion import get_batch
+    from mlcore.store.catalog import get_batch
 
     _check_choice("stage", stage, STAGES)
     get_batch(spec.name, batch_id, settings.db_url)  # checks the ID, then that it is published

@@ -25,6 +25,7 @@ from pandas.util import hash_array
 from mlcore.batches import BatchNotFound, check_batch_id
 from mlcore.config import Settings
 from mlcore.data.integrity import curated_files, offline_files, parquet_files
+from mlcore.data.io import parquet_rows
 from mlcore.features import (
     ROW_ID,
     FeatureRetrievalError,
@@ -37,9 +38,9 @@ from mlcore.features import (
     shared_mask,
     shared_rows,
 )
-from mlcore.ingestion import parquet_rows, published_batches
 from mlcore.problems import ProblemSpec
 from mlcore.spec_rules import EvaluationRule
+from mlcore.store.catalog import published_batches
 from mlcore.store.models import Batch
 
 

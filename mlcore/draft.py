@@ -44,7 +44,7 @@ import pandas as pd
 import yaml
 
 from mlcore.columns import missing, parse_timestamp
-from mlcore.data.validation import numeric
+from mlcore.data.parsing import numeric
 from mlcore.problems import NAME_PATTERN, ProblemSpec
 from mlcore.spec_columns import label_key
 from mlcore.spec_rules import DEFAULT_METRIC, METRICS_BY_KIND

@@ -506,7 +506,7 @@ def evaluate_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
 def largest_recent_batch(spec: ProblemSpec, settings: Settings, recent: int = 10) -> int | None:
     """Rows of the largest of the newest ``recent`` published batches (what a scoring run must
     handle; ``max_batch_seconds`` is the time it may take)."""
-    from mlcore.ingestion import published_batches
+    from mlcore.store.catalog import published_batches
 
     if spec.promotion.guardrails.max_batch_seconds is None:
         return None

@@ -26,9 +26,10 @@ from sqlalchemy import delete, func, select
 
 from mlcore.config import Settings
 from mlcore.data.integrity import FileSet, curated_files, fingerprint, offline_files
-from mlcore.ingestion import get_batch, read_curated
+from mlcore.data.io import read_curated
 from mlcore.locks import file_lock
 from mlcore.problems import ProblemSpec
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, Materialization
 from mlcore.store.session import session_scope
 

@@ -21,8 +21,10 @@ from sqlalchemy import exists, select, update
 from mlcore.batches import BatchError, sha256_file
 from mlcore.config import Settings
 from mlcore.data.integrity import DataDamaged, curated_files, fingerprint, offline_files
-from mlcore.ingestion import batch_lock, get_batch, recurate, staging_dir
+from mlcore.data.io import staging_dir
+from mlcore.ingestion import batch_lock, recurate
 from mlcore.problems import ProblemSpec
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, DriftReport, Materialization, Prediction
 from mlcore.store.session import session_scope
 
@@ -69,7 +71,7 @@ def _raw_finding(settings: Settings, batch: Batch) -> str | None:
 
 def check(spec: ProblemSpec, settings: Settings) -> list[Finding]:
     """Every published batch's curated files, features partition and raw copy, checked."""
-    from mlcore.ingestion import published_batches
+    from mlcore.store.catalog import published_batches
 
     out = []
     for batch in published_batches(spec.name, settings.db_url):

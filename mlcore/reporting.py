@@ -160,7 +160,7 @@ def missing_stages(problem: str, settings: Settings) -> dict[str, list[str]]:
     champion, not drift-checked against it (the definition ``mlcore backfill`` plans with:
     ``backfill.load_state``). Without a champion only materialization is expected."""
     from mlcore.backfill import load_state
-    from mlcore.ingestion import published_batches
+    from mlcore.store.catalog import published_batches
 
     ids = [b.batch_id for b in published_batches(problem, settings.db_url)]
     if not ids:

@@ -16,11 +16,11 @@ from sqlalchemy import Table, delete, insert
 
 from mlcore.config import Settings
 from mlcore.data.integrity import offline_files, parquet_files
+from mlcore.data.io import read_curated
 from mlcore.datasets import bucketable_source, point_in_time_features
 from mlcore.estimation import estimate_scored
 from mlcore.evaluation import predict_proba
 from mlcore.features import feature_store, missing_features, require_materialized
-from mlcore.ingestion import get_batch, read_curated
 from mlcore.model.registry import (
     CHALLENGER,
     CHAMPION,
@@ -32,6 +32,7 @@ from mlcore.model.registry import (
 )
 from mlcore.model.targets import model_target
 from mlcore.problems import ProblemSpec
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, Prediction, utcnow
 from mlcore.store.session import session_scope
 

@@ -18,11 +18,12 @@ import pandas as pd
 from sqlalchemy import select
 
 from mlcore.config import Settings
+from mlcore.data.io import read_curated
 from mlcore.evaluation import check_fair_holdout, judge, record_evaluation
-from mlcore.ingestion import get_batch, read_curated
 from mlcore.model.registry import CHALLENGER, alias_holder, get_version, move_alias
 from mlcore.problems import ProblemSpec
 from mlcore.scoring import stored_outputs
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import GroundTruth, ModelVersion, Prediction, utcnow
 from mlcore.store.session import session_scope
 

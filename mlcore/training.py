@@ -26,6 +26,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from mlcore.batches import sha256_file
 from mlcore.config import Settings, TrainConfig
+from mlcore.data.target_coding import TargetCoder, target_coder
 from mlcore.datasets import (
     DatasetRef,
     entity_bucket,
@@ -36,14 +37,7 @@ from mlcore.datasets import (
 )
 from mlcore.evaluation import compute_metrics, timed_scores
 from mlcore.model.preprocessing import CategoryCodes
-from mlcore.model.targets import (
-    TargetCoder,
-    coder_for_codes,
-    mark,
-    model_target,
-    predict,
-    target_coder,
-)
+from mlcore.model.targets import coder_for_codes, mark, model_target, predict
 from mlcore.problems import ProblemSpec, spec_hash
 from mlcore.provenance import code_version, failpoint, lock_hash
 from mlcore.spec_rules import ESTIMATORS, NAN_NATIVE, Candidate, Scalar, Window
@@ -515,10 +509,10 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
     reproducibility record (including the hash of its holdout predictions)."""
     from pathlib import Path
 
-    from mlcore.ingestion import published_batches
     from mlcore.model.reference import write_reference_profile
     from mlcore.model.registry import register_version
     from mlcore.policy import close_retrain_requests
+    from mlcore.store.catalog import published_batches
 
     failpoint("training.started")
     start = time.perf_counter()
@@ -587,8 +581,8 @@ def reproduce_version(spec: ProblemSpec, version: int, settings: Settings) -> Re
     """
     import shutil
 
-    from mlcore.ingestion import published_batches
     from mlcore.model.registry import get_version, load_model
+    from mlcore.store.catalog import published_batches
 
     start = time.perf_counter()
     mv = get_version(spec.name, version, settings.db_url)

@@ -346,10 +346,12 @@ def test_a_skipped_challenger_alerts_once_and_the_scoring_run_succeeds(
         airflow_db, spec, run_or_error, slices, sinks, mlcore_env, task_tries):
     """Scoring with a shadow challenger whose artifact is gone: the run succeeds on the champion's
     scores and on-call hears about the challenger (a succeeded task is otherwise silent)."""
+    from mlcore.data.io import read_curated
     from mlcore.datasets import DatasetRef
     from mlcore.features import materialize_batch
-    from mlcore.ingestion import get_batch, ingest_batch, read_curated
+    from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import CHALLENGER, get_version, move_alias, register_version
+    from mlcore.store.catalog import get_batch
     from mlcore.training import build_pipeline, save_artifact
 
     settings = mlcore_env

@@ -177,8 +177,8 @@ def unseen_rows(spec: Any, settings: Any, batches: list[str], versions: list[int
     none of ``versions`` trained on; mlcore's own fair-holdout check confirms it."""
     from mlcore.datasets import point_in_time_features
     from mlcore.evaluation import check_fair_holdout, training_rows_path
-    from mlcore.ingestion import get_batch
     from mlcore.model.registry import get_version
+    from mlcore.store.catalog import get_batch
 
     url = settings.db_url
     frame = point_in_time_features(spec, [get_batch(spec.name, b, url) for b in batches],

@@ -126,7 +126,7 @@ def test_bad_input_drill(airflow_db, mlcore_env, spec, run_or_error, tmp_path):
 
 
 def test_batch_rejected_drill(airflow_db, mlcore_env, spec, run_or_error, slices, tmp_path):
-    from mlcore.ingestion import published_batches
+    from mlcore.store.catalog import published_batches
 
     dag_id = f"{spec.name}__ingest_batch"
     broken = tmp_path / "broken.parquet"

@@ -211,7 +211,7 @@ def test_ingest_from_the_view_refuses_a_bad_id_inline_then_publishes(view, brows
     from selenium.webdriver.common.by import By
     from sqlalchemy import func, select
 
-    from mlcore.ingestion import published_batches
+    from mlcore.store.catalog import published_batches
     from mlcore.store.models import Prediction
     from mlcore.store.session import session_scope
 

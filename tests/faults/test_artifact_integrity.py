@@ -20,10 +20,11 @@ import pytest
 from sklearn.dummy import DummyClassifier
 from sqlalchemy import func, select
 
+from mlcore.data.io import read_curated
 from mlcore.datasets import DatasetRef
 from mlcore.evaluation import promote_version
 from mlcore.features import materialize_batch
-from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.ingestion import ingest_batch
 from mlcore.model.registry import (
     CHALLENGER,
     ArtifactIntegrityError,
@@ -37,6 +38,7 @@ from mlcore.model.registry import (
     register_version,
 )
 from mlcore.scoring import score_batch
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import Prediction
 from mlcore.store.session import session_scope
 from mlcore.training import build_pipeline, save_artifact

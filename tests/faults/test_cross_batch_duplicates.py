@@ -19,8 +19,10 @@ import yaml
 from sqlalchemy import select
 
 from mlcore.batches import BatchConflict, BatchRejected
-from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.data.io import read_curated
+from mlcore.ingestion import ingest_batch
 from mlcore.problems import ProblemSpec
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, QuarantinedRow
 from mlcore.store.session import session_scope
 

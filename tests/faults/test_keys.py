@@ -10,9 +10,11 @@ import pytest
 import yaml
 from sqlalchemy import select
 
+from mlcore.data.io import read_curated
 from mlcore.data.label_files import clean_labels, read_labels
-from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.ingestion import ingest_batch
 from mlcore.problems import ProblemSpec
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import QuarantinedRow
 from mlcore.store.session import session_scope
 

@@ -11,11 +11,13 @@ from sqlalchemy import text
 from mlcore.cli import main
 from mlcore.config import TrainConfig, get_settings
 from mlcore.data.integrity import curated_files, offline_files
+from mlcore.data.io import read_curated
 from mlcore.datasets import build_dataset
 from mlcore.features import materialize_batch
-from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.ingestion import ingest_batch
 from mlcore.model.registry import alias_holder, get_version, load_model, move_alias
 from mlcore.scoring import score_batch
+from mlcore.store.catalog import get_batch
 from mlcore.store.session import session_scope
 from mlcore.training import train_contender
 

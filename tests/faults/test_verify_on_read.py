@@ -15,13 +15,15 @@ from sqlalchemy import func, select
 from mlcore.backfill import load_state, plan
 from mlcore.config import TrainConfig
 from mlcore.data.integrity import DataDamaged, curated_files, offline_files
+from mlcore.data.io import read_curated
 from mlcore.datasets import build_dataset
 from mlcore.features import materialize_batch
-from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.ingestion import ingest_batch
 from mlcore.model.registry import move_alias
 from mlcore.monitoring import detect_drift
 from mlcore.repair import check, raw_copy, repair_batch
 from mlcore.scoring import score_batch
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import Prediction
 from mlcore.store.session import session_scope
 from mlcore.training import train_contender

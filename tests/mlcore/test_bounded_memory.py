@@ -14,12 +14,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from mlcore import datasets, scoring
+from mlcore.data.io import read_curated
 from mlcore.datasets import point_in_time_features
 from mlcore.features import FeatureRetrievalError, historical_features
-from mlcore.ingestion import get_batch, read_curated
 from mlcore.model.reference import sample_rows as _sample
 from mlcore.model.registry import get_version, load_model
 from mlcore.monitoring import sample_curated
+from mlcore.store.catalog import get_batch
 
 
 @pytest.fixture

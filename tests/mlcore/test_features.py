@@ -16,6 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from mlcore.batches import BatchNotFound
+from mlcore.data.io import read_curated
 from mlcore.features import (
     FeatureRetrievalError,
     engineer,
@@ -25,7 +26,8 @@ from mlcore.features import (
     online_features,
     online_store_lock,
 )
-from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.ingestion import ingest_batch
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import Materialization
 from mlcore.store.session import session_scope
 

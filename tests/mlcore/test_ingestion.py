@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import select
 
 from mlcore.batches import BatchConflict, BatchNotFound, BatchRejected, InvalidBatchId
-from mlcore.ingestion import get_batch, ingest_batch, published_batches, read_curated
+from mlcore.data.io import read_curated
+from mlcore.ingestion import ingest_batch
+from mlcore.store.catalog import get_batch, published_batches
 from mlcore.store.models import Batch, QuarantinedRow
 from mlcore.store.session import session_scope
 

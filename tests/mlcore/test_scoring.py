@@ -8,11 +8,13 @@ import pytest
 from sqlalchemy import select
 
 from mlcore.batches import BatchNotFound
+from mlcore.data.io import read_curated
 from mlcore.evaluation import predict_proba
 from mlcore.features import materialize_batch
-from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.ingestion import ingest_batch
 from mlcore.model.registry import ModelNotFound, get_version, load_model
 from mlcore.scoring import score_batch
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import ModelVersion, Prediction
 from mlcore.store.session import session_scope
 

@@ -8,14 +8,16 @@ import pytest
 from sklearn.dummy import DummyClassifier
 from sqlalchemy import insert
 
+from mlcore.data.io import read_curated
 from mlcore.datasets import DatasetRef
 from mlcore.evaluation import PROMOTE
 from mlcore.features import materialize_batch
-from mlcore.ingestion import get_batch, ingest_batch, read_curated
+from mlcore.ingestion import ingest_batch
 from mlcore.model.registry import CHALLENGER, alias_holder, alias_log, move_alias, register_version
 from mlcore.problems import ProblemSpec
 from mlcore.scoring import score_batch
 from mlcore.shadow import compare_shadow
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import GroundTruth
 from mlcore.store.session import session_scope
 from mlcore.training import build_pipeline, save_artifact

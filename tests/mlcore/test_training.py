@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from mlcore.config import TrainConfig
-from mlcore.ingestion import curate
+from mlcore.data.curation import curate
 from mlcore.model.registry import get_version, load_model
 from mlcore.problems import ProblemSpec, spec_hash
 from mlcore.training import build_pipeline, save_artifact, select_and_fit

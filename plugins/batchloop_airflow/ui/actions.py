@@ -236,7 +236,7 @@ def rerun_dag(problem: str, form: dict[str, str]) -> str:
 def _rerun(spec: Any, form: dict[str, str], who: str, reason: str, settings: Any) -> str:
     from batchloop_airflow.ui.airflow_api import trigger
     from mlcore.batches import check_batch_id
-    from mlcore.ingestion import published_batches
+    from mlcore.store.catalog import published_batches
 
     dag = rerun_dag(spec.name, form)
     batch_id = form.get("batch_id", "")

@@ -211,7 +211,7 @@ def test_a_timestamp_event_time_accepts_every_iso_8601_shape(ts_spec):
     pd.Series([True, False]),
 ])
 def test_numeric_matches_row_by_row_parsing(values):
-    from mlcore.data.validation import numeric
+    from mlcore.data.parsing import numeric
 
     expected = pd.to_numeric(values.astype("object"), errors="coerce").astype("float64")
     pd.testing.assert_series_equal(numeric(values), expected, check_names=False)

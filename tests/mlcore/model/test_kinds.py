@@ -13,10 +13,11 @@ import yaml
 from sklearn import metrics as skm
 
 from mlcore.columns import category_values, label_key, parse_bool, vocabulary_codes
+from mlcore.data.curation import curate
+from mlcore.data.target_coding import local_coder
 from mlcore.data.validation import row_violations, validate_rows
-from mlcore.ingestion import curate
 from mlcore.model.metrics import compute_metrics, metric, paired_bootstrap
-from mlcore.model.targets import local_coder, predict
+from mlcore.model.targets import predict
 from mlcore.problems import ProblemSpec
 from mlcore.training import build_pipeline, missing_values_plan
 
@@ -344,8 +345,8 @@ def test_a_reference_profile_with_integer_codes_compares_with_text_categories(sp
 def test_a_first_batch_with_only_the_positive_label_fixes_no_classes(sqlite_settings, tmp_path):
     """Binary classes learnt from data need two labels: until a batch has them nothing is fixed
     (no stand-in for the unseen label is stored)."""
+    from mlcore.data.target_coding import stored_classes
     from mlcore.ingestion import ingest_batch
-    from mlcore.model.targets import stored_classes
 
     spec = toy()
     df = frame(60)
@@ -365,7 +366,7 @@ def test_a_first_batch_with_only_the_positive_label_fixes_no_classes(sqlite_sett
 
 def test_year_end_event_times_are_exact_at_the_edges_of_the_range():
     """Years become Dec 31 UTC by table look-up: whole years 1678..2261 only, whatever the type."""
-    from mlcore.data.validation import event_time
+    from mlcore.data.parsing import event_time
 
     spec = toy(event_time={"column": "at", "kind": "year_end"})
     raw = pd.Series([2015, 1678, 2261, 1677, 2262, 2015.5, np.nan, -3])
@@ -387,7 +388,9 @@ def test_dictionary_text_whose_dictionaries_differ_by_row_group_curates_like_pla
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mlcore.ingestion import get_batch, ingest_batch, read_curated
+    from mlcore.data.io import read_curated
+    from mlcore.ingestion import ingest_batch
+    from mlcore.store.catalog import get_batch
 
     spec = toy(corrections="supersede")  # the same rows as two batches: not a duplicate
     df = frame(400)
@@ -414,7 +417,7 @@ def test_dictionary_text_whose_dictionaries_differ_by_row_group_curates_like_pla
 def test_a_boolean_target_in_any_form_encodes_each_row(labels):
     """A binary target without declared classes reads booleans in their usual forms; anything
     else (missing, 'maybe') is NaN: a quarantined row, not a silent class."""
-    from mlcore.model.targets import TargetCoder
+    from mlcore.data.target_coding import TargetCoder
 
     for positive_true, want in ((True, [1.0, 0.0, 1.0]), (False, [0.0, 1.0, 0.0])):
         got = TargetCoder("binary", None, positive_true=positive_true).encode(pd.Series(labels))

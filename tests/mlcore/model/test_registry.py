@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from mlcore.data.curation import curate
 from mlcore.datasets import DatasetRef
-from mlcore.ingestion import curate
 from mlcore.model.registry import (
     AliasConflict,
     ArtifactMissing,
