@@ -27,11 +27,11 @@ from mlcore.estimation import (
     latest_estimate,
     record_estimate,
 )
-from mlcore.evaluation import predict_proba
 from mlcore.feast.bounded import point_in_time_features
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
 from mlcore.labels import ingest_labels, measure_performance
+from mlcore.model.evaluation import predict_proba
 from mlcore.model.metrics import metric
 from mlcore.model.performance import PerformanceEstimator
 from mlcore.model.registry import CHALLENGER, get_version, load_model, move_alias
@@ -335,40 +335,3 @@ def test_estimates_and_realized_values_join_in_the_store(db_url):
                                                "estimate": 0.75, "ci_low": 0.74,
                                                "ci_high": 0.76, "rows": 1000}
     assert latest_estimate("p", 2, db_url) is None  # only a "not estimated" row
-
-
-# --- every metric of each kind, on synthetic data with a known label relation --------------------
-
-def synthetic(kind: str, n: int, rng) -> SimpleNamespace:
-    """Features ``x``, labels drawn from the true relation, and a miscalibrated model's outputs
-    (calibration has work to do); regression noise grows with |x| (the loss model's job)."""
-    x = rng.normal(size=n)
-    X = pd.DataFrame({"x": x})
-    if kind == "binary":
-        y = (rng.random(n) < 1 / (1 + np.exp(-2 * x))).astype("float64")
-        return SimpleNamespace(X=X, y=y, p=1 / (1 + np.exp(-(1.3 * x + 0.4))))
-    if kind == "multiclass":
-        logits = np.outer(x, [-2.0, 0.0, 2.0]) + [0.0, 0.5, 0.0]
-        truth = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
-        y = (rng.random((n, 1)) > truth.cumsum(axis=1)).sum(axis=1).astype("float64")
-        model = np.exp(0.7 * logits)
-        return SimpleNamespace(X=X, y=y, p=model / model.sum(axis=1, keepdims=True))
-    y = 3 * x + rng.normal(size=n) * (0.5 + np.abs(x)) + 10
-    return SimpleNamespace(X=X, y=y, p=3 * x + 10.2)
-
-
-CASES = [("binary", m) for m in ("roc_auc", "pr_auc", "log_loss", "brier", "accuracy", "f1")] \
-    + [("multiclass", m) for m in ("log_loss", "accuracy", "f1_macro", "roc_auc_ovr")] \
-    + [("regression", m) for m in ("rmse", "mae", "mape")]
-
-
-@pytest.mark.parametrize("kind, name", CASES)
-def test_every_metric_of_its_kind_is_estimated_within_its_interval(kind, name):
-    rng = np.random.default_rng(3)
-    ref, new = synthetic(kind, 5000, rng), synthetic(kind, 3000, rng)
-    estimator = PerformanceEstimator(kind, name, numeric=["x"], categorical=[],
-                                     vocabularies=[]).fit(ref.X, ref.y, ref.p)
-    value = estimator.estimate(new.X, new.p)
-    low, high, se = estimator.interval(value, len(new.y))
-    realized = metric(name, new.y, new.p, kind)
-    assert low <= realized <= high, (value, realized, se)

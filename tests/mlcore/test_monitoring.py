@@ -18,13 +18,12 @@ from sqlalchemy import select
 
 from mlcore.data.curation import curate
 from mlcore.data.io import read_curated
-from mlcore.evaluation import predict_proba
 from mlcore.ingestion import ingest_batch
 from mlcore.model.drift import PREDICTION, comparable, stattests
-from mlcore.model.reference import profile_path, write_reference_profile
+from mlcore.model.evaluation import predict_proba
+from mlcore.model.reference import profile_path
 from mlcore.model.registry import ModelNotFound, alias_holder, get_version, load_model
 from mlcore.monitoring import DriftResult, _record, detect_drift, measure_drift
-from mlcore.policy import close_retrain_requests
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import DriftReport, RetrainRequest
 from mlcore.store.session import session_scope
@@ -207,27 +206,6 @@ def test_the_champion_has_a_reference_profile(spec, loop):
     assert frame[PREDICTION].between(0, 1).all()
 
 
-class _Half:
-    classes_ = np.array([0, 1])
-
-    def predict_proba(self, X):
-        return np.full((len(X), 2), 0.5)
-
-
-def test_reference_profile_is_a_seeded_bounded_sample(spec, slices, tmp_path):
-    small = spec.model_copy(update={"drift": spec.drift.model_copy(update={"sample_rows": 100})})
-    train = curate(pd.read_parquet(slices[2015]), spec)
-    first = write_reference_profile(small, train, _Half(), tmp_path, seed=3)
-    frame = pd.read_parquet(tmp_path / first["uri"])
-    assert first["rows"] == len(frame) == 100 and set(frame[PREDICTION]) == {0.5}
-    assert frame.drop(columns=PREDICTION).equals(comparable(  # text categories kept as text
-        train[spec.feature_names].sample(100, random_state=3).reset_index(drop=True), spec))
-    assert write_reference_profile(small, train, _Half(), tmp_path, seed=3) == first
-    assert write_reference_profile(small, train, _Half(), tmp_path, seed=4)["sha256"] != (
-        first["sha256"])
-    assert [p.name for p in tmp_path.iterdir()] == ["reference.parquet"]  # no temp files left
-
-
 def test_drift_step_on_in_memory_frames(spec, slices):
     reference = curate(pd.read_parquet(slices[2015]), spec).assign(prediction=0.3)
     details, snapshots = measure_drift(reference, reference.copy(), spec)
@@ -264,17 +242,3 @@ def test_monitoring_without_a_champion_is_not_found(spec, slices, sqlite_setting
     ingest_batch(spec, str(slices[2015]), "2015", sqlite_settings)
     with pytest.raises(ModelNotFound, match="no champion"):
         detect_drift(spec, "2015", sqlite_settings)
-
-
-def test_close_retrain_requests_answers_the_pending_one(spec, sqlite_settings):
-    """At most one request per problem is pending (the store enforces it)."""
-    with session_scope(sqlite_settings.db_url) as s:
-        s.add_all([RetrainRequest(problem=spec.name, trigger="drift", reason="a"),
-                   RetrainRequest(problem=spec.name, trigger="manual", reason="b", state="taken"),
-                   RetrainRequest(problem="other", trigger="drift", reason="c")])
-    assert close_retrain_requests(spec.name, 4, sqlite_settings.db_url) == 1
-    with session_scope(sqlite_settings.db_url) as s:
-        rows = {r.reason: (r.state, r.resolved_by_version) for r in s.scalars(
-            select(RetrainRequest))}
-    assert rows == {"a": ("trained", 4), "b": ("taken", None), "c": ("pending", None)}
-    assert close_retrain_requests(spec.name, 5, sqlite_settings.db_url) == 0

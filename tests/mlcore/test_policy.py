@@ -8,14 +8,15 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from registry_stub import register_stub
 from sqlalchemy import func, select, update
 
-from mlcore.datasets import DatasetRef
-from mlcore.model.registry import move_alias, register_version
+from mlcore.model.registry import move_alias
 from mlcore.policy import (
     RetrainInFlight,
     acquire_lease,
     assess,
+    close_retrain_requests,
     list_requests,
     release_lease,
     request_manual,
@@ -51,11 +52,8 @@ def world(spec, settings):
     url = settings.db_url
     add_batch(url, "2015", 2015)
     add_batch(url, "2016", 2016)
-    dataset = DatasetRef("d" * 16, "/x/t", "/x/h", ["2015"], ["2015"], "entity_hash", 800, 200,
-                         "a" * 64, "b" * 64)
-    version = register_version(spec, settings, algorithm="lr", artifact_uri="/x/m",
-                               artifact_sha256="0" * 64, hyperparameters={}, dataset=dataset,
-                               train_rows=800, validation={}, timings={})
+    version = register_stub(spec, settings, algorithm="lr", artifact_uri="/x/m",
+                            rows=(800, 200))
     with session_scope(url) as s:
         s.add(Evaluation(problem=P, contender_version=version, champion_version=None,
                          holdout_batch_ids=["2015"], holdout_hash="b" * 64, holdout_rows=200,
@@ -281,3 +279,17 @@ def test_a_failed_drift_check_holds_promotion(world):
         s.add(DriftReport(problem=P, batch_id="2016", model_version=1, drift_share=0.0,
                           drifted_columns=[], dataset_drift=False, json_uri="j", html_uri="h"))
     assert promotion_hold(P, url) is None
+
+
+def test_close_retrain_requests_answers_the_pending_one(spec, sqlite_settings):
+    """At most one request per problem is pending (the store enforces it)."""
+    with session_scope(sqlite_settings.db_url) as s:
+        s.add_all([RetrainRequest(problem=spec.name, trigger="drift", reason="a"),
+                   RetrainRequest(problem=spec.name, trigger="manual", reason="b", state="taken"),
+                   RetrainRequest(problem="other", trigger="drift", reason="c")])
+    assert close_retrain_requests(spec.name, 4, sqlite_settings.db_url) == 1
+    with session_scope(sqlite_settings.db_url) as s:
+        rows = {r.reason: (r.state, r.resolved_by_version) for r in s.scalars(
+            select(RetrainRequest))}
+    assert rows == {"a": ("trained", 4), "b": ("taken", None), "c": ("pending", None)}
+    assert close_retrain_requests(spec.name, 5, sqlite_settings.db_url) == 0
