@@ -12,8 +12,9 @@ import pytest
 
 from mlcore.cli import main
 from mlcore.config import get_settings
+from mlcore.data.profile import widen
 from mlcore.data.validation import validate_rows
-from mlcore.draft import default_name, draft_yaml, read_sample, widen
+from mlcore.draft import default_name, draft_yaml, read_sample
 from mlcore.problems import NAME_PATTERN, ProblemSpec, load_problem_file
 
 ROOT = Path(__file__).resolve().parents[2]
