@@ -117,7 +117,8 @@ def create_app() -> "FastAPI":
                                                    "X-Content-Type-Options": "nosniff"})
 
     def message(title: str, text: str, status: int) -> HTMLResponse:
-        from batchloop_airflow.ui.page import esc, page
+        from batchloop_airflow.ui.page import page
+        from mlcore.reports.html import esc
 
         return html_response(page(title, f"<h1>{esc(title)}</h1><p>{esc(text)}</p>"), status)
 
@@ -224,7 +225,8 @@ def create_app() -> "FastAPI":
             rerun_dag,
             run_action,
         )
-        from batchloop_airflow.ui.page import esc, page
+        from batchloop_airflow.ui.page import page
+        from mlcore.reports.html import esc
 
         back = f'<p><a href="../../{quote(problem, safe="")}">Back to {esc(problem)}</a></p>'
         try:

@@ -11,7 +11,8 @@ import html
 from pathlib import PurePath
 from typing import Any
 
-from batchloop_airflow.ui.page import esc, link, num, report_href, table
+from batchloop_airflow.ui.page import num
+from mlcore.reports.html import esc, html_table, link, report_href
 
 
 def labels(spec: Any) -> dict[str, str]:
@@ -85,6 +86,6 @@ def render_batches(d: dict[str, Any], spec: Any, home: Any, rep: str) -> str:
              _drift(d["drift_by_batch"].get(b["batch_id"], []), names, home, rep),
              esc(b["reason"])]
             for b in reversed(d["batches"])]
-    return table(["Batch", "State", "Source file / SHA-256", "Rows read",
-                  "Quarantined (by rule)", "Trained", "Predictions",
-                  "Drift (drifted columns, prediction)", "Reason"], rows, "No batches yet.")
+    return html_table(["Batch", "State", "Source file / SHA-256", "Rows read",
+                       "Quarantined (by rule)", "Trained", "Predictions",
+                       "Drift (drifted columns, prediction)", "Reason"], rows, "No batches yet.")

@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from batchloop_airflow.ui.page import esc, link, when
+from batchloop_airflow.ui.page import when
+from mlcore.reports.html import esc, link
 
 log = logging.getLogger(__name__)
 MAX_ALERTS = 10

@@ -9,22 +9,19 @@ Imported only by the request handlers, never at plugin load.
 from __future__ import annotations
 
 import html
-import os
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-MAX_ROWS = 50  # newest rows shown per table (the monitoring page has the long view)
+from mlcore.reports.html import DARK, LIGHT, card, document, esc, html_table, link, report_href
+
 MAX_LINEAGE = 10  # model versions whose lineage is expanded
 
 # The Airflow UI's look (Chakra's grays, blue accents), light and dark: dark follows the Airflow UI
 # around the frame (view.js copies its color mode) or, standalone, the system setting.
-_LIGHT = ("--fg:#18181b;--bg:#ffffff;--muted:#71717a;--border:#e4e4e7;--head:#f4f4f5;"
-          "--link:#0369a1;--card:#fafafa;--ok:#15803d;--warn:#a16207;--bad:#b91c1c;"
-          "--tag:#e0f2fe;--attn:#fef2f2")
-_DARK = ("--fg:#e4e4e7;--bg:#09090b;--muted:#a1a1aa;--border:#3f3f46;--head:#18181b;"
-         "--link:#7dd3fc;--card:#18181b;--ok:#4ade80;--warn:#facc15;--bad:#f87171;"
-         "--tag:#0c4a6e;--attn:#2a1215")
+_LIGHT = LIGHT + ";--warn:#a16207;--bad:#b91c1c;--tag:#e0f2fe;--attn:#fef2f2"
+_DARK = DARK + (";--card:#18181b;--ok:#4ade80;--warn:#facc15;--bad:#f87171;--tag:#0c4a6e;"
+                "--attn:#2a1215")
 _STYLE = (f"html{{{_LIGHT};color-scheme:light}}html[data-theme=dark]{{{_DARK};"
           "color-scheme:dark}"
           f"@media (prefers-color-scheme:dark){{html:not([data-theme=light]){{{_DARK};"
@@ -49,11 +46,6 @@ form.act{display:inline-flex;gap:.4em;align-items:center;margin:.2em 0}
 input,select,button{font:inherit;color:inherit;background:var(--bg);border:1px solid var(--border);
 border-radius:4px;padding:2px 6px}button{cursor:pointer;background:var(--head)}
 details summary{cursor:pointer}""")
-
-
-def esc(value: Any) -> str:
-    """``value`` as escaped HTML text (None as an em dash)."""
-    return "—" if value is None or value == "" else html.escape(str(value))
 
 
 def num(value: Any, digits: int = 4) -> str:
@@ -83,44 +75,11 @@ def when(iso: str | None) -> str:
     return f'<span class="when" title="{html.escape(iso)}">{html.escape(short)}</span>'
 
 
-def link(href: str | None, text: Any, new_tab: bool = False) -> str:
-    """An ``<a>`` (escaped href and text), or just the text when there is no href."""
-    if not href:
-        return esc(text)
-    target = ' target="_blank" rel="noopener"' if new_tab else ""
-    return f'<a href="{html.escape(href)}"{target}>{esc(text)}</a>'
-
-
-def report_href(uri: str | None, home: Path, prefix: str) -> str | None:
-    """URL (``prefix`` + path below ``<home>/reports``) of a report file, or None when ``uri``
-    is not a file under the reports folder (such a file is never served)."""
-    if not uri:
-        return None
-    root = (home / "reports").resolve()
-    path = Path(uri).resolve()
-    if not path.is_relative_to(root) or path == root:
-        return None
-    return prefix + quote(os.path.relpath(path, root), safe="/=")
-
-
-def table(headers: list[str], rows: list[list[str]], empty: str) -> str:
-    """A table of pre-escaped cells (newest ``MAX_ROWS`` rows), or ``empty`` as a paragraph."""
-    if not rows:
-        return f'<p class="muted">{esc(empty)}</p>'
-    more = (f'<p class="muted">{len(rows) - MAX_ROWS} older rows not shown.</p>'
-            if len(rows) > MAX_ROWS else "")
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows[:MAX_ROWS])
-    return (f'<table class="sortable"><thead><tr>{head}</tr></thead><tbody>{body}</tbody>'
-            f"</table>{more}")
-
-
 def page(title: str, body: str, base: str = "") -> str:
     """A complete HTML document; ``base`` is the relative path to the view's root (for its one
     script, ``static/view.js``: sortable tables and the Airflow UI's color mode)."""
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{esc(title)}'
-            f'</title><style>{_STYLE}</style><script src="{html.escape(base)}static/view.js" '
-            f"defer></script></head><body>{body}</body></html>\n")
+    return document(title, body, _STYLE,
+                    head=f'<script src="{html.escape(base)}static/view.js" defer></script>')
 
 
 def index_data(settings: Any) -> list[dict[str, Any]]:
@@ -161,7 +120,7 @@ def render_index(rows: list[dict[str, Any]]) -> str:
               f'<span class="num">{r["batches"]}</span>',
               "—" if r["champion"] is None else estimate_text(r.get("estimate"))]
              for r in rows]
-    return page("Batchloop", "<h1>Batchloop: problems</h1>" + table(
+    return page("Batchloop", "<h1>Batchloop: problems</h1>" + html_table(
         ["Problem", "Description", "Champion", "Challenger", "Versions", "Batches",
          "Champion's estimated metric (newest batch, before labels)"], cells,
         "No problem specs found (MLCORE_PROBLEMS_DIR)."))
@@ -227,10 +186,10 @@ def render_problem(d: dict[str, Any], home: Path, spec: Any, ui: dict[str, Any])
     aliases = {a: m for m in d["models"] for a in m["aliases"]}
     vpage = f"{quote(p, safe='')}/versions/"
 
-    def card(alias: str) -> str:
+    def alias_card(alias: str) -> str:
         m = aliases.get(alias)
         if m is None:
-            return f'<div class="card">{esc(alias)}<br><b>none</b></div>'
+            return card(f"{esc(alias)}<br><b>none</b>")
         last = next((h for h in reversed(d["alias_history"])
                      if h["alias"] == alias and h["to"] == m["version"]), None)
         since = "" if last is None else (
@@ -239,9 +198,9 @@ def render_problem(d: dict[str, Any], home: Path, spec: Any, ui: dict[str, Any])
         v = str(m["version"])
         estimated = (f'<br>estimated before labels: '
                      f'{estimate_text((d.get("estimates") or {}).get(m["version"]))}')
-        return (f'<div class="card">{esc(alias)}<br><b>{link(vpage + v, "v" + v)}</b> '
-                f'{esc(m["algorithm"])}<br>holdout {esc(metric)} '
-                f'{num(holdout.get(m["version"]))}{estimated}{since}</div>')
+        return card(f'{esc(alias)}<br><b>{link(vpage + v, "v" + v)}</b> '
+                    f'{esc(m["algorithm"])}<br>holdout {esc(metric)} '
+                    f'{num(holdout.get(m["version"]))}{estimated}{since}')
 
     monitoring = (link(rep + f"problem={quote(p, safe='')}/monitoring.html", "Monitoring page",
                        new_tab=True) if d["monitoring_exists"] else
@@ -254,7 +213,7 @@ def render_problem(d: dict[str, Any], home: Path, spec: Any, ui: dict[str, Any])
             f"<p class=\"muted\">{esc(d['spec'].get('target', 'binary'))} target; primary "
             f"metric {esc(metric)} ({esc(d['spec'].get('direction', 'maximize'))})</p>"
             f"<h2>Needs attention</h2>{render_attention(d['attention'], base, rerun)}"
-            f'<div class="cards">{card("champion")}{card("challenger")}</div>'
+            f'<div class="cards">{alias_card("champion")}{alias_card("challenger")}</div>'
             "<h2>Actions</h2>" + forms(p, ui["csrf"], d["models"], ui["can"], base))
 
     def best_validation(m: dict[str, Any]) -> float | None:
@@ -319,25 +278,25 @@ def render_problem(d: dict[str, Any], home: Path, spec: Any, ui: dict[str, Any])
              f"{r['labelled_rows']}/{r['predicted_rows']}"] for r in reversed(d["performance"])]
     body = "".join([
         head, "<h2>Model versions</h2>", compare,
-        table(["Version", "Aliases", "Algorithm", "Hyperparameters", "Trained on", "Train rows",
-               f"Validation {metric} (best)", f"Holdout {metric}", "Created (UTC)"], models,
-              "No model versions yet."),
+        html_table(["Version", "Aliases", "Algorithm", "Hyperparameters", "Trained on",
+                    "Train rows", f"Validation {metric} (best)", f"Holdout {metric}",
+                    "Created (UTC)"], models, "No model versions yet."),
         "<h2>Alias history (who, when, why)</h2>",
-        table(["When (UTC)", "Alias", "Move", "Action", "Who", "Why", "Evaluation"], moves,
-              "No alias moves yet."),
+        html_table(["When (UTC)", "Alias", "Move", "Action", "Who", "Why", "Evaluation"], moves,
+                   "No alias moves yet."),
         "<h2>Evaluations (contender vs champion on the frozen holdout)</h2>",
-        table(["#", "Contender", "Champion", "Holdout", f"Contender {metric}",
-               f"Champion {metric}", "Delta", "CI", "Outcome", "Reason", "Run card"], evals,
-              "No evaluations yet."),
+        html_table(["#", "Contender", "Champion", "Holdout", f"Contender {metric}",
+                    f"Champion {metric}", "Delta", "CI", "Outcome", "Reason", "Run card"], evals,
+                   "No evaluations yet."),
         "<h2>Batches</h2>", render_batches(d, spec, home, rep),
         f"<h2>Lineage (newest {MAX_LINEAGE} versions)</h2>",
-        table(["Version", "Trained on (batch, rows, SHA-256)", "Dataset",
-               "Evaluations (holdout: outcome)", "Alias moves"], lineage,
-              "No model versions yet."),
+        html_table(["Version", "Trained on (batch, rows, SHA-256)", "Dataset",
+                    "Evaluations (holdout: outcome)", "Alias moves"], lineage,
+                   "No model versions yet."),
         "<h2>Retrain requests</h2>",
-        table(["#", "Batch", "Triggers", "State", "Answered by", "Reason"], requests,
-              "No retrain requests yet."),
+        html_table(["#", "Batch", "Triggers", "State", "Answered by", "Reason"], requests,
+                   "No retrain requests yet."),
         "<h2>Performance on matured labels</h2>",
-        table(["Batch", "Version", "Role", metric, "Labelled / predicted"], perf,
-              "No matured labels yet.")])
+        html_table(["Batch", "Version", "Role", metric, "Labelled / predicted"], perf,
+                   "No matured labels yet.")])
     return page(f"Batchloop: {p}", body, base)

@@ -13,18 +13,8 @@ from typing import Any
 from urllib.parse import quote
 
 from batchloop_airflow.ui.batches import label, labels
-from batchloop_airflow.ui.page import (
-    alias_move,
-    esc,
-    link,
-    num,
-    outcome,
-    page,
-    report_href,
-    signed,
-    table,
-    when,
-)
+from batchloop_airflow.ui.page import alias_move, num, outcome, page, signed, when
+from mlcore.reports.html import esc, html_table, link, report_href
 
 
 def version_data(spec: Any, version: int, settings: Any) -> dict[str, Any]:
@@ -68,8 +58,9 @@ def _evals(d: dict[str, Any], home: Path, rep: str, vbase: str) -> str:
              outcome(e["outcome"], e["method"]), esc(e["reason"]),
              link(report_href(e["run_card"], home, rep), "run card", True)]
             for e in reversed(d["evaluations"])]
-    return table(["#", "When (UTC)", "Contender vs champion", "Holdout", "Contender", "Champion",
-                  "Delta", "Outcome", "Reason", "Run card"], rows, "Never evaluated.")
+    return html_table(["#", "When (UTC)", "Contender vs champion", "Holdout", "Contender",
+                       "Champion", "Delta", "Outcome", "Reason", "Run card"], rows,
+                      "Never evaluated.")
 
 
 def _slices(e: dict[str, Any] | None, names: dict[str, str]) -> str:
@@ -82,8 +73,8 @@ def _slices(e: dict[str, Any] | None, names: dict[str, str]) -> str:
                                           '<b class="bad">FAIL</b>'), esc(s["note"])]
             for s in e["slices"]]
     return (f'<p class="muted">Evaluation #{e["id"]} on {esc(", ".join(e["holdout"]))}</p>'
-            + table(["Slice", "Rows", "Contender", "Champion", "Delta", "Guardrail", "Note"],
-                    rows, "No slices."))
+            + html_table(["Slice", "Rows", "Contender", "Champion", "Delta", "Guardrail",
+                          "Note"], rows, "No slices."))
 
 
 def _facts(d: dict[str, Any]) -> list[tuple[str, str]]:

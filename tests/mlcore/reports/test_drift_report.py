@@ -19,17 +19,10 @@ import pytest
 from mlcore.ingestion import ingest_batch
 from mlcore.model.drift import PREDICTION
 from mlcore.monitoring import detect_drift
-from mlcore.reports.drift_report import (
-    BINS,
-    TOP_CATEGORIES,
-    categorical_plot,
-    links,
-    num,
-    numeric_plot,
-    pct,
-    render_report,
-    signed,
-)
+from mlcore.reports.drift_charts import num, pct, signed
+from mlcore.reports.drift_data import BINS, TOP_CATEGORIES, categorical_plot, numeric_plot
+from mlcore.reports.drift_report import render_report
+from mlcore.reports.html import links
 
 DATA = Path(__file__).resolve().parents[3] / "data" / "census_ma_employment"
 BATCHES = ("drep_same", "drep_older", "drep_married")

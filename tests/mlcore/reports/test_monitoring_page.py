@@ -12,12 +12,8 @@ import pytest
 from test_runcard import strict_json, without_svg  # the run card's page-test helpers
 
 from mlcore.problems import ProblemNotFound
-from mlcore.reports.monitoring_page import (
-    MAX_BATCHES,
-    MAX_BYTES,
-    MonitoringPage,
-    write_monitoring_page,
-)
+from mlcore.reports.monitoring_data import MAX_BATCHES
+from mlcore.reports.monitoring_page import MAX_BYTES, MonitoringPage, write_monitoring_page
 from mlcore.store.models import (
     Alias,
     AliasHistory,

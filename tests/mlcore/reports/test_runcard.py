@@ -15,17 +15,15 @@ import pytest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
 
 from mlcore.model.metrics import compute_metrics
-from mlcore.reports.runcard import (
-    MAX_BYTES,
+from mlcore.reports.html import jsonable
+from mlcore.reports.runcard import MAX_BYTES, RunCard, write_run_card
+from mlcore.reports.runcard_data import (
     MAX_CLASSES,
     MAX_SCATTER,
     RESIDUAL_BINS,
-    RunCard,
-    jsonable,
     model_curves,
     pr_points,
     roc_points,
-    write_run_card,
 )
 from mlcore.spec_rules import DEFAULT_METRIC, METRICS_BY_KIND
 
@@ -393,7 +391,7 @@ def test_a_failed_write_keeps_the_old_card_and_leaves_no_temp_file(card, tmp_pat
 
     def broken_replace(src: object, dst: object) -> None:
         raise OSError("disk full")
-    monkeypatch.setattr("mlcore.reports.runcard.os.replace", broken_replace)
+    monkeypatch.setattr("mlcore.reports.html.os.replace", broken_replace)
     card["reason"] = "a new reason"
     with pytest.raises(OSError, match="disk full"):
         write_run_card(card, tmp_path)
@@ -581,7 +579,7 @@ def test_cards_stay_small_at_100k_rows(card, tmp_path, kind, k, n):
 
 def test_the_card_links_back_to_the_view_and_the_airflow_run(card, tmp_path):
     """A card under <home>/reports/problem=<p>/evaluation=<n>/: three levels up is the view."""
-    from mlcore.reports.drift_report import links
+    from mlcore.reports.html import links
 
     env = {"AIRFLOW_CTX_DAG_ID": f"{card['problem']}__retrain_model",
            "AIRFLOW_CTX_DAG_RUN_ID": "manual__2"}
