@@ -130,7 +130,8 @@ def seed_home(settings: Any, files: dict[int, Path], train: bool) -> dict[str, A
     logistic-regression champion on them (newest year = holdout), as tests/conftest.py's loop."""
     from mlcore.config import TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.features import apply_definitions, materialize_batch
+    from mlcore.feast.store import apply_definitions
+    from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import move_alias
     from mlcore.problems import get_problem

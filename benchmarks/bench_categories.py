@@ -132,7 +132,7 @@ def write_inputs(work: Path, rows: int, seed: int, tag: str,
 def fresh_home(home: Path, problems_dir: Path) -> Any:
     """Settings for an empty home, set up as ``mlcore init`` does (not timed)."""
     from mlcore.config import Settings
-    from mlcore.features import apply_definitions
+    from mlcore.feast.store import apply_definitions
     from mlcore.store.session import upgrade
 
     home.mkdir(parents=True)

@@ -91,7 +91,7 @@ def retrain(spec: Any, rows: Any) -> tuple[Any, float, float]:
 def make_sides(rows: Any, n: int, spec: Any, model: Any) -> tuple[Any, Any]:
     import numpy as np
 
-    from mlcore.evaluation import predict_proba
+    from mlcore.model.evaluation import predict_proba
 
     cols = spec.feature_names
     ref = rows[cols].sample(n, replace=True, random_state=1).reset_index(drop=True)
@@ -262,7 +262,8 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
     import mlcore.monitoring as monitoring
     from mlcore.config import Settings, TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.features import apply_definitions, materialize_batch
+    from mlcore.feast.store import apply_definitions
+    from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import move_alias
     from mlcore.store.session import upgrade

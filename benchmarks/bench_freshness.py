@@ -142,7 +142,7 @@ def run_compute(home: Path, source: Path, batch_id: str, env: dict[str, str]) ->
 
 def run_dag(stack: Stack, home: Path, source: Path, batch_id: str,
             keys: list[int]) -> dict[str, Any]:
-    from mlcore.features import online_feature_rows
+    from mlcore.feast.online import online_feature_rows
     from mlcore.problems import get_problem
 
     settings = new_settings(home)

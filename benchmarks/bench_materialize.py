@@ -81,7 +81,8 @@ class Dataset:
     def __init__(self, spec: Any, work: Path, name: str, label: str, source: Path) -> None:
         from mlcore.config import Settings
         from mlcore.data.io import read_curated
-        from mlcore.features import apply_definitions, materialize_batch
+        from mlcore.feast.store import apply_definitions
+        from mlcore.features import materialize_batch
         from mlcore.ingestion import ingest_batch
         from mlcore.store.catalog import get_batch
         from mlcore.store.session import upgrade
@@ -111,7 +112,7 @@ class Dataset:
         """Remove the online store file; Feast's own store needs its table back first."""
         from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
-        from mlcore.features import feature_store
+        from mlcore.feast.store import feature_store
 
         for path in (settings.home / "feast").glob("*online*.db*"):
             if ("stock" in path.name) == (settings is self.stock):
@@ -125,10 +126,11 @@ class Dataset:
 
     def ours_run(self) -> dict[str, float]:
         """The whole step on a fresh store with its online part, then a re-run over it."""
+        import mlcore.feast.store as feast_store
         import mlcore.features as features
 
         spent: list[float] = []
-        real = features._write_online
+        real = feast_store.write_online
 
         def timed(*args: Any, **kwargs: Any) -> None:
             start = time.perf_counter()
@@ -138,12 +140,12 @@ class Dataset:
                 spent.append(time.perf_counter() - start)
 
         self.fresh_online(self.ours)
-        features._write_online = timed  # type: ignore[assignment]
+        feast_store.write_online = timed  # type: ignore[assignment]
         try:
             step = clock(lambda: features.materialize_batch(self.spec, "b", self.ours))
             rerun = clock(lambda: features.materialize_batch(self.spec, "b", self.ours))
         finally:
-            features._write_online = real  # type: ignore[assignment]
+            feast_store.write_online = real  # type: ignore[assignment]
         return {"whole step": step, "online part": spent[0], "re-run whole step": rerun,
                 "re-run online part": spent[1]}
 
@@ -172,7 +174,7 @@ class Dataset:
     def bare_run(self) -> dict[str, float]:
         from datetime import datetime
 
-        from mlcore.features import feature_store
+        from mlcore.feast.store import feature_store
 
         self.fresh_online(self.stock)
         store = feature_store(self.stock)

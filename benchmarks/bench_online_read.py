@@ -60,7 +60,9 @@ class Store:
 
     def __init__(self, spec: Any, work: Path, name: str, source: Path) -> None:
         from mlcore.config import Settings
-        from mlcore.features import _online, apply_definitions, materialize_batch
+        from mlcore.feast.online import _online
+        from mlcore.feast.store import apply_definitions
+        from mlcore.features import materialize_batch
         from mlcore.ingestion import ingest_batch
         from mlcore.store.session import upgrade
 
@@ -77,7 +79,7 @@ class Store:
 
         self.keys = pd.read_parquet(result.offline_uri, columns=["id"])["id"].tolist()
         start = time.perf_counter()
-        from mlcore.features import online_features
+        from mlcore.feast.online import online_features
 
         online_features(spec, self.keys[:1], self.settings, via_feast=True)
         self.first_call = time.perf_counter() - start
@@ -97,7 +99,7 @@ class Store:
                                  packed).fetchall()
 
     def variants(self) -> dict[str, Callable[[list[int]], Any]]:
-        from mlcore.features import online_feature_rows, online_features
+        from mlcore.feast.online import online_feature_rows, online_features
 
         spec, settings = self.spec, self.settings
         return {"baseline": self.raw,
@@ -167,7 +169,7 @@ def profile(store: Store, calls: int = 200) -> str:
     import cProfile
     import pstats
 
-    from mlcore.features import online_features
+    from mlcore.feast.online import online_features
 
     prof = cProfile.Profile()
     prof.enable()

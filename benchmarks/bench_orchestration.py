@@ -85,11 +85,13 @@ def plain_child(home: str) -> None:
     import matplotlib.figure  # noqa: F401
 
     from mlcore.config import Settings, TrainConfig
-    from mlcore.datasets import DatasetRef, build_dataset
-    from mlcore.evaluation import KEEP_TOO_CLOSE, evaluate_contender
+    from mlcore.datasets import build_dataset
+    from mlcore.model.evaluation import KEEP_TOO_CLOSE
     from mlcore.model.registry import CHALLENGER, alias_holder, move_alias
+    from mlcore.model.splits import DatasetRef
     from mlcore.policy import acquire_lease, pending_requests, promotion_hold, release_lease
     from mlcore.problems import get_problem
+    from mlcore.promotion import evaluate_contender
     from mlcore.reports.monitoring_page import write_monitoring_page
     from mlcore.training import train_contender
 

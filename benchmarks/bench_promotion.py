@@ -82,13 +82,13 @@ class Probe:
     """
 
     TARGETS = (  # (module, attribute or Class.method, label)
-        ("mlcore.features", "read_curated", "read curated parquet"),
+        ("mlcore.feast.retrieval", "read_curated", "read curated parquet"),
         ("mlcore.features", "engineer", "engineer features"),
         ("mlcore.features", "write_offline", "write offline partition"),
         ("mlcore.features", "ensure_definitions", "open Feast store + registry check"),
         ("feast", "FeatureStore.materialize", "Feast `materialize` (server online stores)"),
-        ("mlcore.features", "_write_online", "online write (mlcore SQLite store)"),
-        ("mlcore.datasets", "historical_features",
+        ("mlcore.feast.store", "write_online", "online write (mlcore SQLite store)"),
+        ("mlcore.feast.bounded", "historical_features",
          "Feast `get_historical_features` (point-in-time join)"),
         ("mlcore.datasets", "frame_hash", "frame hashes"),
         ("pandas", "DataFrame.to_parquet", "pandas `to_parquet`"),
@@ -103,8 +103,8 @@ class Probe:
         ("mlcore.model.registry", "load_model", "`load_model` x2 (sha256 + unpickle)"),
         ("mlcore.evaluation", "measure_throughput",
          "throughput: warm-up + 5 interleaved passes x2 models, 1 thread"),
-        ("mlcore.evaluation", "paired_bootstrap", "paired bootstrap"),
-        ("mlcore.evaluation", "slice_checks", "slice guardrails"),
+        ("mlcore.model.evaluation", "paired_bootstrap", "paired bootstrap"),
+        ("mlcore.model.evaluation", "slice_checks", "slice guardrails"),
         ("mlcore.reports.runcard", "write_run_card", "`write_run_card` (HTML + SVG plots)"),
     )
 
@@ -203,10 +203,11 @@ def setup(spec: Any, settings: Any, files: dict[int, Path]) -> dict[str, Any]:
     """``mlcore init``, history ingested + materialized, a first champion promoted."""
     from mlcore.config import TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.evaluation import evaluate_contender
-    from mlcore.features import apply_definitions, materialize_batch
+    from mlcore.feast.store import apply_definitions
+    from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import move_alias
+    from mlcore.promotion import evaluate_contender
     from mlcore.store.session import upgrade
     from mlcore.training import train_contender
 
@@ -263,11 +264,13 @@ class Round:
 def run_round(i: int, spec: Any, settings: Any, arrival: Path, probe: Probe) -> Round:
     """One arrival -> decision, each step timed, then the bare fit on the same train part."""
     from mlcore.config import TrainConfig
-    from mlcore.datasets import build_dataset, load_part
-    from mlcore.evaluation import KEEP_TOO_CLOSE, evaluate_contender, predict_proba
+    from mlcore.datasets import build_dataset
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
+    from mlcore.model.evaluation import KEEP_TOO_CLOSE, predict_proba
     from mlcore.model.registry import CHALLENGER, alias_holder, get_version, load_model, move_alias
+    from mlcore.model.splits import load_part
+    from mlcore.promotion import evaluate_contender
     from mlcore.training import build_pipeline, train_contender
 
     r, cfg, batch_id = Round(), TrainConfig(), f"arrival-{ARRIVAL}-r{i + 1}"

@@ -56,18 +56,19 @@ VERIFY_MAX_ROWS = 2_000_000
 # Sub-steps timed (and their highest RSS sampled) inside a stage's child by wrapping names.
 SUBSTEPS: dict[str, list[tuple[str, str, str]]] = {
     "features": [("mlcore.features", "write_offline", "write offline partition"),
-                 ("mlcore.features", "_write_online", "online write (mlcore.feast.sqlite_online)"),
+                 ("mlcore.feast.store", "write_online",
+                  "online write (mlcore.feast.sqlite_online)"),
                  ("feast", "FeatureStore.materialize", "Feast materialize (online store)")],
-    "retrieval": [("mlcore.datasets", "historical_features", "Feast join in one piece"),
-                  ("mlcore.datasets", "_to_buckets", "split into key-hash buckets"),
-                  ("mlcore.datasets", "_join_bucket", "Feast join per bucket"),
+    "retrieval": [("mlcore.feast.bounded", "historical_features", "Feast join in one piece"),
+                  ("mlcore.feast.bounded", "_to_buckets", "split into key-hash buckets"),
+                  ("mlcore.feast.bounded", "_join_bucket", "Feast join per bucket"),
                   ("mlcore.datasets", "frame_hash", "frame hashes")],
     "drift": [("mlcore.monitoring", "read_curated", "read curated batch"),
               ("mlcore.monitoring", "measure_drift", "Evidently drift step")],
-    "scoring": [("mlcore.scoring", "own_partition_features", "features: own partition"),
-                ("mlcore.datasets", "historical_features", "Feast join in one piece"),
-                ("mlcore.datasets", "_to_buckets", "split into key-hash buckets"),
-                ("mlcore.datasets", "_join_bucket", "Feast join per bucket"),
+    "scoring": [("mlcore.feast.own_partition", "own_partition_features", "features: own partition"),
+                ("mlcore.feast.bounded", "historical_features", "Feast join in one piece"),
+                ("mlcore.feast.bounded", "_to_buckets", "split into key-hash buckets"),
+                ("mlcore.feast.bounded", "_join_bucket", "Feast join per bucket"),
                 ("mlcore.scoring", "predict_proba", "predict_proba"),
                 ("mlcore.scoring", "_store", "store predictions")],
 }
@@ -89,7 +90,7 @@ def _spec() -> Any:
 
 
 def _setup(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
-    from mlcore.features import apply_definitions
+    from mlcore.feast.store import apply_definitions
     from mlcore.store.session import upgrade
 
     settings.home.mkdir(parents=True)
@@ -119,8 +120,8 @@ def _offline_only(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
 
 def _train(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
     from mlcore.config import TrainConfig
-    from mlcore.datasets import DatasetRef
     from mlcore.model.registry import move_alias
+    from mlcore.model.splits import DatasetRef
     from mlcore.training import train_contender
 
     ref = train_contender(spec, DatasetRef.from_dict(cmd["dataset"]),
@@ -132,8 +133,8 @@ def _train(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
 
 def _install(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
     """Register the champion trained in another home here: same bytes, paths rewritten."""
-    from mlcore.datasets import DatasetRef
     from mlcore.model.registry import alias_holder, get_version, move_alias, register_version
+    from mlcore.model.splits import DatasetRef
 
     src = _settings(cmd["from_home"])
     mv = get_version(spec.name, alias_holder(spec.name, src.db_url) or 0, src.db_url)
@@ -158,8 +159,8 @@ def _verify(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
     drift's streamed sample against ``DataFrame.sample`` of the whole batch."""
     import pandas as pd
 
-    import mlcore.datasets as ds
-    from mlcore.features import historical_features
+    import mlcore.feast.bounded as ds
+    from mlcore.feast.retrieval import historical_features
     from mlcore.store.catalog import published_batches
 
     found = {}

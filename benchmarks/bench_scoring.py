@@ -24,8 +24,8 @@ champion (no challenger: no shadow scoring) and the batch's earlier scores by it
   (champion load: get_batch/alias_holder/get_version/load_model; feature fetch:
   require_materialized + ``batch_features``, the point-in-time frame; predict: ``_predict``
   (feature selection + ``predict_proba``); store: ``_store``; rest: key strings etc.);
-- bare: ``mlcore.evaluation.predict_proba(model, X)`` (the pipeline's ``predict_proba``, column
-  1) of the same champion, loaded once, on ``X`` = the same rows and features, already in
+- bare: ``mlcore.model.evaluation.predict_proba(model, X)`` (the pipeline's ``predict_proba``,
+  column 1) of the same champion, loaded once, on ``X`` = the same rows and features, already in
   memory: ``mlcore.datasets.point_in_time_features(spec, [batch], settings, with_target=False)
   [spec.feature_names]``, built once in setup.
 Ratio = (rows / whole s) / (rows / bare s) = bare s / whole s, per round; median reported.
@@ -159,7 +159,8 @@ def setup(spec: Any, settings: Any, files: dict[str, Path], quick: bool) -> dict
     """History, the two models, the batches to score; returns their ids and versions."""
     from mlcore.config import TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.features import apply_definitions, materialize_batch
+    from mlcore.feast.store import apply_definitions
+    from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import get_version
     from mlcore.store.session import upgrade
@@ -242,8 +243,8 @@ def store_floor(work: Path, rows: int, batch_id: str) -> float:
 
 
 def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from mlcore.datasets import point_in_time_features
-    from mlcore.evaluation import predict_proba
+    from mlcore.feast.bounded import point_in_time_features
+    from mlcore.model.evaluation import predict_proba
     from mlcore.model.registry import get_version, load_model
     from mlcore.problems import get_problem
     from mlcore.scoring import score_batch

@@ -111,9 +111,9 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
         @task
         def evaluate_contender(dataset: dict, contender: dict) -> dict:
             from batchloop_airflow import settings as mlcore_settings
-            from mlcore.evaluation import evaluate_contender as run
             from mlcore.model.splits import DatasetRef
             from mlcore.problems import get_problem
+            from mlcore.promotion import evaluate_contender as run
 
             with fail_fast():
                 decision = run(get_problem(problem), DatasetRef.from_dict(dataset),

@@ -315,7 +315,7 @@ def _planned(stage: str, item: PlanItem) -> BatchOutcome:
 def _register_features(spec: ProblemSpec, settings: Settings) -> None:
     # materialize_batch registers the Feast objects on first use, and that chdir()s: do it
     # once here, before worker threads could race on the process-wide working directory.
-    from mlcore.features import ensure_definitions
+    from mlcore.feast.store import ensure_definitions
 
     ensure_definitions(spec, settings)
 

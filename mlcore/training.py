@@ -27,16 +27,11 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 from mlcore.batches import sha256_file
 from mlcore.config import Settings, TrainConfig
 from mlcore.data.target_coding import TargetCoder, target_coder
-from mlcore.datasets import (
-    DatasetRef,
-    entity_bucket,
-    event_ns,
-    load_part,
-    newest_rows,
-    write_dataset,
-)
-from mlcore.evaluation import compute_metrics, timed_scores
+from mlcore.datasets import write_dataset
+from mlcore.evaluation import timed_scores
+from mlcore.model.metrics import compute_metrics
 from mlcore.model.preprocessing import CategoryCodes
+from mlcore.model.splits import DatasetRef, entity_bucket, event_ns, load_part, newest_rows
 from mlcore.model.targets import coder_for_codes, mark, model_target, predict
 from mlcore.problems import ProblemSpec, spec_hash
 from mlcore.provenance import code_version, failpoint, lock_hash

@@ -1,5 +1,6 @@
-"""Model registry: versions, the ``champion`` alias moved only by compare-and-set, its history,
-rollback, and artifact loading that verifies the SHA-256 before deserializing."""
+"""Model registry: versions, the aliases' compare-and-set primitive (``move_alias``; when to move
+one is ``mlcore.promotion``'s), their history, and artifact loading that verifies the SHA-256
+before deserializing."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from mlcore.store.models import Alias, AliasHistory, ModelVersion, utcnow
 from mlcore.store.session import session_scope
 
 if TYPE_CHECKING:
-    from mlcore.datasets import DatasetRef
+    from mlcore.model.splits import DatasetRef
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"  # shadow-scored next to the champion; moves without checks
@@ -160,31 +161,6 @@ def move_alias(problem: str, *, expected: int | None, new: int, reason: str, url
             failpoint("registry.before_alias_commit")
     except IntegrityError as exc:
         raise AliasConflict(f"{problem!r} {alias} was set concurrently") from exc
-
-
-def rollback(problem: str, reason: str, url: str, actor: str | None = None,
-             settings: Settings | None = None) -> tuple[int, int]:
-    """Move the champion back to the version it replaced (its artifact checked as in
-    ``move_alias``). Returns (from, to).
-
-    Raises:
-        ModelNotFound: there is no champion, or it has no previous holder.
-    """
-    current = alias_holder(problem, url)
-    if current is None:
-        raise ModelNotFound(f"{problem!r} has no champion to roll back")
-    with session_scope(url) as s:
-        previous = s.scalar(
-            select(AliasHistory.from_version)
-            .where(AliasHistory.problem == problem, AliasHistory.alias == CHAMPION,
-                   AliasHistory.to_version == current, AliasHistory.from_version.is_not(None),
-                   AliasHistory.action != "rollback")  # undoing a rollback is not a rollback
-            .order_by(AliasHistory.id.desc()).limit(1))
-    if previous is None:
-        raise ModelNotFound(f"{problem!r} champion v{current} has no previous holder")
-    move_alias(problem, expected=current, new=previous, reason=reason, url=url,
-               action="rollback", actor=actor, settings=settings)
-    return current, previous
 
 
 def verify_artifact(mv: ModelVersion, settings: Settings | None, *,

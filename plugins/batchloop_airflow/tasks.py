@@ -120,8 +120,8 @@ def fail_fast() -> Iterator[None]:
     (no champion) into a skip. Anything else stays retryable."""
     fence_try()
     from mlcore.batches import BatchConflict, BatchError
-    from mlcore.datasets import NotEnoughData
     from mlcore.model.registry import AliasConflict, ArtifactIntegrityError, ModelNotFound
+    from mlcore.model.splits import NotEnoughData
     from mlcore.problems import ProblemNotFound
 
     try:

@@ -347,10 +347,10 @@ def test_a_skipped_challenger_alerts_once_and_the_scoring_run_succeeds(
     """Scoring with a shadow challenger whose artifact is gone: the run succeeds on the champion's
     scores and on-call hears about the challenger (a succeeded task is otherwise silent)."""
     from mlcore.data.io import read_curated
-    from mlcore.datasets import DatasetRef
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import CHALLENGER, get_version, move_alias, register_version
+    from mlcore.model.splits import DatasetRef
     from mlcore.store.catalog import get_batch
     from mlcore.training import build_pipeline, save_artifact
 

@@ -25,13 +25,14 @@ def test_a_drafted_spec_runs_the_loop_on_its_own_file(name, tmp_path, capsys, mo
     from mlcore.cli import main
     from mlcore.config import Settings, TrainConfig, get_settings
     from mlcore.datasets import build_dataset
-    from mlcore.evaluation import evaluate_contender
-    from mlcore.features import apply_definitions, materialize_batch
+    from mlcore.feast.store import apply_definitions
+    from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.labels import ingest_labels, measure_performance
     from mlcore.model.registry import move_alias
     from mlcore.monitoring import detect_drift
     from mlcore.problems import load_problem_file
+    from mlcore.promotion import evaluate_contender
     from mlcore.scoring import score_batch
     from mlcore.store.session import upgrade
     from mlcore.training import reproduce_version, train_contender

@@ -183,7 +183,7 @@ def _check_regression(preds, records, drift_details, classes, cards) -> None:
 
 def _check_feast_types(spec, settings, batch: str) -> None:
     """Strings and bools are stored with their real Feast types, never re-coded."""
-    from mlcore.features import feature_store
+    from mlcore.feast.store import feature_store
 
     store = feature_store(settings)
     view = store.get_feature_view(spec.feature_view)

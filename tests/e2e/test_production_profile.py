@@ -138,7 +138,7 @@ def test_the_loop_lands_in_the_postgres_mlcore_store(profile):
 
 def test_online_features_match_the_offline_store(profile, spec, monkeypatch):
     from mlcore.config import Settings
-    from mlcore.features import online_features
+    from mlcore.feast.online import online_features
 
     for key, value in profile.env.items():
         monkeypatch.setenv(key, value)

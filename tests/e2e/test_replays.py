@@ -175,8 +175,8 @@ def unseen_rows(spec: Any, settings: Any, batches: list[str], versions: list[int
                 ) -> pd.DataFrame:
     """The labelled rows of ``batches`` (features point-in-time, as a holdout is built) that
     none of ``versions`` trained on; mlcore's own fair-holdout check confirms it."""
-    from mlcore.datasets import point_in_time_features
     from mlcore.evaluation import check_fair_holdout, training_rows_path
+    from mlcore.feast.bounded import point_in_time_features
     from mlcore.model.registry import get_version
     from mlcore.store.catalog import get_batch
 
@@ -198,7 +198,7 @@ def head_to_head(spec: Any, settings: Any, rows: pd.DataFrame, new: int, old: in
                  ) -> dict[str, Any]:
     """Both versions scored by the same mlcore code on the same rows: metric each and the
     paired-bootstrap CI of the improvement (positive: ``new`` better)."""
-    from mlcore.evaluation import paired_ci, predict_proba
+    from mlcore.model.evaluation import paired_ci, predict_proba
     from mlcore.model.metrics import metric
     from mlcore.model.registry import get_version, load_model
 

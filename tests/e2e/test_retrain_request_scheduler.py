@@ -58,7 +58,8 @@ def _problems_dir(base: Path) -> Path:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, slices):
     from mlcore.config import Settings
-    from mlcore.features import apply_definitions, materialize_batch
+    from mlcore.feast.store import apply_definitions
+    from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.problems import get_problem
 

@@ -39,7 +39,8 @@ def _seed_champion(spec, settings, source: Path) -> int:
     """A champion trained on a first batch through mlcore's API (no Airflow run, no events)."""
     from mlcore.config import TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.features import apply_definitions, materialize_batch
+    from mlcore.feast.store import apply_definitions
+    from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import move_alias
     from mlcore.training import train_contender

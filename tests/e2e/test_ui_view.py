@@ -50,7 +50,7 @@ from batchloop_airflow import dag_kwargs
 def census_employment__retrain_model():
     @task
     def retrain_model():
-        from mlcore.datasets import NotEnoughData
+        from mlcore.model.splits import NotEnoughData
 
         raise NotEnoughData("injected by the UI test: 0 labelled rows after 2016")
 
@@ -90,10 +90,10 @@ def _build_state(settings, spec, slices, tmp: Path) -> dict:
 
     from mlcore.config import TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.evaluation import promote_version
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import CHALLENGER, move_alias
+    from mlcore.promotion import promote_version
     from mlcore.reports.monitoring_page import write_monitoring_page
     from mlcore.training import train_contender
 

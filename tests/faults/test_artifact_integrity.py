@@ -21,8 +21,6 @@ from sklearn.dummy import DummyClassifier
 from sqlalchemy import func, select
 
 from mlcore.data.io import read_curated
-from mlcore.datasets import DatasetRef
-from mlcore.evaluation import promote_version
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
 from mlcore.model.registry import (
@@ -37,6 +35,8 @@ from mlcore.model.registry import (
     move_alias,
     register_version,
 )
+from mlcore.model.splits import DatasetRef
+from mlcore.promotion import promote_version
 from mlcore.scoring import score_batch
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Prediction

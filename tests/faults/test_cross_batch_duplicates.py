@@ -241,7 +241,7 @@ def feast_home(tmp_path, db_url, monkeypatch):
     """``make(corrections)``: a problems folder holding the toy spec (string keys, timestamps)
     with that ``corrections``, Settings over it and the parametrized store, definitions applied."""
     from mlcore.config import Settings
-    from mlcore.features import apply_definitions
+    from mlcore.feast.store import apply_definitions
 
     for var in ("MLCORE_PROBLEMS_DIR", "MLCORE_HOME"):  # Feast's env, restored afterwards
         monkeypatch.setenv(var, os.environ.get(var, "unset"))
@@ -284,8 +284,9 @@ def batches(spec, settings, ids) -> list[Batch]:
 @pytest.mark.parametrize("bucket_rows", [None, 100], ids=["whole", "buckets"])
 def test_with_supersede_the_newer_batch_wins_every_join(feast_home, tmp_path, monkeypatch,
                                                         bucket_rows):
-    import mlcore.datasets as ds
-    from mlcore.features import materialize_batch, online_features
+    import mlcore.feast.bounded as ds
+    from mlcore.feast.online import online_features
+    from mlcore.features import materialize_batch
 
     if bucket_rows:
         monkeypatch.setattr(ds, "PIT_BUCKET_ROWS", bucket_rows)
@@ -312,8 +313,9 @@ def test_duplicates_published_before_the_checks_are_named_not_blamed_on_the_ttl(
         feast_home, tmp_path, monkeypatch, bucket_rows):
     """Two batches holding the same (key, event time) under the default (reject): published so
     before this check existed (simulated: ingested with supersede). The join names the cause."""
-    import mlcore.datasets as ds
-    from mlcore.features import FeatureRetrievalError, materialize_batch
+    import mlcore.feast.bounded as ds
+    from mlcore.feast.retrieval import FeatureRetrievalError
+    from mlcore.features import materialize_batch
 
     if bucket_rows:
         monkeypatch.setattr(ds, "PIT_BUCKET_ROWS", bucket_rows)
@@ -331,8 +333,9 @@ def test_duplicates_published_before_the_checks_are_named_not_blamed_on_the_ttl(
 
 
 def test_rows_outside_the_ttl_say_so_with_the_ttl(feast_home, tmp_path):
-    import mlcore.datasets as ds
-    from mlcore.features import FeatureRetrievalError, materialize_batch
+    import mlcore.feast.bounded as ds
+    from mlcore.feast.retrieval import FeatureRetrievalError
+    from mlcore.features import materialize_batch
 
     spec, settings = feast_home("reject")
     two_batches(tmp_path, spec, settings, ingest_spec=spec.model_copy(

@@ -42,7 +42,6 @@ from sklearn.dummy import DummyClassifier
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
 
-from mlcore.datasets import DatasetRef
 from mlcore.model import registry
 from mlcore.model.registry import (
     AliasConflict,
@@ -53,8 +52,9 @@ from mlcore.model.registry import (
     load_model,
     move_alias,
     register_version,
-    rollback,
 )
+from mlcore.model.splits import DatasetRef
+from mlcore.promotion import rollback
 from mlcore.store.session import get_engine, session_scope
 from mlcore.training import save_artifact
 
@@ -293,7 +293,7 @@ import json, sys
 import numpy as np
 from sklearn.dummy import DummyClassifier
 from mlcore.config import Settings
-from mlcore.datasets import DatasetRef
+from mlcore.model.splits import DatasetRef
 from mlcore.problems import get_problem
 from mlcore.model.registry import move_alias, register_version
 from mlcore.training import save_artifact

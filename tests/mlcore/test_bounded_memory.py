@@ -13,10 +13,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from mlcore import datasets, scoring
+from mlcore import scoring
 from mlcore.data.io import read_curated
-from mlcore.datasets import point_in_time_features
-from mlcore.features import FeatureRetrievalError, historical_features
+from mlcore.feast import bounded
+from mlcore.feast.bounded import point_in_time_features
+from mlcore.feast.retrieval import FeatureRetrievalError, historical_features
 from mlcore.model.reference import sample_rows as _sample
 from mlcore.model.registry import get_version, load_model
 from mlcore.monitoring import sample_curated
@@ -27,15 +28,15 @@ from mlcore.store.catalog import get_batch
 def buckets(monkeypatch) -> list[int]:
     """Buckets of at most 700 rows; records how many entity rows each Feast join was given."""
     calls: list[int] = []
-    real = datasets._join_bucket
+    real = bounded._join_bucket
 
     def counting(store, view, refs, entity_file, has_offline_rows):
         out = real(store, view, refs, entity_file, has_offline_rows)
         calls.append(out[1])
         return out
 
-    monkeypatch.setattr(datasets, "PIT_BUCKET_ROWS", 700)
-    monkeypatch.setattr(datasets, "_join_bucket", counting)
+    monkeypatch.setattr(bounded, "PIT_BUCKET_ROWS", 700)
+    monkeypatch.setattr(bounded, "_join_bucket", counting)
     return calls
 
 
@@ -96,7 +97,7 @@ def test_streamed_sample_is_dataframe_sample_of_the_whole_batch(tmp_path, rows, 
 
 
 def test_chunked_predict_is_bit_identical_to_one_call(spec, loop, monkeypatch):
-    from mlcore import evaluation
+    from mlcore.model import evaluation
 
     batch = get_batch(spec.name, "2017", loop.settings.db_url)
     frame = read_curated(batch)

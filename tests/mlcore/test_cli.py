@@ -9,13 +9,12 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from registry_stub import register_stub
 from sklearn.dummy import DummyClassifier
 
 from mlcore.cli import main
 from mlcore.config import get_settings
 from mlcore.data.integrity import fingerprint
-from mlcore.datasets import DatasetRef
-from mlcore.model.registry import register_version
 from mlcore.problems import get_problem
 from mlcore.store.models import Batch, Materialization, Prediction
 from mlcore.store.session import session_scope, upgrade
@@ -55,16 +54,12 @@ def migrated(cli):
 def register(url: str) -> int:
     settings = get_settings()
     assert settings.db_url == url
-    dataset = DatasetRef("d" * 16, "/x/train.parquet", "/x/holdout.parquet", ["2015"], ["2015"],
-                         "entity_hash", 1200, 300, "a" * 64, "b" * 64)
     # a real artifact: every alias move verifies its SHA-256, forced or not
     model = DummyClassifier(strategy="constant", constant=1).fit([[0], [1]], [0, 1])
     uri, sha = save_artifact(model, settings, "census_employment")
-    return register_version(
-        get_problem("census_employment", settings.problems_dir), settings,
-        algorithm="logistic_regression", artifact_uri=uri, artifact_sha256=sha,
-        hyperparameters={}, dataset=dataset, train_rows=1200,
-        validation={"logistic_regression": {"roc_auc": 0.81}}, timings={})
+    return register_stub(get_problem("census_employment", settings.problems_dir), settings,
+                         artifact_uri=uri, artifact_sha256=sha,
+                         validation={"logistic_regression": {"roc_auc": 0.81}})
 
 
 def test_init_then_ingest_is_idempotent_and_refuses_other_content(cli, slices):

@@ -8,13 +8,12 @@ import pandas as pd
 import pytest
 
 from mlcore.batches import BatchNotFound
-from mlcore.datasets import (
+from mlcore.datasets import build_dataset, labelled_batches
+from mlcore.model.splits import (
     DatasetRef,
     NotEnoughData,
-    build_dataset,
     entity_bucket,
     frame_hash,
-    labelled_batches,
     load_part,
     plan_split,
     time_slice,

@@ -17,15 +17,10 @@ from sqlalchemy import select
 
 from mlcore.batches import BatchNotFound
 from mlcore.data.io import read_curated
-from mlcore.features import (
-    FeatureRetrievalError,
-    engineer,
-    feature_store,
-    historical_features,
-    materialize_batch,
-    online_features,
-    online_store_lock,
-)
+from mlcore.feast.online import online_features
+from mlcore.feast.retrieval import FeatureRetrievalError, historical_features
+from mlcore.feast.store import feature_store, online_store_lock
+from mlcore.features import engineer, materialize_batch
 from mlcore.ingestion import ingest_batch
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Materialization
@@ -187,7 +182,7 @@ def test_a_batch_never_materialized_has_no_features(spec, fx, slices):
     """Regression: with 2+ offline partitions this used to fail inside dask (NotImplementedError)
     instead of naming the batch; training sets and scoring now check first."""
     from mlcore.datasets import build_dataset
-    from mlcore.features import require_materialized
+    from mlcore.feast.retrieval import require_materialized
 
     ingest_batch(spec, str(slices[2017]), "2017", fx.settings)
     with pytest.raises(FeatureRetrievalError, match="batches 2017 .* not materialized"):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from registry_stub import register_stub
 from sqlalchemy import select
 
 from mlcore.batches import BatchNotFound
 from mlcore.data.io import read_curated
-from mlcore.evaluation import predict_proba
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
+from mlcore.model.evaluation import predict_proba
 from mlcore.model.registry import ModelNotFound, get_version, load_model
 from mlcore.scoring import score_batch
 from mlcore.store.catalog import get_batch
@@ -100,25 +101,21 @@ def test_scoring_without_a_champion_is_not_found(spec, slices, sqlite_settings):
 @pytest.fixture(scope="module")
 def shadowed(spec, slices, settings_factory):
     """Batch 2016 materialized; champion and challenger: two real pipelines of different C."""
-    from mlcore.datasets import DatasetRef
-    from mlcore.model.registry import CHALLENGER, move_alias, register_version
+    from mlcore.model.registry import CHALLENGER, move_alias
     from mlcore.training import build_pipeline, save_artifact
 
     settings = settings_factory("shadow")
     ingest_batch(spec, str(slices[2016]), "2016", settings)
     materialize_batch(spec, "2016", settings)
     curated = read_curated(get_batch(spec.name, "2016", settings.db_url))
-    dataset = DatasetRef("d" * 16, "/x/t", "/x/h", ["2016"], ["2016"], "entity_hash", 1, 1,
-                         "a" * 64, "b" * 64)
     versions = []
     for c in (1.0, 0.001):
         pipe = build_pipeline(spec, "logistic_regression", 0, {"C": c}).fit(
             curated[spec.feature_names], curated["employed"])
         uri, sha = save_artifact(pipe, settings, spec.name)
-        versions.append(register_version(
-            spec, settings, algorithm="logistic_regression", artifact_uri=uri,
-            artifact_sha256=sha, hyperparameters={"C": c}, dataset=dataset, train_rows=1500,
-            validation={}, timings={}))
+        versions.append(register_stub(
+            spec, settings, artifact_uri=uri, artifact_sha256=sha, hyperparameters={"C": c},
+            batches=("2016",), rows=(1, 1), train_rows=1500))
     move_alias(spec.name, expected=None, new=versions[0], reason="t", url=settings.db_url)
     move_alias(spec.name, expected=None, new=versions[1], reason="t", url=settings.db_url,
                alias=CHALLENGER)
@@ -152,8 +149,7 @@ def partitions(spec, slices, settings_factory, tmp_path_factory):
     one year earlier (older: loses to 2017's rows; newer for its own rows: excluded), ``tie``
     re-sends 200 rows of ``2016`` at the same key and event time with other AGEP values (a
     tie Feast breaks by its sort order). A LogisticRegression champion fitted on 2016."""
-    from mlcore.datasets import DatasetRef
-    from mlcore.model.registry import move_alias, register_version
+    from mlcore.model.registry import move_alias
     from mlcore.training import build_pipeline, save_artifact
 
     settings = settings_factory("partitions")
@@ -172,11 +168,8 @@ def partitions(spec, slices, settings_factory, tmp_path_factory):
     pipe = build_pipeline(spec, "logistic_regression", 0).fit(curated[spec.feature_names],
                                                               curated["employed"])
     uri, sha = save_artifact(pipe, settings, spec.name)
-    dataset = DatasetRef("d" * 16, "/x/t", "/x/h", ["2016"], ["2016"], "entity_hash", 1, 1,
-                         "a" * 64, "b" * 64)
-    version = register_version(
-        spec, settings, algorithm="logistic_regression", artifact_uri=uri, artifact_sha256=sha,
-        hyperparameters={}, dataset=dataset, train_rows=1500, validation={}, timings={})
+    version = register_stub(spec, settings, artifact_uri=uri, artifact_sha256=sha,
+                            batches=("2016",), rows=(1, 1), train_rows=1500)
     move_alias(spec.name, expected=None, new=version, reason="t", url=settings.db_url)
     return settings, version
 
@@ -185,8 +178,8 @@ def partitions(spec, slices, settings_factory, tmp_path_factory):
 def test_batch_features_are_the_point_in_time_join(spec, partitions, batch_id):
     """Keys also held elsewhere at an older or a newer time: the own partition's rows are the
     only candidates at the row's time, so the fast path is taken and is Feast's frame."""
-    from mlcore.datasets import point_in_time_features
-    from mlcore.scoring import batch_features, own_partition_features
+    from mlcore.feast.bounded import point_in_time_features
+    from mlcore.feast.own_partition import batch_features, own_partition_features
 
     settings, _ = partitions
     batch = get_batch(spec.name, batch_id, settings.db_url)
@@ -200,8 +193,8 @@ def test_a_tie_in_another_partition_is_left_to_feast(spec, slices, partitions, b
     """A (key, time) held by two partitions: Feast keeps either row (its sort order decides;
     seen to differ from one query to the next), so the own partition is not provably its
     answer and ``batch_features`` is Feast's join."""
-    from mlcore.datasets import point_in_time_features
-    from mlcore.scoring import batch_features, own_partition_features
+    from mlcore.feast.bounded import point_in_time_features
+    from mlcore.feast.own_partition import batch_features, own_partition_features
 
     settings, _ = partitions
     batch = get_batch(spec.name, batch_id, settings.db_url)
@@ -218,7 +211,7 @@ def test_a_tie_in_another_partition_is_left_to_feast(spec, slices, partitions, b
 
 @pytest.mark.parametrize("batch_id", ["2017", "older"])
 def test_scores_are_the_champion_on_the_point_in_time_frame(spec, partitions, batch_id):
-    from mlcore.datasets import point_in_time_features
+    from mlcore.feast.bounded import point_in_time_features
 
     settings, version = partitions
     result = score_batch(spec, batch_id, settings)

@@ -9,11 +9,11 @@ from sklearn.dummy import DummyClassifier
 from sqlalchemy import insert
 
 from mlcore.data.io import read_curated
-from mlcore.datasets import DatasetRef
-from mlcore.evaluation import PROMOTE
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
+from mlcore.model.evaluation import PROMOTE
 from mlcore.model.registry import CHALLENGER, alias_holder, alias_log, move_alias, register_version
+from mlcore.model.splits import DatasetRef
 from mlcore.problems import ProblemSpec
 from mlcore.scoring import score_batch
 from mlcore.shadow import compare_shadow

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from mlcore.config import TrainConfig
-from mlcore.datasets import entity_bucket, newest_rows
+from mlcore.model.splits import entity_bucket, newest_rows
 from mlcore.problems import ProblemSpec, get_problem
 from mlcore.training import build_pipeline, select_and_fit, window_rows
 

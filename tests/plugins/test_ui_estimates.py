@@ -4,20 +4,16 @@ Airflow."""
 
 from __future__ import annotations
 
-from mlcore.datasets import DatasetRef
+from registry_stub import register_stub
+
 from mlcore.estimation import Estimate, record_estimate
-from mlcore.model.registry import move_alias, register_version
+from mlcore.model.registry import move_alias
 from mlcore.problems import get_problem
 
 
 def _register(settings) -> int:
-    spec = get_problem("census_employment", settings.problems_dir)
-    dataset = DatasetRef("d" * 16, "/x/train.parquet", "/x/holdout.parquet", ["b0"], ["b0"],
-                         "entity_hash", 1200, 300, "a" * 64, "b" * 64)
-    return register_version(spec, settings, algorithm="logistic_regression",
-                            artifact_uri="/x/model.joblib", artifact_sha256="0" * 64,
-                            hyperparameters={}, dataset=dataset, train_rows=1200,
-                            validation={}, timings={})
+    return register_stub(get_problem("census_employment", settings.problems_dir), settings,
+                         batches=("b0",))
 
 
 def test_the_index_shows_the_champions_newest_estimate(sqlite_settings):

@@ -22,19 +22,11 @@ from feast.repo_config import RepoConfig
 from feast.type_map import python_values_to_proto_values
 from feast.types import Bool, Bytes, Float32, Float64, Int32, Int64, String, UnixTimestamp
 
-from mlcore.feast.sqlite_online import (
-    FastSqliteOnlineStore,
-    column_values,
-    db_path,
-    entity_key_bytes,
-    table_name,
-)
-from mlcore.features import (
-    feature_store,
-    materialize_batch,
-    online_feature_rows,
-    online_features,
-)
+from mlcore.feast.online import online_feature_rows, online_features
+from mlcore.feast.sqlite_encoding import column_values, entity_key_bytes
+from mlcore.feast.sqlite_online import FastSqliteOnlineStore, db_path, table_name
+from mlcore.feast.store import feature_store
+from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -280,8 +280,9 @@ def test_nullable_text_and_booleans_reach_both_feature_stores_as_missing(tmp_pat
     from pathlib import Path
 
     from mlcore.config import Settings
-    from mlcore.features import apply_definitions, feature_store, materialize_batch
-    from mlcore.features import online_feature_rows as rows_of
+    from mlcore.feast.online import online_feature_rows as rows_of
+    from mlcore.feast.store import apply_definitions, feature_store
+    from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.store.session import upgrade
 

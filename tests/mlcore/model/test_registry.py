@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 
 from mlcore.data.curation import curate
-from mlcore.datasets import DatasetRef
 from mlcore.model.registry import (
     AliasConflict,
     ArtifactMissing,
@@ -23,9 +22,10 @@ from mlcore.model.registry import (
     load_model,
     move_alias,
     register_version,
-    rollback,
 )
+from mlcore.model.splits import DatasetRef
 from mlcore.problems import spec_hash
+from mlcore.promotion import rollback
 from mlcore.training import build_pipeline, save_artifact
 
 DATASET = DatasetRef(
