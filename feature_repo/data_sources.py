@@ -6,11 +6,11 @@ from problem_specs import created_column, load_specs, offline_path
 
 SOURCES = {}
 for _spec in load_specs():
-    SOURCES[_spec["name"]] = FileSource(
-        name=f"{_spec['name']}_source",
-        path=offline_path(_spec["name"]),
+    SOURCES[_spec.name] = FileSource(
+        name=f"{_spec.name}_source",
+        path=offline_path(_spec.name),
         timestamp_field="event_timestamp",
         created_timestamp_column=created_column(_spec),
-        description=f"engineered features of {_spec['name']}, partitioned batch=<id>",
+        description=f"engineered features of {_spec.name}, partitioned batch=<id>",
     )
-    globals()[f"{_spec['name']}_source"] = SOURCES[_spec["name"]]
+    globals()[f"{_spec.name}_source"] = SOURCES[_spec.name]
