@@ -169,134 +169,169 @@ def alias_move(h: dict[str, Any], version: int | None = None) -> str:
     return f"{esc(h['alias'])} {_version(h['from'])} → {_version(h['to'])} ({esc(h['action'])})"
 
 
-def render_problem(d: dict[str, Any], home: Path, spec: Any, ui: dict[str, Any]) -> str:
-    """The page of one problem (``d`` from ``problem_data``). ``ui``: ``csrf`` and ``can``
-    (``ui_actions.may_act``) for the action forms, ``flash`` (a message to show)."""
+def _holders(d: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Alias -> the model version holding it."""
+    return {a: m for m in d["models"] for a in m["aliases"]}
+
+
+def _alias_card(d: dict[str, Any], alias: str, holdout: dict[int, Any], vpage: str) -> str:
+    """The card of an alias: its version, algorithm, holdout figure, newest estimate and since
+    when (and why) it holds the alias."""
+    m = _holders(d).get(alias)
+    if m is None:
+        return card(f"{esc(alias)}<br><b>none</b>")
+    last = next((h for h in reversed(d["alias_history"])
+                 if h["alias"] == alias and h["to"] == m["version"]), None)
+    since = "" if last is None else (
+        f'<br><span class="muted">since {when(last["at"])} by {esc(last["actor"])}: '
+        f'{esc(last["reason"])}</span>')
+    v = str(m["version"])
+    estimated = (f'<br>estimated before labels: '
+                 f'{estimate_text((d.get("estimates") or {}).get(m["version"]))}')
+    return card(f'{esc(alias)}<br><b>{link(vpage + v, "v" + v)}</b> '
+                f'{esc(m["algorithm"])}<br>holdout {esc(d["spec"]["metric"])} '
+                f'{num(holdout.get(m["version"]))}{estimated}{since}')
+
+
+def _head(d: dict[str, Any], ui: dict[str, Any], holdout: dict[int, Any], vpage: str) -> str:
+    """Links, the flash message, the title, "needs attention", the alias cards, the actions."""
     from batchloop_airflow.ui.actions import forms, rerun_form
-    from batchloop_airflow.ui.batches import render_batches
     from batchloop_airflow.ui.cockpit import render_attention
 
-    p, metric = d["problem"], d["spec"]["metric"]
-    base = "../"
-    rep = "../reports/"
-    cards = {e["id"]: report_href(e["run_card"], home, rep) for e in d["evaluations"]}
-    holdout = {}  # version -> its latest holdout figure as the contender
-    for e in d["evaluations"]:
-        holdout[e["contender"]] = e["contender_value"]
-    aliases = {a: m for m in d["models"] for a in m["aliases"]}
-    vpage = f"{quote(p, safe='')}/versions/"
-
-    def alias_card(alias: str) -> str:
-        m = aliases.get(alias)
-        if m is None:
-            return card(f"{esc(alias)}<br><b>none</b>")
-        last = next((h for h in reversed(d["alias_history"])
-                     if h["alias"] == alias and h["to"] == m["version"]), None)
-        since = "" if last is None else (
-            f'<br><span class="muted">since {when(last["at"])} by {esc(last["actor"])}: '
-            f'{esc(last["reason"])}</span>')
-        v = str(m["version"])
-        estimated = (f'<br>estimated before labels: '
-                     f'{estimate_text((d.get("estimates") or {}).get(m["version"]))}')
-        return card(f'{esc(alias)}<br><b>{link(vpage + v, "v" + v)}</b> '
-                    f'{esc(m["algorithm"])}<br>holdout {esc(metric)} '
-                    f'{num(holdout.get(m["version"]))}{estimated}{since}')
-
+    p, metric, base, rep = d["problem"], d["spec"]["metric"], "../", "../reports/"
     monitoring = (link(rep + f"problem={quote(p, safe='')}/monitoring.html", "Monitoring page",
                        new_tab=True) if d["monitoring_exists"] else
                   '<span class="muted">Monitoring page not written yet</span>')
     rerun = rerun_form(p, ui["csrf"], base) if ui["can"]["rerun"] else None
-    head = (f'<p><a href="../">All problems</a> · {monitoring} · '
+    cards = "".join(_alias_card(d, a, holdout, vpage) for a in ("champion", "challenger"))
+    return (f'<p><a href="../">All problems</a> · {monitoring} · '
             f'<a href="../runbook">Runbook</a></p>'
             + (f'<p class="allclear" id="flash">{esc(ui["flash"])}</p>' if ui.get("flash") else "")
             + f"<h1>Batchloop: {esc(p)}</h1><p>{esc(d['spec']['description'])}</p>"
             f"<p class=\"muted\">{esc(d['spec'].get('target', 'binary'))} target; primary "
             f"metric {esc(metric)} ({esc(d['spec'].get('direction', 'maximize'))})</p>"
             f"<h2>Needs attention</h2>{render_attention(d['attention'], base, rerun)}"
-            f'<div class="cards">{alias_card("champion")}{alias_card("challenger")}</div>'
+            f'<div class="cards">{cards}</div>'
             "<h2>Actions</h2>" + forms(p, ui["csrf"], d["models"], ui["can"], base))
+
+
+def _model_rows(d: dict[str, Any], holdout: dict[int, Any], vpage: str) -> list[list[str]]:
+    """One row per model version: aliases, algorithm, hyperparameters, training data, its best
+    validation figure and its latest holdout figure."""
+    metric = d["spec"]["metric"]
 
     def best_validation(m: dict[str, Any]) -> float | None:
         scores = [v.get(metric) for v in (m["metrics"].get("validation") or {}).values()]
         best = min if d["spec"].get("direction") == "minimize" else max
         return best((s for s in scores if s is not None), default=None)
 
-    models = [[link(vpage + str(m["version"]), f"v{m['version']}"),
-               "".join(f'<span class="tag">{esc(a)}</span>' for a in m["aliases"]),
-               esc(m["algorithm"]), esc(", ".join(f"{k}={v}" for k, v in
-                                                  m["hyperparameters"].items()
-                                                  if k != "algorithm")),
-               esc(", ".join(m["training_batch_ids"])),
-               f'<span class="num">{m["train_rows"]}</span>', num(best_validation(m)),
-               num(holdout.get(m["version"])), when(m["created_at"])]
-              for m in d["models"]]
-    compare = ""
-    if len(d["models"]) >= 2:
-        newest = d["models"][0]["version"]
-        other = aliases["champion"]["version"] if "champion" in aliases else None
-        other = d["models"][1]["version"] if other in (None, newest) else other
+    return [[link(vpage + str(m["version"]), f"v{m['version']}"),
+             "".join(f'<span class="tag">{esc(a)}</span>' for a in m["aliases"]),
+             esc(m["algorithm"]), esc(", ".join(f"{k}={v}" for k, v in
+                                                m["hyperparameters"].items()
+                                                if k != "algorithm")),
+             esc(", ".join(m["training_batch_ids"])),
+             f'<span class="num">{m["train_rows"]}</span>', num(best_validation(m)),
+             num(holdout.get(m["version"])), when(m["created_at"])]
+            for m in d["models"]]
 
-        def options(selected: int) -> str:
-            return "".join(f'<option value="{m["version"]}"'
-                           f'{" selected" if m["version"] == selected else ""}>v{m["version"]}'
-                           "</option>" for m in d["models"])
 
-        compare = (f'<form class="act" method="get" action="{quote(p, safe="")}/compare" '
-                   f'id="compare">Compare <select name="a">{options(newest)}</select> with '
-                   f'<select name="b">{options(other)}</select>'
-                   '<button type="submit">Compare</button></form>')
-    moves = [[when(h["at"]), esc(h["alias"]),
-              f"{_version(h['from'])} → {_version(h['to'])}", esc(h["action"]), esc(h["actor"]),
-              esc(h["reason"]), "—" if h["evaluation_id"] is None else
-              link(cards.get(h["evaluation_id"]), f"#{h['evaluation_id']} run card", True)]
-             for h in reversed(d["alias_history"])]
-    evals = [[f"#{e['id']}", link(vpage + str(e["contender"]), f"v{e['contender']}"),
-              _version(e["champion"]),
-              esc(", ".join(e["holdout"])) + f' <span class="muted">({e["holdout_rows"]} rows'
-              + (", shadow" if e.get("method") == "shadow" else "") + ")</span>",
-              num(e["contender_value"]), num(e["champion_value"]), signed(e["delta"]),
-              "—" if e["ci"][0] is None else f'<span class="nowrap">{signed(e["ci"][0])} … '
-              f'{signed(e["ci"][1])}</span>',
-              outcome(e["outcome"], e.get("method")), esc(e["reason"]),
-              link(cards[e["id"]], "run card", True)]
-             for e in reversed(d["evaluations"])]
-    lineage = [[link(vpage + str(li["version"]), f"v{li['version']}"),
-                "<br>".join(f"{esc(b['batch_id'])} <span class=\"muted\">{b['rows']} rows, "
-                            f"sha256 {esc(b['sha256'][:12])}</span>"
-                            for b in li["training_batches"]),
-                esc(li["dataset"]),
-                "<br>".join(link(cards.get(e["id"]), f"#{e['id']}", True) + " on "
-                            + esc(", ".join(e["holdout"])) + ": " + outcome(e["outcome"])
-                            for e in li["evaluations"]) or "—",
-                "<br>".join(f"{alias_move(h, li['version'])} {when(h['at'])}"
-                            for h in li["alias_history"]) or "—"]
-               for li in d["lineage"]]
+def _compare_form(d: dict[str, Any]) -> str:
+    """Pick two versions to compare: the newest and the champion (or the one before)."""
+    if len(d["models"]) < 2:
+        return ""
+    aliases = _holders(d)
+    newest = d["models"][0]["version"]
+    other = aliases["champion"]["version"] if "champion" in aliases else None
+    other = d["models"][1]["version"] if other in (None, newest) else other
+
+    def options(selected: int) -> str:
+        return "".join(f'<option value="{m["version"]}"'
+                       f'{" selected" if m["version"] == selected else ""}>v{m["version"]}'
+                       "</option>" for m in d["models"])
+
+    return (f'<form class="act" method="get" action="{quote(d["problem"], safe="")}/compare" '
+            f'id="compare">Compare <select name="a">{options(newest)}</select> with '
+            f'<select name="b">{options(other)}</select>'
+            '<button type="submit">Compare</button></form>')
+
+
+def _move_rows(d: dict[str, Any], cards: dict[int, str | None]) -> list[list[str]]:
+    """Alias moves, newest first, each with its evaluation's run card."""
+    return [[when(h["at"]), esc(h["alias"]),
+             f"{_version(h['from'])} → {_version(h['to'])}", esc(h["action"]), esc(h["actor"]),
+             esc(h["reason"]), "—" if h["evaluation_id"] is None else
+             link(cards.get(h["evaluation_id"]), f"#{h['evaluation_id']} run card", True)]
+            for h in reversed(d["alias_history"])]
+
+
+def _evaluation_rows(d: dict[str, Any], cards: dict[int, str | None],
+                     vpage: str) -> list[list[str]]:
+    """Evaluations, newest first: the two figures, the delta with its CI, outcome, run card."""
+    return [[f"#{e['id']}", link(vpage + str(e["contender"]), f"v{e['contender']}"),
+             _version(e["champion"]),
+             esc(", ".join(e["holdout"])) + f' <span class="muted">({e["holdout_rows"]} rows'
+             + (", shadow" if e.get("method") == "shadow" else "") + ")</span>",
+             num(e["contender_value"]), num(e["champion_value"]), signed(e["delta"]),
+             "—" if e["ci"][0] is None else f'<span class="nowrap">{signed(e["ci"][0])} … '
+             f'{signed(e["ci"][1])}</span>',
+             outcome(e["outcome"], e.get("method")), esc(e["reason"]),
+             link(cards[e["id"]], "run card", True)]
+            for e in reversed(d["evaluations"])]
+
+
+def _lineage_rows(d: dict[str, Any], cards: dict[int, str | None],
+                  vpage: str) -> list[list[str]]:
+    """Per version: the batches it trained on, its dataset, its evaluations and alias moves."""
+    return [[link(vpage + str(li["version"]), f"v{li['version']}"),
+             "<br>".join(f"{esc(b['batch_id'])} <span class=\"muted\">{b['rows']} rows, "
+                         f"sha256 {esc(b['sha256'][:12])}</span>"
+                         for b in li["training_batches"]),
+             esc(li["dataset"]),
+             "<br>".join(link(cards.get(e["id"]), f"#{e['id']}", True) + " on "
+                         + esc(", ".join(e["holdout"])) + ": " + outcome(e["outcome"])
+                         for e in li["evaluations"]) or "—",
+             "<br>".join(f"{alias_move(h, li['version'])} {when(h['at'])}"
+                         for h in li["alias_history"]) or "—"]
+            for li in d["lineage"]]
+
+
+def render_problem(d: dict[str, Any], home: Path, spec: Any, ui: dict[str, Any]) -> str:
+    """The page of one problem (``d`` from ``problem_data``). ``ui``: ``csrf`` and ``can``
+    (``ui_actions.may_act``) for the action forms, ``flash`` (a message to show)."""
+    from batchloop_airflow.ui.batches import render_batches
+
+    p, metric, rep = d["problem"], d["spec"]["metric"], "../reports/"
+    cards = {e["id"]: report_href(e["run_card"], home, rep) for e in d["evaluations"]}
+    # version -> its latest holdout figure as the contender
+    holdout = {e["contender"]: e["contender_value"] for e in d["evaluations"]}
+    vpage = f"{quote(p, safe='')}/versions/"
     requests = [[f"#{r['id']}", esc(r["batch_id"]), esc("+".join(r["triggers"])),
                  esc(r["state"]), _version(r["resolved_by_version"]), esc(r["reason"])]
                 for r in reversed(d["retrain_requests"])]
     perf = [[esc(r["batch_id"]), f"v{r['model_version']}", esc(r["role"]), num(r["value"]),
              f"{r['labelled_rows']}/{r['predicted_rows']}"] for r in reversed(d["performance"])]
     body = "".join([
-        head, "<h2>Model versions</h2>", compare,
+        _head(d, ui, holdout, vpage), "<h2>Model versions</h2>", _compare_form(d),
         html_table(["Version", "Aliases", "Algorithm", "Hyperparameters", "Trained on",
                     "Train rows", f"Validation {metric} (best)", f"Holdout {metric}",
-                    "Created (UTC)"], models, "No model versions yet."),
+                    "Created (UTC)"], _model_rows(d, holdout, vpage), "No model versions yet."),
         "<h2>Alias history (who, when, why)</h2>",
-        html_table(["When (UTC)", "Alias", "Move", "Action", "Who", "Why", "Evaluation"], moves,
-                   "No alias moves yet."),
+        html_table(["When (UTC)", "Alias", "Move", "Action", "Who", "Why", "Evaluation"],
+                   _move_rows(d, cards), "No alias moves yet."),
         "<h2>Evaluations (contender vs champion on the frozen holdout)</h2>",
         html_table(["#", "Contender", "Champion", "Holdout", f"Contender {metric}",
-                    f"Champion {metric}", "Delta", "CI", "Outcome", "Reason", "Run card"], evals,
-                   "No evaluations yet."),
+                    f"Champion {metric}", "Delta", "CI", "Outcome", "Reason", "Run card"],
+                   _evaluation_rows(d, cards, vpage), "No evaluations yet."),
         "<h2>Batches</h2>", render_batches(d, spec, home, rep),
         f"<h2>Lineage (newest {MAX_LINEAGE} versions)</h2>",
         html_table(["Version", "Trained on (batch, rows, SHA-256)", "Dataset",
-                    "Evaluations (holdout: outcome)", "Alias moves"], lineage,
-                   "No model versions yet."),
+                    "Evaluations (holdout: outcome)", "Alias moves"],
+                   _lineage_rows(d, cards, vpage), "No model versions yet."),
         "<h2>Retrain requests</h2>",
         html_table(["#", "Batch", "Triggers", "State", "Answered by", "Reason"], requests,
                    "No retrain requests yet."),
         "<h2>Performance on matured labels</h2>",
         html_table(["Batch", "Version", "Role", metric, "Labelled / predicted"], perf,
                    "No matured labels yet.")])
-    return page(f"Batchloop: {p}", body, base)
+    return page(f"Batchloop: {p}", body, "../")
