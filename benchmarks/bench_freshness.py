@@ -24,7 +24,7 @@ features are: "new values" = a 100-key sample (seeded) read back with all featur
 
 Each round restores the home from the snapshot before each side, and alternates the order:
 - DAG: t0 = just before ``POST /dags/census_employment__ingest_batch/dagRuns`` (a new batch id,
-  the file as ``source``); then ``mlcore.features.online_feature_rows`` (the product's read
+  the file as ``source``); then ``mlcore.feast.online.online_feature_rows`` (the product's read
   path) is polled every 0.1 s from this process until every sampled key has its features;
   freshness = that moment - t0. The materialize run it caused is waited out before the next side.
 - compute: a fresh process imports mlcore, Feast and pandas first (excluded), then times

@@ -1,4 +1,4 @@
-"""Online-read benchmark (issue 7): ``mlcore.features.online_features`` against a raw SQLite
+"""Online-read benchmark (issue 7): ``mlcore.feast.online.online_features`` against a raw SQLite
 ``SELECT ... WHERE entity_key IN (...)`` of the same keys from the same table.
 
 Not a test (no timed assertions in the test suite). Results go to BENCHMARKS.md.

@@ -26,7 +26,7 @@ champion (no challenger: no shadow scoring) and the batch's earlier scores by it
   (feature selection + ``predict_proba``); store: ``_store``; rest: key strings etc.);
 - bare: ``mlcore.model.evaluation.predict_proba(model, X)`` (the pipeline's ``predict_proba``,
   column 1) of the same champion, loaded once, on ``X`` = the same rows and features, already in
-  memory: ``mlcore.datasets.point_in_time_features(spec, [batch], settings, with_target=False)
+  memory: ``mlcore.feast.bounded.point_in_time_features(spec, [batch], settings, with_target=False)
   [spec.feature_names]``, built once in setup.
 Ratio = (rows / whole s) / (rows / bare s) = bare s / whole s, per round; median reported.
 Verify on read (issue 14): the time inside ``mlcore.data.integrity.verified`` (size, footer rows and

@@ -41,7 +41,7 @@ PIT_BUCKET_ROWS = 1_000_000
 
 def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Settings,
                            with_target: bool = True) -> pd.DataFrame:
-    """``features.historical_features`` in bounded memory: the same frame and the same errors.
+    """``retrieval.historical_features`` in bounded memory: the same frame and the same errors.
 
     On the file offline store, when the batches' entity rows or the offline rows exceed
     ``PIT_BUCKET_ROWS``, both are split by a hash of the entity key into parquet files under
@@ -53,7 +53,7 @@ def point_in_time_features(spec: ProblemSpec, batches: list[Batch], settings: Se
     one): Feast's dask join breaks a tie of one key and event time by an unstable sort, whatever
     the created-timestamp column says (measured: Feast 0.67), so each bucket keeps only the
     newest published row per key and event time first, and entity rows a newer batch corrects
-    are dropped (``features.shared_rows``).
+    are dropped (``retrieval.shared_rows``).
 
     Raises:
         FeatureRetrievalError: an entity row got no features as of its event time; entity rows
@@ -215,7 +215,7 @@ class _Assembled:
     def resolve(self, entity_df: pd.DataFrame, spec: ProblemSpec,
                 batches: list[Batch]) -> pd.DataFrame:
         """A bucket's entity rows with shared (key, event time) resolved as
-        ``features.shared_rows`` does: superseded rows dropped, or (not ``supersede``) counted
+        ``retrieval.shared_rows`` does: superseded rows dropped, or (not ``supersede``) counted
         for ``frame``'s error."""
         if spec.corrections == "supersede":
             kept = shared_rows(entity_df, spec, batches)

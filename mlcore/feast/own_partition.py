@@ -30,7 +30,7 @@ from mlcore.store.models import Batch
 # order, duplicated entity rows Feast would collapse, a re-ingested batch whose partition is
 # stale, missing or NaN features, other stores, renamed fields, a created-timestamp column, a
 # schema that differs between partitions, non-numeric columns), ``batch_features`` returns
-# ``datasets.point_in_time_features``' frame (or its error) instead.
+# ``bounded.point_in_time_features``' frame (or its error) instead.
 
 EVENT_TS = "event_timestamp"  # the entity frame's time column (``historical_features``)
 
