@@ -19,9 +19,11 @@ from sqlalchemy import select
 
 from mlcore.config import Settings
 from mlcore.data.io import read_curated
-from mlcore.evaluation import check_fair_holdout, judge, record_evaluation
-from mlcore.model.registry import CHALLENGER, alias_holder, get_version, move_alias
+from mlcore.evaluation import check_fair_holdout
+from mlcore.model.evaluation import judge
+from mlcore.model.registry import CHALLENGER, alias_holder, get_version
 from mlcore.problems import ProblemSpec
+from mlcore.promotion import promote_shadow, record_evaluation
 from mlcore.scoring import stored_outputs
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import GroundTruth, ModelVersion, Prediction, utcnow
@@ -108,10 +110,6 @@ def compare_shadow(spec: ProblemSpec, settings: Settings,
                                np.asarray(p_old), decision, details,
                                {"batches": batches, "rows": len(rows),
                                 "hash": digest.hexdigest(), "method": "shadow"})
-    promoted = bool(spec.retrain.shadow_promotion and decision.promote)
-    if promoted:
-        move_alias(spec.name, expected=champ, new=chall, url=url, action="shadow",
-                   reason=f"shadow evidence on {len(rows)} matured rows: {decision.reason}",
-                   evaluation_id=result["evaluation_id"], actor="batchloop:shadow",
-                   settings=settings)
+    promoted = promote_shadow(spec, settings, champ, chall, len(rows), decision,
+                              result["evaluation_id"])
     return {**result, "rows": len(rows), "promoted": promoted}

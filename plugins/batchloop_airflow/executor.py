@@ -49,6 +49,7 @@ PRELOAD = (
     "mlcore.datasets",
     "mlcore.training",
     "mlcore.evaluation",
+    "mlcore.promotion",
     "mlcore.scoring",
     "mlcore.monitoring",
     "mlcore.reports.monitoring_page",

@@ -128,7 +128,7 @@ def _failed_retrain(view) -> str:
 def test_cockpit_walk_failed_retrain_rollback_compare_rerun(view, spec, browser):
     from selenium.webdriver.common.by import By
 
-    from mlcore.evaluation import promote_version
+    from mlcore.promotion import promote_version
 
     run_id = _failed_retrain(view)
     # Someone promoted the challenger by force: the rollback below has a previous holder.

@@ -17,14 +17,11 @@ import pytest
 from sklearn.dummy import DummyClassifier
 from sqlalchemy import select
 
-from mlcore.evaluation import (
-    KEEP_WORSE,
-    REJECT_FLOOR,
-    UnfairHoldout,
-    evaluate_contender,
-)
+from mlcore.evaluation import UnfairHoldout
+from mlcore.model.evaluation import KEEP_WORSE, REJECT_FLOOR
 from mlcore.model.registry import alias_holder, alias_log, move_alias, register_version
 from mlcore.problems import ProblemSpec
+from mlcore.promotion import evaluate_contender
 from mlcore.store.models import Evaluation
 from mlcore.store.session import session_scope
 from mlcore.training import build_pipeline, save_artifact

@@ -14,11 +14,12 @@ from sqlalchemy import select
 
 from mlcore.config import TrainConfig
 from mlcore.datasets import build_dataset
-from mlcore.evaluation import PROMOTE, evaluate_contender
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
+from mlcore.model.evaluation import PROMOTE
 from mlcore.model.registry import alias_holder, move_alias
 from mlcore.problems import ProblemSpec
+from mlcore.promotion import evaluate_contender
 from mlcore.spec_rules import EvaluationRule
 from mlcore.store.models import Evaluation, ModelVersion
 from mlcore.store.session import session_scope

@@ -10,19 +10,18 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from mlcore.evaluation import (
+from mlcore.model.evaluation import (
     KEEP_TOO_CLOSE,
     KEEP_WORSE,
     PROMOTE,
     REJECT_FLOOR,
     REJECT_GUARDRAIL,
-    compute_metrics,
     decide,
-    evaluate_contender,
     judge,
-    paired_bootstrap,
 )
+from mlcore.model.metrics import compute_metrics, paired_bootstrap
 from mlcore.problems import ProblemSpec
+from mlcore.promotion import evaluate_contender
 from mlcore.store.models import Evaluation
 from mlcore.store.session import session_scope
 
@@ -405,8 +404,8 @@ def test_the_run_card_is_written_small_and_names_the_decision(spec, loop):
 
 
 def test_a_checked_promotion_applies_the_retrain_rules_and_force_skips_them(spec, loop):
-    from mlcore.evaluation import promote_version
-    from mlcore.model.registry import alias_holder, alias_log, register_version, rollback
+    from mlcore.model.registry import alias_holder, alias_log, register_version
+    from mlcore.promotion import promote_version, rollback
     from mlcore.training import build_pipeline, save_artifact
 
     url, champion = loop.settings.db_url, loop.contender.version

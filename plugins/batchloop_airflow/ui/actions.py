@@ -171,7 +171,8 @@ def run_action(action: str, spec: Any, form: dict[str, str], user: Any,
         Refused: bad input (400), or the registry refused (409).
     """
     from mlcore.errors import one_line
-    from mlcore.model.registry import CHALLENGER, RegistryError, alias_holder, move_alias, rollback
+    from mlcore.model.registry import CHALLENGER, RegistryError, alias_holder
+    from mlcore.promotion import promote_version, rollback, set_challenger
 
     who, problem, url = user.get_name(), spec.name, settings.db_url
     reason = reason_of(form)
@@ -181,8 +182,6 @@ def run_action(action: str, spec: Any, form: dict[str, str], user: Any,
                 old, new = rollback(problem, reason, url, actor=who, settings=settings)
                 return f"Champion of {problem} rolled back: v{old} → v{new}, by {who}: {reason}"
             if action == "promote":
-                from mlcore.evaluation import promote_version
-
                 r = promote_version(spec, version_of(form), reason, settings, actor=who)
                 if r["promoted"]:
                     return (f"v{r['version']} is champion of {problem} (was "
@@ -196,8 +195,7 @@ def run_action(action: str, spec: Any, form: dict[str, str], user: Any,
                 current = alias_holder(problem, url, CHALLENGER)
                 if current == version:
                     return f"v{version} is already the challenger (no change)."
-                move_alias(problem, expected=current, new=version, reason=reason, url=url,
-                           action="manual", actor=who, alias=CHALLENGER, settings=settings)
+                set_challenger(problem, version, reason, settings, expected=current, actor=who)
                 return f"Challenger of {problem}: {_v(current)} → v{version}, by {who}: {reason}"
             if action == "retrain":
                 from mlcore.policy import request_manual
