@@ -9,6 +9,7 @@ from sqlalchemy import func, or_, select
 
 from mlcore.batches import BatchNotFound, check_batch_id
 from mlcore.model.registry import get_version
+from mlcore.store.catalog import find_batch
 from mlcore.store.models import (
     AliasHistory,
     Batch,
@@ -91,11 +92,10 @@ def batch_lineage(problem: str, batch_id: str, url: str) -> dict[str, Any]:
         BatchNotFound: no manifest with that ID, in any state.
     """
     check_batch_id(batch_id)
+    batch = find_batch(problem, batch_id, url)
+    if batch is None:
+        raise BatchNotFound(f"batch {batch_id!r} of {problem!r} is unknown (no manifest)")
     with session_scope(url) as s:
-        batch = s.scalar(select(Batch).where(Batch.problem == problem,
-                                             Batch.batch_id == batch_id))
-        if batch is None:
-            raise BatchNotFound(f"batch {batch_id!r} of {problem!r} is unknown (no manifest)")
         models = [{"version": v, "algorithm": a, "training_batch_ids": ids}
                   for v, a, ids in s.execute(
                       select(ModelVersion.version, ModelVersion.algorithm,

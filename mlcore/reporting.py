@@ -8,19 +8,18 @@ from sqlalchemy import func, select
 
 from mlcore.config import Settings
 from mlcore.model.registry import alias_holder, alias_log, list_versions
-from mlcore.store.models import Batch, DriftReport, Evaluation, Prediction, RetrainRequest
+from mlcore.store.catalog import all_batches
+from mlcore.store.models import DriftReport, Evaluation, Prediction, RetrainRequest
 from mlcore.store.session import session_scope
 
 
 def batches(problem: str, url: str) -> list[dict[str, Any]]:
     """Every batch manifest of a problem (any state), in ingestion order."""
-    with session_scope(url) as s:
-        rows = s.scalars(select(Batch).where(Batch.problem == problem).order_by(Batch.id))
-        return [{"batch_id": b.batch_id, "state": b.state, "rows": b.row_count,
-                 "quarantined": b.quarantine_count, "sha256": b.sha256,
-                 "source_uri": b.source_uri, "schema_hash": b.schema_hash,
-                 "curated_uri": b.curated_uri, "code_version": b.code_version,
-                 "reason": b.reason} for b in rows]
+    return [{"batch_id": b.batch_id, "state": b.state, "rows": b.row_count,
+             "quarantined": b.quarantine_count, "sha256": b.sha256,
+             "source_uri": b.source_uri, "schema_hash": b.schema_hash,
+             "curated_uri": b.curated_uri, "code_version": b.code_version,
+             "reason": b.reason} for b in all_batches(problem, url)]
 
 
 def summary(problem: str, settings: Settings) -> dict[str, Any]:

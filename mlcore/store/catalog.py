@@ -1,8 +1,9 @@
 """The batch catalogue: look-ups of batch manifests in the metadata store.
 
 Readers follow published manifests only (``published_batches``, ``get_batch``); the ingest
-stage also asks for a manifest in any state (``find_batch``) and for a published file by its
-content hash (``published_with_sha``).
+stage, lineage and the summary also ask for manifests in any state (``find_batch``,
+``all_batches``), and the ingest stage for a published file by its content hash
+(``published_with_sha``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def get_batch(problem: str, batch_id: str, url: str) -> Batch:
     if row is None:
         raise BatchNotFound(f"batch {batch_id!r} of {problem!r} is not published")
     return row
+
+
+def all_batches(problem: str, url: str) -> list[Batch]:
+    """Every batch manifest of a problem (any state), in the order they were first staged."""
+    with session_scope(url) as s:
+        return list(s.scalars(select(Batch).where(Batch.problem == problem)
+                              .order_by(Batch.id)))
 
 
 def find_batch(problem: str, batch_id: str, url: str) -> Batch | None:
