@@ -111,33 +111,10 @@ def _latest_performance(problem: str, version: int, url: str) -> PerformanceRepo
             PerformanceReport.value.is_not(None)).order_by(PerformanceReport.id.desc()).limit(1))
 
 
-def fired_triggers(spec: ProblemSpec, as_of: datetime, settings: Settings,
-                   drift: dict[str, Any] | None = None) -> list[Trigger]:
-    """Every trigger that fires for the champion as of ``as_of`` (data time)."""
-    from croniter import croniter
-
-    url, rule = settings.db_url, spec.retrain
-    version = alias_holder(spec.name, url)
-    if version is None:
-        return []
-    champion = get_version(spec.name, version, url)
-    since = _champion_data_time(spec.name, list(champion.training_batch_ids), url)
-    fired = []
-    if rule.schedule and since is not None:
-        due = croniter(rule.schedule, since).get_next(datetime)
-        if due <= as_of:
-            fired.append(Trigger("schedule", f"schedule '{rule.schedule}' was due at "
-                                 f"{due:%Y-%m-%d %H:%M} UTC; champion v{version}'s newest "
-                                 f"training data is from {since:%Y-%m-%d}",
-                                 {"due": due.isoformat(), "champion_data_time": since.isoformat()}))
-    if drift and (drift.get("dataset_drift") or drift.get("prediction_drift")):
-        what = (f"{drift['drift_share']:.0%} of features drifted"
-                + (f" ({', '.join(drift.get('drifted_columns') or [])})"
-                   if drift.get("drifted_columns") else "")
-                + ("; predictions drifted" if drift.get("prediction_drift") else ""))
-        fired.append(Trigger("drift", f"batch {drift['batch_id']}: {what} vs champion "
-                             f"v{version}", {"drift_share": drift["drift_share"],
-                                             "prediction_drift": drift.get("prediction_drift")}))
+def _metric_triggers(spec: ProblemSpec, version: int, url: str) -> list[Trigger]:
+    """``performance`` and ``estimate``: the champion's metric on matured labels, or estimated
+    before labels, this far below its holdout metric."""
+    rule, fired = spec.retrain, []
     holdout = _holdout_metric(spec.name, version, spec.metric.name, url)
     latest = _latest_performance(spec.name, version, url)
     if holdout is not None and latest is not None and latest.value is not None:
@@ -165,6 +142,37 @@ def fired_triggers(spec: ProblemSpec, as_of: datetime, settings: Settings,
                     f"holdout {holdout:.4f} (allowed {rule.estimated_performance_drop})",
                     {"holdout": holdout, "estimate": guess["estimate"], "drop": drop,
                      "batch_id": guess["batch_id"], "ci": [guess["ci_low"], guess["ci_high"]]}))
+    return fired
+
+
+def fired_triggers(spec: ProblemSpec, as_of: datetime, settings: Settings,
+                   drift: dict[str, Any] | None = None) -> list[Trigger]:
+    """Every trigger that fires for the champion as of ``as_of`` (data time)."""
+    from croniter import croniter
+
+    url, rule = settings.db_url, spec.retrain
+    version = alias_holder(spec.name, url)
+    if version is None:
+        return []
+    champion = get_version(spec.name, version, url)
+    since = _champion_data_time(spec.name, list(champion.training_batch_ids), url)
+    fired = []
+    if rule.schedule and since is not None:
+        due = croniter(rule.schedule, since).get_next(datetime)
+        if due <= as_of:
+            fired.append(Trigger("schedule", f"schedule '{rule.schedule}' was due at "
+                                 f"{due:%Y-%m-%d %H:%M} UTC; champion v{version}'s newest "
+                                 f"training data is from {since:%Y-%m-%d}",
+                                 {"due": due.isoformat(), "champion_data_time": since.isoformat()}))
+    if drift and (drift.get("dataset_drift") or drift.get("prediction_drift")):
+        what = (f"{drift['drift_share']:.0%} of features drifted"
+                + (f" ({', '.join(drift.get('drifted_columns') or [])})"
+                   if drift.get("drifted_columns") else "")
+                + ("; predictions drifted" if drift.get("prediction_drift") else ""))
+        fired.append(Trigger("drift", f"batch {drift['batch_id']}: {what} vs champion "
+                             f"v{version}", {"drift_share": drift["drift_share"],
+                                             "prediction_drift": drift.get("prediction_drift")}))
+    fired += _metric_triggers(spec, version, url)
     if rule.new_data_rows is not None:
         # every labelled batch the champion did not train on, up to data time: newer ones and
         # late ones (history loaded out of order) alike
