@@ -1,8 +1,7 @@
-"""Training sets: a time-based split. By default the latest rows (by event time) of the newest
-labelled batch are the frozen holdout and the contender trains on every row before the cut, so it
-sees the newest regime (``evaluation.holdout`` in the spec; ``latest_batch`` holds out the whole
-newest batch instead)."""
-
+"""Training sets: the labelled batches' point-in-time features (``mlcore.feast``), split by time
+(``mlcore.model.splits``: by default the latest rows, by event time, of the newest labelled batch
+are the frozen holdout and the contender trains on every row before the cut, so it sees the
+newest regime) and written once under their content hash."""
 
 from __future__ import annotations
 

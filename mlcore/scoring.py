@@ -1,4 +1,5 @@
-"""Scoring: a published batch through the champion, predictions keyed by batch, entity, version."""
+"""Scoring: a published batch's features (``mlcore.feast.own_partition``) through the champion,
+predictions keyed by batch, entity, version."""
 
 from __future__ import annotations
 
