@@ -22,6 +22,7 @@ from mlcore.data.io import parquet_rows, read_curated
 from mlcore.model.drift import (
     PREDICTION,
     DriftCheckFailed,
+    Stattest,
     check_columns,
     comparable,
     is_prediction,
@@ -198,6 +199,26 @@ def _reference(spec: ProblemSpec, mv: ModelVersion, model: Any, settings: Settin
     return read_reference_profile(spec, mv, profile, batch_id)
 
 
+def _scored_current(spec: ProblemSpec, batch: Batch, model: Any, reference: pd.DataFrame
+                    ) -> tuple[pd.DataFrame, dict[str, Stattest]]:
+    """A sample of the batch with the champion's outputs, and every column's test; its columns
+    checked against the reference's (``check_columns``) before and after scoring."""
+    from mlcore.model.targets import model_target, predict
+
+    current = sample_curated(batch, spec.drift.sample_rows)
+    classes = model_target(model)["classes"]
+    tests = stattests(spec, classes)
+    judged = comparable(current, spec)  # the model still scores the curated values
+    check_columns(reference, judged, {c: tests[c] for c in spec.feature_names}, batch.batch_id)
+    if reference.empty or current.empty:
+        raise DriftCheckFailed(f"batch {batch.batch_id!r}: no rows to compare "
+                               f"(reference {len(reference)}, current {len(current)})")
+    outputs = predict(model, current[spec.feature_names])
+    current = judged.assign(**prediction_columns(outputs, classes))
+    check_columns(reference, current, tests, batch.batch_id)
+    return current, tests
+
+
 def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftResult:
     """Measure a batch's drift against the champion's reference profile; store the verdict.
 
@@ -211,8 +232,6 @@ def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftR
         DriftCheckFailed: mismatched columns, a bad reference profile, Evidently failing, or the
             budget exceeded (nothing is recorded then).
     """
-    from mlcore.model.targets import model_target, predict
-
     budget = _Budget(batch_id, spec.drift.budget_seconds)
     batch = get_batch(spec.name, batch_id, settings.db_url)
     version = alias_holder(spec.name, settings.db_url)
@@ -221,17 +240,7 @@ def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftR
     champion = get_version(spec.name, version, settings.db_url)
     model = load_model(champion, settings)
     reference, source = _reference(spec, champion, model, settings, batch_id)
-    current = sample_curated(batch, spec.drift.sample_rows)
-    classes = model_target(model)["classes"]
-    tests = stattests(spec, classes)
-    judged = comparable(current, spec)  # the model still scores the curated values
-    check_columns(reference, judged, {c: tests[c] for c in spec.feature_names}, batch_id)
-    if reference.empty or current.empty:
-        raise DriftCheckFailed(f"batch {batch_id!r}: no rows to compare "
-                               f"(reference {len(reference)}, current {len(current)})")
-    outputs = predict(model, current[spec.feature_names])
-    current = judged.assign(**prediction_columns(outputs, classes))
-    check_columns(reference, current, tests, batch_id)
+    current, tests = _scored_current(spec, batch, model, reference)
     budget.check("loading and scoring")
     try:
         details, snapshots = measure_drift(reference, current, spec, budget.check)
