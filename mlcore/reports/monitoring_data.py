@@ -107,6 +107,70 @@ def _drift_extras(details: Any) -> dict[str, Any]:
                                     for s in items) if items else None}
 
 
+class _BatchRecords:
+    """One record per batch, created on first mention, with its event-time sort key: batches
+    with a manifest by earliest event then recording time; batches known only from reports
+    last, by when they were first reported."""
+
+    FAR = datetime.max.replace(tzinfo=UTC)
+
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, Any]] = {}
+        self.order: dict[str, tuple[Any, ...]] = {}
+
+    def __call__(self, batch_id: str, created: datetime | None = None) -> dict[str, Any]:
+        """The batch's record (``created``: when the report that mentions it was written)."""
+        if batch_id not in self.records:
+            self.records[batch_id] = {"batch_id": batch_id, **dict.fromkeys(
+                ("state", "event_time_min", "event_time_max", "created_at", "rows",
+                 "quarantined", "published_rows", "quarantine_rate", "drift", "label_coverage")),
+                "performance": {"champion": None, "challenger": None},
+                "estimate": {"champion": None, "challenger": None}}
+            at = _utc(created) or self.FAR
+            self.order[batch_id] = (1, at, at, batch_id)
+        return self.records[batch_id]
+
+    def manifest(self, m: Any) -> None:
+        """Fill a batch's record from its manifest (``Batch`` row)."""
+        read, bad = m.row_count, m.quarantine_count or 0
+        self(m.batch_id).update(
+            state=m.state, event_time_min=_iso(m.event_time_min),
+            event_time_max=_iso(m.event_time_max), created_at=_iso(m.created_at),
+            rows=read, quarantined=bad, published_rows=read - bad,
+            quarantine_rate=_ratio(bad, read))
+        self.order[m.batch_id] = (0, _utc(m.event_time_min) or self.FAR,
+                                  _utc(m.created_at) or self.FAR, m.batch_id)
+
+    def ordered(self) -> list[dict[str, Any]]:
+        """The records in event-time order, each with its label coverage (the champion's
+        performance report, else the challenger's)."""
+        for rec in self.records.values():
+            perf = rec["performance"]["champion"] or rec["performance"]["challenger"]
+            rec["label_coverage"] = perf and perf["label_coverage"]
+        return [self.records[b] for b in sorted(self.records, key=self.order.__getitem__)]
+
+
+def _drift_entry(d: Any, links: Any) -> dict[str, Any]:
+    return {"model_version": d.model_version, "drift_share": finite(d.drift_share),
+            "dataset_drift": bool(d.dataset_drift), "drifted_columns": list(d.drifted_columns),
+            "report_uri": d.html_uri, "report_href": links(d.html_uri),
+            **_drift_extras(d.details)}
+
+
+def _performance_entry(p: Any) -> dict[str, Any]:
+    return {"model_version": p.model_version, "metric": p.metric, "value": finite(p.value),
+            "predicted_rows": p.predicted_rows, "matured_rows": p.matured_rows,
+            "labelled_rows": p.labelled_rows,
+            "label_coverage": _ratio(p.labelled_rows, p.predicted_rows),
+            "matured_share": _ratio(p.matured_rows, p.predicted_rows)}
+
+
+def _estimate_entry(e: Any) -> dict[str, Any]:
+    return {"model_version": e.model_version, "metric": e.metric, "estimate": finite(e.estimate),
+            "ci_low": finite(e.ci_low), "ci_high": finite(e.ci_high), "rows": e.rows,
+            "method": e.method, "reason": _clip(e.reason), "realized": finite(e.realized)}
+
+
 def _batches(s: Any, problem: str, links: Any) -> list[dict[str, Any]]:
     """One record per batch (manifest, newest drift report, newest report per role), ordered by
     event time; batches known only from reports come last."""
@@ -114,60 +178,21 @@ def _batches(s: Any, problem: str, links: Any) -> list[dict[str, Any]]:
 
     from mlcore.store.models import Batch, DriftReport, PerformanceEstimate, PerformanceReport
 
-    records: dict[str, dict[str, Any]] = {}
-    order: dict[str, tuple[Any, ...]] = {}
-    far = datetime.max.replace(tzinfo=UTC)
-
-    def record(batch_id: str, manifest: Any = None, created: datetime | None = None,
-               ) -> dict[str, Any]:
-        if batch_id not in records:
-            records[batch_id] = {"batch_id": batch_id, **dict.fromkeys(
-                ("state", "event_time_min", "event_time_max", "created_at", "rows",
-                 "quarantined", "published_rows", "quarantine_rate", "drift", "label_coverage")),
-                "performance": {"champion": None, "challenger": None},
-                "estimate": {"champion": None, "challenger": None}}
-            order[batch_id] = (1, _utc(created) or far, _utc(created) or far, batch_id)
-        if manifest is not None:
-            read, bad = manifest.row_count, manifest.quarantine_count or 0
-            records[batch_id].update(
-                state=manifest.state, event_time_min=_iso(manifest.event_time_min),
-                event_time_max=_iso(manifest.event_time_max), created_at=_iso(manifest.created_at),
-                rows=read, quarantined=bad, published_rows=read - bad,
-                quarantine_rate=_ratio(bad, read))
-            order[batch_id] = (0, _utc(manifest.event_time_min) or far,
-                               _utc(manifest.created_at) or far, batch_id)
-        return records[batch_id]
-
+    record = _BatchRecords()
     for b in s.scalars(select(Batch).where(Batch.problem == problem)):
-        record(b.batch_id, manifest=b)
-
+        record.manifest(b)
     for d in s.scalars(select(DriftReport).where(DriftReport.problem == problem)
                        .order_by(DriftReport.created_at, DriftReport.id)):  # newest wins
-        record(d.batch_id, created=d.created_at)["drift"] = {
-            "model_version": d.model_version, "drift_share": finite(d.drift_share),
-            "dataset_drift": bool(d.dataset_drift), "drifted_columns": list(d.drifted_columns),
-            "report_uri": d.html_uri, "report_href": links(d.html_uri),
-            **_drift_extras(d.details)}
+        record(d.batch_id, d.created_at)["drift"] = _drift_entry(d, links)
     for p in s.scalars(select(PerformanceReport).where(PerformanceReport.problem == problem)
                        .order_by(PerformanceReport.created_at, PerformanceReport.id)):
         role = p.role if p.role in ("champion", "challenger") else "challenger"
-        record(p.batch_id, created=p.created_at)["performance"][role] = {
-            "model_version": p.model_version, "metric": p.metric, "value": finite(p.value),
-            "predicted_rows": p.predicted_rows, "matured_rows": p.matured_rows,
-            "labelled_rows": p.labelled_rows,
-            "label_coverage": _ratio(p.labelled_rows, p.predicted_rows),
-            "matured_share": _ratio(p.matured_rows, p.predicted_rows)}
+        record(p.batch_id, p.created_at)["performance"][role] = _performance_entry(p)
     for e in s.scalars(select(PerformanceEstimate).where(PerformanceEstimate.problem == problem)
                        .order_by(PerformanceEstimate.created_at, PerformanceEstimate.id)):
         role = "champion" if e.role == "champion" else "challenger"
-        record(e.batch_id, created=e.created_at)["estimate"][role] = {
-            "model_version": e.model_version, "metric": e.metric, "estimate": finite(e.estimate),
-            "ci_low": finite(e.ci_low), "ci_high": finite(e.ci_high), "rows": e.rows,
-            "method": e.method, "reason": _clip(e.reason), "realized": finite(e.realized)}
-    for rec in records.values():
-        perf = rec["performance"]["champion"] or rec["performance"]["challenger"]
-        rec["label_coverage"] = perf and perf["label_coverage"]
-    return [records[b] for b in sorted(records, key=order.__getitem__)]
+        record(e.batch_id, e.created_at)["estimate"][role] = _estimate_entry(e)
+    return record.ordered()
 
 
 def _evaluation_kind(outcome: str | None, promote: bool) -> str:

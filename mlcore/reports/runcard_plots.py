@@ -2,7 +2,8 @@
 actual, residuals, the primary-metric delta with its CI, per-slice deltas), each ``plot(ax, card)``
 for ``mlcore.reports.html.figures``. Deltas are oriented so that positive means "contender is
 better"; a slice fails when its delta falls below ``-bound``. matplotlib is imported by
-``figures``, never here.
+``figures``, never here. The card readers the page shares (``card_kind``, ``model_data``,
+``model_label``) are here too.
 """
 
 from __future__ import annotations
