@@ -99,12 +99,10 @@ def build(problem: str, cron: str | None, algorithms: list[str], approval: bool,
             return {"champion": run_stage("mlcore.promotion.promote_contender", problem,
                                           by_name=True, decision=decision, actor=run_actor())}
 
-        lease = start_retrain(problem, hours)
-        dataset = build_dataset()
+        lease, dataset = start_retrain(problem, hours), build_dataset()
         lease >> dataset
         decision = evaluate_contender(dataset, train_contender(dataset))
-        challenger = mark_challenger(decision)
-        gate = should_promote(decision)
+        challenger, gate = mark_challenger(decision), should_promote(decision)
         if approval:
             gate = gate >> approval_gate(problem)
         promoted = promote_contender(decision)

@@ -7,13 +7,7 @@ from batchloop_airflow.assets import stage_asset
 from batchloop_airflow.connections import settings
 from batchloop_airflow.defaults import dag_kwargs, problem_specs
 from batchloop_airflow.stage import run_stage
-from batchloop_airflow.tasks import (
-           batch_id_param,
-           batch_ids_from_context,
-           fail_fast,
-           publish_monitoring_page,
-           resolve_batches,
-)
+from batchloop_airflow.tasks import batch_id_param, publish_monitoring_page, resolve_batches
 
-__all__ = ["batch_id_param", "batch_ids_from_context", "dag_kwargs", "fail_fast", "problem_specs",
-           "publish_monitoring_page", "resolve_batches", "run_stage", "settings", "stage_asset"]
+__all__ = ["batch_id_param", "dag_kwargs", "problem_specs", "publish_monitoring_page",
+           "resolve_batches", "run_stage", "settings", "stage_asset"]

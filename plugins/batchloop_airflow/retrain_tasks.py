@@ -21,14 +21,21 @@ import logging
 from datetime import timedelta
 from typing import Any
 
-from airflow.sdk import get_current_context, setup, task, teardown
+from airflow.sdk import AssetOrTimeSchedule, get_current_context, setup, task, teardown
 
 from batchloop_airflow.alerting.callbacks import RunFailureSweep, _AlertNotifier, _error_text
 from batchloop_airflow.alerting.payload import split_dag_id
+from batchloop_airflow.assets import stage_asset
 from batchloop_airflow.defaults import dag_kwargs
+from batchloop_airflow.timetables import retrain_timetable
 
 log = logging.getLogger("batchloop.retrain")
 APPROVAL_HOURS = 24  # how long a promotion waits for a human (``approve_promotion``)
+SUMMARY = """**{outcome}** — contender v{contender_version} vs champion v{champion_version}
+
+{reason}
+
+Run card: `{run_card}`"""
 
 
 def run_hours(lease_hours: float, approval: bool) -> float:
@@ -139,6 +146,59 @@ def _release(problem: str, lease: dict[str, Any]) -> None:
 
     fence_try()
     release_lease(problem, lease["holder"], settings().db_url)
+
+
+def retrain_schedule(problem: str, cron: str | None, run_missed: bool) -> Any:
+    """Every retrain request, and the spec's cron when it has one (a tick missed while paused
+    runs only if the spec asks: ``batchloop_airflow.timetables``)."""
+    requests = stage_asset(problem, "retrain_requests")
+    if cron is None:
+        return [requests]
+    return AssetOrTimeSchedule(timetable=retrain_timetable(cron, run_missed), assets=[requests])
+
+
+def approval_gate(problem: str) -> Any:
+    """The human approval before a promotion (Required Actions in the UI): no answer within
+    ``APPROVAL_HOURS`` means reject. Its body is ``evaluate_contender``'s summary."""
+    from airflow.providers.standard.operators.hitl import ApprovalOperator
+
+    return ApprovalOperator(
+        task_id="approve_promotion", subject=f"Promote the {problem} contender?",
+        body="{{ ti.xcom_pull(task_ids='evaluate_contender')['summary'] }}",
+        defaults=["Reject"], response_timeout=timedelta(hours=APPROVAL_HOURS))
+
+
+def promotion_gate(problem: str, decision: dict[str, Any]) -> bool:
+    """Whether to promote: the decision, unless monitoring of the champion's newest batch
+    failed (``mlcore.policy.promotion_hold``, logged)."""
+    from batchloop_airflow.connections import settings
+    from mlcore.policy import promotion_hold
+
+    if not decision["promote"]:
+        return False
+    hold = promotion_hold(problem, settings().db_url)
+    if hold:
+        print(f"promotion held: {hold}")
+    return hold is None
+
+
+def claim_contender(problem: str, contender: dict[str, Any]) -> dict[str, Any]:
+    """Mark the requests this run answers ``trained`` by ``contender`` (its XCom dict) and
+    return it. Not under ``fail_fast``: a failure here fails the task like any other (retried)."""
+    from batchloop_airflow.connections import settings
+    from mlcore.policy import claim_trained
+
+    claim_trained(problem, get_current_context()["run_id"], contender["version"],
+                  settings().db_url)
+    return contender
+
+
+def with_summary(decision: dict[str, Any]) -> dict[str, Any]:
+    """The decision plus its Markdown ``summary`` (the approval form's body), printed so the
+    task log shows the outcome and where the run card is."""
+    summary = SUMMARY.format(**decision)
+    print(summary)
+    return {**decision, "summary": summary}
 
 
 # Built per DAG: a module-level @teardown can be called only once (Airflow 3.3.2 stores its

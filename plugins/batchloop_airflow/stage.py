@@ -4,9 +4,10 @@
 imports the mlcore stage function when the task runs (DAG files stay light at parse time),
 validates the run's Params through the stage's config model when asked, loads the problem spec,
 resolves mlcore's settings from the Airflow Connection, and calls
-``function(spec, **inputs, settings=settings)`` under ``fail_fast`` (bad input fails without
-retries). It puts the batch ID on the outlet's asset event and returns the result as small JSON
-for XCom. Targets are dotted paths (``tests/dags`` checks that each one resolves).
+``function(spec, **inputs, settings=settings)`` (the problem's name instead of the spec with
+``by_name``) under ``fail_fast`` (bad input fails without retries). It puts the batch ID on the
+outlet's asset event and returns the result as small JSON for XCom. Targets are dotted paths
+(``tests/dags`` checks that each one resolves).
 
 Light at import (stdlib + ``airflow.sdk``): every DAG file imports the package at parse time.
 """
@@ -42,13 +43,19 @@ def plain(result: Any) -> Any:
     return result
 
 
-def run_stage(target: str, problem: str, *, config: str | None = None,
+def run_actor() -> str:
+    """Who acts when a task moves an alias: ``airflow:<run_id>`` (kept in the alias history)."""
+    return f"airflow:{get_current_context()['run_id']}"
+
+
+def run_stage(target: str, problem: str, *, by_name: bool = False, config: str | None = None,
               params: Iterable[str] | Mapping[str, str] = (), config_arg: str | None = None,
               rebuild: Mapping[str, str] | None = None, outlet: Asset | None = None,
               log: str | None = None, **inputs: Any) -> Any:
     """Run the mlcore stage function ``target`` for ``problem`` as a task: see the module doc.
 
     Args:
+        by_name: pass the problem's name instead of its spec (functions that need no more).
         config: the stage's config model (dotted path); the run's Params go through its
             ``from_params`` (bounds checked again; bad values fail fast).
         params: the config fields passed as inputs of the same name, or ``{input: field}``.
@@ -71,7 +78,8 @@ def run_stage(target: str, problem: str, *, config: str | None = None,
             inputs[arg] = load(cls).from_dict(inputs[arg])
         from mlcore.problems import get_problem
 
-        result = plain(load(target)(get_problem(problem), **inputs, settings=settings()))
+        subject = problem if by_name else get_problem(problem)
+        result = plain(load(target)(subject, **inputs, settings=settings()))
     if outlet is not None:
         context["outlet_events"][outlet].extra = {"batch_id": inputs["batch_id"]}
     if log is not None and result is not None:
