@@ -81,7 +81,7 @@ def load_rows(spec: Any) -> Any:
 def retrain(spec: Any, rows: Any) -> tuple[Any, float, float]:
     """The spec's own retrain on ``rows``: (fitted pipeline, total seconds, final fit seconds)."""
     from mlcore.config import TrainConfig
-    from mlcore.training import select_and_fit
+    from mlcore.model.estimators import select_and_fit
 
     start = time.perf_counter()
     trained = select_and_fit(spec, rows, TrainConfig())

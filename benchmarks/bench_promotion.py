@@ -268,10 +268,11 @@ def run_round(i: int, spec: Any, settings: Any, arrival: Path, probe: Probe) -> 
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.evaluation import KEEP_TOO_CLOSE, predict_proba
+    from mlcore.model.preprocessing import build_pipeline
     from mlcore.model.registry import CHALLENGER, alias_holder, get_version, load_model, move_alias
     from mlcore.model.splits import load_part
     from mlcore.promotion import evaluate_contender
-    from mlcore.training import build_pipeline, train_contender
+    from mlcore.training import train_contender
 
     r, cfg, batch_id = Round(), TrainConfig(), f"arrival-{ARRIVAL}-r{i + 1}"
     out: dict[str, Any] = {}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mlcore.model.estimators import recorded_window, refit_recorded
 from mlcore.model.metrics import metric
 from mlcore.model.targets import predict
 from mlcore.problems import ProblemSpec
@@ -37,8 +38,6 @@ def origins(train: pd.DataFrame, k: int) -> list[tuple[str, list[str]]]:
 def _refit_and_score(spec: ProblemSpec, mv: ModelVersion, fit: pd.DataFrame,
                      test: pd.DataFrame) -> tuple[float | None, str]:
     """The version's recorded configuration refitted on ``fit``, its metric on ``test``."""
-    from mlcore.training import recorded_window, refit_recorded
-
     rec = mv.reproducibility or {}
     if "estimator" not in rec:
         return None, "no reproducibility record"

@@ -15,10 +15,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
+from mlcore.backtest import backtest
 from mlcore.config import Settings
 from mlcore.model.evaluation import PromotionDecision, judge, predict_proba
-from mlcore.model.splits import DatasetRef, event_ns, load_part
+from mlcore.model.registry import alias_holder, get_version, load_model
+from mlcore.model.splits import DatasetRef, event_ns, frame_hash, load_part
 from mlcore.problems import ProblemSpec
+from mlcore.store.catalog import published_batches
 
 if TYPE_CHECKING:
     from mlcore.store.models import ModelVersion
@@ -166,8 +169,6 @@ def unseen_holdout(spec: ProblemSpec, holdout: pd.DataFrame, models: list[ModelV
 def largest_recent_batch(spec: ProblemSpec, settings: Settings, recent: int = 10) -> int | None:
     """Rows of the largest of the newest ``recent`` published batches (what a scoring run must
     handle; ``max_batch_seconds`` is the time it may take)."""
-    from mlcore.store.catalog import published_batches
-
     if spec.promotion.guardrails.max_batch_seconds is None:
         return None
     batches = published_batches(spec.name, settings.db_url)[-recent:]
@@ -200,9 +201,6 @@ def assess_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
         UnfairHoldout: fewer than ``evaluation.min_holdout_rows`` holdout rows are left that
             neither model trained on.
     """
-    from mlcore.model.registry import alias_holder, get_version, load_model
-    from mlcore.model.splits import frame_hash
-
     full = load_part(dataset.holdout_uri, dataset.holdout_hash)
     new_mv = get_version(spec.name, contender, settings.db_url)
     champ = alias_holder(spec.name, settings.db_url)
@@ -220,8 +218,6 @@ def assess_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
         spec, settings))
     details["split"] = dataset.method
     if spec.evaluation.backtest_batches:
-        from mlcore.backtest import backtest
-
         details["backtest"] = backtest(spec, load_part(dataset.train_uri, dataset.train_hash), {
             role: mv for role, mv in (("contender", new_mv), ("champion", old_mv))
             if mv is not None})

@@ -29,9 +29,9 @@ class Metric(SpecModel):
 
 
 # The algorithm library: the scikit-learn estimators a spec may name, by the target kinds each
-# serves (import paths, checked on load without importing scikit-learn; ``mlcore.training``
-# imports only these). Classifiers have ``predict_proba``; ``random_state`` is seeded where the
-# estimator takes one.
+# serves (import paths, checked on load without importing scikit-learn;
+# ``mlcore.model.preprocessing`` imports only these). Classifiers have ``predict_proba``;
+# ``random_state`` is seeded where the estimator takes one.
 CLASSIFIERS = frozenset({
     "sklearn.linear_model.LogisticRegression",
     "sklearn.linear_model.SGDClassifier",
@@ -138,7 +138,7 @@ class Window(SpecModel):
     ``all``: every row; ``last_batches``: the newest N batches; ``last_days``: rows within D days
     of the newest training row; ``half_life_days``: every row, weighted
     ``0.5 ** (age_days / half_life)`` (age from the newest training row). Windows are chosen on
-    the newest validation rows, as if they were the future (``mlcore.training``)."""
+    the newest validation rows, as if they were the future (``mlcore.model.estimators``)."""
 
     name: str = Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")
     last_batches: int | None = Field(None, ge=1)

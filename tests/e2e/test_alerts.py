@@ -349,10 +349,11 @@ def test_a_skipped_challenger_alerts_once_and_the_scoring_run_succeeds(
     from mlcore.data.io import read_curated
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
+    from mlcore.model.preprocessing import build_pipeline
     from mlcore.model.registry import CHALLENGER, get_version, move_alias, register_version
     from mlcore.model.splits import DatasetRef
     from mlcore.store.catalog import get_batch
-    from mlcore.training import build_pipeline, save_artifact
+    from mlcore.training import save_artifact
 
     settings = mlcore_env
     ingest_batch(spec, str(slices[2016]), "2016", settings)

@@ -23,6 +23,7 @@ from sqlalchemy import func, select
 from mlcore.data.io import read_curated
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
+from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.registry import (
     CHALLENGER,
     ArtifactIntegrityError,
@@ -41,7 +42,7 @@ from mlcore.scoring import score_batch
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Prediction
 from mlcore.store.session import session_scope
-from mlcore.training import build_pipeline, save_artifact
+from mlcore.training import save_artifact
 
 DATASET = DatasetRef(
     dataset_id="d" * 16, train_uri="/nowhere/train.parquet", holdout_uri="/nowhere/holdout.parquet",

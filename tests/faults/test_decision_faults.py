@@ -19,12 +19,13 @@ from sqlalchemy import select
 
 from mlcore.evaluation import UnfairHoldout
 from mlcore.model.evaluation import KEEP_WORSE, REJECT_FLOOR
+from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.registry import alias_holder, alias_log, move_alias, register_version
 from mlcore.problems import ProblemSpec
 from mlcore.promotion import evaluate_contender
 from mlcore.store.models import Evaluation
 from mlcore.store.session import session_scope
-from mlcore.training import build_pipeline, save_artifact
+from mlcore.training import save_artifact
 
 
 def register(spec, settings, loop, pipeline, name: str) -> int:

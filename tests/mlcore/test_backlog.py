@@ -14,12 +14,13 @@ from mlcore.backlog import CATCH_UP_PER_RUN, batches_to_run, missing, stalled
 from mlcore.data.io import read_curated
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
+from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.registry import move_alias, register_version
 from mlcore.model.splits import DatasetRef
 from mlcore.monitoring import detect_drift
 from mlcore.scoring import score_batch
 from mlcore.store.catalog import get_batch
-from mlcore.training import build_pipeline, save_artifact
+from mlcore.training import save_artifact
 
 
 def _ids(found) -> list[str]:

@@ -404,9 +404,10 @@ def test_the_run_card_is_written_small_and_names_the_decision(spec, loop):
 
 
 def test_a_checked_promotion_applies_the_retrain_rules_and_force_skips_them(spec, loop):
+    from mlcore.model.preprocessing import build_pipeline
     from mlcore.model.registry import alias_holder, alias_log, register_version
     from mlcore.promotion import promote_version, rollback
-    from mlcore.training import build_pipeline, save_artifact
+    from mlcore.training import save_artifact
 
     url, champion = loop.settings.db_url, loop.contender.version
     train = pd.read_parquet(loop.dataset.train_uri)

@@ -101,8 +101,9 @@ def test_scoring_without_a_champion_is_not_found(spec, slices, sqlite_settings):
 @pytest.fixture(scope="module")
 def shadowed(spec, slices, settings_factory):
     """Batch 2016 materialized; champion and challenger: two real pipelines of different C."""
+    from mlcore.model.preprocessing import build_pipeline
     from mlcore.model.registry import CHALLENGER, move_alias
-    from mlcore.training import build_pipeline, save_artifact
+    from mlcore.training import save_artifact
 
     settings = settings_factory("shadow")
     ingest_batch(spec, str(slices[2016]), "2016", settings)
@@ -149,8 +150,9 @@ def partitions(spec, slices, settings_factory, tmp_path_factory):
     one year earlier (older: loses to 2017's rows; newer for its own rows: excluded), ``tie``
     re-sends 200 rows of ``2016`` at the same key and event time with other AGEP values (a
     tie Feast breaks by its sort order). A LogisticRegression champion fitted on 2016."""
+    from mlcore.model.preprocessing import build_pipeline
     from mlcore.model.registry import move_alias
-    from mlcore.training import build_pipeline, save_artifact
+    from mlcore.training import save_artifact
 
     settings = settings_factory("partitions")
     tmp = tmp_path_factory.mktemp("partitions")

@@ -12,6 +12,7 @@ from mlcore.data.io import read_curated
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
 from mlcore.model.evaluation import PROMOTE
+from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.registry import CHALLENGER, alias_holder, alias_log, move_alias, register_version
 from mlcore.model.splits import DatasetRef
 from mlcore.problems import ProblemSpec
@@ -20,7 +21,7 @@ from mlcore.shadow import compare_shadow
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import GroundTruth
 from mlcore.store.session import session_scope
-from mlcore.training import build_pipeline, save_artifact
+from mlcore.training import save_artifact
 
 
 def with_retrain(spec, **changes) -> ProblemSpec:

@@ -12,9 +12,11 @@ import pytest
 
 from mlcore.config import TrainConfig
 from mlcore.data.curation import curate
+from mlcore.model.estimators import select_and_fit
+from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.registry import get_version, load_model
 from mlcore.problems import ProblemSpec, spec_hash
-from mlcore.training import build_pipeline, save_artifact, select_and_fit
+from mlcore.training import save_artifact
 
 
 def variant(spec, **changes) -> ProblemSpec:
@@ -71,7 +73,7 @@ def test_preprocessing_is_a_column_transformer_per_spec_choice(spec):
 
 
 def test_search_space_is_the_grid_of_the_candidate(spec):
-    from mlcore.training import search_space
+    from mlcore.model.estimators import search_space
 
     assert search_space(spec.algorithms["hist_gradient_boosting"]) == [
         {"learning_rate": 0.05}, {"learning_rate": 0.1}]

@@ -14,9 +14,10 @@ import pandas as pd
 import pytest
 
 from mlcore.config import TrainConfig
+from mlcore.model.estimators import select_and_fit, window_rows
+from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.splits import entity_bucket, newest_rows
 from mlcore.problems import ProblemSpec, get_problem
-from mlcore.training import build_pipeline, select_and_fit, window_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS, WEEKS, FLIPPED = 600, 5, 3
@@ -205,9 +206,9 @@ def test_reproduce_verifies_a_windowed_version(cars, shifted, windows, chosen):
 
 def test_an_estimator_without_sample_weight_trains_unweighted_with_a_note(cars, shifted,
                                                                          monkeypatch):
-    import mlcore.training
+    import mlcore.model.estimators
 
-    monkeypatch.setattr(mlcore.training, "_takes_weights", lambda estimator: False)
+    monkeypatch.setattr(mlcore.model.estimators, "_takes_weights", lambda estimator: False)
     train = shifted[2]
     spec = variant(cars, algorithms={"ridge": {**RIDGE, "search": {}, "params": {"alpha": 1.0}}},
                    training={"windows": [{"name": "all", "half_life_days": 3.0}]})

@@ -17,9 +17,9 @@ from mlcore.data.curation import curate
 from mlcore.data.target_coding import local_coder
 from mlcore.data.validation import row_violations, validate_rows
 from mlcore.model.metrics import compute_metrics, metric, paired_bootstrap
+from mlcore.model.preprocessing import build_pipeline, missing_values_plan
 from mlcore.model.targets import predict
 from mlcore.problems import ProblemSpec
-from mlcore.training import build_pipeline, missing_values_plan
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

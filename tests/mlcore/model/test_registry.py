@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mlcore.data.curation import curate
+from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.registry import (
     AliasConflict,
     ArtifactMissing,
@@ -26,7 +27,7 @@ from mlcore.model.registry import (
 from mlcore.model.splits import DatasetRef
 from mlcore.problems import spec_hash
 from mlcore.promotion import rollback
-from mlcore.training import build_pipeline, save_artifact
+from mlcore.training import save_artifact
 
 DATASET = DatasetRef(
     dataset_id="d" * 16, train_uri="/nowhere/train.parquet", holdout_uri="/nowhere/holdout.parquet",
