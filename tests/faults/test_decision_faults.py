@@ -1,6 +1,6 @@
 """A worse or broken contender is never promoted, on SQLite and PostgreSQL, and the reason is
 recorded (the retrain path's evaluation; ``mlcore promote``'s checks run the same function, see
-tests/mlcore/test_evaluation.py).
+tests/mlcore/test_promotion.py).
 
 The contenders are real fitted pipelines registered next to a real champion; the holdout is the
 ``loop`` fixture's frozen 2017 part (neither model trained on it, which the check verifies).

@@ -19,7 +19,7 @@ from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.splits import entity_bucket, newest_rows
 from mlcore.problems import ProblemSpec, get_problem
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ROWS, WEEKS, FLIPPED = 600, 5, 3
 RIDGE = {"estimator": "sklearn.linear_model.Ridge", "preprocessing": "one_hot",
          "search": {"alpha": [0.1, 10.0]}}
