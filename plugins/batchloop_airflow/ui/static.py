@@ -78,7 +78,7 @@ VIEW_JS = r"""(function () {
 def runbook_path() -> Path:
     """RUNBOOK.md: ``BATCHLOOP_RUNBOOK_PATH``, else the project's (next to ``plugins/``)."""
     explicit = os.environ.get("BATCHLOOP_RUNBOOK_PATH")
-    return Path(explicit) if explicit else Path(__file__).resolve().parents[2] / "RUNBOOK.md"
+    return Path(explicit) if explicit else Path(__file__).resolve().parents[3] / "RUNBOOK.md"
 
 
 def runbook_href(link: str | None, base: str) -> str | None:
