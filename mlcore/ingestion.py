@@ -41,7 +41,7 @@ from mlcore.batches import BatchConflict, BatchRejected, check_batch_id, sha256_
 from mlcore.columns import label_key
 from mlcore.config import Settings
 from mlcore.data.curation import declared_and_found, stream
-from mlcore.data.integrity import fingerprint
+from mlcore.data.integrity import FileSet, fingerprint
 from mlcore.data.io import RawFile, clear_staging, source_path, staging_dir
 from mlcore.data.target_coding import (
     ClassesUnknown,
@@ -310,20 +310,7 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
     if learnt and coder is not None and coder.learnable:
         attempt.at("fixing the classes of", staging)
         _fix_classes(spec, batch_id, coder, staging, settings.db_url)
-    attempt.at("creating the staging dir for", raw_dir)
-    raw_staging = staging_dir(raw_dir)
-    attempt.made.append(raw_staging)
-    attempt.at("copying the raw file to", raw_staging / raw.name)
-    shutil.copy2(raw, raw_staging / raw.name)
-    failpoint("ingest.after_stage_write")
-    attempt.at("renaming the raw staging dir to", raw_dir)
-    os.replace(raw_staging, raw_dir)
-    attempt.made.append(raw_dir)
-    attempt.at("renaming the curated staging dir to", curated)
-    record = fingerprint(staging)  # what readers verify the curated files against
-    os.replace(staging, curated)
-    attempt.made.append(curated)
-    failpoint("ingest.after_rename")
+    record = _move_into_place(raw, staging, dirs, attempt)
     log.info("batch %r: publishing %d of %d rows; %d quarantined%s", batch_id, out.published,
              out.rows, out.bad_rows, f" ({dict(out.rules)})" if out.rules else "")
     attempt.at("recording the published manifest of", curated)
@@ -334,6 +321,28 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
         "event_time_min": out.ts_min.to_pydatetime() if out.ts_min is not None else None,
         "event_time_max": out.ts_max.to_pydatetime() if out.ts_max is not None else None,
     }, out.violations, settings.db_url)
+
+
+def _move_into_place(raw: Path, staging: Path, dirs: tuple[Path, Path],
+                     attempt: _Attempt) -> FileSet:
+    """Copy the raw file to its partition, rename the curated staging dir onto its final path;
+    the curated files' record (what readers verify them against)."""
+    curated, raw_dir = dirs
+    attempt.at("creating the staging dir for", raw_dir)
+    raw_staging = staging_dir(raw_dir)
+    attempt.made.append(raw_staging)
+    attempt.at("copying the raw file to", raw_staging / raw.name)
+    shutil.copy2(raw, raw_staging / raw.name)
+    failpoint("ingest.after_stage_write")
+    attempt.at("renaming the raw staging dir to", raw_dir)
+    os.replace(raw_staging, raw_dir)
+    attempt.made.append(raw_dir)
+    attempt.at("renaming the curated staging dir to", curated)
+    record = fingerprint(staging)
+    os.replace(staging, curated)
+    attempt.made.append(curated)
+    failpoint("ingest.after_rename")
+    return record
 
 
 def recurate(spec: ProblemSpec, batch: Batch, raw: Path, staging: Path,
