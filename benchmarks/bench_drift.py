@@ -258,8 +258,8 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
     2018 batch against that champion, ``rounds`` times (it is idempotent)."""
     import pyarrow.parquet as pq
 
-    import mlcore.model.reference as reference
     import mlcore.monitoring as monitoring
+    import mlcore.training as training
     from mlcore.config import Settings, TrainConfig
     from mlcore.datasets import build_dataset
     from mlcore.feast.store import apply_definitions
@@ -286,7 +286,7 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
         materialize_batch(spec, str(year), settings)
     dataset = build_dataset(spec, settings)
     profile_s: list[float] = []
-    real_write = reference.write_reference_profile
+    real_write = training.write_reference_profile
 
     def write_timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -295,13 +295,13 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
         finally:
             profile_s.append(time.perf_counter() - start)
 
-    reference.write_reference_profile = write_timed  # type: ignore[assignment]
+    training.write_reference_profile = write_timed  # type: ignore[assignment]
     try:
         start = time.perf_counter()
         ref = train_contender(spec, dataset, TrainConfig(), settings)
         train_s = time.perf_counter() - start
     finally:
-        reference.write_reference_profile = real_write  # type: ignore[assignment]
+        training.write_reference_profile = real_write  # type: ignore[assignment]
     move_alias(spec.name, expected=None, new=ref.version, reason="bench", url=settings.db_url)
     ingest_batch(spec, str(files[2018]), "2018", settings)  # the batch that arrives
     drift_s, result = [], None
