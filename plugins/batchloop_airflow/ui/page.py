@@ -1,9 +1,11 @@
 """HTML of the Batchloop view in the Airflow UI: the problem index and one page per problem.
 
 Data comes from ``mlcore``'s own read-side queries (``reporting.summary``, ``registry``,
-``lineage.model_lineage``); this module only arranges it. Every text is escaped, the pages have
-no scripts, and every link is relative (``reports/...`` is served by ``batchloop_airflow.ui.app``).
-Imported only by the request handlers, never at plugin load.
+``lineage.model_lineage``); this module only arranges it, with the HTML toolkit the written
+reports use (``mlcore.reports.html``), and holds the view's own formatting (numbers, deltas,
+times, outcomes) and style. Every text is escaped, the pages load one script of the view's own
+(``static/view.js``), and every link is relative (``reports/...`` is served by
+``batchloop_airflow.ui.app``). Imported only by the request handlers, never at plugin load.
 """
 
 from __future__ import annotations
