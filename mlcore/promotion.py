@@ -15,7 +15,7 @@ import numpy as np
 from sqlalchemy import select
 
 from mlcore.config import Settings
-from mlcore.evaluation import assess_contender
+from mlcore.evaluation import Assessment, assess_contender
 from mlcore.model.evaluation import KEEP_TOO_CLOSE, PromotionDecision
 from mlcore.model.metrics import compute_metrics
 from mlcore.model.registry import (
@@ -51,9 +51,7 @@ def evaluate_contender(spec: ProblemSpec, dataset: DatasetRef, contender: int,
         UnfairHoldout: fewer than ``evaluation.min_holdout_rows`` holdout rows are left that
             neither model trained on.
     """
-    a = assess_contender(spec, dataset, contender, settings)
-    return record_evaluation(spec, settings, a.contender, a.champion, a.y, a.p_new, a.p_old,
-                             a.decision, a.details, a.holdout)
+    return record_evaluation(spec, settings, assess_contender(spec, dataset, contender, settings))
 
 
 def mark_challenger(problem: str, decision: dict[str, Any], settings: Settings,
@@ -89,24 +87,20 @@ def promote_contender(problem: str, decision: dict[str, Any], settings: Settings
     return int(decision["contender_version"])
 
 
-def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersion,
-                      old_mv: ModelVersion | None, y: np.ndarray, p_new: np.ndarray,
-                      p_old: np.ndarray | None, decision: PromotionDecision,
-                      details: dict[str, Any], holdout: dict[str, Any]) -> dict[str, Any]:
+def record_evaluation(spec: ProblemSpec, settings: Settings, a: Assessment) -> dict[str, Any]:
     """Store a decision with every number used and write its run card (one transaction).
 
-    ``holdout``: ``batches``, ``rows``, ``hash``, ``method`` of the rows both were judged on.
+    ``a.holdout``: ``batches``, ``rows``, ``hash``, ``method`` of the rows both were judged on.
     """
     from mlcore.reports.runcard import write_run_card
-    from mlcore.reports.runcard_data import model_curves
 
-    kind = spec.target.kind
-    classes = version_classes(new_mv)
-    speed = details.get("throughput") or {}
-    new_metrics = {**compute_metrics(y, p_new, kind), "rows_per_second": speed.get("contender")}
-    old_metrics = None if p_old is None else {**compute_metrics(y, p_old, kind),
-                                              "rows_per_second": speed.get("champion")}
-    contender, champ = new_mv.version, None if old_mv is None else old_mv.version
+    kind, speed = spec.target.kind, a.details.get("throughput") or {}
+    new_metrics = {**compute_metrics(a.y, a.p_new, kind),
+                   "rows_per_second": speed.get("contender")}
+    old_metrics = None if a.p_old is None else {**compute_metrics(a.y, a.p_old, kind),
+                                                "rows_per_second": speed.get("champion")}
+    contender, champ = a.contender.version, None if a.champion is None else a.champion.version
+    decision, holdout = a.decision, a.holdout
     with session_scope(settings.db_url) as s:
         row = Evaluation(
             problem=spec.name, contender_version=contender, champion_version=champ,
@@ -115,31 +109,11 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersio
             contender_metrics=_json(new_metrics), champion_metrics=_json(old_metrics),
             delta=decision.delta, ci_low=decision.ci_low, ci_high=decision.ci_high,
             thresholds=spec.promotion.model_dump(), promote=decision.promote,
-            outcome=decision.outcome, reason=decision.reason, details=_json(details))
+            outcome=decision.outcome, reason=decision.reason, details=_json(a.details))
         s.add(row)
         s.flush()
-        card = write_run_card(_json({
-            "problem": spec.name, "evaluation_id": row.id, "links": links(spec.name),
-            "created_at": row.created_at.isoformat(), "outcome": decision.outcome,
-            "promote": decision.promote, "reason": decision.reason,
-            "metric": spec.metric.model_dump(), "target": {"kind": kind, "classes": classes},
-            "contender": {"version": contender, "algorithm": new_mv.algorithm,
-                          "window": (new_mv.reproducibility or {}).get("window_why"),
-                          "metrics": new_metrics, "rows_per_second": speed.get("contender"),
-                          "curves": model_curves(kind, y, p_new, classes)},
-            "champion": None if old_mv is None or p_old is None else {
-                "version": champ, "algorithm": old_mv.algorithm, "metrics": old_metrics,
-                "rows_per_second": speed.get("champion"),
-                "curves": model_curves(kind, y, p_old, classes)},
-            "delta": decision.delta,
-            "ci": None if decision.ci_low is None else [decision.ci_low, decision.ci_high],
-            "confidence": spec.promotion.confidence,
-            "bootstrap_samples": spec.promotion.bootstrap_samples,
-            "thresholds": spec.promotion.model_dump(), "holdout": holdout,
-            "slices": details["slices"], "throughput": speed,
-            "guardrails": list(decision.guardrails), "held_by": list(decision.held_by),
-            "backtest": details.get("backtest") or []}),
-            settings.partition("reports", spec.name) / f"evaluation={row.id}")
+        card = write_run_card(_json(_run_card(spec, a, row, new_metrics, old_metrics)),
+                              settings.partition("reports", spec.name) / f"evaluation={row.id}")
         row.run_card_uri = str(card.html_path)
         eval_id = row.id
     log.info("evaluation %s of %s v%s: %s (%s); run card %s (%d bytes)", eval_id, spec.name,
@@ -147,6 +121,37 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, new_mv: ModelVersio
     return {**_json(decision.to_dict()), "evaluation_id": eval_id,
             "contender_version": contender, "champion_version": champ,
             "holdout_batches": holdout["batches"], "run_card": str(card.html_path)}
+
+
+def _run_card(spec: ProblemSpec, a: Assessment, row: Evaluation, new_metrics: dict[str, Any],
+              old_metrics: dict[str, Any] | None) -> dict[str, Any]:
+    """The run card's content: the decision, both models' metrics and curves, the rule's
+    settings, the holdout, the guardrails and the backtest."""
+    from mlcore.reports.runcard_data import model_curves
+
+    kind, classes = spec.target.kind, version_classes(a.contender)
+    speed, decision, old_mv = a.details.get("throughput") or {}, a.decision, a.champion
+    return {
+        "problem": spec.name, "evaluation_id": row.id, "links": links(spec.name),
+        "created_at": row.created_at.isoformat(), "outcome": decision.outcome,
+        "promote": decision.promote, "reason": decision.reason,
+        "metric": spec.metric.model_dump(), "target": {"kind": kind, "classes": classes},
+        "contender": {"version": a.contender.version, "algorithm": a.contender.algorithm,
+                      "window": (a.contender.reproducibility or {}).get("window_why"),
+                      "metrics": new_metrics, "rows_per_second": speed.get("contender"),
+                      "curves": model_curves(kind, a.y, a.p_new, classes)},
+        "champion": None if old_mv is None or a.p_old is None else {
+            "version": old_mv.version, "algorithm": old_mv.algorithm, "metrics": old_metrics,
+            "rows_per_second": speed.get("champion"),
+            "curves": model_curves(kind, a.y, a.p_old, classes)},
+        "delta": decision.delta,
+        "ci": None if decision.ci_low is None else [decision.ci_low, decision.ci_high],
+        "confidence": spec.promotion.confidence,
+        "bootstrap_samples": spec.promotion.bootstrap_samples,
+        "thresholds": spec.promotion.model_dump(), "holdout": a.holdout,
+        "slices": a.details["slices"], "throughput": speed,
+        "guardrails": list(decision.guardrails), "held_by": list(decision.held_by),
+        "backtest": a.details.get("backtest") or []}
 
 
 def version_classes(mv: ModelVersion) -> list[str]:

@@ -19,7 +19,7 @@ from sqlalchemy import select
 
 from mlcore.config import Settings
 from mlcore.data.io import read_curated
-from mlcore.evaluation import check_fair_holdout
+from mlcore.evaluation import Assessment, check_fair_holdout
 from mlcore.model.evaluation import judge
 from mlcore.model.registry import CHALLENGER, alias_holder, get_version
 from mlcore.problems import ProblemSpec
@@ -106,10 +106,9 @@ def compare_shadow(spec: ProblemSpec, settings: Settings,
     batches = sorted(rows["batch_id"].unique().tolist())
     digest = hashlib.sha256(pd.util.hash_pandas_object(
         rows[["batch_id", "entity_key", spec.target.name]], index=False).to_numpy().tobytes())
-    result = record_evaluation(spec, settings, challenger, champion, y, p_new,
-                               np.asarray(p_old), decision, details,
-                               {"batches": batches, "rows": len(rows),
-                                "hash": digest.hexdigest(), "method": "shadow"})
+    result = record_evaluation(spec, settings, Assessment(
+        challenger, champion, y, p_new, np.asarray(p_old), decision, details,
+        {"batches": batches, "rows": len(rows), "hash": digest.hexdigest(), "method": "shadow"}))
     promoted = promote_shadow(spec, settings, champ, chall, len(rows), decision,
                               result["evaluation_id"])
     return {**result, "rows": len(rows), "promoted": promoted}
