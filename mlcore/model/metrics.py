@@ -1,8 +1,9 @@
 """Metrics of every target kind, each with optional row weights (the paired bootstrap resamples
 by weighting rows with their draw counts, never by copying them).
 
-Inputs are in ``mlcore.model.targets``' encoding: ``y`` the encoded labels; ``p`` P(positive) for
-binary, an (n, k) probability matrix for multiclass, the predicted value for regression.
+Inputs: ``y`` the labels as ``mlcore.data.target_coding`` encodes them; ``p`` the model outputs
+as ``mlcore.model.targets.predict`` gives them: P(positive) for binary, an (n, k) probability
+matrix for multiclass, the predicted value for regression.
 Directions live with the names in ``mlcore.spec_rules.METRICS_BY_KIND``.
 """
 

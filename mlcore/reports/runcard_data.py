@@ -161,8 +161,8 @@ def model_curves(kind: str, y: np.ndarray, p: np.ndarray, classes: list[str]) ->
     """The JSON-able plot data of one model's outputs ``p`` on encoded labels ``y``.
 
     Args:
-        kind: ``binary``, ``multiclass`` or ``regression`` (encodings as in
-            ``mlcore.model.targets``).
+        kind: ``binary``, ``multiclass`` or ``regression`` (labels encoded as in
+            ``mlcore.data.target_coding``, outputs as ``mlcore.model.targets.predict``).
         y: Encoded labels (binary 0/1, multiclass class index, regression value).
         p: Outputs: P(positive) (n,); class probabilities (n, k); predicted values (n,).
         classes: Class names in code order (labels of the multiclass tables; else unused).
