@@ -203,23 +203,10 @@ def settings_factory(tmp_path_factory) -> Callable[[str], object]:
 @pytest.fixture(scope="session")
 def loop(settings_factory, spec, slices):
     """2015-2017 ingested and materialized, dataset built (holdout 2017), a champion promoted."""
-    from mlcore.config import TrainConfig
-    from mlcore.datasets import build_dataset
-    from mlcore.features import materialize_batch
-    from mlcore.ingestion import ingest_batch
-    from mlcore.model.registry import move_alias
-    from mlcore.training import train_contender
+    from first_champion import first_champion
 
     settings = settings_factory("loop")
-    manifests = {y: ingest_batch(spec, str(slices[y]), str(y), settings)
-                 for y in (2015, 2016, 2017)}
-    for year in manifests:
-        materialize_batch(spec, str(year), settings)
-    dataset = build_dataset(spec, settings)
-    contender = train_contender(spec, dataset, TrainConfig(algorithm="logistic_regression"),
-                                settings)
-    move_alias(spec.name, expected=None, new=contender.version, reason="first model",
-               url=settings.db_url, actor="tests")
+    manifests, dataset, contender = first_champion(spec, slices, settings)
     return SimpleNamespace(settings=settings, manifests=manifests, dataset=dataset,
                            contender=contender)
 

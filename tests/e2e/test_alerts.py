@@ -346,34 +346,12 @@ def test_a_skipped_challenger_alerts_once_and_the_scoring_run_succeeds(
         airflow_db, spec, run_or_error, slices, sinks, mlcore_env, task_tries):
     """Scoring with a shadow challenger whose artifact is gone: the run succeeds on the champion's
     scores and on-call hears about the challenger (a succeeded task is otherwise silent)."""
-    from mlcore.data.io import read_curated
-    from mlcore.features import materialize_batch
-    from mlcore.ingestion import ingest_batch
-    from mlcore.model.preprocessing import build_pipeline
-    from mlcore.model.registry import CHALLENGER, get_version, move_alias, register_version
-    from mlcore.model.splits import DatasetRef
-    from mlcore.store.catalog import get_batch
-    from mlcore.training import save_artifact
+    from shadow_pair import shadow_pair
+
+    from mlcore.model.registry import get_version
 
     settings = mlcore_env
-    ingest_batch(spec, str(slices[2016]), "2016", settings)
-    materialize_batch(spec, "2016", settings)
-    curated = read_curated(get_batch(spec.name, "2016", settings.db_url))
-    versions = []
-    for c in (1.0, 0.001):
-        pipe = build_pipeline(spec, "logistic_regression", 0, {"C": c}).fit(
-            curated[spec.feature_names], curated["employed"])
-        uri, sha = save_artifact(pipe, settings, spec.name)
-        versions.append(register_version(
-            spec, settings, algorithm="logistic_regression", artifact_uri=uri,
-            artifact_sha256=sha, hyperparameters={"C": c}, dataset=DatasetRef(
-                "d" * 16, "/x/train.parquet", "/x/holdout.parquet", ["2016"], ["2016"],
-                "entity_hash", 4, 4, "a" * 64, "b" * 64), train_rows=4,
-            validation={}, timings={}))
-    champion, challenger = versions
-    for alias, version in (("champion", champion), (CHALLENGER, challenger)):
-        move_alias(spec.name, expected=None, new=version, reason="t", url=settings.db_url,
-                   alias=alias, settings=settings)
+    _, challenger, _ = shadow_pair(spec, slices, settings)
     Path(get_version(spec.name, challenger, settings.db_url).artifact_uri).unlink()
 
     dag_id = f"{spec.name}__score_batch"

@@ -17,13 +17,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from registry_stub import register_artifact
+from shadow_pair import shadow_pair
 from sklearn.dummy import DummyClassifier
 from sqlalchemy import func, select
 
-from mlcore.data.io import read_curated
-from mlcore.features import materialize_batch
-from mlcore.ingestion import ingest_batch
-from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.registry import (
     CHALLENGER,
     ArtifactIntegrityError,
@@ -34,29 +32,11 @@ from mlcore.model.registry import (
     get_version,
     load_model,
     move_alias,
-    register_version,
 )
-from mlcore.model.splits import DatasetRef
 from mlcore.promotion import promote_version
 from mlcore.scoring import score_batch
-from mlcore.store.catalog import get_batch
 from mlcore.store.models import Prediction
 from mlcore.store.session import session_scope
-from mlcore.training import save_artifact
-
-DATASET = DatasetRef(
-    dataset_id="d" * 16, train_uri="/nowhere/train.parquet", holdout_uri="/nowhere/holdout.parquet",
-    train_batches=["2016"], holdout_batches=["2016"], method="entity_hash",
-    train_rows=4, holdout_rows=4, train_hash="a" * 64, holdout_hash="b" * 64)
-
-
-def register_artifact(spec, settings, model) -> int:
-    """Save ``model`` as a real artifact and register it."""
-    uri, sha = save_artifact(model, settings, spec.name)
-    return register_version(
-        spec, settings, algorithm="dummy", artifact_uri=uri, artifact_sha256=sha,
-        hyperparameters={}, dataset=DATASET, train_rows=4, validation={}, timings={})
-
 
 _made = iter(range(1_000_000))
 
@@ -66,7 +46,7 @@ def dummy(spec, settings) -> int:
     identical models would share one file)."""
     model = DummyClassifier(strategy="constant", constant=0).fit(np.zeros((4, 1)), [0, 1, 0, 1])
     model.tag_ = next(_made)
-    return register_artifact(spec, settings, model)
+    return register_artifact(spec, settings, model, algorithm="dummy")
 
 
 def artifact(settings, problem: str, version: int) -> Path:
@@ -203,19 +183,7 @@ def test_load_model_tells_missing_from_tampered(spec, settings):
 def shadowed(spec, slices, settings):
     """Batch 2016 ingested and materialized on ``settings``; champion and challenger: two real
     pipelines (own artifacts, nothing shared with other tests)."""
-    ingest_batch(spec, str(slices[2016]), "2016", settings)
-    materialize_batch(spec, "2016", settings)
-    curated = read_curated(get_batch(spec.name, "2016", settings.db_url))
-    versions = []
-    for c in (1.0, 0.001):
-        pipe = build_pipeline(spec, "logistic_regression", 0, {"C": c}).fit(
-            curated[spec.feature_names], curated["employed"])
-        versions.append(register_artifact(spec, settings, pipe))
-    champion, challenger = versions
-    move_alias(spec.name, expected=None, new=champion, reason="t", url=settings.db_url,
-               settings=settings)
-    move_alias(spec.name, expected=None, new=challenger, reason="t", url=settings.db_url,
-               alias=CHALLENGER, settings=settings)
+    champion, challenger, curated = shadow_pair(spec, slices, settings)
     return champion, challenger, len(curated)
 
 

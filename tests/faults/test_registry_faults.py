@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from registry_stub import register_artifact, register_stub, stub_dataset
 from sklearn.dummy import DummyClassifier
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import DBAPIError
@@ -51,37 +52,29 @@ from mlcore.model.registry import (
     get_version,
     load_model,
     move_alias,
-    register_version,
 )
-from mlcore.model.splits import DatasetRef
 from mlcore.promotion import rollback
 from mlcore.store.session import get_engine, session_scope
-from mlcore.training import save_artifact
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "census_employment"
 
-DATASET = DatasetRef(
-    dataset_id="d" * 16, train_uri="/nowhere/train.parquet", holdout_uri="/nowhere/holdout.parquet",
-    train_batches=["2015", "2016"], holdout_batches=["2017"], method="newest_batch",
-    train_rows=4, holdout_rows=4, train_hash="a" * 64, holdout_hash="b" * 64)
+DATASET = stub_dataset(("2015", "2016"), (4, 4), holdout=("2017",), method="newest_batch")
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
 def register(spec, settings, uri: str = "/nowhere/model.joblib", sha: str = "0" * 64) -> int:
     """Register a version (no artifact needed unless the test loads it)."""
-    return register_version(
-        spec, settings, algorithm="dummy", artifact_uri=uri, artifact_sha256=sha,
-        hyperparameters={}, dataset=DATASET, train_rows=4, validation={}, timings={})
+    return register_stub(spec, settings, algorithm="dummy", artifact_uri=uri,
+                         artifact_sha256=sha, dataset=DATASET)
 
 
 def register_model(spec, settings, constant: int = 0) -> int:
     """Save a tiny fitted model that always predicts ``constant`` and register it."""
     model = DummyClassifier(strategy="constant", constant=constant)
     model.fit(np.zeros((4, 1)), [0, 1, 0, 1])
-    uri, sha = save_artifact(model, settings, spec.name)
-    return register(spec, settings, uri, sha)
+    return register_artifact(spec, settings, model, algorithm="dummy", dataset=DATASET)
 
 
 def predicts(settings, version: int) -> int:

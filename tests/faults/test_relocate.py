@@ -6,20 +6,19 @@ from __future__ import annotations
 
 import shutil
 
+from first_champion import first_champion
 from sqlalchemy import text
 
 from mlcore.cli import main
-from mlcore.config import TrainConfig, get_settings
+from mlcore.config import get_settings
 from mlcore.data.integrity import curated_files, offline_files
 from mlcore.data.io import read_curated
-from mlcore.datasets import build_dataset
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
-from mlcore.model.registry import alias_holder, get_version, load_model, move_alias
+from mlcore.model.registry import alias_holder, get_version, load_model
 from mlcore.scoring import score_batch
 from mlcore.store.catalog import get_batch
 from mlcore.store.session import session_scope
-from mlcore.training import train_contender
 
 
 def test_a_copied_home_works_at_another_path(tmp_path, monkeypatch, spec, slices):
@@ -30,13 +29,7 @@ def test_a_copied_home_works_at_another_path(tmp_path, monkeypatch, spec, slices
     try:
         assert main(["init"]) == 0
         settings = get_settings()
-        for year in (2015, 2016):
-            ingest_batch(spec, str(slices[year]), str(year), settings)
-            materialize_batch(spec, str(year), settings)
-        model = train_contender(spec, build_dataset(spec, settings),
-                                TrainConfig(algorithm="logistic_regression"), settings)
-        move_alias(spec.name, expected=None, new=model.version, reason="first",
-                   url=settings.db_url, actor="tests")
+        first_champion(spec, slices, settings, years=(2015, 2016))
         with session_scope(settings.db_url) as s:
             stored = s.execute(text("select curated_uri from batches")).scalars().all()
             artifacts = s.execute(text("select artifact_uri from model_versions")).scalars().all()

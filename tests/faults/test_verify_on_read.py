@@ -10,35 +10,27 @@ from pathlib import Path
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+from first_champion import first_champion
 from sqlalchemy import func, select
 
 from mlcore.backfill import load_state, plan
-from mlcore.config import TrainConfig
 from mlcore.data.integrity import DataDamaged, curated_files, offline_files
 from mlcore.data.io import read_curated
 from mlcore.datasets import build_dataset
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
-from mlcore.model.registry import move_alias
 from mlcore.monitoring import detect_drift
 from mlcore.repair import check, raw_copy, repair_batch
 from mlcore.scoring import score_batch
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Prediction
 from mlcore.store.session import session_scope
-from mlcore.training import train_contender
 
 
 @pytest.fixture(scope="module")
 def world(settings_factory, spec, slices):
     settings = settings_factory("verify")
-    for year in (2015, 2016, 2017):
-        ingest_batch(spec, str(slices[year]), str(year), settings)
-        materialize_batch(spec, str(year), settings)
-    contender = train_contender(spec, build_dataset(spec, settings),
-                                TrainConfig(algorithm="logistic_regression"), settings)
-    move_alias(spec.name, expected=None, new=contender.version, reason="first",
-               url=settings.db_url, actor="tests")
+    first_champion(spec, slices, settings)
     return settings
 
 

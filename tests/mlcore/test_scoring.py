@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from registry_stub import register_stub
+from registry_stub import register_artifact
+from shadow_pair import shadow_pair
 from sqlalchemy import select
 
 from mlcore.batches import BatchNotFound
@@ -101,26 +102,9 @@ def test_scoring_without_a_champion_is_not_found(spec, slices, sqlite_settings):
 @pytest.fixture(scope="module")
 def shadowed(spec, slices, settings_factory):
     """Batch 2016 materialized; champion and challenger: two real pipelines of different C."""
-    from mlcore.model.preprocessing import build_pipeline
-    from mlcore.model.registry import CHALLENGER, move_alias
-    from mlcore.training import save_artifact
-
     settings = settings_factory("shadow")
-    ingest_batch(spec, str(slices[2016]), "2016", settings)
-    materialize_batch(spec, "2016", settings)
-    curated = read_curated(get_batch(spec.name, "2016", settings.db_url))
-    versions = []
-    for c in (1.0, 0.001):
-        pipe = build_pipeline(spec, "logistic_regression", 0, {"C": c}).fit(
-            curated[spec.feature_names], curated["employed"])
-        uri, sha = save_artifact(pipe, settings, spec.name)
-        versions.append(register_stub(
-            spec, settings, artifact_uri=uri, artifact_sha256=sha, hyperparameters={"C": c},
-            batches=("2016",), rows=(1, 1), train_rows=1500))
-    move_alias(spec.name, expected=None, new=versions[0], reason="t", url=settings.db_url)
-    move_alias(spec.name, expected=None, new=versions[1], reason="t", url=settings.db_url,
-               alias=CHALLENGER)
-    return settings, versions, curated
+    champion, challenger, curated = shadow_pair(spec, slices, settings)
+    return settings, [champion, challenger], curated
 
 
 def test_a_challenger_is_shadow_scored_next_to_the_champion(spec, shadowed):
@@ -152,7 +136,6 @@ def partitions(spec, slices, settings_factory, tmp_path_factory):
     tie Feast breaks by its sort order). A LogisticRegression champion fitted on 2016."""
     from mlcore.model.preprocessing import build_pipeline
     from mlcore.model.registry import move_alias
-    from mlcore.training import save_artifact
 
     settings = settings_factory("partitions")
     tmp = tmp_path_factory.mktemp("partitions")
@@ -169,9 +152,8 @@ def partitions(spec, slices, settings_factory, tmp_path_factory):
     curated = read_curated(get_batch(spec.name, "2016", settings.db_url))
     pipe = build_pipeline(spec, "logistic_regression", 0).fit(curated[spec.feature_names],
                                                               curated["employed"])
-    uri, sha = save_artifact(pipe, settings, spec.name)
-    version = register_stub(spec, settings, artifact_uri=uri, artifact_sha256=sha,
-                            batches=("2016",), rows=(1, 1), train_rows=1500)
+    version = register_artifact(spec, settings, pipe, batches=("2016",), rows=(1, 1),
+                                train_rows=1500)
     move_alias(spec.name, expected=None, new=version, reason="t", url=settings.db_url)
     return settings, version
 

@@ -10,24 +10,12 @@ import joblib
 import numpy as np
 import pandas as pd
 import pytest
+from spec_sections import variant
 
-from mlcore.data.curation import curate
 from mlcore.model.preprocessing import build_pipeline
 from mlcore.model.registry import get_version, load_model
-from mlcore.problems import ProblemSpec, spec_hash
+from mlcore.problems import spec_hash
 from mlcore.training import save_artifact
-
-
-def variant(spec, **changes) -> ProblemSpec:
-    """The census spec with some top-level sections replaced (validated again)."""
-    return ProblemSpec.model_validate({**spec.model_dump(), **changes})
-
-
-@pytest.fixture(scope="module")
-def curated(spec, slices) -> pd.DataFrame:
-    """1,500 typed rows of 2015 plus 1,500 of 2016, as the curated store holds them."""
-    return pd.concat([curate(pd.read_parquet(slices[y]), spec) for y in (2015, 2016)],
-                     ignore_index=True)
 
 
 def test_save_artifact_hash_is_the_file_hash(spec, curated, sqlite_settings):

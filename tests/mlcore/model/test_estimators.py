@@ -4,27 +4,13 @@ of the best configuration on validation, every library estimator fitting."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
+from spec_sections import variant
 
 from mlcore.config import TrainConfig
-from mlcore.data.curation import curate
 from mlcore.model.estimators import select_and_fit
 from mlcore.model.preprocessing import build_pipeline
 from mlcore.problems import ProblemSpec, spec_hash
-
-
-def variant(spec, **changes) -> ProblemSpec:
-    """The census spec with some top-level sections replaced (validated again)."""
-    return ProblemSpec.model_validate({**spec.model_dump(), **changes})
-
-
-@pytest.fixture(scope="module")
-def curated(spec, slices) -> pd.DataFrame:
-    """1,500 typed rows of 2015 plus 1,500 of 2016, as the curated store holds them."""
-    return pd.concat([curate(pd.read_parquet(slices[y]), spec) for y in (2015, 2016)],
-                     ignore_index=True)
-
 
 LR = {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 300}}
 HGB = {"estimator": "sklearn.ensemble.HistGradientBoostingClassifier",

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from registry_stub import register_stub, stub_dataset
 
 from mlcore.data.curation import curate
 from mlcore.model.preprocessing import build_pipeline
@@ -22,24 +23,18 @@ from mlcore.model.registry import (
     list_versions,
     load_model,
     move_alias,
-    register_version,
 )
-from mlcore.model.splits import DatasetRef
 from mlcore.problems import spec_hash
 from mlcore.promotion import rollback
 from mlcore.training import save_artifact
 
-DATASET = DatasetRef(
-    dataset_id="d" * 16, train_uri="/nowhere/train.parquet", holdout_uri="/nowhere/holdout.parquet",
-    train_batches=["2015", "2016"], holdout_batches=["2017"], method="newest_batch",
-    train_rows=3000, holdout_rows=1500, train_hash="a" * 64, holdout_hash="b" * 64)
-
 
 def register(spec, settings, uri: str = "/nowhere/model.joblib", sha: str = "0" * 64) -> int:
-    return register_version(
-        spec, settings, algorithm="logistic_regression", artifact_uri=uri, artifact_sha256=sha,
-        hyperparameters={"C": 1.0}, dataset=DATASET, train_rows=3000,
-        validation={"logistic_regression": {"roc_auc": 0.8}}, timings={"fit_seconds": 0.1})
+    return register_stub(
+        spec, settings, artifact_uri=uri, artifact_sha256=sha, hyperparameters={"C": 1.0},
+        validation={"logistic_regression": {"roc_auc": 0.8}}, timings={"fit_seconds": 0.1},
+        dataset=stub_dataset(("2015", "2016"), (3000, 1500), holdout=("2017",),
+                             method="newest_batch"))
 
 
 def promote(spec, settings, expected, new, reason="better", actor="alice") -> None:
