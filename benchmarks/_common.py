@@ -1,17 +1,24 @@
 """What every benchmark script shares: where the repo is, logging to stderr, when, on which
 code and on which machine a run happened, the machine's load, the temp-dir parent (never inside
-the repo); for the scheduler benchmarks, a private Airflow as ``make up`` runs it (the tests'
-``tests/support/airflow_stack.py``), a seeded MLCORE home, and a run's timings per task."""
+the repo) and its removal, the command-line options they all take, the opening of their reports,
+an MLCORE home's setup; for the scheduler benchmarks, a private Airflow as ``make up`` runs it
+(the tests' ``tests/support/airflow_stack.py``), a seeded MLCORE home, their options, a run's
+timings per task and the report's end."""
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import gc
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +77,59 @@ def work_parent(workdir: Path | str | None) -> Path:
     return parent
 
 
+@contextlib.contextmanager
+def temp_work(prefix: str, workdir: Path | str | None, keep: bool = False) -> Iterator[Path]:
+    """A fresh temp dir under ``work_parent(workdir)``, removed on exit unless ``keep``."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=work_parent(workdir)))
+    try:
+        yield tmp
+    finally:
+        if keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def arg_parser(doc: str | None, check: str, *, keep: bool = False,
+               json_out: bool = False) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``--workdir``, ``--check`` (exit 1 when ``check``),
+    and with ``keep`` / ``json_out`` also ``--keep`` / ``--json``; its description is the first
+    paragraph of the script's docstring ``doc``."""
+    p = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    p.add_argument("--workdir", type=Path, default=None, help="temp dir parent (not the repo)")
+    p.add_argument("--check", action="store_true", help=f"exit 1 when {check}")
+    if keep:
+        p.add_argument("--keep", action="store_true", help="keep the temp dir (path on stderr)")
+    if json_out:
+        p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return p
+
+
+class ReportHead:
+    """When and under which load a run started (noted when made); ``lines`` opens its Markdown
+    report."""
+
+    def __init__(self, title: str, script: str) -> None:
+        self.title, self.script = title, script
+        self.started, self.load_before = utc_now(), load()
+
+    def lines(self, runs: str, machine_line: str) -> list[str]:
+        """The title, the command (``benchmarks/<script>`` and this process's arguments), when,
+        the load before and now, ``runs`` (rounds and what was compared), ``machine_line``."""
+        cmd = " ".join([f"benchmarks/{self.script}", *sys.argv[1:]])
+        return [f"### {self.title}", "", f"Command: `.venv/bin/python {cmd}`; {self.started}, "
+                f"load {self.load_before} before, {load()} after; {runs}", machine_line, ""]
+
+
+def openmp_threads() -> str:
+    """The OpenMP runtimes loaded and their thread counts."""
+    from threadpoolctl import threadpool_info
+
+    found = [f"{p['internal_api']} {p['num_threads']} thread(s)" for p in threadpool_info()
+             if p["user_api"] == "openmp"]
+    return ", ".join(found) or "no OpenMP runtime loaded"
+
+
 def machine(*packages: str) -> str:
     """CPUs, RAM, kernel, Python and the given packages' versions."""
     from importlib.metadata import version
@@ -88,6 +148,39 @@ def machine(*packages: str) -> str:
 
 # ---------------------------------------------------------------------------- scheduler benches
 
+def scheduler_args(p: argparse.ArgumentParser) -> None:
+    """The scheduler benchmarks' options for the standalone they start."""
+    p.add_argument("--stock-executor", action="store_true",
+                   help="Airflow's LocalExecutor instead of the one the Makefile ships")
+    p.add_argument("--airflow-env", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra settings for the standalone (a setting being tried)")
+
+
+def stack_env(args: argparse.Namespace) -> dict[str, str]:
+    """The standalone's settings beyond the Makefile's, from ``scheduler_args``' options."""
+    env = {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"} if args.stock_executor else {}
+    env.update(kv.split("=", 1) for kv in args.airflow_env)
+    return env
+
+
+def load_line(res: dict[str, Any]) -> str:
+    """The machine and the load averages before and after a scheduler benchmark's run."""
+    return (f"Machine: {res['machine']}. Load average before: "
+            f"{' / '.join(f'{x:.2f}' for x in res['load_before'])}; after: "
+            f"{' / '.join(f'{x:.2f}' for x in res['load_after'])}.")
+
+
+def finish(res: dict[str, Any], render: Callable[[dict[str, Any]], tuple[str, bool]],
+           args: argparse.Namespace) -> int:
+    """A scheduler benchmark's end: the end time and load noted, the report printed, the results
+    written to ``--json``; the exit code (1 when ``--check`` and a target is missed)."""
+    res.update(ended=utc_now(), load_after=os.getloadavg())
+    text, met = render(res)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=1, default=str))
+    return 1 if args.check and not met else 0
+
 def bench_stack(home: Path, mlcore_home: Path, extra_env: dict[str, str] | None = None,
                 dag_ids: tuple[str, ...] = ()) -> Stack:
     """A private standalone as ``make up`` runs it: only what the product ships is set (the
@@ -102,6 +195,13 @@ def bench_stack(home: Path, mlcore_home: Path, extra_env: dict[str, str] | None 
                         **(extra_env or {})}, base_env=base, cwd=home, dag_ids=dag_ids)
 
 
+def census_spec() -> Any:
+    """The demo problem's spec, ``problems/census_employment.yaml``."""
+    from mlcore.problems import get_problem
+
+    return get_problem(PROBLEM, ROOT / "problems")
+
+
 def new_settings(home: Path) -> Any:
     """Settings of an MLCORE home under the temp dir (SQLite store, the repo's Feast repo)."""
     from mlcore.config import Settings
@@ -113,6 +213,9 @@ def new_settings(home: Path) -> Any:
 def slice_files(rows: int, work: Path, years: tuple[int, ...]) -> dict[int, Path]:
     """Year -> the real yearly file, or its first ``rows`` rows (``rows`` > 0) under ``work``."""
     files = {y: ROOT / "data" / "census_ma_employment" / f"employment_{y}.parquet" for y in years}
+    missing = [str(p) for p in files.values() if not p.is_file()]
+    if missing:
+        sys.exit(f"missing input files: {', '.join(missing)}")
     if not rows:
         return files
     import pyarrow.parquet as pq
@@ -125,23 +228,38 @@ def slice_files(rows: int, work: Path, years: tuple[int, ...]) -> dict[int, Path
     return files
 
 
+def init_home(settings: Any) -> list[str]:
+    """``mlcore init`` in a new home: the folder, the migrated store, the Feast definitions
+    (their names returned)."""
+    from mlcore.feast.store import apply_definitions
+    from mlcore.store.session import upgrade
+
+    settings.home.mkdir(parents=True)
+    upgrade(settings.db_url)
+    return apply_definitions(settings)
+
+
+def close_db(settings: Any) -> None:
+    """Close pooled connections so the home's SQLite files can be copied or replaced."""
+    from mlcore.store.session import get_engine
+
+    get_engine(settings.db_url).dispose()
+    gc.collect()  # Feast stores of earlier calls (their SQLite connections) go too
+
+
 def seed_home(settings: Any, files: dict[int, Path], train: bool) -> dict[str, Any]:
     """``mlcore init``, the files ingested + materialized (batch id = year); with ``train`` a
     logistic-regression champion on them (newest year = holdout), as tests/conftest.py's loop."""
     from mlcore.config import TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.feast.store import apply_definitions
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import move_alias
     from mlcore.problems import get_problem
-    from mlcore.store.session import get_engine, upgrade
     from mlcore.training import train_contender
 
     spec = get_problem(PROBLEM, settings.problems_dir)
-    settings.home.mkdir(parents=True)
-    upgrade(settings.db_url)
-    apply_definitions(settings)
+    init_home(settings)
     rows = {}
     for year, src in files.items():
         rows[year] = ingest_batch(spec, str(src), str(year), settings).published_rows
@@ -153,10 +271,7 @@ def seed_home(settings: Any, files: dict[int, Path], train: bool) -> dict[str, A
         move_alias(spec.name, expected=None, new=ref.version, reason="benchmark seed",
                    url=settings.db_url, actor="bench")
         out["champion"] = ref.version
-    get_engine(settings.db_url).dispose()
-    import gc
-
-    gc.collect()  # Feast stores' SQLite connections go too: the home is copied next
+    close_db(settings)  # the home is copied next
     return out
 
 

@@ -43,7 +43,6 @@ import pstats
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,8 +54,8 @@ sys.dont_write_bytecode = True
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import yaml  # noqa: E402
-from _common import code, load, log, utc_now, work_parent  # noqa: E402
-from bench_ingest import PROBLEM, ROOT, load_real, machine, write_input  # noqa: E402
+from _common import arg_parser, code, load, log, machine, temp_work, utc_now  # noqa: E402
+from bench_ingest import PROBLEM, ROOT, load_real, write_input  # noqa: E402
 
 TARGET = 1.2
 VARIANTS = ("A", "B")
@@ -261,7 +260,7 @@ def render(times: dict[str, dict[str, list[float]]], rows: int) -> tuple[list[st
 # ---------------------------------------------------------------------------- main
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arg_parser(__doc__, "a target is missed")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the synthetic batch")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     p.add_argument("--profile", choices=("auto", "always", "never"), default="auto",
@@ -269,8 +268,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top", type=int, default=25, help="functions listed per profile")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 50,000 rows, 1 round (the ratios mean little)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    p.add_argument("--workdir", type=Path, default=None, help="temp dir parent (not the repo)")
     args = p.parse_args(argv)
     if args.quick:
         args.rows, args.rounds = 50_000, 1
@@ -279,12 +276,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    parent = work_parent(args.workdir)
     started, load_before, commit = utc_now(), load(), code()
     t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="bench-categories-", dir=parent) as tmp, \
+    with temp_work("bench-categories-", args.workdir) as work, \
             contextlib.redirect_stdout(sys.stderr):  # Feast prints progress to stdout
-        work = Path(tmp)
         names = categorical_names()
         dirs = write_problems(work)
         real = load_real()
@@ -309,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Command: `.venv/bin/python {cmd}` ({wall / 60:.1f} min wall); {started}, code "
         f"{commit}; load {load_before} before, {load()} after; {args.rounds} round(s), "
         "variants interleaved, order flipped each round, fresh MLCORE home per run, medians.",
-        f"Machine: {machine()['machine']}.", "",
+        f"Machine: {machine()}.", "",
         f"Rows: {args.rows:,} (real census rows resampled, unique ids); {len(names)} "
         f"categorical features: A integer codes (spec as is), B strings "
         f"`\"{PREFIX}<code>\"` (same rows, same vocabulary order).", "", *table, *prof]))

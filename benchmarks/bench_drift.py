@@ -60,7 +60,17 @@ from typing import Any
 
 sys.dont_write_bytecode = True
 
-from _common import ROOT, load, machine  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    arg_parser,
+    census_spec,
+    init_home,
+    load,
+    machine,
+    new_settings,
+    slice_files,
+    temp_work,
+)
 
 DATA = ROOT / "data" / "census_ma_employment"
 RATIO_TARGET = 10.0
@@ -256,31 +266,18 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
     """The real tasks in a fresh MLCORE home: ``train_contender`` (the spec's own candidates, on
     2015-2017; its reference profile write timed apart) once, then ``detect_drift`` on the real
     2018 batch against that champion, ``rounds`` times (it is idempotent)."""
-    import pyarrow.parquet as pq
-
     import mlcore.monitoring as monitoring
     import mlcore.training as training
-    from mlcore.config import Settings, TrainConfig
+    from mlcore.config import TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.feast.store import apply_definitions
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import move_alias
-    from mlcore.store.session import upgrade
     from mlcore.training import train_contender
 
-    settings = Settings(home=work / "home", database_url=None, problems_dir=ROOT / "problems",
-                        feature_repo=ROOT / "feature_repo")
-    settings.home.mkdir(parents=True)
-    upgrade(settings.db_url)
-    apply_definitions(settings)
-    files = {}
-    for year in (2015, 2016, 2017, 2018):
-        files[year] = DATA / f"employment_{year}.parquet"
-        if rows_per_batch:
-            table = pq.read_table(files[year])
-            files[year] = work / files[year].name
-            pq.write_table(table.slice(0, rows_per_batch), files[year])
+    settings = new_settings(work / "home")
+    init_home(settings)
+    files = slice_files(rows_per_batch, work, (2015, 2016, 2017, 2018))
     for year in (2015, 2016, 2017):
         ingest_batch(spec, str(files[year]), str(year), settings)
         materialize_batch(spec, str(year), settings)
@@ -318,7 +315,7 @@ def end_to_end(spec: Any, work: Path, rows_per_batch: int, rounds: int) -> dict[
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arg_parser(__doc__, "a target is missed")
     p.add_argument("--rows", type=int, nargs="+", default=[100_000, 1_000_000])
     p.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
     p.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS (default 1)")
@@ -327,7 +324,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--no-e2e", action="store_true",
                    help="skip the end-to-end train_contender / detect_drift comparison")
     p.add_argument("--quick", action="store_true", help="smoke run: 20k rows, 1 round")
-    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     args = p.parse_args(argv)
     if args.quick:
         args.rows, args.rounds, args.retrain_rows = [20_000], 1, 20_000
@@ -337,9 +333,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    from mlcore.problems import get_problem
-
-    spec = get_problem("census_employment", ROOT / "problems")
+    spec = census_spec()
     print(f"# bench_drift {' '.join(sys.argv[1:])}\n"
           f"{machine('evidently', 'numpy', 'scipy', 'pandas', 'scikit-learn')}; load {load()}; "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
@@ -378,10 +372,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"N={n:,}: drift step as configured {results[-3]['evidently_s']:.2f} s = "
               f"{share:.1%} of the retrain ({retrain_s:.2f} s); target <= 25%", flush=True)
     if not args.no_e2e:
-        import tempfile
-
-        with tempfile.TemporaryDirectory(prefix="bench-drift-") as work:
-            e = end_to_end(spec, Path(work), 3_000 if args.quick else 0, args.rounds)
+        with temp_work("bench-drift-", args.workdir) as work:
+            e = end_to_end(spec, work, 3_000 if args.quick else 0, args.rounds)
         drift = statistics.median(e["drift_s"])
         share = drift / e["train_s"]
         ok &= share <= RETRAIN_SHARE_TARGET

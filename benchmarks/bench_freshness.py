@@ -46,7 +46,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -57,16 +56,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     PROBLEM,
     ROOT,
+    arg_parser,
     bench_stack,
     code,
+    finish,
+    load_line,
     log,
     machine,
     new_settings,
+    scheduler_args,
     seed_home,
     slice_files,
+    stack_env,
     task_breakdown,
+    temp_work,
     utc_now,
-    work_parent,
 )
 from airflow_stack import Stack  # noqa: E402
 
@@ -206,9 +210,7 @@ def render(res: dict[str, Any]) -> tuple[str, bool]:
     lines = [f"Run: {res['started']} to {res['ended']}; code {res['code']}. Executor: "
              f"{res['executor']}. Settings beyond the Makefile's: "
              f"{res.get('airflow_env') or 'none'}.",
-             f"Machine: {res['machine']}. Load average before: "
-             f"{' / '.join(f'{x:.2f}' for x in res['load_before'])}; after: "
-             f"{' / '.join(f'{x:.2f}' for x in res['load_after'])}. History online: "
+             f"{load_line(res)} History online: "
              + ", ".join(f"{y}: {n:,} rows" for y, n in res["seed"]["rows"].items())
              + f". Standalone start {res['stack_start']:.0f} s, warm-up run (200 rows) "
              f"{res['warmup']:.1f} s (neither counted).", ""]
@@ -247,19 +249,13 @@ def render(res: dict[str, Any]) -> tuple[str, bool]:
 # ---------------------------------------------------------------------------- main
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arg_parser(__doc__, "the target is missed", json_out=True)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--synthetic-rows", type=int, default=1_000_000, help="0: skip it")
     p.add_argument("--history-rows", type=int, default=0, help="rows per history year (0: all)")
     p.add_argument("--real-rows", type=int, default=0, help="rows of the 2018 file (0: all)")
     p.add_argument("--quick", action="store_true", help="small data, 1 round")
-    p.add_argument("--stock-executor", action="store_true",
-                   help="Airflow's LocalExecutor instead of the one the Makefile ships")
-    p.add_argument("--airflow-env", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra settings for the standalone (a setting being tried)")
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--workdir", type=Path, default=None, help="temp dir parent (not the repo)")
-    p.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
+    scheduler_args(p)
     p.add_argument("--compute-child", nargs=3, default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -274,13 +270,11 @@ def main(argv: list[str] | None = None) -> int:
         args.real_rows, args.synthetic_rows = args.real_rows or 2000, min(args.synthetic_rows,
                                                                           20_000)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    parent = work_parent(args.workdir)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-freshness-", dir=parent))
     res: dict[str, Any] = {"started": utc_now(), "code": code(), "load_before": os.getloadavg(),
                            "machine": machine("apache-airflow", "feast"),
                            "executor": "stock LocalExecutor" if args.stock_executor
                            else "shipped (Makefile)", "datasets": []}
-    try:
+    with temp_work("bench-freshness-", args.workdir) as tmp:
         home, snapshot = tmp / "home", tmp / "snapshot"
         log(f"seeding {home} ...")
         res["seed"] = seed_home(new_settings(home), slice_files(
@@ -290,9 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.synthetic_rows:
             batches.append(("synthetic batch", synthesize(tmp / "synthetic.parquet",
                                                           args.synthetic_rows)))
-        env = {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"} if args.stock_executor else {}
-        env.update(kv.split("=", 1) for kv in args.airflow_env)
-        res["airflow_env"] = env
+        res["airflow_env"] = env = stack_env(args)
         with bench_stack(tmp / "airflow", home, env, dag_ids=(INGEST, MATERIALIZE)) as stack:
             res["stack_start"] = stack.start_seconds
             log(f"standalone up in {stack.start_seconds:.0f} s")
@@ -320,14 +312,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"compute {r['compute']['total']:.2f} s, ratio "
                         f"{r['dag']['freshness'] / r['compute']['total']:.2f}x")
                 res["datasets"].append(ds)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    res.update(ended=utc_now(), load_after=os.getloadavg())
-    text, met = render(res)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1, default=str))
-    return 1 if args.check and not met else 0
+    return finish(res, render, args)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from _common import ROOT, load, machine, work_parent
+from _common import ROOT, arg_parser, load, machine, temp_work
 
 DATA = ROOT / "data" / "census_ma_employment"
 PROBLEM = "census_employment"
@@ -334,7 +333,7 @@ def _fmt(xs: list[float]) -> str:
 # ---------------------------------------------------------------------------- main
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arg_parser(__doc__, "a target is missed")
     p.add_argument("--rows", type=int, default=1_000_000, help="rows of the ratio file")
     p.add_argument("--big-rows", type=int, default=10_000_000, help="rows of the memory file")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
@@ -343,9 +342,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="also time a variant with this share of bad rows (0: skip)")
     p.add_argument("--sample-rss", action="store_true",
                    help="record the big child's RSS timeline (printed as JSON to stderr)")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="temp dir parent (default: the system temp dir; never the repo)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 20k / 100k rows, 1 round (the figures mean little)")
     p.add_argument("--child", nargs=3, metavar=("SRC", "HOME", "BATCH"), help=argparse.SUPPRESS)
@@ -361,10 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         src, home, batch = args.child
         child_main(Path(src), Path(home), batch, args.sample_rss)
         return 0
-    parent = work_parent(args.workdir)
     meta = {"machine": machine("pyarrow"), "load": load()}
-    with tempfile.TemporaryDirectory(prefix="bench-ingest-", dir=parent) as tmp:
-        work = Path(tmp)
+    with temp_work("bench-ingest-", args.workdir) as work:
         base = load_real()
         print(f"generating inputs in {work} ...", file=sys.stderr)
         clean = write_input(work / "clean.parquet", args.rows, base, seed=1)

@@ -32,17 +32,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import shutil
 import sqlite3
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, load, log, machine, work_parent  # noqa: E402,F401
+from _common import ROOT, ReportHead, arg_parser, census_spec, log, machine, temp_work  # noqa: E402
 
 sys.dont_write_bytecode = True
 
@@ -235,16 +233,13 @@ def render(ds: Dataset, runs: dict[str, list[dict[str, float]]]) -> tuple[list[s
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arg_parser(__doc__, "the target is missed", keep=True)
     p.add_argument("--entities", type=int, default=1_000_000, help="synthetic batch size")
     p.add_argument("--real-rows", type=int, default=0, help="first N rows of 2018 (0: all)")
     p.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
     p.add_argument("--bare-rounds-big", type=int, default=1,
                    help="bare Feast rounds on the synthetic batch (0: skip)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2k + 5k entities, 1 round")
-    p.add_argument("--check", action="store_true", help="exit 1 when the target is missed")
-    p.add_argument("--workdir", type=Path, default=None, help="temp dir parent (not the repo)")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (path on stderr)")
     args = p.parse_args(argv)
     if args.quick:
         args.entities, args.real_rows, args.rounds = 5_000, 2_000, 1
@@ -253,14 +248,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    parent = work_parent(args.workdir)
-    from mlcore.problems import get_problem
-
-    spec = get_problem("census_employment", ROOT / "problems")
-    started, load_before = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load()
-    work = Path(tempfile.mkdtemp(prefix="bench-materialize-", dir=parent))
+    spec = census_spec()
+    head = ReportHead("Materialization (`bench_materialize.py`): issue 7", "bench_materialize.py")
     out, ok = [], True
-    try:
+    with temp_work("bench-materialize-", args.workdir, args.keep) as work:
         for name, n, synthetic, bare in [
                 ("real 2018 batch", args.real_rows or 10**9, False, args.rounds),
                 ("synthetic", args.entities, True, args.bare_rounds_big)]:
@@ -271,17 +262,9 @@ def main(argv: list[str] | None = None) -> int:
             lines, met = render(ds, race(ds, args.rounds, bare))
             out += lines
             ok &= met
-    finally:
-        if args.keep:
-            log(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-    cmd = " ".join(["benchmarks/bench_materialize.py", *sys.argv[1:]])
-    print("\n".join(["### Materialization (`bench_materialize.py`): issue 7", "",
-                     f"Command: `.venv/bin/python {cmd}`; {started}, load {load_before} before, "
-                     f"{load()} after; {args.rounds} round(s), order alternated, medians.",
-                     f"Machine: {machine('feast', 'pandas', 'numpy', 'pyarrow')}, "
-                     f"SQLite {sqlite3.sqlite_version}.", "", *out]))
+    print("\n".join([*head.lines(f"{args.rounds} round(s), order alternated, medians.",
+                                 f"Machine: {machine('feast', 'pandas', 'numpy', 'pyarrow')}, "
+                                 f"SQLite {sqlite3.sqlite_version}."), *out]))
     if args.quick:
         print("Quick mode (smoke run): the ratios mean little.")
     return 1 if args.check and not ok else 0

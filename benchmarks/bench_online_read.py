@@ -36,19 +36,17 @@ import argparse
 import contextlib
 import io
 import random
-import shutil
 import sqlite3
 import statistics
 import struct
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, load, log, work_parent  # noqa: E402
-from bench_materialize import batch_file, machine
+from _common import ROOT, ReportHead, arg_parser, census_spec, log, machine, temp_work  # noqa: E402
+from bench_materialize import batch_file
 
 RATIO_TARGET = 5.0
 ABS_TARGET_MS = {1: 10.0, 100: 50.0}
@@ -182,14 +180,12 @@ def profile(store: Store, calls: int = 200) -> str:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arg_parser(__doc__, "a target is missed")
     p.add_argument("--entities", type=int, default=1_000_000, help="synthetic store size")
     p.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
     p.add_argument("--calls", type=int, default=2000, help="lookups per round (1 key)")
     p.add_argument("--profile", action="store_true", help="cProfile of the via-Feast read")
     p.add_argument("--quick", action="store_true", help="smoke run: small stores, 1 round")
-    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    p.add_argument("--workdir", type=Path, default=None, help="temp dir parent (not the repo)")
     args = p.parse_args(argv)
     if args.quick:
         args.entities, args.rounds, args.calls = 5_000, 1, 200
@@ -198,14 +194,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    parent = work_parent(args.workdir)
-    from mlcore.problems import get_problem
-
-    spec = get_problem("census_employment", ROOT / "problems")
-    started, load_before = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), load()
-    work = Path(tempfile.mkdtemp(prefix="bench-online-read-", dir=parent))
+    spec = census_spec()
+    head = ReportHead("Online read (`bench_online_read.py`): issue 7", "bench_online_read.py")
     out, ok, profiles = [], True, []
-    try:
+    with temp_work("bench-online-read-", args.workdir) as work:
         for label, n, synthetic in [("real 2018 batch", 2_000 if args.quick else 10**9, False),
                                     ("synthetic", args.entities, True)]:
             key = label.split()[0]
@@ -220,14 +212,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 profiles.append(f"{label}:\n{profile(store)}")
             store.conn.close()
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    cmd = " ".join(["benchmarks/bench_online_read.py", *sys.argv[1:]])
-    print("\n".join(["### Online read (`bench_online_read.py`): issue 7", "",
-                     f"Command: `.venv/bin/python {cmd}`; {started}, load {load_before} before, "
-                     f"{load()} after; {args.rounds} round(s) of {args.calls} (1 key) / "
-                     f"{args.calls // 5} (100 keys) interleaved calls, medians over rounds.",
-                     f"Machine: {machine()}.", "", *out]))
+    print("\n".join([*head.lines(
+        f"{args.rounds} round(s) of {args.calls} (1 key) / {args.calls // 5} (100 keys) "
+        "interleaved calls, medians over rounds.", f"Machine: {machine()}."), *out]))
     if args.quick:
         print("Quick mode (smoke run): the ratios mean little.")
     for text in profiles:

@@ -21,7 +21,9 @@ Each round restores the home from the snapshot before each side, and alternates 
   model); time = the dag_run's ``queued_at`` -> ``end_date`` from the metadata DB. Tasks counted
   = task instances that ran a process (success/failed); skipped ones are listed, not counted.
 - plain: a fresh ``python`` running the same mlcore calls in the DAG's order (lease, dataset,
-  train, evaluate, challenger/promote as decided, page if the DAG would publish it, release);
+  train, evaluate, ``mlcore.promotion.mark_challenger`` (it moves the challenger only on "too
+  close to call"), ``promote_contender`` if the gate passes, page if the DAG would publish it,
+  release);
   wall time from spawn to exit INCLUDING interpreter start and imports, because every DAG task
   pays its imports too.
 Overhead per task = (median DAG - median plain) / tasks that ran. Breakdown per task: TI
@@ -41,7 +43,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,17 +53,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     PROBLEM,
     ROOT,
+    arg_parser,
     bench_stack,
     code,
+    finish,
     idle_seconds,
+    load_line,
     log,
     machine,
     new_settings,
+    scheduler_args,
     seed_home,
     slice_files,
+    stack_env,
     task_breakdown,
+    temp_work,
     utc_now,
-    work_parent,
 )
 from airflow_stack import Stack  # noqa: E402
 
@@ -86,12 +92,10 @@ def plain_child(home: str) -> None:
 
     from mlcore.config import Settings, TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.model.evaluation import KEEP_TOO_CLOSE
-    from mlcore.model.registry import CHALLENGER, alias_holder, move_alias
     from mlcore.model.splits import DatasetRef
     from mlcore.policy import acquire_lease, pending_requests, promotion_hold, release_lease
     from mlcore.problems import get_problem
-    from mlcore.promotion import evaluate_contender
+    from mlcore.promotion import evaluate_contender, mark_challenger, promote_contender
     from mlcore.reports.monitoring_page import write_monitoring_page
     from mlcore.training import train_contender
 
@@ -116,17 +120,12 @@ def plain_child(home: str) -> None:
         spec, DatasetRef.from_dict(ds), cfg, settings).to_dict())
     d = step("evaluate_contender", lambda: evaluate_contender(
         spec, DatasetRef.from_dict(ds), ref["version"], settings))
-    if d["outcome"] == KEEP_TOO_CLOSE:
-        step("mark_challenger", lambda: move_alias(
-            PROBLEM, alias=CHALLENGER, url=url, new=d["contender_version"],
-            expected=alias_holder(PROBLEM, url, CHALLENGER), reason=d["reason"],
-            evaluation_id=d["evaluation_id"], actor="plain"))
+    # As the DAG's task: always called, it moves the challenger only on "too close to call".
+    step("mark_challenger", lambda: mark_challenger(PROBLEM, d, settings, actor="plain"))
     gate = step("should_promote", lambda: bool(d["promote"]) and promotion_hold(PROBLEM, url)
                 is None)
     if gate:  # the short-circuit skips promote AND the page when it is False (as the DAG runs)
-        step("promote_contender", lambda: move_alias(
-            PROBLEM, expected=d["champion_version"], new=d["contender_version"],
-            reason=d["reason"], url=url, evaluation_id=d["evaluation_id"], actor="plain"))
+        step("promote_contender", lambda: promote_contender(PROBLEM, d, settings, actor="plain"))
         step("publish_monitoring_page", lambda: write_monitoring_page(PROBLEM, settings))
     step("release_retrain", lambda: release_lease(PROBLEM, holder, url))
     print(json.dumps({"steps": steps, "outcome": d["outcome"]}))
@@ -211,10 +210,7 @@ def _calls(r: dict[str, Any]) -> float:
 
 
 def render(res: dict[str, Any]) -> tuple[str, bool]:
-    lines = [f"Run: {res['started']} to {res['ended']}; code {res['code']}.",
-             f"Machine: {res['machine']}. Load average before: "
-             f"{' / '.join(f'{x:.2f}' for x in res['load_before'])}; after: "
-             f"{' / '.join(f'{x:.2f}' for x in res['load_after'])}.", ""]
+    lines = [f"Run: {res['started']} to {res['ended']}; code {res['code']}.", load_line(res), ""]
     met = True
     if "rounds" in res:
         rounds, n = res["rounds"], len(res["rounds"])
@@ -304,7 +300,7 @@ def render(res: dict[str, Any]) -> tuple[str, bool]:
 # ---------------------------------------------------------------------------- main
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arg_parser(__doc__, "a target is missed", json_out=True)
     p.add_argument("--rounds", type=int, default=3, help="rounds of each side (median)")
     p.add_argument("--parse-rounds", type=int, default=3)
     p.add_argument("--rows-per-batch", type=int, default=0, help="0: the whole yearly files")
@@ -312,13 +308,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--parse-only", action="store_true", help="only the DAG parse times")
     p.add_argument("--no-parse", action="store_true", help="skip the DAG parse times")
     p.add_argument("--parse-files", nargs="+", default=None, help="only these dags/ files")
-    p.add_argument("--stock-executor", action="store_true",
-                   help="Airflow's LocalExecutor instead of the one the Makefile ships")
-    p.add_argument("--airflow-env", nargs="*", default=[], metavar="KEY=VALUE",
-                   help="extra settings for the standalone (a setting being tried)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results here")
-    p.add_argument("--workdir", type=Path, default=None, help="temp dir parent (not the repo)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    scheduler_args(p)
     p.add_argument("--plain-child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -332,31 +322,20 @@ def main(argv: list[str] | None = None) -> int:
         args.rounds, args.parse_rounds = 1, 1
         args.rows_per_batch = args.rows_per_batch or 1500
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    parent = work_parent(args.workdir)
-    tmp = Path(tempfile.mkdtemp(prefix="bench-orchestration-", dir=parent))
     res: dict[str, Any] = {"started": utc_now(), "code": code(), "load_before": os.getloadavg(),
                            "machine": machine("apache-airflow", "feast"),
                            "rows_per_batch": args.rows_per_batch,
                            "executor": "stock" if args.stock_executor else "shipped"}
-    try:
-        stack_env = {"AIRFLOW__CORE__EXECUTOR": "LocalExecutor"} if args.stock_executor else {}
-        stack_env.update(kv.split("=", 1) for kv in args.airflow_env)
-        res["airflow_env"] = stack_env
-        probe = bench_stack(tmp / "airflow", tmp / "home", stack_env)
+    with temp_work("bench-orchestration-", args.workdir) as tmp:
+        res["airflow_env"] = env = stack_env(args)
+        probe = bench_stack(tmp / "airflow", tmp / "home", env)
         if not args.no_parse:
             parse_env = {**probe.env, "_AIRFLOW_PROCESS_CONTEXT": "client"}
             (tmp / "airflow").mkdir(parents=True)
             res["parse"] = parse_times(args.parse_rounds, parse_env, args.parse_files)
         if not args.parse_only:
-            res.update(orchestration(args, tmp, stack_env))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    res.update(ended=utc_now(), load_after=os.getloadavg())
-    text, met = render(res)
-    print(text)
-    if args.json:
-        args.json.write_text(json.dumps(res, indent=1, default=str))
-    return 1 if args.check and not met else 0
+            res.update(orchestration(args, tmp, env))
+    return finish(res, render, args)
 
 
 def orchestration(args: argparse.Namespace, tmp: Path, stack_env: dict[str, str]) -> dict:

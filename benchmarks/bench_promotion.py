@@ -25,12 +25,13 @@ so every round starts from the same state: three batches of history, champion v1
 real 2018 batch arrives under a new batch id and the loop runs, each step timed:
 ``ingest_batch`` -> ``materialize_batch`` -> ``build_dataset`` (2018 is the newest, so the
 holdout; 2015-2017 train) -> ``train_contender`` -> ``evaluate_contender`` -> commit
-(``move_alias`` champion on "promote", challenger on "too close to call", like
-``dags/retrain_model.py``). Right after, in the same process, the bare fit:
-``build_pipeline(spec, "hgb_bench", seed).fit(X, y)`` on the dataset's train part (the frame
-``train_contender`` fitted, read back with its hash checked). Ratio = median(arrival ->
-decision) / median(bare fit). Target <= 3x. A few mlcore/Feast callables are wrapped in this
-process (never changed on disk) to split each step into sub-steps (exclusive seconds).
+(``mlcore.promotion``'s ``mark_challenger``, which moves the challenger on "too close to call",
+and ``promote_contender`` on "promote", as ``dags/retrain_model.py`` calls them). Right after,
+in the same process, the bare fit: ``build_pipeline(spec, "hgb_bench", seed).fit(X, y)`` on
+the dataset's train part (the frame ``train_contender`` fitted, read back with its hash
+checked). Ratio = median(arrival -> decision) / median(bare fit). Target <= 3x. A few
+mlcore/Feast callables are wrapped in this process (never changed on disk) to split each step
+into sub-steps (exclusive seconds).
 
 ``OMP_NUM_THREADS`` is set to ``--threads`` (default 1) before numpy/scikit-learn load: on a
 2-vCPU machine shared with other work, a 2-thread HGB fit under contention spins in OpenMP and
@@ -49,17 +50,29 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, code, load, log, machine, utc_now, work_parent  # noqa: E402,F401
+from _common import (  # noqa: E402
+    ROOT,
+    arg_parser,
+    close_db,
+    code,
+    init_home,
+    load,
+    log,
+    machine,
+    new_settings,
+    openmp_threads,
+    slice_files,
+    temp_work,
+    utc_now,
+)
 
 sys.dont_write_bytecode = True  # write nothing into the repo (feature_repo/ is imported by Feast)
 
-DATA = ROOT / "data" / "census_ma_employment"
 PROBLEM = "census_employment"
 ALGO = "hgb_bench"
 HISTORY = (2015, 2016, 2017)
@@ -69,7 +82,8 @@ MIN_FIT_S = 10.0
 STEPS = ("ingest", "materialize", "dataset", "train", "evaluate", "commit")
 STEP_NAMES = {"ingest": "1. `ingest_batch`", "materialize": "2. `materialize_batch`",
               "dataset": "3. `build_dataset`", "train": "4. `train_contender`",
-              "evaluate": "5. `evaluate_contender`", "commit": "6. commit (`move_alias`)"}
+              "evaluate": "5. `evaluate_contender`",
+              "commit": "6. commit (`mark_challenger`, `promote_contender`)"}
 
 
 # ---------------------------------------------------------------------------- sub-step probe
@@ -163,57 +177,17 @@ def bench_spec(cfg: Config) -> Any:
     return ProblemSpec.model_validate(data)
 
 
-def input_files(cfg: Config, work: Path) -> dict[int, Path]:
-    """Year -> parquet file: the real files, or the first ``rows_per_batch`` rows of each."""
-    files = {y: DATA / f"employment_{y}.parquet" for y in (*HISTORY, ARRIVAL)}
-    missing = [str(p) for p in files.values() if not p.is_file()]
-    if missing:
-        sys.exit(f"missing input files: {', '.join(missing)}")
-    if not cfg.rows_per_batch:
-        return files
-    import pyarrow.parquet as pq
-
-    out = work / "inputs"
-    out.mkdir()
-    for year, src in files.items():
-        table = pq.read_table(src)
-        table = table.slice(0, min(cfg.rows_per_batch, len(table)))
-        pq.write_table(table, out / src.name)
-        files[year] = out / src.name
-    return files
-
-
-def new_settings(home: Path) -> Any:
-    """Settings of an MLCORE home under the temp dir (``MLCORE_DATABASE_URL`` ignored)."""
-    from mlcore.config import Settings
-
-    return Settings(home=home, database_url=None, problems_dir=ROOT / "problems",
-                    feature_repo=ROOT / "feature_repo")
-
-
-def close_db(settings: Any) -> None:
-    """Close pooled connections so the SQLite files can be copied or replaced."""
-    from mlcore.store.session import get_engine
-
-    get_engine(settings.db_url).dispose()
-    gc.collect()  # Feast stores of earlier calls (their SQLite connections) go too
-
-
 def setup(spec: Any, settings: Any, files: dict[int, Path]) -> dict[str, Any]:
     """``mlcore init``, history ingested + materialized, a first champion promoted."""
     from mlcore.config import TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.feast.store import apply_definitions
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import move_alias
     from mlcore.promotion import evaluate_contender
-    from mlcore.store.session import upgrade
     from mlcore.training import train_contender
 
-    settings.home.mkdir(parents=True)
-    upgrade(settings.db_url)
-    apply_definitions(settings)
+    init_home(settings)
     rows = {}
     for year in HISTORY:
         t0 = time.perf_counter()
@@ -267,11 +241,11 @@ def run_round(i: int, spec: Any, settings: Any, arrival: Path, probe: Probe) -> 
     from mlcore.datasets import build_dataset
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
-    from mlcore.model.evaluation import KEEP_TOO_CLOSE, predict_proba
+    from mlcore.model.evaluation import predict_proba
     from mlcore.model.preprocessing import build_pipeline
-    from mlcore.model.registry import CHALLENGER, alias_holder, get_version, load_model, move_alias
+    from mlcore.model.registry import get_version, load_model
     from mlcore.model.splits import load_part
-    from mlcore.promotion import evaluate_contender
+    from mlcore.promotion import evaluate_contender, mark_challenger, promote_contender
     from mlcore.training import train_contender
 
     r, cfg, batch_id = Round(), TrainConfig(), f"arrival-{ARRIVAL}-r{i + 1}"
@@ -287,17 +261,11 @@ def run_round(i: int, spec: Any, settings: Any, arrival: Path, probe: Probe) -> 
             r.steps[name] = time.perf_counter() - t0
             probe.into = None
 
-    def commit() -> None:
+    def commit() -> None:  # the retrain DAG's two tasks (its promotion gate aside)
         d = out["evaluate"]
+        mark_challenger(spec.name, d, settings, actor="bench")
         if d["promote"]:
-            move_alias(spec.name, expected=d["champion_version"], new=d["contender_version"],
-                       reason=d["reason"], url=settings.db_url,
-                       evaluation_id=d["evaluation_id"], actor="bench")
-        elif d["outcome"] == KEEP_TOO_CLOSE:
-            move_alias(spec.name, alias=CHALLENGER, new=d["contender_version"],
-                       expected=alias_holder(spec.name, settings.db_url, CHALLENGER),
-                       reason=d["reason"], url=settings.db_url,
-                       evaluation_id=d["evaluation_id"], actor="bench")
+            promote_contender(spec.name, d, settings, actor="bench")
 
     step("ingest", lambda: ingest_batch(spec, str(arrival), batch_id, settings))
     step("materialize", lambda: materialize_batch(spec, batch_id, settings))
@@ -397,18 +365,10 @@ def render(rounds: list[Round], cfg: Config, meta: dict[str, Any]) -> tuple[str,
     return "\n".join(lines), met
 
 
-def openmp_threads() -> str:
-    from threadpoolctl import threadpool_info
-
-    found = [f"{p['internal_api']} {p['num_threads']} thread(s)" for p in threadpool_info()
-             if p["user_api"] == "openmp"]
-    return ", ".join(found) or "no OpenMP runtime loaded"
-
-
 # ---------------------------------------------------------------------------- main
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = arg_parser(__doc__, "the ratio target is missed or the bare fit is < 10 s", keep=True)
     p.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
     p.add_argument("--max-iter", type=int, default=800, help="HGB boosting iterations")
     p.add_argument("--learning-rate", type=float, default=0.05)
@@ -417,11 +377,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="use the first N rows of each yearly file (0: all, the default)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 3,000 rows per batch, 20 iterations, 1 round")
-    p.add_argument("--workdir", type=Path, default=None,
-                   help="temp dir parent (default: the system temp dir; never the repo)")
-    p.add_argument("--keep", action="store_true", help="keep the temp dir (path on stderr)")
-    p.add_argument("--check", action="store_true",
-                   help="exit 1 when the ratio target is missed or the bare fit is < 10 s")
     return p.parse_args(argv)
 
 
@@ -436,15 +391,13 @@ def main(argv: list[str] | None = None) -> int:
                  args.rows_per_batch, args.quick)
     # Before numpy / scikit-learn load their thread pools (nothing heavy is imported above).
     os.environ["OMP_NUM_THREADS"] = str(cfg.threads)
-    parent = work_parent(args.workdir)
 
     meta: dict[str, Any] = {"load_before": load(), "started": utc_now(), "code": code()}
-    tmp = Path(tempfile.mkdtemp(prefix="bench-promotion-", dir=parent))
-    try:
+    with temp_work("bench-promotion-", args.workdir, args.keep) as tmp:
         # Feast prints progress to stdout: keep stdout for the report.
         with contextlib.redirect_stdout(sys.stderr):
             spec = bench_spec(cfg)
-            files = input_files(cfg, tmp)
+            files = slice_files(cfg.rows_per_batch, tmp, (*HISTORY, ARRIVAL))
             home, snapshot = tmp / "home", tmp / "snapshot"
             settings = new_settings(home)
             log(f"setup in {home} ...")
@@ -472,11 +425,6 @@ def main(argv: list[str] | None = None) -> int:
                     bootstrap=spec.promotion.bootstrap_samples,
                     history=", ".join(f"{y} ({n:,} rows)"
                                       for y, n in info["history_rows"].items()))
-    finally:
-        if args.keep:
-            log(f"kept {tmp}")
-        else:
-            shutil.rmtree(tmp, ignore_errors=True)
     table, met = render(rounds, cfg, meta)
     print(table)
     return 1 if args.check and not met else 0

@@ -45,8 +45,18 @@ from typing import Any
 sys.dont_write_bytecode = True  # Feast imports feature_repo/*.py: write nothing into the repo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import code, log, utc_now, work_parent  # noqa: E402
-from bench_ingest import PROBLEM, ROOT, load_real, machine, write_input  # noqa: E402
+from _common import (  # noqa: E402
+    census_spec,
+    code,
+    init_home,
+    load,
+    log,
+    machine,
+    new_settings,
+    utc_now,
+    work_parent,
+)
+from bench_ingest import load_real, write_input  # noqa: E402
 
 STAGES = ("ingest", "features", "retrieval", "drift", "scoring")
 SIZES = (100_000, 1_000_000, 10_000_000)
@@ -77,25 +87,11 @@ SUBSTEPS: dict[str, list[tuple[str, str, str]]] = {
 # ---------------------------------------------------------------------------- stage child
 
 def _settings(home: str) -> Any:
-    from mlcore.config import Settings
-
-    return Settings(home=Path(home), database_url=None, problems_dir=ROOT / "problems",
-                    feature_repo=ROOT / "feature_repo")
-
-
-def _spec() -> Any:
-    from mlcore.problems import get_problem
-
-    return get_problem(PROBLEM, ROOT / "problems")
+    return new_settings(Path(home))
 
 
 def _setup(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
-    from mlcore.feast.store import apply_definitions
-    from mlcore.store.session import upgrade
-
-    settings.home.mkdir(parents=True)
-    upgrade(settings.db_url)
-    return apply_definitions(settings)
+    return init_home(settings)
 
 
 def _offline_only(cmd: dict[str, Any], settings: Any, spec: Any) -> Any:
@@ -281,7 +277,7 @@ def run_in_child(cmd: dict[str, Any]) -> None:
     """Body of a forked stage child: run ``cmd``, write its JSON result to ``cmd['out']``."""
     result: dict[str, Any] = {"ok": False}
     try:
-        settings, spec = _settings(cmd["home"]), _spec()
+        settings, spec = _settings(cmd["home"]), census_spec()
         steps = Steps(cmd["stage"]) if cmd["stage"] in STAGES else None
         result["base_rss_mib"] = round(rss_mib(os.getpid()))
         profiler = None
@@ -618,7 +614,7 @@ def main(argv: list[str] | None = None) -> int:
     meta: dict[str, Any] = {"started": utc_now(), "code": code(), "threads": args.threads,
                             "rounds": args.rounds,
                             "champion": f"{args.champion}, trained on {min(args.sizes):,} rows",
-                            "load_before": machine()["load"]}
+                            "load_before": load()}
     rounds: list[dict[int, dict[str, Any]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-scale-", dir=parent) as tmp:
         work = Path(tmp)
@@ -642,7 +638,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             server.close()
         results = median_of(rounds)
-    meta.update(ended=utc_now(), machine=machine()["machine"], load_after=machine()["load"])
+    meta.update(ended=utc_now(), machine=machine("pyarrow"), load_after=load())
     table, ok = render(results, args.tolerance, meta)
     print(table)
     if args.json:

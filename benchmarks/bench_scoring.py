@@ -48,10 +48,8 @@ import contextlib
 import gc
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -59,8 +57,20 @@ from typing import Any
 sys.dont_write_bytecode = True  # Feast imports feature_repo/*.py: write nothing into the repo
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import ROOT, code, load, log, utc_now, work_parent  # noqa: E402
-from bench_promotion import machine, openmp_threads  # noqa: E402
+from _common import (  # noqa: E402
+    ROOT,
+    arg_parser,
+    census_spec,
+    code,
+    init_home,
+    load,
+    log,
+    machine,
+    new_settings,
+    openmp_threads,
+    temp_work,
+    utc_now,
+)
 
 DATA = ROOT / "data" / "census_ma_employment"
 PROBLEM = "census_employment"
@@ -126,13 +136,6 @@ class Stages:
         return out
 
 
-def new_settings(home: Path) -> Any:
-    from mlcore.config import Settings
-
-    return Settings(home=home, database_url=None, problems_dir=ROOT / "problems",
-                    feature_repo=ROOT / "feature_repo")
-
-
 def write_inputs(work: Path, per_year: int, synthetic: int) -> dict[str, Path]:
     """The real yearly files (first ``per_year`` rows if > 0) and the synthetic batch."""
     import numpy as np
@@ -159,16 +162,12 @@ def setup(spec: Any, settings: Any, files: dict[str, Path], quick: bool) -> dict
     """History, the two models, the batches to score; returns their ids and versions."""
     from mlcore.config import TrainConfig
     from mlcore.datasets import build_dataset
-    from mlcore.feast.store import apply_definitions
     from mlcore.features import materialize_batch
     from mlcore.ingestion import ingest_batch
     from mlcore.model.registry import get_version
-    from mlcore.store.session import upgrade
     from mlcore.training import train_contender
 
-    settings.home.mkdir(parents=True)
-    upgrade(settings.db_url)
-    apply_definitions(settings)
+    init_home(settings)
     rows = {}
     for name in [str(y) for y in HISTORY] + [str(REAL), "synthetic"]:
         t0 = time.perf_counter()
@@ -246,11 +245,10 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     from mlcore.feast.bounded import point_in_time_features
     from mlcore.model.evaluation import predict_proba
     from mlcore.model.registry import get_version, load_model
-    from mlcore.problems import get_problem
     from mlcore.scoring import score_batch
     from mlcore.store.catalog import get_batch
 
-    spec = get_problem(PROBLEM, ROOT / "problems")
+    spec = census_spec()
     settings = new_settings(work / "home")
     log(f"setup in {settings.home} ...")
     files = write_inputs(work, args.rows_per_year, args.synthetic_rows)
@@ -356,7 +354,7 @@ def _verify_cell(xs: list[dict[str, Any]]) -> str:
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p = arg_parser(__doc__, "a ratio misses the target", json_out=True)
     p.add_argument("--rounds", type=int, default=3, help="rounds (medians reported)")
     p.add_argument("--synthetic-rows", type=int, default=1_000_000)
     p.add_argument("--rows-per-year", type=int, default=0,
@@ -366,9 +364,6 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                    help="cProfile score_batch in the last round (stderr; inflates that round)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: 2,000 rows per year, 10,000 synthetic, 1 round")
-    p.add_argument("--json", type=Path, help="also write the results here")
-    p.add_argument("--workdir", type=Path, help="temp dir parent (never the repo)")
-    p.add_argument("--check", action="store_true", help="exit 1 when a ratio misses the target")
     return p.parse_args(argv)
 
 
@@ -380,14 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.rounds < 1 or args.threads < 1 or args.synthetic_rows < 1:
         sys.exit("--rounds, --threads and --synthetic-rows must be >= 1")
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # before numpy / scikit-learn load
-    parent = work_parent(args.workdir)
     meta: dict[str, Any] = {"started": utc_now(), "code": code(), "load_before": load()}
-    work = Path(tempfile.mkdtemp(prefix="bench-scoring-", dir=parent))
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress to stdout
-            data = measure(args, work)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    with temp_work("bench-scoring-", args.workdir) as work, \
+            contextlib.redirect_stdout(sys.stderr):  # Feast prints progress to stdout
+        data = measure(args, work)
     meta.update(ended=utc_now(), machine=machine(), load_after=load(), openmp=openmp_threads())
     table, met = render(data, meta)
     print(table)
