@@ -10,10 +10,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from pg_database import PG_ADMIN_URL, fresh_database
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "data" / "census_ma_employment"
-PG_ADMIN_URL = os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 
 _AIRFLOW_HOME = Path(tempfile.mkdtemp(prefix="batchloop-airflow-"))
 os.environ.update({
@@ -56,21 +56,14 @@ def slices(tmp_path_factory) -> dict[int, Path]:
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh PostgreSQL database on 127.0.0.1:5432 for this run, dropped afterwards."""
-    from sqlalchemy import create_engine, text
+    from mlcore.store.session import get_engine
 
-    name = f"batchloop_test_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{PG_ADMIN_URL}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{PG_ADMIN_URL}/{name}"
-    finally:
-        from mlcore.store.session import get_engine
-
-        get_engine(f"{PG_ADMIN_URL}/{name}").dispose()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_database("batchloop_test") as name:
+        url = f"{PG_ADMIN_URL}/{name}"
+        try:
+            yield url
+        finally:
+            get_engine(url).dispose()
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])

@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_run import run_bench
 
 
 def test_promotion_benchmark_runs_the_whole_arrival_path(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_promotion.py"),
-                          "--quick", "--workdir", str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = run_bench("bench_promotion.py", "--quick", "--workdir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "arrival -> decision" in out.stdout + out.stderr
     assert "**ratio**" in out.stdout
@@ -21,17 +15,14 @@ def test_promotion_benchmark_runs_the_whole_arrival_path(tmp_path):
 
 
 def test_drift_benchmark_runs_and_agrees_with_numpy():
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_drift.py"), "--quick"],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = run_bench("bench_drift.py", "--quick")
     assert out.returncode == 0, out.stderr[-3000:]
     assert "0 differ" in out.stdout  # numpy/scipy and the drift step agree on every column
     assert "detect_drift" in out.stdout
 
 
 def test_ingest_benchmark_runs_both_measurements(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_ingest.py"),
-                          "--quick", "--workdir", str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = run_bench("bench_ingest.py", "--quick", "--workdir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ratio, clean (0 quarantined)" in out.stdout
     assert "peak memory, child process | 100,000" in out.stdout

@@ -3,17 +3,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[2]
+from bench_run import run_bench
 
 
 def test_scoring_benchmark_times_the_task_and_the_bare_predict(tmp_path):
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scoring.py"),
-                          "--quick", "--workdir", str(tmp_path)],
-                         capture_output=True, text=True, cwd=ROOT, timeout=300)
+    out = run_bench("bench_scoring.py", "--quick", "--workdir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     for batch, rows in (("bench-2018", "2,000"), ("bench-synthetic", "10,000")):
         for model in ("(loop's pick)", "| logistic_regression |"):

@@ -33,13 +33,13 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 from airflow_stack import free_port, launch, stop_process
+from pg_database import PG_ADMIN_URL, fresh_database
 from sqlalchemy import create_engine, make_url, text
 
 pytestmark = pytest.mark.live  # starts a live api-server (make test-live)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PG_ADMIN_URL = os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 P = "census_employment"
 
 
@@ -141,16 +141,8 @@ def sink() -> Iterator[SimpleNamespace]:
 @pytest.fixture
 def store_db() -> Iterator[str]:
     """A fresh PostgreSQL database of this test's own (so every row in it is this test's)."""
-    name = f"batchloop_secrets_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(f"{PG_ADMIN_URL}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
+    with fresh_database("batchloop_secrets") as name:
         yield name
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

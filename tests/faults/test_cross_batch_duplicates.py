@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from one_feature_problem import one_feature_data, one_feature_spec
 from sqlalchemy import select
 
 from mlcore.batches import BatchConflict, BatchRejected
@@ -29,25 +30,8 @@ from mlcore.store.session import session_scope
 RULE = "duplicate_in_published_batch"
 ROOT = Path(__file__).resolve().parents[2]
 
-SPEC = """
-name: dups
-entity: {name: thing, key: id, dtype: string}
-event_time: {column: at, kind: timestamp}
-target: {name: y, kind: binary, positive: "yes"}
-features:
-  - {name: size, kind: numeric, min: 0}
-algorithms:
-  lr: {estimator: sklearn.linear_model.LogisticRegression, preprocessing: one_hot}
-promotion: {min_metric: 0.5}
-validation: {max_bad_row_share: 0.5}
-"""
-
-
 def toy_spec(dtype: str = "string", **changes) -> ProblemSpec:
-    data = yaml.safe_load(SPEC)
-    data["entity"]["dtype"] = dtype
-    data.update(changes)
-    return ProblemSpec.model_validate(data)
+    return one_feature_spec("dups", dtype, **changes)
 
 
 def toy_file(path: Path, keys: list, at: list[str], size: float = 1.0) -> str:
@@ -251,8 +235,7 @@ def feast_home(tmp_path, db_url, monkeypatch):
     (tmp_path / "home").mkdir()
 
     def make(corrections: str) -> tuple[ProblemSpec, Settings]:
-        data = yaml.safe_load(SPEC)
-        data.update(corrections=corrections, feature_ttl_days=30)
+        data = one_feature_data("dups", "string", corrections=corrections, feature_ttl_days=30)
         (tmp_path / "problems" / "dups.yaml").write_text(yaml.safe_dump(data))
         settings = Settings(home=tmp_path / "home", database_url=db_url,
                             problems_dir=tmp_path / "problems",

@@ -7,7 +7,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import yaml
+from one_feature_problem import one_feature_spec
 from sqlalchemy import select
 
 from mlcore.data.io import read_curated
@@ -18,25 +18,11 @@ from mlcore.store.catalog import get_batch
 from mlcore.store.models import QuarantinedRow
 from mlcore.store.session import session_scope
 
-SPEC = """
-name: keys
-entity: {name: thing, key: id}
-event_time: {column: at, kind: timestamp}
-target: {name: y, kind: binary, positive: "yes"}
-features:
-  - {name: size, kind: numeric, min: 0}
-algorithms:
-  lr: {estimator: sklearn.linear_model.LogisticRegression, preprocessing: one_hot}
-promotion: {min_metric: 0.5}
-validation: {max_bad_row_share: 0.5}
-"""
 BIG = 2**53 + 1  # 9007199254740993: float64 turns it into ...992
 
 
 def key_spec(dtype: str = "int64") -> ProblemSpec:
-    data = yaml.safe_load(SPEC)
-    data["entity"]["dtype"] = dtype
-    return ProblemSpec.model_validate(data)
+    return one_feature_spec("keys", dtype)
 
 
 def write_csv(path, keys: list[str]) -> str:
