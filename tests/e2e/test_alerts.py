@@ -32,11 +32,11 @@ from types import SimpleNamespace
 
 import pytest
 from airflow_stack import free_port
+from pg_database import PG_ADMIN_URL
 from sqlalchemy import create_engine, make_url, text
 from test_runbook_drill import lose_a_batch, run_verbatim, section_commands, variables
 
 ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN_URL = os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432")
 HOOK_PASSWORD = f"hook-pw-{uuid.uuid4().hex}"
 SLACK_TOKEN = f"T0/B0/{uuid.uuid4().hex}"
 
