@@ -28,8 +28,13 @@ from sqlalchemy import exists, select
 from mlcore.batches import BATCH_ID_RE, BatchError, InvalidBatchId, check_batch_id
 from mlcore.config import Settings, _RunConfig
 from mlcore.data.integrity import DataDamaged, verified
+from mlcore.feast.store import ensure_definitions
+from mlcore.features import materialize_batch
 from mlcore.model.registry import alias_holder
+from mlcore.monitoring import detect_drift
 from mlcore.problems import ProblemSpec
+from mlcore.scoring import score_batch
+from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, DriftReport, Materialization, Prediction, utcnow
 from mlcore.store.session import session_scope
 
@@ -263,12 +268,9 @@ def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def _stage_fn(stage: str) -> Callable[[ProblemSpec, str, Settings], Any]:
     if stage == "materialize":
-        from mlcore.features import materialize_batch
         return materialize_batch
     if stage == "score":
-        from mlcore.scoring import score_batch
         return score_batch
-    from mlcore.monitoring import detect_drift
     return detect_drift
 
 
@@ -283,7 +285,6 @@ def run_stage(spec: ProblemSpec, stage: Stage, batch_id: str,
         InvalidBatchId, BatchNotFound: bad input; nothing is run or recorded.
         Exception: whatever the stage raised (recorded as ``failed`` first).
     """
-    from mlcore.store.catalog import get_batch
 
     _check_choice("stage", stage, STAGES)
     get_batch(spec.name, batch_id, settings.db_url)  # checks the ID, then that it is published
@@ -315,7 +316,6 @@ def _planned(stage: str, item: PlanItem) -> BatchOutcome:
 def _register_features(spec: ProblemSpec, settings: Settings) -> None:
     # materialize_batch registers the Feast objects on first use, and that chdir()s: do it
     # once here, before worker threads could race on the process-wide working directory.
-    from mlcore.feast.store import ensure_definitions
 
     ensure_definitions(spec, settings)
 

@@ -38,6 +38,7 @@ from mlcore.model.performance import (
 from mlcore.model.splits import load_part
 from mlcore.model.targets import predict
 from mlcore.problems import ProblemSpec
+from mlcore.reports.html import write_atomic
 from mlcore.store.fencing import TryNotCurrent
 from mlcore.store.models import Batch, ModelVersion, PerformanceEstimate, PerformanceReport, utcnow
 from mlcore.store.session import session_scope
@@ -134,7 +135,6 @@ def _load_cached(path: Path) -> PerformanceEstimator | None:
 def _save_cached(path: Path, estimator: PerformanceEstimator) -> None:
     import joblib
 
-    from mlcore.reports.html import write_atomic
 
     buffer = io.BytesIO()
     joblib.dump(estimator, buffer)

@@ -32,6 +32,7 @@ from mlcore.model.drift import (
 )
 from mlcore.model.reference import read_reference_profile, sample_rows
 from mlcore.model.registry import ModelNotFound, alias_holder, get_version, load_model
+from mlcore.model.targets import model_target, predict
 from mlcore.problems import ProblemSpec
 from mlcore.reports.drift_data import build_report, plot_data
 from mlcore.reports.drift_report import render_report
@@ -186,7 +187,6 @@ def _reference(spec: ProblemSpec, mv: ModelVersion, model: Any, settings: Settin
                batch_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The champion's reference profile (SHA-256 checked), or for versions trained before
     profiles existed, its training batches' curated rows scored now."""
-    from mlcore.model.targets import model_target, predict
 
     profile = (mv.reproducibility or {}).get("reference_profile")
     if profile is None:
@@ -203,7 +203,6 @@ def _scored_current(spec: ProblemSpec, batch: Batch, model: Any, reference: pd.D
                     ) -> tuple[pd.DataFrame, dict[str, Stattest]]:
     """A sample of the batch with the champion's outputs, and every column's test; its columns
     checked against the reference's (``check_columns``) before and after scoring."""
-    from mlcore.model.targets import model_target, predict
 
     current = sample_curated(batch, spec.drift.sample_rows)
     classes = model_target(model)["classes"]

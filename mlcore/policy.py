@@ -30,6 +30,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mlcore.config import Settings
+from mlcore.estimation import latest_estimate
 from mlcore.model.registry import alias_holder, get_version
 from mlcore.problems import ProblemSpec
 from mlcore.store.catalog import get_batch, published_batches
@@ -128,7 +129,6 @@ def _metric_triggers(spec: ProblemSpec, version: int, url: str) -> list[Trigger]
                                  {"holdout": holdout, "matured": latest.value, "drop": drop,
                                   "batch_id": latest.batch_id}))
     if rule.estimated_performance_drop is not None and holdout is not None:
-        from mlcore.estimation import latest_estimate
 
         guess = latest_estimate(spec.name, version, url)
         if guess is not None and guess["metric"] == spec.metric.name:

@@ -11,6 +11,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, model_validator
 
+from mlcore.config import get_settings
 from mlcore.spec_columns import Entity, EventTime, Feature, SpecModel, Target
 from mlcore.spec_rules import (
     CLASSIFIERS,
@@ -215,7 +216,6 @@ def get_problem(name: str, problems_dir: Path | None = None) -> ProblemSpec:
         ProblemNotFound: no such spec.
     """
     if problems_dir is None:
-        from mlcore.config import get_settings
 
         problems_dir = get_settings().problems_dir
     path = problems_dir / f"{name}.yaml"

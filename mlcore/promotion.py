@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import select
 
 from mlcore.config import Settings
+from mlcore.datasets import build_dataset
 from mlcore.evaluation import Assessment, assess_contender
 from mlcore.model.evaluation import KEEP_TOO_CLOSE, PromotionDecision
 from mlcore.model.metrics import compute_metrics
@@ -29,6 +30,8 @@ from mlcore.model.registry import (
 from mlcore.model.splits import DatasetRef
 from mlcore.problems import ProblemSpec
 from mlcore.reports.html import links
+from mlcore.reports.runcard import write_run_card
+from mlcore.reports.runcard_data import model_curves
 from mlcore.store.models import AliasHistory, Evaluation
 from mlcore.store.session import session_scope
 
@@ -92,7 +95,6 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, a: Assessment) -> d
 
     ``a.holdout``: ``batches``, ``rows``, ``hash``, ``method`` of the rows both were judged on.
     """
-    from mlcore.reports.runcard import write_run_card
 
     kind, speed = spec.target.kind, a.details.get("throughput") or {}
     new_metrics = {**compute_metrics(a.y, a.p_new, kind),
@@ -127,7 +129,6 @@ def _run_card(spec: ProblemSpec, a: Assessment, row: Evaluation, new_metrics: di
               old_metrics: dict[str, Any] | None) -> dict[str, Any]:
     """The run card's content: the decision, both models' metrics and curves, the rule's
     settings, the holdout, the guardrails and the backtest."""
-    from mlcore.reports.runcard_data import model_curves
 
     kind, classes = spec.target.kind, version_classes(a.contender)
     speed, decision, old_mv = a.details.get("throughput") or {}, a.decision, a.champion
@@ -186,7 +187,6 @@ def promote_version(spec: ProblemSpec, version: int, reason: str, settings: Sett
         ArtifactIntegrityError: the artifact is missing or its bytes differ from the registered
             SHA-256 (``move_alias`` checks it on every move, forced or not).
     """
-    from mlcore.datasets import build_dataset
 
     get_version(spec.name, version, settings.db_url)
     current = alias_holder(spec.name, settings.db_url)

@@ -22,9 +22,12 @@ from mlcore.batches import BatchError, sha256_file
 from mlcore.config import Settings
 from mlcore.data.integrity import DataDamaged, curated_files, fingerprint, offline_files
 from mlcore.data.io import staging_dir
+from mlcore.features import materialize_batch
 from mlcore.ingestion import batch_lock, recurate
+from mlcore.monitoring import detect_drift
 from mlcore.problems import ProblemSpec
-from mlcore.store.catalog import get_batch
+from mlcore.scoring import score_batch
+from mlcore.store.catalog import get_batch, published_batches
 from mlcore.store.models import Batch, DriftReport, Materialization, Prediction
 from mlcore.store.session import session_scope
 
@@ -71,7 +74,6 @@ def _raw_finding(settings: Settings, batch: Batch) -> str | None:
 
 def check(spec: ProblemSpec, settings: Settings) -> list[Finding]:
     """Every published batch's curated files, features partition and raw copy, checked."""
-    from mlcore.store.catalog import published_batches
 
     out = []
     for batch in published_batches(spec.name, settings.db_url):
@@ -156,9 +158,6 @@ def _rederive(spec: ProblemSpec, batch_id: str, settings: Settings, result: Repa
               curated_changed: bool) -> None:
     """Materialize again when the curated files were re-published or the partition is
     damaged; then re-score and re-check drift for the versions that had results."""
-    from mlcore.features import materialize_batch
-    from mlcore.monitoring import detect_drift
-    from mlcore.scoring import score_batch
 
     url = settings.db_url
     if not _materialized(spec.name, batch_id, url):

@@ -6,10 +6,12 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from mlcore.backfill import load_state
 from mlcore.config import Settings
-from mlcore.model.registry import alias_holder, alias_log, list_versions
-from mlcore.store.catalog import all_batches
-from mlcore.store.models import DriftReport, Evaluation, Prediction, RetrainRequest
+from mlcore.labels import performance_history
+from mlcore.model.registry import alias_holder, alias_log, get_version, list_versions
+from mlcore.store.catalog import all_batches, published_batches
+from mlcore.store.models import DriftReport, Evaluation, Prediction, QuarantinedRow, RetrainRequest
 from mlcore.store.session import session_scope
 
 
@@ -53,7 +55,6 @@ def summary(problem: str, settings: Settings) -> dict[str, Any]:
                     for r in s.scalars(select(RetrainRequest)
                                        .where(RetrainRequest.problem == problem)
                                        .order_by(RetrainRequest.id))]
-    from mlcore.labels import performance_history
     return {"problem": problem, "batches": batches(problem, url),
             "models": list_versions(problem, url), "champion": alias_holder(problem, url),
             "evaluations": evals, "drift": drift, "predictions": preds,
@@ -116,7 +117,6 @@ def quarantine_breakdown(problem: str, url: str, examples: int = 3
                          ) -> dict[str, list[dict[str, Any]]]:
     """Per batch, each quarantine rule with its row count and the first ``examples`` rows
     (row number and reason), most frequent rule first."""
-    from mlcore.store.models import QuarantinedRow
 
     out: dict[str, list[dict[str, Any]]] = {}
     with session_scope(url) as s:
@@ -158,8 +158,6 @@ def missing_stages(problem: str, settings: Settings) -> dict[str, list[str]]:
     """Per published batch, the stages it lacks: not materialized, not scored by the current
     champion, not drift-checked against it (the definition ``mlcore backfill`` plans with:
     ``backfill.load_state``). Without a champion only materialization is expected."""
-    from mlcore.backfill import load_state
-    from mlcore.store.catalog import published_batches
 
     ids = [b.batch_id for b in published_batches(problem, settings.db_url)]
     if not ids:
@@ -201,7 +199,6 @@ def version_detail(problem: str, version: int, url: str) -> dict[str, Any]:
     Raises:
         ModelNotFound: no such version.
     """
-    from mlcore.model.registry import get_version
 
     mv = get_version(problem, version, url)
     with session_scope(url) as s:

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlcore.batches import BatchError, sha256_file
+from mlcore.store.models import Materialization
+from mlcore.store.session import session_scope
 
 FileSet = dict[str, dict[str, Any]]
 log = logging.getLogger(__name__)
@@ -126,8 +128,6 @@ def offline_files(problem: str, url: str, batch_ids: list[str] | None = None,
     problem), each verified against its materialization record."""
     from sqlalchemy import select
 
-    from mlcore.store.models import Materialization
-    from mlcore.store.session import session_scope
 
     query = select(Materialization).where(Materialization.problem == problem)
     if batch_ids is not None:

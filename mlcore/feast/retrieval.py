@@ -13,6 +13,7 @@ from sqlalchemy import select
 from mlcore.config import Settings
 from mlcore.data.integrity import offline_files
 from mlcore.data.io import read_curated
+from mlcore.data.validation import duplicate_mask
 from mlcore.feast.store import feature_store
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import Batch, Materialization
@@ -123,7 +124,6 @@ def shared_rows(entity_df: pd.DataFrame, spec: ProblemSpec, batches: list[Any]) 
 
 def shared_mask(entity_df: pd.DataFrame, spec: ProblemSpec) -> np.ndarray:
     """True for each entity row whose (key, event time) another row has."""
-    from mlcore.data.validation import duplicate_mask
 
     return duplicate_mask(entity_df[spec.entity.key], entity_df["event_timestamp"])
 

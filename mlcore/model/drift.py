@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from mlcore.problems import ProblemSpec
+from mlcore.spec_columns import label_key
 
 PREDICTION = "prediction"
 
@@ -95,7 +96,6 @@ def comparable(frame: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
     compares alike whether it was read from Feast or a curated file, with or without missing
     values. Integer categories stay integers (the same dtype from either source; converting
     them made a census drift check ~3x slower, benchmarks/BENCHMARKS.md)."""
-    from mlcore.spec_columns import label_key
 
     out = frame.copy()
     for c in spec.categorical:

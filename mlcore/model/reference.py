@@ -16,7 +16,9 @@ from typing import Any
 
 import pandas as pd
 
+from mlcore.batches import sha256_file
 from mlcore.model.drift import DriftCheckFailed, comparable, prediction_columns
+from mlcore.model.targets import model_target, predict
 from mlcore.problems import ProblemSpec
 from mlcore.store.models import ModelVersion
 
@@ -36,8 +38,6 @@ def write_reference_profile(spec: ProblemSpec, train: pd.DataFrame, pipeline: An
     Returns:
         ``{"uri", "sha256", "rows", "columns"}`` for the version's reproducibility record.
     """
-    from mlcore.batches import sha256_file
-    from mlcore.model.targets import model_target, predict
 
     columns = list(dict.fromkeys([*spec.feature_names, *spec.drift.segments]))
     sample = sample_rows(train[columns], spec.drift.sample_rows, seed)

@@ -15,7 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mlcore.config import Settings
-from mlcore.problems import ProblemSpec
+from mlcore.problems import ProblemSpec, spec_hash
 from mlcore.provenance import code_version, failpoint
 from mlcore.store.models import Alias, AliasHistory, ModelVersion, utcnow
 from mlcore.store.session import session_scope
@@ -65,7 +65,6 @@ def register_version(spec: ProblemSpec, settings: Settings, *, algorithm: str, a
     Two trainers registering at once: the unique (problem, version) constraint fails one of
     them, which retries with the next number.
     """
-    from mlcore.problems import spec_hash
 
     for attempt in range(5):
         try:

@@ -44,6 +44,7 @@ from mlcore.reports.runcard_plots import (
     plot_scatter,
     plot_slices,
 )
+from mlcore.spec_rules import METRICS_BY_KIND
 
 MAX_BYTES = 1_000_000
 SLICE_KEYS = ("column", "value", "rows", "contender", "champion", "delta", "bound", "ok", "note")
@@ -134,7 +135,6 @@ def _model_section(card: dict[str, Any]) -> str:
 def _metric_rows(card: dict[str, Any]) -> list[list[Any]]:
     """One row per metric present: name (primary marked), which way is better, contender value,
     champion value."""
-    from mlcore.spec_rules import METRICS_BY_KIND
 
     contender = (card.get("contender") or {}).get("metrics") or {}
     champion = (card.get("champion") or {}).get("metrics") or {}

@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from mlcore.model.metrics import ranked, weighted_auc
+
 MAX_CLASSES = 30  # confusion matrix and per-class rows: the most frequent classes, rest "other"
 MAX_SCATTER = 500  # regression: rows in the predicted-against-actual sample
 RESIDUAL_BINS = 30
@@ -105,7 +107,6 @@ def _class_row(name: str, tp: float, support: float, predicted: float,
 def _multiclass_curves(y: np.ndarray, p: np.ndarray, classes: list[str]) -> dict[str, Any]:
     """Confusion matrix (rows actual, columns argmax prediction; classes beyond ``MAX_CLASSES``
     summed into "other") and per-class metrics of the listed classes."""
-    from mlcore.model.metrics import ranked, weighted_auc
 
     empty: dict[str, Any] = {"labels": [], "confusion": [], "per_class": [], "omitted": 0}
     y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)

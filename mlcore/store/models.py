@@ -21,6 +21,9 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import DateTime, TypeDecorator
 
+from mlcore.config import get_settings
+from mlcore.store.session import HOME
+
 
 def utcnow() -> datetime:
     """Timezone-aware now, the only clock the store uses."""
@@ -36,8 +39,6 @@ class HomePath(TypeDecorator[str]):
 
     @staticmethod
     def _home() -> PurePosixPath:
-        from mlcore.config import get_settings
-        from mlcore.store.session import HOME
 
         return PurePosixPath((HOME.get() or get_settings().home).resolve().as_posix())
 

@@ -24,6 +24,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
+from mlcore.config import get_settings, home_of
+from mlcore.store.fencing import ensure_current
+
 _READ_ONLY: ContextVar[bool] = ContextVar("mlcore_read_only", default=False)
 # The home the open session's paths are relative to (``models.HomePath``).
 HOME: ContextVar[Path | None] = ContextVar("mlcore_home", default=None)
@@ -55,7 +58,6 @@ def read_only() -> Iterator[None]:
 
 
 def _timeouts() -> tuple[float, float, float]:
-    from mlcore.config import get_settings
 
     s = get_settings()
     return s.db_connect_timeout, s.db_statement_timeout, s.db_lock_timeout
@@ -235,11 +237,8 @@ def session_scope(url: str | None = None, *, readonly: bool = False) -> Iterator
     orphaned task try (``mlcore.store.fencing``).
     """
     if url is None:
-        from mlcore.config import get_settings
 
         url = get_settings().db_url
-    from mlcore.config import home_of
-    from mlcore.store.fencing import ensure_current
 
     engine = get_engine(url)
     options = {_READ_ONLY_OPTION: True} if readonly or _READ_ONLY.get() else None
