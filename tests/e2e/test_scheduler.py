@@ -214,6 +214,11 @@ def test_no_batch_is_left_behind_when_events_are_lost(server, spec, slices, tmp_
     wait_for("every batch scored", lambda: all(
         c["predictions"] == rows for c in _stage_counts(mlcore_url, champion, batches).values()),
         300, log)
+    # the predictions are written before the scoring task ends and emits its event: unpausing
+    # monitor before the runs end would let that event through (flaky: CI 2026-12-07)
+    wait_for("score_batch runs ended", lambda: not any(
+        r["state"] in ("queued", "running")
+        for r in api(base, f"/dags/{p}__score_batch/dagRuns")["dag_runs"]), 180, log)
 
     # monitor comes back after its events were dropped, and no new event comes: the sweep
     # nudges it, and that one run checks every batch
