@@ -34,6 +34,7 @@ from mlcore.errors import (
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (one sub-command per operator verb)."""
     from mlcore import cli_commands as commands
+    from mlcore import cli_stream
     from mlcore.backfill import ORDERS, POLICIES, STAGES
 
     parser = _Parser(prog="mlcore", description=__doc__,
@@ -119,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                    help="print the traceback of a failure (also MLCORE_DEBUG=1)")
     p.set_defaults(func=commands.problem_draft)
+    cli_stream.add_parser(sub)
     return parser
 
 

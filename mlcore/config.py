@@ -40,7 +40,14 @@ class Settings(BaseSettings):
     # timeout; SQLite needs a positive wait, so 0 there means "fail at once").
     db_lock_timeout: float = Field(30.0, ge=0)
 
-    @field_validator("feast_config", mode="before")
+    # The streaming engine (``mlcore stream``): Redis with append-only persistence in production.
+    stream_url: str = "redis://127.0.0.1:6379/0"
+    # Airflow's REST API, told when the stream service seals a batch (None: not told; the
+    # backlog sweep then nudges the batch). Credentials: MLCORE_AIRFLOW_USER/_PASSWORD in the
+    # environment, never in settings output.
+    airflow_url: str | None = None
+
+    @field_validator("feast_config", "airflow_url", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: Any) -> Any:
         # `MLCORE_FEAST_CONFIG=` (e.g. compose's ${MLCORE_FEAST_CONFIG:-}) means the default.

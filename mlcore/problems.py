@@ -26,6 +26,7 @@ from mlcore.spec_rules import (
     Metric,
     Promotion,
     Retrain,
+    Stream,
     Training,
     Validation,
 )
@@ -53,6 +54,7 @@ class ProblemSpec(SpecModel):
     labels: Labels = Field(default_factory=lambda: Labels())
     retrain: Retrain = Field(default_factory=lambda: Retrain())
     alerts: Alerts = Field(default_factory=lambda: Alerts())
+    stream: Stream = Field(default_factory=lambda: Stream())
     corrections: Literal["reject", "supersede"] = "reject"
     """What a row whose (entity key, event time) is already published in another batch means.
     ``reject`` (the default): a mistake (a file ingested twice, overlapping exports); the row is

@@ -279,3 +279,17 @@ class Alerts(SpecModel):
                 raise ValueError(f"alerts.deadline_minutes.{stage} must be in (0, "
                                  f"{MAX_DEADLINE_MINUTES}] minutes, got {minutes}")
         return self
+
+
+class Stream(SpecModel):
+    """Online ingestion (``mlcore stream serve``): when the service seals the events it has
+    taken into a micro-batch, how many it reads at once, and when its health pages on-call."""
+
+    # a micro-batch is sealed when its oldest unsealed event is this old, or at this many events
+    seal_every_seconds: float = Field(60.0, gt=0, le=86_400)
+    seal_every_events: int = Field(50_000, ge=1, le=10_000_000)
+    read_count: int = Field(1_000, ge=1, le=100_000)  # events per XREADGROUP
+    # alert thresholds (the backlog sweep checks them): events not yet read by the service,
+    # and dead letters (events that failed validation) in the dead-letter stream
+    max_lag_events: int = Field(100_000, ge=1)
+    max_dead_letters: int = Field(100, ge=0)

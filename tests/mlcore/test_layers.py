@@ -5,7 +5,8 @@ a dependency from the reader, not from the graph). The layers (ARCHITECTURE.md):
 
 - foundation: the top-level modules in ``FOUNDATION`` and ``mlcore.store`` (specs, settings,
   batch IDs, errors, provenance, locks, the metadata store and its catalogue);
-- wings, one concern each: ``data`` (files, validation, integrity) <- ``feast`` and ``model``
+- wings, one concern each: ``data`` (files, validation, integrity) and ``stream`` (the event
+  bus, the stream ledger) <- ``feast`` and ``model``
   (side by side: neither imports the other) <- ``reports`` (HTML);
 - stages: every other top-level module (what ``dags/`` and the CLI call); stages may call
   stages, but never in a cycle.
@@ -19,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 FOUNDATION = {"config", "problems", "spec_columns", "spec_rules", "batches", "errors",
               "provenance", "locks", "columns"}
-WINGS = {"data": 1, "feast": 2, "model": 2, "reports": 3}
+WINGS = {"data": 1, "stream": 1, "feast": 2, "model": 2, "reports": 3}
 STAGE_RANK = 4
 
 

@@ -7,7 +7,8 @@ from sqlalchemy import inspect, text
 from mlcore.store.session import get_engine, session_scope, upgrade
 
 TABLES = {"batches", "quarantined_rows", "materializations", "model_versions", "evaluations",
-          "aliases", "alias_history", "predictions", "drift_reports", "retrain_requests"}
+          "aliases", "alias_history", "predictions", "drift_reports", "retrain_requests",
+          "stream_events", "stream_segments"}
 
 
 def test_migration_creates_every_table_and_is_idempotent(db_url):
@@ -15,7 +16,7 @@ def test_migration_creates_every_table_and_is_idempotent(db_url):
     names = set(inspect(get_engine(db_url)).get_table_names())
     assert TABLES <= names
     with session_scope(db_url) as s:
-        assert s.execute(text("select version_num from alembic_version")).scalar() == "0008"
+        assert s.execute(text("select version_num from alembic_version")).scalar() == "0009"
 
 
 def test_sqlite_runs_in_wal_mode_with_busy_timeout(sqlite_settings):

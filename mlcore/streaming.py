@@ -1,0 +1,382 @@
+"""Online ingestion: events in through a stream, readable online within a second, sealed into
+batches in the same raw store as offline files.
+
+``serve`` is the long-running online ingestion service (``mlcore stream serve``), one per problem.
+Per read of up to ``stream.read_count`` events (``mlcore.stream.bus``):
+
+1. validate every event with the batch path's own row rules (``mlcore.data.validation``); an
+   event that fails goes to the dead-letter stream with its rule and reason;
+2. take the valid ones into the ledger (``mlcore.stream.ledger``): stored once per ``event_id``,
+   committed — this is what makes them durable;
+3. write their features online, newest by event time (``mlcore.feast.online_write``: a late,
+   older event never overwrites a newer value);
+4. acknowledge the read. A crash anywhere before leaves the entries pending: the restarted
+   service reads them again, and 2 and 3 are idempotent (0 lost, 0 duplicated).
+
+Every ``stream.seal_every_seconds`` or ``stream.seal_every_events`` the service seals: it claims
+the unsealed events into a numbered segment, writes them as one raw parquet file and publishes it
+with ``mlcore.ingestion.ingest_batch`` under ``<problem>-stream-<segment>`` (manifest, SHA-256,
+quarantine, atomic publish, exactly as offline), then tells Airflow (``mlcore.stream.notify``) so
+the loop runs on; the backlog sweep nudges a batch whose event was lost.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mlcore.batches import BatchError
+from mlcore.config import Settings
+from mlcore.data.curation import curate_table
+from mlcore.data.parsing import event_time
+from mlcore.data.target_coding import ClassesUnknown, TargetCoder, target_coder
+from mlcore.data.validation import required_columns, row_violations
+from mlcore.feast.online_write import OnlineWriter
+from mlcore.feast.store import ensure_definitions
+from mlcore.ingestion import ingest_batch
+from mlcore.problems import ProblemSpec
+from mlcore.provenance import failpoint
+from mlcore.stream import ledger
+from mlcore.stream.bus import Entry, EventBus, decode
+from mlcore.stream.notify import NotifyFailed, curated_event
+
+log = logging.getLogger(__name__)
+
+EVENT_ID = "event_id"
+RECLAIM_IDLE_MS = 30_000  # an entry pending this long in another consumer is taken over
+RECLAIM_EVERY_S = 5.0
+
+
+def event_id_of(event: dict[str, Any]) -> str:
+    """The event's ``event_id``, or (none given) a SHA-256 of its canonical JSON, so that
+    sending the same line twice is one event."""
+    given = event.get(EVENT_ID)
+    if given not in (None, ""):
+        return str(given)
+    return hashlib.sha256(json.dumps(event, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def produce(spec: ProblemSpec, settings: Settings, lines: Iterable[str],
+            rate: float | None = None) -> int:
+    """Send JSON lines (one event each) to the problem's stream; ``rate``: events per second at
+    most. Every event gets an ``event_id`` (``event_id_of``). Returns how many were sent.
+
+    Raises:
+        ValueError: a line is not a JSON object (naming its line number); nothing after it is sent.
+    """
+    bus = EventBus(settings.stream_url, spec.name)
+    start, sent, chunk = time.monotonic(), 0, []
+    try:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError as exc:
+                raise ValueError(f"line {number}: not JSON ({exc})") from None
+            if not isinstance(event, dict):
+                raise ValueError(f"line {number}: not a JSON object")
+            chunk.append({**event, EVENT_ID: event_id_of(event)})
+            if len(chunk) >= (max(1, int(rate / 20)) if rate else 1000):
+                sent += bus.add(chunk)
+                chunk = []
+                if rate and (ahead := sent / rate - (time.monotonic() - start)) > 0:
+                    time.sleep(ahead)
+        sent += bus.add(chunk)
+    finally:
+        bus.close()
+    return sent
+
+
+@dataclass
+class Counts:
+    """What a service run did."""
+
+    read: int = 0
+    taken: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+    sealed: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict."""
+        return asdict(self)
+
+
+class Service:
+    """The online ingestion service of one problem (see the module docstring)."""
+
+    def __init__(self, spec: ProblemSpec, settings: Settings, consumer: str | None = None) -> None:
+        self.spec, self.settings = spec, settings
+        self.consumer = consumer or f"serve-{socket.gethostname()}"
+        self.bus = EventBus(settings.stream_url, spec.name)
+        self.writer = OnlineWriter(ensure_definitions(spec, settings), spec)
+        self.coder = _coder(spec, settings)
+        self.counts = Counts()
+        self._last_reclaim = 0.0
+        self._sealer: threading.Thread | None = None
+
+    def run(self, should_stop: Callable[[], bool], max_seconds: float | None = None) -> Counts:
+        """Serve until ``should_stop()`` (checked after each read) or ``max_seconds`` pass."""
+        self.bus.ensure_group()
+        self.seal(only_unfinished=True)  # a sealer that died: finish its segments first
+        while entries := self.bus.own_pending(self.consumer, self.spec.stream.read_count):
+            self.take(entries)
+        end = None if max_seconds is None else time.monotonic() + max_seconds
+        while not should_stop() and (end is None or time.monotonic() < end):
+            entries = self._reclaim() or self.bus.read(self.consumer, self.spec.stream.read_count,
+                                                       block_ms=200)
+            if entries:
+                self.take(entries)
+            if self._sealer is None or not self._sealer.is_alive():
+                self._sealer = None
+                if self._seal_due():  # in the background: reads go on while a batch publishes
+                    self._sealer = threading.Thread(target=self.seal, name="sealer", daemon=True)
+                    self._sealer.start()
+        if self._sealer is not None:
+            self._sealer.join()
+        return self.counts
+
+    def close(self) -> None:
+        """Release the connections."""
+        self.writer.close()
+        self.bus.close()
+
+    def take(self, entries: list[Entry]) -> None:
+        """Validate, take in, write online, acknowledge one read (steps 1-4)."""
+        events = _unique([(i, decode(f)) for i, f in entries])
+        letters: list[dict[str, str]] = []
+        frame, passed = self._validate(events, letters)
+        self.bus.dead_letter(letters)
+        failpoint("stream.after_dead_letters")
+        new = ledger.take_in(self.spec.name, passed, self.spec.target.name, self.settings.db_url)
+        failpoint("stream.after_take_in")
+        if len(frame):
+            self.writer.write(_online_table(frame, self.spec))
+        failpoint("stream.after_online")
+        self.bus.ack([i for i, _ in entries])
+        c = self.counts
+        c.read, c.taken, c.dead_letters = c.read + len(entries), c.taken + new, \
+            c.dead_letters + len(letters)
+        c.duplicates += len(entries) - len(letters) - new
+
+    def _validate(self, events: list[tuple[str, dict[str, Any]]],
+                  letters: list[dict[str, str]]) -> tuple[pd.DataFrame, list[tuple[str, dict]]]:
+        """The valid events as a frame and as (event ID, columns); the others into ``letters``."""
+        spec = self.spec
+        if not events:
+            return pd.DataFrame(), []
+        known = {*required_columns(spec), spec.target.name, EVENT_ID}
+        rows = [cols for _, cols in events]
+        frame = pd.DataFrame.from_records(rows)
+        for col in required_columns(spec):
+            if col not in frame.columns:
+                frame[col] = None
+        extra = [c for c in frame.columns if c not in known]
+        bad, violations = row_violations(frame[required_columns(spec)], spec, datetime.now(UTC))
+        reasons: dict[int, tuple[str, str]] = {
+            int(r): (",".join(v["rule"]), "; ".join(map(str, v["reason"])))
+            for r, v in violations.groupby("row_number")} if bad.any() else {}
+        for n, cols in enumerate(rows):
+            if n in reasons:
+                continue
+            if extra and spec.validation.extra_columns == "reject" and \
+                    (found := [c for c in extra if c in cols]):
+                reasons[n] = ("undeclared_columns", f"undeclared columns {found}")
+            elif cols.get(spec.target.name) is not None and not self._target_ok(cols):
+                reasons[n] = ("target_invalid", f"{spec.target.name} is not "
+                              f"{self.coder.describe() if self.coder else 'a known class'}")
+        for n in sorted(reasons):
+            entry, cols = events[n]
+            rule, reason = reasons[n]
+            letters.append({**{k: json.dumps(v, default=str) for k, v in cols.items()},
+                            "_rule": rule, "_reason": reason, "_entry": entry})
+        keep = [n for n in range(len(rows)) if n not in reasons]
+        passed = [(str(rows[n][EVENT_ID]), {k: v for k, v in rows[n].items() if k != EVENT_ID})
+                  for n in keep]
+        return frame.iloc[keep].reset_index(drop=True), passed
+
+    def _target_ok(self, cols: dict[str, Any]) -> bool:
+        if self.coder is None:
+            return True  # classes are learnt from the first labelled batch: the seal decides
+        value = pd.Series([cols[self.spec.target.name]])
+        return not pd.isna(self.coder.encode(value)[0])
+
+    def _reclaim(self) -> list[Entry]:
+        if time.monotonic() - self._last_reclaim < RECLAIM_EVERY_S:
+            return []
+        self._last_reclaim = time.monotonic()
+        return self.bus.reclaim(self.consumer, RECLAIM_IDLE_MS, self.spec.stream.read_count)
+
+    def _seal_due(self) -> bool:
+        state = ledger.open_events(self.spec.name, self.settings.db_url)
+        if state.events == 0 or state.oldest is None:
+            return False
+        age = datetime.now(UTC) - state.oldest
+        return state.events >= self.spec.stream.seal_every_events or \
+            age >= timedelta(seconds=self.spec.stream.seal_every_seconds)
+
+    def seal(self, only_unfinished: bool = False) -> list[str]:
+        """Seal what is open (and finish segments a dead sealer left); the batch IDs published.
+        A failure is logged and retried at the next due time: the events stay in the ledger."""
+        try:
+            published = seal(self.spec, self.settings, only_unfinished=only_unfinished)
+            self.bus.trim_acknowledged()
+        except Exception:
+            log.exception("sealing %s failed; retried at the next seal", self.spec.name)
+            return []
+        self.counts.sealed += published
+        return published
+
+
+def _coder(spec: ProblemSpec, settings: Settings) -> TargetCoder | None:
+    try:
+        return target_coder(spec, settings.db_url)
+    except ClassesUnknown:
+        return None
+
+
+def _unique(events: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, dict[str, Any]]]:
+    """Events of one read with their ``event_id`` (the first of a repeated one only)."""
+    seen: set[str] = set()
+    out = []
+    for entry, cols in events:
+        eid = event_id_of(cols)
+        if eid in seen:
+            continue
+        seen.add(eid)
+        out.append((entry, {**cols, EVENT_ID: eid}))
+    return out
+
+
+def _online_table(frame: pd.DataFrame, spec: ProblemSpec) -> pa.Table:
+    """Valid events as the engineered frame the online store takes (key, time, features)."""
+    table = curate_table(frame[[c for c in required_columns(spec)]], spec,
+                         event_time(frame[spec.event_time.column], spec))
+    return table.select([spec.entity.key, "event_timestamp", *spec.feature_names])
+
+
+def seal(spec: ProblemSpec, settings: Settings, only_unfinished: bool = False) -> list[str]:
+    """Publish open events as micro-batches: finish claimed segments, then claim and publish
+    new ones while events are open. Returns the batch IDs published (rejected ones are recorded
+    in the ledger with the batch path's reason: their events stay in it, never lost)."""
+    published = []
+    for left in ledger.unfinished(spec.name, settings.db_url):
+        published += _publish(spec, settings, left)
+    while not only_unfinished and (number := ledger.claim(
+            spec.name, settings.db_url, spec.stream.seal_every_events)) is not None:
+        published += _publish(spec, settings, number)
+    _notify(spec, settings)
+    return published
+
+
+def _publish(spec: ProblemSpec, settings: Settings, number: int) -> list[str]:
+    batch_id = ledger.segment_batch_id(spec.name, number)
+    path = settings.home / "stream" / f"problem={spec.name}" / f"segment={number:06d}.parquet"
+    if not path.exists():
+        _write_segment(ledger.segment_payloads(spec.name, number, settings.db_url), path)
+    failpoint("stream.segment_written")
+    try:
+        manifest = ingest_batch(spec, str(path), batch_id, settings)
+    except BatchError as exc:
+        log.warning("stream segment %s of %s rejected: %s", number, spec.name, exc)
+        ledger.finish(spec.name, number, "rejected", str(exc), settings.db_url)
+        return []
+    failpoint("stream.segment_published")
+    ledger.finish(spec.name, number, "published", None, settings.db_url)
+    path.unlink(missing_ok=True)  # the batch keeps its own raw copy
+    return [manifest.batch_id]
+
+
+def _write_segment(payloads: list[dict[str, Any]], path: Path) -> None:
+    """The events as one parquet file (atomically); a column whose values mix types is text."""
+    columns: dict[str, list[Any]] = {}
+    for n, row in enumerate(payloads):
+        for k in row:
+            columns.setdefault(k, [None] * n)
+        for k, values in columns.items():
+            values.append(row.get(k))
+    arrays = {}
+    for name, values in columns.items():
+        try:
+            arrays[name] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            arrays[name] = pa.array([None if v is None else str(v) for v in values], pa.string())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    pq.write_table(pa.table(arrays), tmp)
+    os.replace(tmp, path)
+
+
+def _notify(spec: ProblemSpec, settings: Settings) -> None:
+    if not settings.airflow_url:
+        return
+    for batch_id in ledger.unnotified(spec.name, settings.db_url):
+        try:
+            curated_event(settings.airflow_url, spec.name, batch_id)
+        except NotifyFailed as exc:
+            log.warning("could not tell Airflow of batch %s (%s); retried at the next seal, "
+                        "and the backlog sweep nudges it", batch_id, exc)
+            return
+        ledger.notified(spec.name, batch_id, settings.db_url)
+
+
+def serve(spec: ProblemSpec, settings: Settings, consumer: str | None = None,
+          max_seconds: float | None = None) -> Counts:
+    """Run the service until SIGTERM/SIGINT (or ``max_seconds``): it finishes the read in hand,
+    acknowledges it and stops; open events are sealed by the next run."""
+    stop = {"now": False}
+
+    def _stop(signum: int, _frame: Any) -> None:
+        stop["now"] = True
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _stop)
+    service = Service(spec, settings, consumer)
+    print(f"stream service for {spec.name}: consumer {service.consumer}, "
+          f"group of {service.bus.key}", file=sys.stderr, flush=True)
+    try:
+        return service.run(lambda: stop["now"], max_seconds)
+    finally:
+        service.close()
+
+
+def status(spec: ProblemSpec, settings: Settings) -> dict[str, Any]:
+    """Lag, pending, dead letters, open events, the last sealed batch and what needs attention
+    (``stream.max_lag_events``, ``stream.max_dead_letters``, rejected segments)."""
+    bus = EventBus(settings.stream_url, spec.name)
+    try:
+        state = bus.state()
+    finally:
+        bus.close()
+    opened = ledger.open_events(spec.name, settings.db_url)
+    out: dict[str, Any] = {"problem": spec.name, "stream": bus.key, **asdict(state),
+                           "open_events": opened.events, "oldest_open": opened.oldest,
+                           **ledger.summary(spec.name, settings.db_url)}
+    attention = []
+    if state.lag > spec.stream.max_lag_events:
+        attention.append(f"lag {state.lag} events > stream.max_lag_events "
+                         f"{spec.stream.max_lag_events}: is `mlcore stream serve` running?")
+    if state.dead_letters > spec.stream.max_dead_letters:
+        attention.append(f"{state.dead_letters} dead letters > stream.max_dead_letters "
+                         f"{spec.stream.max_dead_letters}: read {bus.dead}")
+    if rejected := out["segments"].get("rejected"):
+        attention.append(f"{rejected} sealed segments rejected by validation")
+    out["attention"] = attention
+    return out
