@@ -22,7 +22,6 @@ the loop runs on; the backlog sweep nudges a batch whose event was lost.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -31,7 +30,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -52,56 +51,20 @@ from mlcore.feast.store import ensure_definitions
 from mlcore.ingestion import ingest_batch
 from mlcore.problems import ProblemSpec
 from mlcore.provenance import failpoint
+from mlcore.store.session import DatabaseUnavailable
 from mlcore.stream import ledger
-from mlcore.stream.bus import Entry, EventBus, decode
+from mlcore.stream.bus import UNAVAILABLE, Entry, EventBus, decode
+from mlcore.stream.health import status
 from mlcore.stream.notify import NotifyFailed, curated_event
+from mlcore.stream.produce import EVENT_ID, event_id_of, produce
 
 log = logging.getLogger(__name__)
+RETRIED: tuple[type[Exception], ...] = (*UNAVAILABLE, DatabaseUnavailable)
 
-EVENT_ID = "event_id"
+__all__ = ["Counts", "Service", "event_id_of", "produce", "seal", "serve", "status"]
+
 RECLAIM_IDLE_MS = 30_000  # an entry pending this long in another consumer is taken over
 RECLAIM_EVERY_S = 5.0
-
-
-def event_id_of(event: dict[str, Any]) -> str:
-    """The event's ``event_id``, or (none given) a SHA-256 of its canonical JSON, so that
-    sending the same line twice is one event."""
-    given = event.get(EVENT_ID)
-    if given not in (None, ""):
-        return str(given)
-    return hashlib.sha256(json.dumps(event, sort_keys=True, default=str).encode()).hexdigest()[:32]
-
-
-def produce(spec: ProblemSpec, settings: Settings, lines: Iterable[str],
-            rate: float | None = None) -> int:
-    """Send JSON lines (one event each) to the problem's stream; ``rate``: events per second at
-    most. Every event gets an ``event_id`` (``event_id_of``). Returns how many were sent.
-
-    Raises:
-        ValueError: a line is not a JSON object (naming its line number); nothing after it is sent.
-    """
-    bus = EventBus(settings.stream_url, spec.name)
-    start, sent, chunk = time.monotonic(), 0, []
-    try:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                event = json.loads(line)
-            except ValueError as exc:
-                raise ValueError(f"line {number}: not JSON ({exc})") from None
-            if not isinstance(event, dict):
-                raise ValueError(f"line {number}: not a JSON object")
-            chunk.append({**event, EVENT_ID: event_id_of(event)})
-            if len(chunk) >= (max(1, int(rate / 20)) if rate else 1000):
-                sent += bus.add(chunk)
-                chunk = []
-                if rate and (ahead := sent / rate - (time.monotonic() - start)) > 0:
-                    time.sleep(ahead)
-        sent += bus.add(chunk)
-    finally:
-        bus.close()
-    return sent
 
 
 @dataclass
@@ -133,25 +96,47 @@ class Service:
         self._sealer: threading.Thread | None = None
 
     def run(self, should_stop: Callable[[], bool], max_seconds: float | None = None) -> Counts:
-        """Serve until ``should_stop()`` (checked after each read) or ``max_seconds`` pass."""
-        self.bus.ensure_group()
-        self.seal(only_unfinished=True)  # a sealer that died: finish its segments first
-        while entries := self.bus.own_pending(self.consumer, self.spec.stream.read_count):
-            self.take(entries)
+        """Serve until ``should_stop()`` (checked after each read) or ``max_seconds`` pass.
+
+        Redis or the metadata store unreachable: logged, retried every second; the read in
+        hand stays pending and is read again (own pending entries) once they answer."""
         end = None if max_seconds is None else time.monotonic() + max_seconds
+        recover = True
         while not should_stop() and (end is None or time.monotonic() < end):
-            entries = self._reclaim() or self.bus.read(self.consumer, self.spec.stream.read_count,
-                                                       block_ms=200)
-            if entries:
-                self.take(entries)
-            if self._sealer is None or not self._sealer.is_alive():
-                self._sealer = None
-                if self._seal_due():  # in the background: reads go on while a batch publishes
-                    self._sealer = threading.Thread(target=self.seal, name="sealer", daemon=True)
-                    self._sealer.start()
+            try:
+                if recover:
+                    self._recover()
+                    recover = False
+                entries = self._reclaim() or self.bus.read(
+                    self.consumer, self.spec.stream.read_count, block_ms=200)
+                if entries:
+                    self.take(entries)
+                self._maybe_seal()
+            except RETRIED as exc:
+                log.warning("stream service %s: %s unreachable (%s); retrying", self.spec.name,
+                            "Redis" if not isinstance(exc, DatabaseUnavailable) else "the store",
+                            exc)
+                recover = True
+                time.sleep(1.0)
         if self._sealer is not None:
             self._sealer.join()
         return self.counts
+
+    def _recover(self) -> None:
+        """At start and after an outage: the group exists, segments a dead sealer claimed are
+        published, and this consumer's pending entries (a read it never acknowledged) are taken."""
+        self.bus.ensure_group()
+        self.seal(only_unfinished=True)
+        while entries := self.bus.own_pending(self.consumer, self.spec.stream.read_count):
+            self.take(entries)
+
+    def _maybe_seal(self) -> None:
+        if self._sealer is not None and self._sealer.is_alive():
+            return
+        self._sealer = None
+        if self._seal_due():  # in the background: reads go on while a batch publishes
+            self._sealer = threading.Thread(target=self.seal, name="sealer", daemon=True)
+            self._sealer.start()
 
     def close(self) -> None:
         """Release the connections."""
@@ -355,28 +340,3 @@ def serve(spec: ProblemSpec, settings: Settings, consumer: str | None = None,
         return service.run(lambda: stop["now"], max_seconds)
     finally:
         service.close()
-
-
-def status(spec: ProblemSpec, settings: Settings) -> dict[str, Any]:
-    """Lag, pending, dead letters, open events, the last sealed batch and what needs attention
-    (``stream.max_lag_events``, ``stream.max_dead_letters``, rejected segments)."""
-    bus = EventBus(settings.stream_url, spec.name)
-    try:
-        state = bus.state()
-    finally:
-        bus.close()
-    opened = ledger.open_events(spec.name, settings.db_url)
-    out: dict[str, Any] = {"problem": spec.name, "stream": bus.key, **asdict(state),
-                           "open_events": opened.events, "oldest_open": opened.oldest,
-                           **ledger.summary(spec.name, settings.db_url)}
-    attention = []
-    if state.lag > spec.stream.max_lag_events:
-        attention.append(f"lag {state.lag} events > stream.max_lag_events "
-                         f"{spec.stream.max_lag_events}: is `mlcore stream serve` running?")
-    if state.dead_letters > spec.stream.max_dead_letters:
-        attention.append(f"{state.dead_letters} dead letters > stream.max_dead_letters "
-                         f"{spec.stream.max_dead_letters}: read {bus.dead}")
-    if rejected := out["segments"].get("rejected"):
-        attention.append(f"{rejected} sealed segments rejected by validation")
-    out["attention"] = attention
-    return out

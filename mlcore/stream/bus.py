@@ -18,6 +18,8 @@ from typing import Any
 import redis
 
 GROUP = "online-ingest"
+# what a caller retries on: the server is down or did not answer in time
+UNAVAILABLE: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
 
 Entry = tuple[str, dict[str, str]]  # (stream entry ID, fields)
 
