@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -53,7 +54,7 @@ from mlcore.problems import ProblemSpec
 from mlcore.provenance import failpoint
 from mlcore.store.session import DatabaseUnavailable
 from mlcore.stream import ledger
-from mlcore.stream.bus import UNAVAILABLE, Entry, EventBus, decode
+from mlcore.stream.bus import UNAVAILABLE, Entry, EventBus, decode_all
 from mlcore.stream.health import status
 from mlcore.stream.notify import NotifyFailed, curated_event
 from mlcore.stream.produce import EVENT_ID, event_id_of, produce
@@ -145,7 +146,7 @@ class Service:
 
     def take(self, entries: list[Entry]) -> None:
         """Validate, take in, write online, acknowledge one read (steps 1-4)."""
-        events = _unique([(i, decode(f)) for i, f in entries])
+        events = _unique(list(zip([i for i, _ in entries], decode_all(entries), strict=True)))
         letters: list[dict[str, str]] = []
         frame, passed = self._validate(events, letters)
         self.bus.dead_letter(letters)
@@ -178,13 +179,14 @@ class Service:
         reasons: dict[int, tuple[str, str]] = {
             int(r): (",".join(v["rule"]), "; ".join(map(str, v["reason"])))
             for r, v in violations.groupby("row_number")} if bad.any() else {}
+        target_bad = self._bad_targets(frame)
         for n, cols in enumerate(rows):
             if n in reasons:
                 continue
             if extra and spec.validation.extra_columns == "reject" and \
                     (found := [c for c in extra if c in cols]):
                 reasons[n] = ("undeclared_columns", f"undeclared columns {found}")
-            elif cols.get(spec.target.name) is not None and not self._target_ok(cols):
+            elif target_bad[n]:
                 reasons[n] = ("target_invalid", f"{spec.target.name} is not "
                               f"{self.coder.describe() if self.coder else 'a known class'}")
         for n in sorted(reasons):
@@ -197,11 +199,17 @@ class Service:
                   for n in keep]
         return frame.iloc[keep].reset_index(drop=True), passed
 
-    def _target_ok(self, cols: dict[str, Any]) -> bool:
-        if self.coder is None:
-            return True  # classes are learnt from the first labelled batch: the seal decides
-        value = pd.Series([cols[self.spec.target.name]])
-        return not pd.isna(self.coder.encode(value)[0])
+    def _bad_targets(self, frame: pd.DataFrame) -> np.ndarray:
+        """Per event: it carries a target its coder cannot encode (no target: unlabelled, fine;
+        classes not learnt yet: the seal's batch path decides)."""
+        name = self.spec.target.name
+        if self.coder is None or name not in frame.columns:
+            return np.zeros(len(frame), dtype=bool)
+        present = frame[name].notna().to_numpy()
+        bad = np.zeros(len(frame), dtype=bool)
+        if present.any():
+            bad[present] = np.isnan(self.coder.encode(frame[name][present]))
+        return bad
 
     def _reclaim(self) -> list[Entry]:
         if time.monotonic() - self._last_reclaim < RECLAIM_EVERY_S:

@@ -11,14 +11,16 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import Table, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from mlcore.store.models import utcnow
 from mlcore.store.session import session_scope
 from mlcore.store.stream_tables import StreamEvent, StreamSegment
+
+EVENTS = cast(Table, StreamEvent.__table__)
 
 
 def segment_batch_id(problem: str, segment: int) -> str:
@@ -41,7 +43,7 @@ def take_in(problem: str, events: list[tuple[str, dict[str, Any]]], target: str,
                  "payload": json.dumps(cols, default=str),
                  "labelled": cols.get(target) is not None} for e, cols in events if e not in seen]
         if rows:
-            s.execute(insert(StreamEvent), rows)
+            s.execute(insert(EVENTS), rows)  # Core executemany: no ORM unit of work
     return len(rows)
 
 
