@@ -1,0 +1,346 @@
+"""Online writes newest-by-event-time: a late, older event never overwrites a newer stored value.
+
+For the stream ingestion service, which writes small engineered frames (the spec's entity key,
+``event_timestamp`` and its model feature columns, as ``mlcore.features.engineer_table`` and
+``mlcore.data.curation.curate_table`` give them) many times per second. ``OnlineWriter`` keeps
+its connection and the view's layout between calls; ``write_newest`` is a one-off convenience.
+
+Per online store, each into the layout Feast itself reads (``get_online_features`` sees it):
+
+- mlcore's SQLite store (``mlcore.feast.sqlite_online``): its bulk ``write_frame``, whose upsert
+  keeps the row with the newer (event time, created time).
+- Redis: one hash per entity as Feast's ``RedisOnlineStore`` writes it (``_ts:<view>`` holds the
+  event time as a protobuf Timestamp, each feature under ``mmh3("<view>:<feature>")``), through
+  a Lua script per entity that compares event times on the server, so two concurrent writers
+  cannot regress a value (Feast's own write reads first, then writes, and skips equal times).
+- PostgreSQL: Feast's table (a row per entity and feature) with one ``INSERT ... SELECT FROM
+  unnest(...) ON CONFLICT ... DO UPDATE ... WHERE`` the stored (event_ts, created_ts) is not
+  newer; Feast's own upsert has no event-time check.
+
+A row whose event time equals the stored one is written again: rewriting a row is idempotent,
+and of two different rows at one time the later write wins. When the frame has
+``batch_published_at`` (``mlcore.feast.store.CREATED``, ``corrections: supersede``), SQLite and
+PostgreSQL compare (event time, created time) instead, a missing created time being the oldest;
+Feast's Redis layout stores no created time. Event times are kept to the microsecond (Redis:
+from 1970 on). Within one frame the newest row per key is written (of two with one time, the
+later row). Other online store types are refused: they have no newer-wins write here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mlcore.feast.sqlite_encoding import entity_key_bytes, micros
+from mlcore.feast.store import CREATED, fast_store
+from mlcore.problems import ProblemSpec
+
+if TYPE_CHECKING:
+    from feast import FeatureStore, FeatureView
+    from feast.repo_config import RepoConfig
+    from feast.value_type import ValueType
+
+TS = "event_timestamp"
+# A feature column as stored: serialized ValueProtos, and Feast's value_text / value_num.
+Encoded = tuple[list[bytes], list[Any], list[Any]]
+
+# KEYS[1]: the entity's hash. ARGV: new event time (seconds, nanos), key TTL in seconds (0: none),
+# then field/value pairs, the first being the ``_ts:<view>`` field and its Timestamp bytes.
+# The stored Timestamp proto is decoded here (varint fields 1: seconds, 2: nanos).
+NEWER_WINS_LUA = """
+local function stamp(b)
+  local s, n, i = 0, 0, 1
+  while i <= #b do
+    local tag = string.byte(b, i)
+    local v, m = 0, 1
+    i = i + 1
+    while true do
+      local c = string.byte(b, i)
+      i = i + 1
+      v = v + (c % 128) * m
+      m = m * 128
+      if c < 128 then break end
+    end
+    if tag == 8 then s = v elseif tag == 16 then n = v end
+  end
+  return s, n
+end
+local old = redis.call('HGET', KEYS[1], ARGV[4])
+if old then
+  local s, n = stamp(old)
+  local ns, nn = tonumber(ARGV[1]), tonumber(ARGV[2])
+  if ns < s or (ns == s and nn < n) then return 0 end
+end
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+local ttl = tonumber(ARGV[3])
+if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
+return 1
+"""
+
+
+class OnlineWriter:
+    """Newest-by-event-time writes of one spec's engineered frames into ``store``'s online store.
+
+    Keeps the connection and the feature view read at creation: create a new writer after the
+    view's definition changes (``feast apply``). Not thread-safe: one writer per thread.
+
+    Raises:
+        NotImplementedError: an online store other than mlcore's SQLite, Redis or PostgreSQL.
+    """
+
+    def __init__(self, store: FeatureStore, spec: ProblemSpec) -> None:
+        self.spec = spec
+        self.view = store.get_feature_view(spec.feature_view)
+        self._sink = _sink(store, self.view)
+
+    def write(self, frame: pa.Table) -> int:
+        """Write the newest row per key of ``frame`` where it is not older than what the store
+        holds. Returns the number of rows offered (the frame's rows; 0 for an empty frame)."""
+        if frame.num_rows:
+            self._sink.write(frame, self.view)
+        return int(frame.num_rows)
+
+    def close(self) -> None:
+        """Release the connection (a later ``write`` reopens it)."""
+        self._sink.close()
+
+    def __enter__(self) -> OnlineWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_newest(store: FeatureStore, spec: ProblemSpec, frame: pa.Table) -> int:
+    """``OnlineWriter(store, spec).write(frame)``, then close: for one-off writes (a stream
+    service keeps one ``OnlineWriter``). Returns the rows offered."""
+    with OnlineWriter(store, spec) as writer:
+        return writer.write(frame)
+
+
+def _sink(store: FeatureStore, view: FeatureView) -> Any:
+    """The writer of the store's online store type (``online_store: type:``)."""
+    if fast_store(store):
+        return _SqliteSink(store.config)
+    kind = getattr(store.config.online_store, "type", "?")
+    if kind == "redis":
+        return _RedisSink(store.config, view)
+    if kind == "postgres":
+        return _PostgresSink(store.config, view)
+    raise NotImplementedError(f"no newest-by-event-time writer for online store type {kind!r} "
+                              "(mlcore's SQLite store, redis and postgres have one)")
+
+
+class _SqliteSink:
+    """mlcore's SQLite store: ``write_frame`` already upserts newer-wins (and dedupes keys)."""
+
+    def __init__(self, config: RepoConfig) -> None:
+        from mlcore.feast.sqlite_online import FastSqliteOnlineStore
+
+        self._store = FastSqliteOnlineStore()
+        self.config = config
+
+    def write(self, frame: pa.Table, view: FeatureView) -> None:
+        created = CREATED if CREATED in frame.column_names else None
+        self._store.write_frame(self.config, view, frame, created_col=created)
+
+    def close(self) -> None:
+        self._store.disconnect()
+
+
+def newest_rows(frame: pa.Table, key: str) -> pa.Table:
+    """The frame's newest row per key (the later row of two with one event time)."""
+    keys = frame.column(key).to_numpy(zero_copy_only=False)
+    if pd.Index(keys).is_unique:
+        return frame
+    order = np.argsort(micros(frame.column(TS).to_pandas()), kind="stable")
+    order = order[~pd.Series(keys[order]).duplicated(keep="last").to_numpy()]
+    return frame.take(pa.array(order))
+
+
+def encode_column(col: pa.ChunkedArray, value_type: ValueType, extras: bool = False) -> Encoded:
+    """A feature column as Feast stores it: serialized ``ValueProto`` per row (``b""`` where
+    null or NaN, as Feast's empty value), plus, when ``extras``, Feast's ``value_text`` and
+    ``value_num`` (``extract_text_and_num``; empty lists otherwise). Floats are encoded
+    vectorized; other types once per distinct value, through Feast's own conversion."""
+    from feast.value_type import ValueType
+
+    width = {ValueType.DOUBLE: ("<f8", 0x29), ValueType.FLOAT: ("<f4", 0x35)}.get(value_type)
+    if width and (pa.types.is_floating(col.type) or pa.types.is_integer(col.type)):
+        arr = col.to_numpy().astype(width[0]) if not col.null_count \
+            else col.to_numpy(zero_copy_only=False).astype(width[0])
+        buf = np.empty((len(arr), arr.itemsize + 1), dtype=np.uint8)
+        buf[:, 0] = width[1]  # the field's tag: double_val (5, 64-bit), float_val (6, 32-bit)
+        buf[:, 1:] = arr.view(np.uint8).reshape(len(arr), arr.itemsize)
+        out: list[bytes] = buf.view(f"V{buf.shape[1]}").ravel().tolist()
+        nums = arr.tolist()
+        missing = np.isnan(arr)
+        if missing.any():
+            out = [b"" if m else v for v, m in zip(out, missing.tolist(), strict=True)]
+            nums = [None if m else v for v, m in zip(nums, missing.tolist(), strict=True)]
+        texts = [None if v is None else str(v) for v in nums] if extras else []
+        return out, texts, nums if extras else []
+    return _encode_distinct(col, value_type, extras)
+
+
+def _encode_distinct(col: pa.ChunkedArray, value_type: ValueType, extras: bool) -> Encoded:
+    from feast.infra.online_stores.helpers import extract_text_and_num
+    from feast.type_map import python_values_to_proto_values
+
+    coded = col.combine_chunks()
+    if not pa.types.is_dictionary(coded.type):
+        coded = pc.dictionary_encode(coded)
+    protos = python_values_to_proto_values(coded.dictionary.to_pylist(), value_type)
+    index = coded.indices.fill_null(len(protos)).to_numpy()
+    blobs = np.asarray([*(p.SerializeToString() for p in protos), b""], dtype=object)
+    if not extras:
+        return blobs[index].tolist(), [], []
+    pairs = [extract_text_and_num(p, True) for p in protos] + [(None, None)]
+    texts = np.asarray([t for t, _ in pairs], dtype=object)
+    nums = np.asarray([n for _, n in pairs], dtype=object)
+    return blobs[index].tolist(), texts[index].tolist(), nums[index].tolist()
+
+
+def _prepare(frame: pa.Table, view: FeatureView, config: RepoConfig, extras: bool = False,
+             ) -> tuple[pa.Table, list[bytes], np.ndarray, list[Encoded]]:
+    """The newest row per key, in entity-key byte order (concurrent writers then lock rows in
+    one order): (those rows, their serialized entity keys, event times in µs, encoded
+    feature columns)."""
+    [key] = view.entity_columns
+    frame = newest_rows(frame, key.name)
+    keys = entity_key_bytes(frame.column(key.name).to_numpy(zero_copy_only=False), key.name,
+                            key.dtype.to_value_type(), config.entity_key_serialization_version)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    if order != list(range(len(keys))):
+        frame, keys = frame.take(pa.array(order)), [keys[i] for i in order]
+    columns = [encode_column(frame.column(f.name), f.dtype.to_value_type(), extras)
+               for f in view.features]
+    return frame, keys, micros(frame.column(TS).to_pandas()), columns
+
+
+class _RedisSink:
+    """Feast's Redis hash layout, written newer-wins by ``NEWER_WINS_LUA`` in one pipeline."""
+
+    def __init__(self, config: RepoConfig, view: FeatureView) -> None:
+        from feast.infra.online_stores.helpers import _mmh3, compute_versioned_name
+        from feast.infra.online_stores.redis import RedisOnlineStore
+
+        self.config = config
+        self._client = RedisOnlineStore()._get_client(config.online_store)
+        self._script = self._client.register_script(NEWER_WINS_LUA)
+        name = compute_versioned_name(view, config.registry.enable_online_feature_view_versioning)
+        self._ts_field = f"_ts:{name}".encode()
+        self._fields = [_mmh3(f"{name}:{f.name}") for f in view.features]
+        self._project = config.project.encode()
+        self._ttl = int(config.online_store.key_ttl_seconds or 0)
+
+    def write(self, frame: pa.Table, view: FeatureView) -> None:
+        from google.protobuf.timestamp_pb2 import Timestamp
+
+        _, keys, us, columns = _prepare(frame, view, self.config)
+        with self._client.pipeline(transaction=False) as pipe:
+            rows = zip(*(c[0] for c in columns), strict=True)
+            for key, t, values in zip(keys, us.tolist(), rows, strict=True):
+                seconds, nanos = divmod(t, 1_000_000)
+                stamp = Timestamp(seconds=seconds, nanos=nanos * 1000).SerializeToString()
+                args: list[Any] = [seconds, nanos * 1000, self._ttl, self._ts_field, stamp]
+                for field, value in zip(self._fields, values, strict=True):
+                    args += (field, value)
+                self._script(keys=[key + self._project], args=args, client=pipe)
+            pipe.execute()
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class _PostgresSink:
+    """Feast's PostgreSQL table, upserted where the stored (event_ts, created_ts) is not newer."""
+
+    def __init__(self, config: RepoConfig, view: FeatureView) -> None:
+        from feast.infra.online_stores.helpers import compute_table_id
+
+        self.config = config
+        self._table = compute_table_id(config.project, view,
+                                       config.registry.enable_online_feature_view_versioning)
+        self._names = [f.name for f in view.features]
+        self._conn: Any = None
+        self._sql: Any = None
+        self._with_num = False
+
+    def _connect(self) -> Any:
+        """The connection (reopened after a failure closed it) and the upsert statement."""
+        if self._conn is None or self._conn.closed:
+            from feast.infra.utils.postgres.connection_utils import _get_conn
+
+            self._conn = _get_conn(self.config.online_store)
+            self._conn.autocommit = True  # one statement: its own transaction
+            self._with_num = self._has_value_num()
+            self._sql = upsert_sql(self._table, self._with_num)
+        return self._conn
+
+    def _has_value_num(self) -> bool:
+        store = self.config.online_store
+        found = self._conn.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = %s AND "
+            "table_name = %s AND column_name = 'value_num'",
+            (store.db_schema or store.user, self._table)).fetchone()
+        return found is not None
+
+    def write(self, frame: pa.Table, view: FeatureView) -> None:
+        conn = self._connect()
+        kept, keys, us, columns = _prepare(frame, view, self.config, extras=True)
+        created = micros(kept.column(CREATED).to_pandas()) if CREATED in kept.column_names \
+            else None
+        conn.execute(self._sql, _flat_rows(keys, us, created, self._names, columns,
+                                           self._with_num))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _flat_rows(keys: list[bytes], us: np.ndarray, created: np.ndarray | None,
+               names: Sequence[str], columns: list[Encoded], with_num: bool) -> list[Any]:
+    """The upsert's arrays: one element per (entity, feature), entity-major."""
+    width = len(names)
+    params: list[Any] = [
+        [k for k in keys for _ in range(width)], list(names) * len(keys),
+        _entity_major([c[0] for c in columns]), _entity_major([c[1] for c in columns])]
+    if with_num:
+        params.append(_entity_major([c[2] for c in columns]))
+    params.append(np.repeat(us, width).tolist())
+    params.append(None if created is None else np.repeat(created, width).tolist())
+    return params
+
+
+def _entity_major(columns: list[list[Any]]) -> list[Any]:
+    return [v for row in zip(*columns, strict=True) for v in row]
+
+
+def upsert_sql(table: str, with_num: bool) -> Any:
+    """The newer-wins upsert of arrays (see ``_flat_rows``) into Feast's table ``table``; a
+    stored row is replaced unless its (event_ts, created_ts) is newer (null created: oldest)."""
+    from psycopg import sql
+
+    num = ", value_num" if with_num else ""
+    num_arg = ", %b::float8[]" if with_num else ""
+    low = "'-infinity'::timestamptz"
+    return sql.SQL(
+        "INSERT INTO {t} (entity_key, feature_name, value, value_text" + num +
+        ", event_ts, created_ts) SELECT k, f, v, x" + num + ", 'epoch'::timestamptz + "
+        "e * interval '1 microsecond', 'epoch'::timestamptz + c * interval '1 microsecond' "
+        "FROM unnest(%b::bytea[], %b::text[], %b::bytea[], %b::text[]" + num_arg +
+        ", %b::int8[], %b::int8[]) AS r(k, f, v, x" + num + ", e, c) "
+        "ON CONFLICT (entity_key, feature_name) DO UPDATE SET value = EXCLUDED.value, "
+        "value_text = EXCLUDED.value_text" + (", value_num = EXCLUDED.value_num" if with_num
+                                              else "") +
+        ", event_ts = EXCLUDED.event_ts, created_ts = EXCLUDED.created_ts "
+        "WHERE ({t}.event_ts, coalesce({t}.created_ts, " + low + ")) <= "
+        "(EXCLUDED.event_ts, coalesce(EXCLUDED.created_ts, " + low + "))"
+    ).format(t=sql.Identifier(table))
