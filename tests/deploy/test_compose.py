@@ -37,6 +37,10 @@ SENTINELS = {
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler",
                     "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
 LONG_RUNNING = AIRFLOW_SERVICES - {"airflow-init"}
+# One online ingestion service (`mlcore stream serve`) per problem spec in problems/.
+PROBLEMS = sorted(yaml.safe_load(f.read_text())["name"]
+                  for f in (ROOT / "problems").glob("*.yaml"))
+STREAM_SERVICES = {f"stream-{p.replace('_', '-')}": p for p in PROBLEMS}
 SECRET_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY)$")
 # Values that must never be a setting's literal value, whatever its name.
 DENYLIST = {"password", "passwd", "secret", "changeme", "change-me", "admin", "letmein"}
@@ -132,7 +136,8 @@ def test_broken_copy_is_rejected(compose_bin: str, workdir: Path, tmp_path: Path
 # --- (c) what the resolved stack contains -----------------------------------------------------
 
 def test_expected_services(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {"postgres", "redis"} | AIRFLOW_SERVICES
+    assert set(config["services"]) == {"postgres", "redis"} | AIRFLOW_SERVICES | \
+        set(STREAM_SERVICES)
     assert config["services"]["postgres"]["image"] == "postgres:15"
     assert config["services"]["redis"]["image"].startswith("redis:7")
     for name in ("postgres", "redis"):
@@ -237,6 +242,53 @@ def test_no_literal_secrets(config: dict[str, Any]) -> None:
                 assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (key, value)
 
 
+def test_redis_persists_appendonly(config: dict[str, Any]) -> None:
+    """The event streams live in Redis: append-only file on a named volume."""
+    redis = config["services"]["redis"]
+    command = redis["command"]
+    assert command[0] == "redis-server"
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] in {"everysec", "always"}
+    data = {v["target"]: v for v in redis["volumes"]}["/data"]
+    assert (data["type"], data["source"]) == ("volume", "redis-data")
+    assert "redis-data" in config["volumes"]
+
+
+@pytest.mark.parametrize("service", sorted(STREAM_SERVICES))
+def test_stream_service(config: dict[str, Any], service: str) -> None:
+    """`mlcore stream serve --problem <p>` on the Airflow image and settings, after init and
+    the api-server, restarted unless stopped, credentials read at start (none in the file)."""
+    problem = STREAM_SERVICES[service]
+    svc, env = config["services"][service], env_of(config, service)
+    scheduler = config["services"]["airflow-scheduler"]
+    assert (svc["image"], svc["build"]) == (scheduler["image"], scheduler["build"])
+    assert env["BATCHLOOP_STREAM_PROBLEM"] == problem
+    command = " ".join(svc["command"])
+    assert 'exec mlcore stream serve --problem "$${BATCHLOOP_STREAM_PROBLEM}"' in command
+    assert command.startswith("bash -c")  # the image's entrypoint runs anything else as `airflow`
+    stream, notify = urlsplit(env["MLCORE_STREAM_URL"]), urlsplit(env["MLCORE_AIRFLOW_URL"])
+    assert (stream.scheme, stream.hostname, stream.port) == ("redis", "redis", 6379)
+    taken = {urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).path.strip("/"),
+             env["FEAST_REDIS_CONNECTION"].rsplit("db=", 1)[1]}
+    assert stream.path.strip("/") not in taken  # not Celery's db, not the Feast online store's
+    assert (notify.hostname, notify.port) == ("airflow-apiserver", 8080)
+    assert {k: env.get(k) for k in MLCORE_ENV} == MLCORE_ENV
+    for key in ("MLCORE_DATABASE_URL", "MLCORE_FEAST_CONFIG"):
+        assert env[key] == env_of(config, "airflow-scheduler")[key], key
+    assert not {"MLCORE_AIRFLOW_USER", "MLCORE_AIRFLOW_PASSWORD"} & set(env)
+    vols = {v["target"]: v for v in svc["volumes"]}
+    assert (vols["/opt/batchloop/state"]["source"], vols["/opt/airflow/auth"]["source"]) == \
+        ("mlcore-state", "airflow-auth")
+    assert vols["/opt/airflow/auth"]["read_only"]
+    assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"].startswith("/opt/airflow/auth/")
+    deps = {d: c["condition"] for d, c in svc["depends_on"].items()}
+    assert deps == {"postgres": "service_healthy", "redis": "service_healthy",
+                    "airflow-init": "service_completed_successfully",
+                    "airflow-apiserver": "service_healthy"}
+    assert svc["restart"] == "unless-stopped" and "ports" not in svc
+    assert "mlcore stream status" in " ".join(svc["healthcheck"]["test"])
+
+
 # --- (d) the image ------------------------------------------------------------------------------
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
@@ -339,7 +391,7 @@ def test_feast_variants(monkeypatch: pytest.MonkeyPatch, store: str) -> None:
 
 
 def test_feast_is_wired_into_the_stack(config: dict[str, Any]) -> None:
-    for name in AIRFLOW_SERVICES:
+    for name in AIRFLOW_SERVICES | set(STREAM_SERVICES):  # the stream services write online
         env = env_of(config, name)
         assert (env["FEAST_PG_HOST"], env["FEAST_PG_PORT"], env["FEAST_PG_DATABASE"],
                 env["FEAST_REDIS_CONNECTION"]) == ("postgres", "5432", "feast", "redis:6379,db=1")
