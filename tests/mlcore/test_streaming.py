@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from sqlalchemy import func, select
 
+from mlcore import streaming
 from mlcore.batches import BatchRejected
 from mlcore.feast.online import online_features
 from mlcore.ingestion import ingest_batch
@@ -264,6 +265,19 @@ def test_an_event_without_id_gets_a_deterministic_one(spec, on_sqlite, rows):
     assert [r.event_id for r in ledger_rows(settings)] == [same, event_id_of(other)]
 
 
+def test_entries_a_dead_consumer_left_are_taken_over(spec, on_sqlite, rows, monkeypatch):
+    settings = on_sqlite
+    send(spec, settings, events(rows[2016][:8], "o"))
+    bus = EventBus(settings.stream_url, P)
+    bus.ensure_group()
+    assert len(bus.read("gone", 100, block_ms=100)) == 8  # delivered; that consumer died
+    monkeypatch.setattr(streaming, "RECLAIM_IDLE_MS", 0)  # idle long enough at once
+    counts = serve_all(spec, settings, "other")
+    assert (counts.read, counts.taken) == (8, 8)
+    assert bus.state().pending == 0
+    bus.close()
+
+
 # ------------------------------------------------------------------ online, newest wins
 def test_the_newest_event_by_event_time_is_online(spec, on_sqlite, rows):
     settings = on_sqlite
@@ -327,6 +341,30 @@ def test_sealing_publishes_micro_batches_through_the_batch_path(spec, on_both, r
             assert got["employed"].tolist() == want["employed"].tolist()
         raw = list(settings.partition("raw", P, batch_id(n)).glob("*.parquet"))
         assert len(raw) == 1 and "event_id" not in pq.read_schema(raw[0]).names
+
+
+def test_the_oldest_open_event_s_age_seals_too(spec, on_sqlite, rows):
+    settings = on_sqlite
+    spec = stream_spec(spec, seal_every_seconds=0.5)  # 5 events, far below seal_every_events
+    send(spec, settings, events(rows[2016][:5], "g"))
+    svc = Service(spec, settings, "aging")
+    try:
+        counts = svc.run(lambda: bool(svc.counts.sealed), max_seconds=30)
+    finally:
+        svc.close()
+    assert counts.sealed == [batch_id(1)]
+    assert manifest(settings, batch_id(1)).row_count == 5
+
+
+def test_airflow_unreachable_publishes_all_the_same(spec, on_sqlite, rows):
+    """The batch is published; Airflow is told at a later seal (or the sweep nudges it)."""
+    settings = on_sqlite.model_copy(update={"airflow_url": "http://127.0.0.1:1"})
+    send(spec, settings, events(rows[2016][:5], "n"))
+    serve_all(spec, settings)
+    assert seal(spec, settings) == [batch_id(1)]
+    assert manifest(settings, batch_id(1)).state == "published"
+    assert ledger.unnotified(P, settings.db_url) == [batch_id(1)]
+    assert segments(settings)[0].notified_at is None
 
 
 def test_resealing_a_claimed_segment_publishes_it_once(spec, on_both, rows):
