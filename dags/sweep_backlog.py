@@ -6,6 +6,10 @@ Every `BATCHLOOP_SWEEP_MINUTES` (default 10): finds published batches that are r
 when it came, events coalesced). Alerts on-call once per batch stalled past the spec's deadline
 for that stage (`batch_stalled`), and nudges each stage with missing batches with one asset event,
 so it catches up even when no new batch arrives. See `mlcore/backlog.py`.
+
+Online ingestion (`mlcore stream serve`, outside Airflow): alerts once per condition when the
+stream's lag or dead letters pass the spec's `stream:` thresholds, a sealed segment is rejected,
+or Redis does not answer (`stream_unhealthy`); only for a problem that is streamed.
 """
 
 from __future__ import annotations
@@ -32,6 +36,13 @@ def build(problem: str) -> None:
 
             return run(problem, get_current_context())
 
+        @task
+        def alert_stream() -> list[dict]:
+            from batchloop_airflow.sweep import alert_stream as run
+
+            return run(problem, get_current_context())
+
+        alert_stream()
         stalled = alert_stalled()
         for stage, output in UPSTREAM.items():
             asset = stage_asset(problem, output)

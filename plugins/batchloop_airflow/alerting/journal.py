@@ -1,4 +1,5 @@
-"""The sent-alerts journal: ``MLCORE_HOME/alerts/<dedup_key>.json``, one file per alert.
+"""The sent-alerts journal: ``MLCORE_HOME/alerts/<dedup_key>.json``, one file per alert, and the
+open episodes of lasting conditions (``alerts/episodes/<name>``: see ``episode``).
 
 It is both the dedup (the first path to create the file sends; a task's own failure callback
 and the DAG-level sweep that finds killed tasks never page twice for one failure) and the audit
@@ -110,3 +111,42 @@ def read(dedup_key: str) -> dict[str, Any] | None:
     if path is None or not path.is_file():
         return None
     return dict(json.loads(path.read_text()))
+
+
+def episode(name: str) -> str:
+    """The start (UTC, ISO) of the named condition's current episode: the one already open, else
+    a new one from now. A condition that lasts keeps its start, so an alert keyed on it is sent
+    once per episode (``end_episode`` when it clears; it then pages again if it comes back).
+    Without a journal every call is a new episode (a duplicate beats a lost page)."""
+    folder = journal_dir()
+    now = datetime.now(UTC).isoformat()  # to the microsecond: a new episode is a new key
+    if folder is None:
+        return now
+    path = folder / "episodes" / name
+    try:
+        path.parent.mkdir(exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        try:
+            return path.read_text().strip() or now
+        except OSError:
+            return now
+    except OSError as exc:
+        log.warning("BATCHLOOP ALERT episode %s not recorded: %s", name, exc)
+        return now
+    with os.fdopen(fd, "w") as fh:
+        fh.write(now)
+    return now
+
+
+def end_episode(name: str) -> bool:
+    """Close the named condition's episode (it cleared); True if one was open."""
+    folder = journal_dir()
+    if folder is None:
+        return False
+    path = folder / "episodes" / name
+    try:
+        path.unlink()
+        return True
+    except OSError:
+        return False

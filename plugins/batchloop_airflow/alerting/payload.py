@@ -1,6 +1,6 @@
 """What an on-call alert says: its kind, where, which batch, what broke and what to do.
 
-Five kinds, one payload shape (a flat JSON object; ``alerting.channels`` renders it for humans):
+Six kinds, one payload shape (a flat JSON object; ``alerting.channels`` renders it for humans):
 
 * ``task_failed``: a task raised and failed for good (retries used up or a fail-fast error).
 * ``task_killed``: a task failed without its own failure handler running: the process was
@@ -10,6 +10,9 @@ Five kinds, one payload shape (a flat JSON object; ``alerting.channels`` renders
   artifact could not be loaded (missing or tampered), so it was not scored.
 * ``batch_stalled``: a published batch has been ready for a stage longer than the spec's
   deadline for it and the stage has not run on it (``mlcore.backlog``; the backlog sweep).
+* ``stream_unhealthy``: online ingestion needs a look: lag or dead letters over the spec's
+  ``stream:`` thresholds, a sealed segment rejected, or the stream engine unreachable
+  (``batchloop_airflow.stream_health``; the backlog sweep).
 
 Every alert links to the RUNBOOK.md section for its kind (or error class, or stage) and carries a
 ``dedup_key``: the same failure found by two paths (task callback and the sweep) is one alert.
@@ -28,8 +31,10 @@ from urllib.parse import quote
 
 KIND_FAILED, KIND_KILLED, KIND_DEADLINE = "task_failed", "task_killed", "deadline_missed"
 KIND_CHALLENGER, KIND_STALLED = "challenger_skipped", "batch_stalled"
+KIND_STREAM = "stream_unhealthy"
 TITLES = {KIND_FAILED: "TASK FAILED", KIND_KILLED: "TASK KILLED", KIND_DEADLINE: "DEADLINE MISSED",
-          KIND_CHALLENGER: "CHALLENGER SKIPPED", KIND_STALLED: "BATCH STALLED"}
+          KIND_CHALLENGER: "CHALLENGER SKIPPED", KIND_STALLED: "BATCH STALLED",
+          KIND_STREAM: "STREAM UNHEALTHY"}
 
 # RUNBOOK.md anchors (``<a id="...">``): by mlcore error class, else by kind, else by stage.
 ERROR_ANCHORS = {
@@ -43,7 +48,8 @@ ERROR_ANCHORS = {
     "ProblemNotFound": "bad-input", "FileNotFoundError": "bad-input",
 }
 KIND_ANCHORS = {KIND_KILLED: "task-killed", KIND_DEADLINE: "deadline-missed",
-                KIND_CHALLENGER: "artifact-tampered", KIND_STALLED: "batch-stalled"}
+                KIND_CHALLENGER: "artifact-tampered", KIND_STALLED: "batch-stalled",
+                KIND_STREAM: "stream-unhealthy"}
 DELIVERY_ANCHOR = "alert-delivery-failed"
 AIRFLOW_DEFAULT_BASE = "http://localhost:8080"  # [api] base_url unset: what ti.log_url uses
 # Airflow's wrappers around the real error (fail_fast raises AirflowFailException from it).
@@ -311,4 +317,45 @@ def stalled_payload(*, problem: str, stage: str, dag_stage: str, batch_id: str,
         "next_steps": [f"mlcore backfill --problem {problem} --stage {stage} --batches {bid}",
                        f"airflow dags list-runs {dag} --state failed",
                        f"airflow dags trigger {dag} -c '{{\"batch_id\": \"{batch_id}\"}}'"],
+    }
+
+
+# what to run first per stream finding (after ``mlcore stream status``)
+_STREAM_STEPS = {
+    "lag": ["mlcore stream serve --problem {p}  # if no service is running for it (one per "
+            "problem); else give it more CPU or a higher stream.read_count"],
+    "dead_letters": ["redis-cli -u \"$MLCORE_STREAM_URL\" XREVRANGE {dead} + - COUNT 10  "
+                     "# the newest dead letters with _rule and _reason"],
+    "rejected": ["mlcore batches --problem {p}  # the rejected stream batch and its reason"],
+    "unreachable": ["redis-cli -u \"$MLCORE_STREAM_URL\" ping  # then restart Redis; the "
+                    "service reads on from its group's position"],
+}
+
+
+def stream_payload(*, problem: str, finding: str, text: str, status: dict[str, Any],
+                   episode: str, thresholds: dict[str, int], sweep_dag_id: str,
+                   sweep_run_id: str) -> dict[str, Any]:
+    """The alert of one stream finding (``stream_unhealthy``; ``stream_health.health``).
+
+    ``episode`` names the condition's occurrence (when it started, or for ``rejected`` how many
+    segments were rejected): the dedup key is per problem, finding and episode, so a condition
+    that lasts pages once and one that clears and comes back pages again."""
+    key = hashlib.sha256(f"{problem}|stream|{finding}|{episode}".encode()).hexdigest()[:12]
+    last = status.get("last_sealed") or {}
+    batch = last.get("batch_id") if finding == "rejected" and last.get("state") == "rejected" \
+        else None
+    dead = f"batchloop:{problem}:dead"
+    steps = [f"mlcore stream status --problem {problem} --json",
+             *(s.format(p=problem, dead=dead) for s in _STREAM_STEPS.get(finding, []))]
+    figures = {k: status.get(k) for k in ("lag", "pending", "dead_letters", "open_events",
+                                          "events_taken") if k in status}
+    return {
+        "kind": KIND_STREAM, "title": TITLES[KIND_STREAM], "problem": problem,
+        "stage": "stream", "dag_id": sweep_dag_id, "task_id": None, "run_id": sweep_run_id,
+        "try_number": None, "batch_id": batch, "error": text, "error_class": None,
+        "finding": finding, "since": episode, "stream": figures, "thresholds": thresholds,
+        "log_url": run_url(sweep_dag_id, sweep_run_id),
+        "runbook": runbook_link(KIND_ANCHORS[KIND_STREAM]),
+        "dedup_key": f"{key}-stream",
+        "next_steps": steps,
     }

@@ -1,6 +1,6 @@
 """The "needs attention" panel of a problem: what an operator must look at now.
 
-Five kinds, each with where to look and what to read:
+Six kinds, each with where to look and what to read:
 
 * failed runs of the problem's DAGs not answered by a later successful run of the same DAG,
   and task instances waiting to retry (Airflow's metadata DB, ``ui_airflow``), each with its
@@ -11,7 +11,9 @@ Five kinds, each with where to look and what to read:
 * retrain requests pending longer than ``BATCHLOOP_STALLED_REQUEST_HOURS`` (default 6);
 * paused stage DAGs (asset events for a paused consumer are dropped);
 * alerts journaled in the last ``BATCHLOOP_ALERT_DAYS`` days (default 7) under
-  ``<MLCORE_HOME>/alerts``, each linking its RUNBOOK section.
+  ``<MLCORE_HOME>/alerts``, each linking its RUNBOOK section;
+* online ingestion's findings (``stream_health``: lag or dead letters over the spec's
+  thresholds, rejected segments, the stream engine unreachable) for a streamed problem.
 
 Imported only inside request handlers.
 """
@@ -65,6 +67,7 @@ def attention_data(spec: Any, settings: Any) -> dict[str, Any]:
     """Everything the panel shows, as plain data."""
     from batchloop_airflow.alerting.payload import runbook_link, stage_anchor
     from batchloop_airflow.ui.airflow_api import PIPELINE_STAGES, attention_runs, problem_dags
+    from batchloop_airflow.ui.stream import stream_data
     from mlcore.reporting import missing_stages, stalled_requests
 
     alerts = recent_alerts(settings.home, spec.name)
@@ -89,19 +92,25 @@ def attention_data(spec: Any, settings: Any) -> dict[str, Any]:
             "missing": missing_stages(spec.name, settings),
             "stalled": stalled_requests(spec.name, settings.db_url, hours),
             "stalled_hours": hours, "paused": paused, "alerts": alerts,
-            "airflow_error": airflow_error, "dags": sorted(dags)}
+            "airflow_error": airflow_error, "dags": sorted(dags),
+            "stream": stream_data(spec, settings)}
 
 
 def count(d: dict[str, Any]) -> int:
     """How many things need attention."""
     return (len(d["failed"]) + len(d["retrying"]) + len(d["missing"]) + len(d["stalled"])
-            + len(d["paused"]) + len(d["alerts"]))
+            + len(d["paused"]) + len(d["alerts"]) + len(_stream_findings(d)))
+
+
+def _stream_findings(d: dict[str, Any]) -> list[dict[str, str]]:
+    return list((d.get("stream") or {}).get("findings") or [])
 
 
 def render_attention(d: dict[str, Any], base: str, rerun_form: Any = None) -> str:
     """The panel. ``base`` is the relative path to the view's root (the Airflow UI's root is
     one level up); ``rerun_form(batch_id, stage)`` renders a re-run button, or None when the
     user may not trigger DAGs."""
+    from batchloop_airflow.alerting.payload import KIND_ANCHORS, KIND_STREAM, runbook_link
     from batchloop_airflow.ui.airflow_api import run_path
     from batchloop_airflow.ui.static import runbook_href
 
@@ -137,10 +146,16 @@ def render_attention(d: dict[str, Any], base: str, rerun_form: Any = None) -> st
     for dag in d["paused"]:
         items.append(f'<li><b class="warn">PAUSED</b> {link(airflow + "dags/" + dag, dag)}: its '
                      "asset events are dropped while paused; unpause it in Airflow</li>")
+    stream_runbook = runbook_href(runbook_link(KIND_ANCHORS[KIND_STREAM]), base)
+    for f in _stream_findings(d):
+        items.append(f'<li class="stream"><b class="bad">STREAM</b> {esc(f["text"])} · '
+                     + link(stream_runbook, "runbook section", True) + "</li>")
     listed = {(r["dag_id"], r["run_id"]) for r in d["failed"]}
+    now = {f["code"] for f in _stream_findings(d)}
     for a in d["alerts"]:
-        if (a.get("dag_id"), a.get("run_id")) in listed:
-            continue  # shown with its failed run above
+        if (a.get("dag_id"), a.get("run_id")) in listed or (
+                a.get("kind") == KIND_STREAM and a.get("finding") in now):
+            continue  # shown with its failed run or its stream finding above
         run = (link(airflow + run_path(str(a["dag_id"]), str(a["run_id"])), a["run_id"])
                if a.get("dag_id") and a.get("run_id") else "")
         items.append(
@@ -155,6 +170,6 @@ def render_attention(d: dict[str, Any], base: str, rerun_form: Any = None) -> st
     if not items:
         return (f'<div class="allclear" id="attention"><b class="ok">Nothing needs attention'
                 f"</b>: no failed runs, no batch missing a stage, no stalled request, no paused "
-                f"stage, no alert in the last days.</div>{note}")
+                f"stage, no alert in the last days, no stream finding.</div>{note}")
     return (f'<div class="attn" id="attention"><b>Needs attention ({len(items)})</b>'
             f'<ul>{"".join(items)}</ul></div>{note}')

@@ -199,6 +199,7 @@ def _head(d: dict[str, Any], ui: dict[str, Any], holdout: dict[int, Any], vpage:
     """Links, the flash message, the title, "needs attention", the alias cards, the actions."""
     from batchloop_airflow.ui.actions import forms, rerun_form
     from batchloop_airflow.ui.cockpit import render_attention
+    from batchloop_airflow.ui.stream import render_stream
 
     p, metric, base, rep = d["problem"], d["spec"]["metric"], "../", "../reports/"
     monitoring = (link(rep + f"problem={quote(p, safe='')}/monitoring.html", "Monitoring page",
@@ -213,6 +214,7 @@ def _head(d: dict[str, Any], ui: dict[str, Any], holdout: dict[int, Any], vpage:
             f"<p class=\"muted\">{esc(d['spec'].get('target', 'binary'))} target; primary "
             f"metric {esc(metric)} ({esc(d['spec'].get('direction', 'maximize'))})</p>"
             f"<h2>Needs attention</h2>{render_attention(d['attention'], base, rerun)}"
+            + render_stream(d["attention"].get("stream")) +
             f'<div class="cards">{cards}</div>'
             "<h2>Actions</h2>" + forms(p, ui["csrf"], d["models"], ui["can"], base))
 
