@@ -133,11 +133,18 @@ def _infra(exc: BaseException, command: str) -> tuple[int, str] | None:
     return None
 
 
+_REDIS_DOWN = {"ConnectionError", "TimeoutError", "BusyLoadingError"}
+
+
 def classify(exc: BaseException, command: str = "<command>") -> tuple[int, str]:
     """The exit code and the one stderr line for an exception escaping a command."""
     names = _names(exc)
     if names & _CONFLICT:
         return EXIT_CONFLICT, f"conflict: {_message(exc)}"
+    if any(type(e).__module__.startswith("redis") and type(e).__name__ in _REDIS_DOWN
+           for e in _chain(exc)):
+        return EXIT_UNAVAILABLE, (f"stream engine unavailable: {_message(exc)} (check the Redis "
+                                  f"server and MLCORE_STREAM_URL, then re-run `mlcore {command}`)")
     # mlcore's own errors say what they mean; only infrastructure failures under them are looked
     # through (an ingestion rejection caused by an unreadable file stays a rejection).
     own = type(exc).__module__.split(".")[0] == "mlcore"

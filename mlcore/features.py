@@ -19,7 +19,8 @@ from sqlalchemy import delete
 
 from mlcore.config import Settings
 from mlcore.data.integrity import FileSet, curated_files, fingerprint
-from mlcore.feast.store import CREATED, ensure_definitions, materialize_online
+from mlcore.feast import store as feast_store
+from mlcore.feast.store import CREATED, ensure_definitions
 from mlcore.problems import ProblemSpec
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, Materialization
@@ -89,7 +90,7 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     """Engineer a published batch into the offline store and materialize it online (idempotent).
 
     A late or re-run older batch never regresses the online store: the newer event time wins
-    (``mlcore.feast.store.materialize_online``).
+    (``materialize_online``).
     """
     batch = get_batch(spec.name, batch_id, settings.db_url)
     frame = engineer_table(batch, spec)
@@ -103,6 +104,26 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     _record(spec, batch_id, dest, (frame.num_rows, record), start, end, settings.db_url)
     return MaterializationResult(spec.name, batch_id, spec.feature_view, str(dest), frame.num_rows,
                                  start.isoformat(), end.isoformat())
+
+
+def materialize_online(spec: ProblemSpec, settings: Settings, store: Any, frame: pa.Table,
+                       start: datetime, end: datetime) -> None:
+    """Write a batch's engineered frame online, newest by event time (a late or re-run older
+    batch, or one older than what the stream service wrote, never regresses it).
+
+    PostgreSQL and Redis take it through ``mlcore.feast.online_write`` (their stock Feast writes
+    have no event-time check, or check it read-then-write), and the interval is recorded in
+    Feast's registry as ``materialize`` does; mlcore's SQLite store (bulk) and any other store
+    go through ``mlcore.feast.store.materialize_online``.
+    """
+    from mlcore.feast.online_write import has_writer, write_newest  # loads Feast: not at import
+
+    if feast_store.fast_store(store) or not has_writer(store):
+        feast_store.materialize_online(spec, settings, store, frame, start, end)
+        return
+    write_newest(store, spec, frame)
+    store.registry.apply_materialization(store.get_feature_view(spec.feature_view),
+                                         store.project, start, end)
 
 
 def _record(spec: ProblemSpec, batch_id: str, dest: Path, written: tuple[int, FileSet],

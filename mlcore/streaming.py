@@ -299,14 +299,10 @@ def _publish(spec: ProblemSpec, settings: Settings, number: int) -> list[str]:
 
 def _write_segment(payloads: list[dict[str, Any]], path: Path) -> None:
     """The events as one parquet file (atomically); a column whose values mix types is text."""
-    columns: dict[str, list[Any]] = {}
-    for n, row in enumerate(payloads):
-        for k in row:
-            columns.setdefault(k, [None] * n)
-        for k, values in columns.items():
-            values.append(row.get(k))
+    names = list(dict.fromkeys(k for row in payloads for k in row))
     arrays = {}
-    for name, values in columns.items():
+    for name in names:
+        values = [row.get(name) for row in payloads]
         try:
             arrays[name] = pa.array(values)
         except (pa.ArrowInvalid, pa.ArrowTypeError):

@@ -123,6 +123,14 @@ def write_newest(store: FeatureStore, spec: ProblemSpec, frame: pa.Table) -> int
         return writer.write(frame)
 
 
+def has_writer(store: FeatureStore) -> bool:
+    """Whether ``store``'s online store has a newest-by-event-time writer here."""
+    return fast_store(store) or getattr(store.config.online_store, "type", "?") in SERVER_STORES
+
+
+SERVER_STORES = ("redis", "postgres")
+
+
 def _sink(store: FeatureStore, view: FeatureView) -> Any:
     """The writer of the store's online store type (``online_store: type:``)."""
     if fast_store(store):

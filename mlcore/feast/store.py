@@ -110,10 +110,12 @@ def ensure_definitions(spec: ProblemSpec, settings: Settings) -> FeatureStore:
 def materialize_online(spec: ProblemSpec, settings: Settings, store: FeatureStore,
                        frame: pa.Table, start: datetime, end: datetime) -> None:
     """Write a batch's engineered frame online; a late or re-run older batch never regresses it.
+    (PostgreSQL and Redis take ``mlcore.feast.online_write`` instead: see
+    ``mlcore.features.materialize_online``; the Feast path below is for any other store.)
 
     With mlcore's SQLite store (``mlcore.feast.sqlite_online``) the frame is written in bulk and
-    the store's upsert keeps the newer row; other stores (PostgreSQL, Redis) go through Feast's
-    ``materialize`` up to the newest window already online, so Feast keeps the latest row.
+    the store's upsert keeps the newer row; other stores go through Feast's ``materialize`` up to
+    the newest window already online, so Feast keeps the latest row.
     """
     with online_store_lock(settings, store):
         if fast_store(store):

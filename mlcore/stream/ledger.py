@@ -85,7 +85,7 @@ def claim(problem: str, url: str, limit: int) -> int | None:
                 moved: Any = s.execute(update(StreamEvent).where(
                     StreamEvent.problem == problem, StreamEvent.id.between(ids[0], ids[-1]),
                     StreamEvent.segment.is_(None), StreamEvent.labelled == oldest[0])
-                    .values(segment=number))
+                    .values(segment=number).execution_options(synchronize_session=False))
                 s.add(StreamSegment(problem=problem, segment=number, events=moved.rowcount,
                                     batch_id=segment_batch_id(problem, number), state="claimed"))
                 s.flush()  # a racing sealer that took this number: IntegrityError, all undone

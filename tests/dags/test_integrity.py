@@ -79,7 +79,7 @@ def test_task_graphs(bag, spec):
         "compare_shadow": ["publish_monitoring_page"], "publish_monitoring_page": []}
     assert graph("sweep_backlog") == {
         "alert_stalled": ["nudge_materialize", "nudge_monitor", "nudge_score"],
-        "nudge_materialize": [], "nudge_score": [], "nudge_monitor": []}
+        "nudge_materialize": [], "nudge_score": [], "nudge_monitor": [], "alert_stream": []}
 
 
 def test_assets_chain_the_stages(bag, spec):
