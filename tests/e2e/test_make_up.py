@@ -1,8 +1,9 @@
 """``make up``'s launcher (``scripts/up.py``) for real, on a private home and port: quiet on the
-terminal (the URL, then the URL again once the UI answers), standalone's thousands of lines in
-``$AIRFLOW_HOME/standalone.log``, ``[api] base_url`` set to the URL it serves, and Ctrl-C
-(SIGINT) stops every process it started. Also ``make -s env``: the environment the RUNBOOK's
-commands need, usable from a bare shell."""
+terminal (the URL, the stream services, then the URL again once the UI answers), standalone's
+thousands of lines in ``$AIRFLOW_HOME/standalone.log``, ``[api] base_url`` set to the URL it
+serves, one ``mlcore stream serve`` per problem beside it, and Ctrl-C (SIGINT) stops every process
+it started (the stream services cleanly: each prints its counts on the way out). Also
+``make -s env``: the environment the RUNBOOK's commands need, usable from a bare shell."""
 
 from __future__ import annotations
 
@@ -14,20 +15,35 @@ import time
 from pathlib import Path
 
 import pytest
-from airflow_stack import free_port, migrate, standalone_env
+import yaml
+from airflow_stack import BIN, free_port, migrate, standalone_env
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.live
-def test_up_is_quiet_says_when_the_ui_answers_and_stops_on_ctrl_c(tmp_path):
+def test_up_is_quiet_says_when_the_ui_answers_and_stops_on_ctrl_c(tmp_path, claim_redis_db):
     port = free_port()
+    client, db = claim_redis_db()
     env = standalone_env(tmp_path, port, {
         "MLCORE_HOME": str(tmp_path / "mlcore"),
+        "MLCORE_STREAM_URL": f"redis://127.0.0.1:6379/{db}",
         "AIRFLOW__CORE__DAGS_FOLDER": str(tmp_path / "dags"),  # nothing to parse
-        "AIRFLOW__API__BASE_URL": None, "BATCHLOOP_UP_VERBOSE": None})
+        "AIRFLOW__API__BASE_URL": None, "BATCHLOOP_UP_VERBOSE": None,
+        "BATCHLOOP_UP_STREAM": None})
     (tmp_path / "dags").mkdir()
     migrate(env)
+    subprocess.run([str(BIN / "mlcore"), "init"], env=env, check=True, capture_output=True,
+                   timeout=300)  # what `make up` runs first
+    problems = sorted(yaml.safe_load(f.read_text())["name"]
+                      for f in (ROOT / "problems").glob("*.yaml"))
+    try:
+        _up_and_stop(tmp_path, env, port, problems)
+    finally:
+        client.flushdb()
+
+
+def _up_and_stop(tmp_path, env, port, problems):
     up = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "up.py")], env=env,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           start_new_session=True)
@@ -36,6 +52,8 @@ def test_up_is_quiet_says_when_the_ui_answers_and_stops_on_ctrl_c(tmp_path):
         first = up.stdout.readline()
         assert first.startswith("Airflow standalone (pid ") and url in first
         assert f"logs: {tmp_path / 'standalone.log'}" in first
+        streams = up.stdout.readline()
+        assert streams.startswith(f"stream services: {', '.join(problems)} (logs: "), streams
         ready = up.stdout.readline()  # blocks until the UI answers (or standalone exits)
         assert ready.strip() == f"Airflow is up: {url}  (Batchloop view: {url}/batchloop/)"
         log = (tmp_path / "standalone.log").read_text()
@@ -50,6 +68,11 @@ def test_up_is_quiet_says_when_the_ui_answers_and_stops_on_ctrl_c(tmp_path):
             raise
     rest = up.stdout.read()
     assert "stopping Airflow" in rest and code is not None
+    assert "still running" not in rest and "exited (" not in rest, rest
+    for problem in problems:  # each started, told this api-server, and stopped cleanly
+        log = (tmp_path / f"stream-{problem}.log").read_text()
+        assert f"stream service for {problem}" in log, log[-2000:]
+        assert log.rstrip().splitlines()[-1].startswith('{"read": '), log[-2000:]
     deadline = time.monotonic() + 30
     while _running_under(tmp_path):
         assert time.monotonic() < deadline, "processes of the stack are still running"
