@@ -65,7 +65,8 @@ def write_dataset(spec: ProblemSpec, settings: Settings, batches: list[Batch],
         part.to_parquet(tmp, index=False)
         tmp.replace(root / f"{name}.parquet")
     return DatasetRef(dataset_id, str(root / "train.parquet"), str(root / "holdout.parquet"),
-                      list(plan.train_batches), list(plan.holdout_batches), plan.method,
+                      list(plan.train_batches), list(split.holdout_batches or plan.holdout_batches),
+                      plan.method,
                       len(train), len(holdout), frame_hash(train), frame_hash(holdout),
                       str(spec.evaluation.holdout), split.holdout_from, left_out)
 

@@ -106,6 +106,7 @@ class Split:
     train: np.ndarray
     held: np.ndarray
     holdout_from: str | None = None
+    holdout_batches: tuple[str, ...] = ()  # time_slice: the batches the held rows come from
 
 
 def event_ns(frame: pd.DataFrame) -> np.ndarray:
@@ -142,11 +143,30 @@ def split_rows(frame: pd.DataFrame, plan: SplitPlan, spec: ProblemSpec) -> Split
     if plan.method == "newest_batch":
         held = frame["batch_id"].isin(plan.holdout_batches).to_numpy()
         return Split(~held, held)
-    return time_slice(frame, plan.holdout_batches[0], spec)
+    return time_slice(frame, plan.train_batches, spec)
 
 
-def time_slice(frame: pd.DataFrame, newest: str, spec: ProblemSpec) -> Split:
-    """The latest rows of batch ``newest`` by event time are held out; every row of any batch
+def holdout_source(frame: pd.DataFrame, batch_ids: tuple[str, ...], at: np.ndarray,
+                   rule: EvaluationRule) -> np.ndarray:
+    """Rows the time slice is cut from: the newest batch's, and older batches' too while the
+    slice would hold fewer than ``min_holdout_rows`` (a stream's micro-batches: the newest is
+    often a few events sealed by the clock). Batches large enough alone are never widened."""
+    ids = frame["batch_id"].to_numpy()
+    mine = ids == batch_ids[-1]
+    for older in reversed(batch_ids[:-1]):
+        n, seconds = int(mine.sum()), rule.holdout_seconds
+        held = (int((at[mine] >= at[mine].max() - seconds * 1e9).sum()) if seconds is not None
+                else max(1, round(float(rule.holdout) * n))) if n else 0
+        if held >= rule.min_holdout_rows:
+            break
+        mine = mine | (ids == older)
+    return mine
+
+
+def time_slice(frame: pd.DataFrame, batch_ids: tuple[str, ...] | str, spec: ProblemSpec) -> Split:
+    """The latest rows of the newest batch (``batch_ids``: oldest first, or just the newest;
+    with older ones while it is too small: ``holdout_source``) by event time are held out;
+    every row of any batch
     strictly before the cut trains; rows of other batches at or after it are left out (batches
     that overlap in time), so no training row is newer than a judged one.
 
@@ -159,7 +179,9 @@ def time_slice(frame: pd.DataFrame, newest: str, spec: ProblemSpec) -> Split:
     """
     rule = spec.evaluation
     at, tie = event_ns(frame), key_hash(frame, spec.entity.key)
-    mine = (frame["batch_id"] == newest).to_numpy()
+    batch_ids = (batch_ids,) if isinstance(batch_ids, str) else batch_ids
+    newest = batch_ids[-1]
+    mine = holdout_source(frame, batch_ids, at, rule)
     if not mine.any():
         raise NotEnoughData(f"{spec.name!r}: batch {newest!r} has no labelled rows to hold out")
     seconds = rule.holdout_seconds
@@ -180,7 +202,8 @@ def time_slice(frame: pd.DataFrame, newest: str, spec: ProblemSpec) -> Split:
             f"(evaluation.holdout {rule.holdout!r} takes every row): nothing to train on; "
             "declare a smaller holdout or load more batches")
     cut = pd.Timestamp(cut_at, unit="ns", tz="UTC").isoformat()
-    return Split(before, held, cut)
+    sources = set(frame["batch_id"].to_numpy()[held])
+    return Split(before, held, cut, tuple(b for b in batch_ids if b in sources))
 
 
 def load_part(uri: str, expected_hash: str) -> pd.DataFrame:

@@ -115,6 +115,24 @@ def test_a_holdout_taking_every_row_is_not_enough_data(spec):
         time_slice(_rows("a", "2020-01-01", 1, range(50)), "a", rule)
 
 
+def test_a_tiny_newest_micro_batch_widens_the_holdout_to_older_batches(spec):
+    # a stream's batches: 3,000 + 1,100 events of one moment, then a 5-event tail sealed by the
+    # clock. The newest alone would hold 1 row out (min_holdout_rows 200): the slice takes the
+    # tail and the batch before it, and the yearly-sized batches alone are never widened.
+    when = "2016-12-31"
+    frame = pd.concat([_rows("s1", when, 1, range(3000)), _rows("s2", when, 1, range(3000, 4100)),
+                       _rows("s3", when, 1, range(4100, 4105))], ignore_index=True)
+    frame["event_timestamp"] = pd.Timestamp(when, tz="UTC")
+    split = time_slice(frame, ("s1", "s2", "s3"), spec)
+    assert split.held.sum() == round(0.2 * 1105)  # rows of one moment: split by key hash
+    assert set(frame["batch_id"][split.held]) == set(split.holdout_batches) <= {"s2", "s3"}
+    assert not (split.held & split.train).any() and split.train.sum() > 2000
+    big = pd.concat([_rows("a", "2020-01-01", 1, range(2000)),
+                     _rows("b", "2020-04-01", 1, range(2000, 3000))], ignore_index=True)
+    alone = time_slice(big, ("a", "b"), spec)
+    assert alone.holdout_batches == ("b",) and alone.held.sum() == 200
+
+
 def test_load_part_detects_a_modified_file(loop, tmp_path):
     ref = loop.dataset
     copy = tmp_path / "train.parquet"
