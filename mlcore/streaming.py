@@ -44,7 +44,7 @@ import pyarrow.parquet as pq
 from mlcore.batches import BatchError
 from mlcore.config import Settings
 from mlcore.data.curation import curate_table
-from mlcore.data.parsing import event_time
+from mlcore.data.parsing import entity_keys, event_time
 from mlcore.data.target_coding import ClassesUnknown, TargetCoder, target_coder
 from mlcore.data.validation import required_columns, row_violations
 from mlcore.feast.online_write import OnlineWriter
@@ -175,7 +175,9 @@ class Service:
             if col not in frame.columns:
                 frame[col] = None
         extra = [c for c in frame.columns if c not in known]
-        bad, violations = row_violations(frame[required_columns(spec)], spec, datetime.now(UTC))
+        when = event_time(frame[spec.event_time.column], spec)
+        bad, violations = row_violations(frame[required_columns(spec)], spec, datetime.now(UTC),
+                                         duplicates=superseded(frame, spec, when), when=when)
         reasons: dict[int, tuple[str, str]] = {
             int(r): (",".join(v["rule"]), "; ".join(map(str, v["reason"])))
             for r, v in violations.groupby("row_number")} if bad.any() else {}
@@ -279,14 +281,32 @@ def seal(spec: ProblemSpec, settings: Settings, only_unfinished: bool = False) -
     return published
 
 
+def superseded(frame: pd.DataFrame, spec: ProblemSpec, when: pd.Series) -> np.ndarray:
+    """Events another, later event of the same (entity, event time) replaces (the batch path's
+    ``duplicate_entity_event_time``; a stream keeps the last sent, as the online store does)."""
+    keys = entity_keys(frame[spec.entity.key], spec)
+    pairs = pd.DataFrame({"k": keys.to_numpy(), "t": pd.DatetimeIndex(when).asi8})
+    return (pairs.duplicated(keep="last") & keys.notna().to_numpy() & when.notna().to_numpy()) \
+        .to_numpy()
+
+
+def segment_spec(spec: ProblemSpec) -> ProblemSpec:
+    """The spec a segment is published under: every event passed the row rules when it came,
+    so what the batch path can still quarantine is a (key, event time) an earlier batch holds;
+    that must not hold back the segment's other events (``max_bad_row_share`` 1: a segment is
+    rejected only when every row is, or a critical rule fires)."""
+    return spec.model_copy(update={"validation": spec.validation.model_copy(
+        update={"max_bad_row_share": 1.0})})
+
+
 def _publish(spec: ProblemSpec, settings: Settings, number: int) -> list[str]:
     batch_id = ledger.segment_batch_id(spec.name, number)
     path = settings.home / "stream" / f"problem={spec.name}" / f"segment={number:06d}.parquet"
     if not path.exists():
-        _write_segment(ledger.segment_payloads(spec.name, number, settings.db_url), path)
+        _write_segment(_latest_of_each(spec, settings, number), path)
     failpoint("stream.segment_written")
     try:
-        manifest = ingest_batch(spec, str(path), batch_id, settings)
+        manifest = ingest_batch(segment_spec(spec), str(path), batch_id, settings)
     except BatchError as exc:
         log.warning("stream segment %s of %s rejected: %s", number, spec.name, exc)
         ledger.finish(spec.name, number, "rejected", str(exc), settings.db_url)
@@ -295,6 +315,29 @@ def _publish(spec: ProblemSpec, settings: Settings, number: int) -> list[str]:
     ledger.finish(spec.name, number, "published", None, settings.db_url)
     path.unlink(missing_ok=True)  # the batch keeps its own raw copy
     return [manifest.batch_id]
+
+
+def _latest_of_each(spec: ProblemSpec, settings: Settings, number: int) -> list[dict[str, Any]]:
+    """A segment's events but those a later event of the segment supersedes (sent in another
+    read); those go to the dead letters with the reason, so each event is published or told."""
+    events = ledger.segment_events(spec.name, number, settings.db_url)
+    payloads = [cols for _, cols in events]
+    if not payloads:
+        return payloads
+    frame = pd.DataFrame.from_records(payloads)
+    drop = superseded(frame, spec, event_time(frame[spec.event_time.column], spec))
+    if drop.any():
+        bus = EventBus(settings.stream_url, spec.name)
+        try:
+            bus.dead_letter([{**{k: json.dumps(v, default=str) for k, v in payloads[n].items()},
+                              EVENT_ID: json.dumps(events[n][0]), "_entry": "",
+                              "_rule": "duplicate_entity_event_time",
+                              "_reason": f"superseded by a later event of the same "
+                                         f"({spec.entity.key}, {spec.event_time.column}) in "
+                                         f"segment {number}"} for n in np.flatnonzero(drop)])
+        finally:
+            bus.close()
+    return [p for p, d in zip(payloads, drop, strict=True) if not d]
 
 
 def _write_segment(payloads: list[dict[str, Any]], path: Path) -> None:

@@ -95,13 +95,13 @@ def claim(problem: str, url: str, limit: int) -> int | None:
     raise RuntimeError(f"problem {problem!r}: could not claim a stream segment (5 races lost)")
 
 
-def segment_payloads(problem: str, segment: int, url: str) -> list[dict[str, Any]]:
-    """A segment's events, in the order they were taken in."""
+def segment_events(problem: str, segment: int, url: str) -> list[tuple[str, dict[str, Any]]]:
+    """A segment's events (event ID, columns), in the order they were taken in."""
     with session_scope(url, readonly=True) as s:
-        rows = s.scalars(select(StreamEvent.payload).where(
+        rows = s.execute(select(StreamEvent.event_id, StreamEvent.payload).where(
             StreamEvent.problem == problem, StreamEvent.segment == segment)
             .order_by(StreamEvent.id))
-        return [json.loads(p) for p in rows]
+        return [(e, json.loads(p)) for e, p in rows]
 
 
 def unfinished(problem: str, url: str) -> list[int]:

@@ -299,6 +299,51 @@ def test_the_newest_event_by_event_time_is_online(spec, on_sqlite, rows):
     assert len(ledger_rows(settings)) == 4
 
 
+def test_a_later_event_of_one_key_and_time_supersedes_the_earlier_everywhere(spec, on_sqlite,
+                                                                             rows):
+    # the same (id, year) sent twice with different event IDs: in one read the earlier is
+    # dead-lettered, the later kept; across reads both are taken in and the seal publishes the
+    # later one (dead-lettering the earlier); online holds the later: offline == online
+    settings = on_sqlite
+    spec = stream_spec(spec, seal_every_events=10_000, seal_every_seconds=3600)
+    a, b = rows[2016][0], rows[2016][1]
+    send(spec, settings, [{**a, "event_id": "a1", "AGEP": 30.0},
+                          {**a, "event_id": "a2", "AGEP": 31.0}])  # one read
+    counts = serve_all(spec, settings)
+    assert counts.taken == 1 and counts.dead_letters == 1
+    [letter] = dead_letters(settings)
+    assert json.loads(letter["event_id"]) == "a1"
+    assert letter["_rule"] == "duplicate_entity_event_time"
+    send(spec, settings, [{**b, "event_id": "b1", "AGEP": 50.0}])
+    serve_all(spec, settings)
+    send(spec, settings, [{**b, "event_id": "b2", "AGEP": 51.0}])  # a later read
+    serve_all(spec, settings)
+    assert online_features(spec, [a["id"], b["id"]], settings)["AGEP"].tolist() == [31.0, 51.0]
+    assert seal(spec, settings) == [batch_id(1)]
+    got = curated(settings, batch_id(1))
+    assert got.set_index("id")["AGEP"].to_dict() == {a["id"]: 31.0, b["id"]: 51.0}
+    assert manifest(settings, batch_id(1)).quarantine_count == 0
+    letters = dead_letters(settings)
+    assert [json.loads(x["event_id"]) for x in letters] == ["a1", "b1"]
+    assert "superseded by a later event" in letters[1]["_reason"]
+
+
+def test_a_few_rows_an_earlier_batch_holds_do_not_hold_back_a_small_segment(spec, on_sqlite,
+                                                                             rows, tmp_path):
+    # 1 of 15 events (6.7 % > max_bad_row_share 5 %) is a (key, time) batch "off" published:
+    # it is quarantined, the other 14 publish (the per-event rules already ran on each)
+    settings = on_sqlite
+    spec = stream_spec(spec, seal_every_events=10_000, seal_every_seconds=3600)
+    ingest_batch(spec, str(write_rows(rows[2016][100:110], tmp_path / "off.parquet")), "off",
+                 settings)
+    send(spec, settings, events([*rows[2016][:14], rows[2016][100]], "s"))
+    serve_all(spec, settings)
+    assert seal(spec, settings) == [batch_id(1)]
+    row = manifest(settings, batch_id(1))
+    assert (row.state, row.row_count, row.quarantine_count) == ("published", 15, 1)
+    assert quarantined(settings, batch_id(1)) == {14: {"duplicate_in_published_batch"}}
+
+
 # ------------------------------------------------------------------ sealing
 def curated(settings, bid: str) -> pd.DataFrame:
     return pd.read_parquet(settings.partition("curated", P, bid)).sort_values("id")
