@@ -269,15 +269,20 @@ def _online_table(frame: pd.DataFrame, spec: ProblemSpec) -> pa.Table:
 
 def seal(spec: ProblemSpec, settings: Settings, only_unfinished: bool = False) -> list[str]:
     """Publish open events as micro-batches: finish claimed segments, then claim and publish
-    new ones while events are open. Returns the batch IDs published (rejected ones are recorded
-    in the ledger with the batch path's reason: their events stay in it, never lost)."""
+    what was open when the seal began (events arriving meanwhile wait for the next seal, so a
+    steady stream makes one batch per ``seal_every_seconds``, not one per publish), telling
+    Airflow after each. Returns the batch IDs published (a rejected segment is recorded in the
+    ledger with the batch path's reason: its events stay in it, never lost)."""
     published = []
     for left in ledger.unfinished(spec.name, settings.db_url):
         published += _publish(spec, settings, left)
-    while not only_unfinished and (number := ledger.claim(
-            spec.name, settings.db_url, spec.stream.seal_every_events)) is not None:
+        _notify(spec, settings)
+    up_to = None if only_unfinished else ledger.last_open(spec.name, settings.db_url)
+    while up_to is not None and (number := ledger.claim(
+            spec.name, settings.db_url, spec.stream.seal_every_events, up_to)) is not None:
         published += _publish(spec, settings, number)
-    _notify(spec, settings)
+        _notify(spec, settings)
+    _notify(spec, settings)  # an earlier seal's batch Airflow was not told of
     return published
 
 

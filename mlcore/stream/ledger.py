@@ -65,21 +65,30 @@ def open_events(problem: str, url: str) -> Open:
     return Open(int(n), oldest)
 
 
-def claim(problem: str, url: str, limit: int) -> int | None:
+def last_open(problem: str, url: str) -> int | None:
+    """The newest unsealed event's ledger ID (what a seal starting now may take, at most)."""
+    with session_scope(url, readonly=True) as s:
+        return s.scalar(select(func.max(StreamEvent.id)).where(
+            StreamEvent.problem == problem, StreamEvent.segment.is_(None)))
+
+
+def claim(problem: str, url: str, limit: int, up_to: int | None = None) -> int | None:
     """Claim up to ``limit`` unsealed events (oldest first, all labelled or all not, as the
     oldest is) into the next segment; its number, or None when there is nothing to seal. Two
-    sealers racing: one wins the number, the other retries with the next."""
+    sealers racing: one wins the number, the other retries with the next. ``up_to``: only
+    events taken in up to that ledger ID (``last_open`` when the seal began)."""
     for _ in range(5):
         try:
             with session_scope(url) as s:
-                oldest = s.execute(select(StreamEvent.labelled).where(
-                    StreamEvent.problem == problem, StreamEvent.segment.is_(None))
-                    .order_by(StreamEvent.id).limit(1)).first()
+                open_ = (StreamEvent.problem == problem, StreamEvent.segment.is_(None),
+                         StreamEvent.id <= (up_to if up_to is not None else 2**62))
+                oldest = s.execute(select(StreamEvent.labelled).where(*open_)
+                                   .order_by(StreamEvent.id).limit(1)).first()
                 if oldest is None:
                     return None
                 ids = list(s.scalars(select(StreamEvent.id).where(
-                    StreamEvent.problem == problem, StreamEvent.segment.is_(None),
-                    StreamEvent.labelled == oldest[0]).order_by(StreamEvent.id).limit(limit)))
+                    *open_, StreamEvent.labelled == oldest[0]).order_by(StreamEvent.id)
+                    .limit(limit)))
                 number = (s.scalar(select(func.max(StreamSegment.segment)).where(
                     StreamSegment.problem == problem)) or 0) + 1
                 moved: Any = s.execute(update(StreamEvent).where(

@@ -388,6 +388,29 @@ def test_sealing_publishes_micro_batches_through_the_batch_path(spec, on_both, r
         assert len(raw) == 1 and "event_id" not in pq.read_schema(raw[0]).names
 
 
+def test_events_arriving_during_a_seal_wait_for_the_next_one(spec, on_sqlite, rows,
+                                                             monkeypatch):
+    # a seal takes what was open when it began: under steady input it made one tiny batch per
+    # publish until the input stopped (helper B's benchmark: 187 segments for 159k events)
+    import threading
+
+    settings = on_sqlite
+    spec = stream_spec(spec, seal_every_events=10_000, seal_every_seconds=3600)
+    first = [(e.pop("event_id"), e) for e in events(rows[2016][:20], "a")]
+    later = [(e.pop("event_id"), e) for e in events(rows[2016][20:30], "b")]
+    ledger.take_in(P, first, spec.target.name, settings.db_url)
+    monkeypatch.setenv("MLCORE_STALL", "stream.segment_written=1.5")
+    done: list[list[str]] = []
+    sealer = threading.Thread(target=lambda: done.append(seal(spec, settings)))
+    sealer.start()
+    time.sleep(0.5)  # the seal has claimed the first 20 and is publishing them
+    ledger.take_in(P, later, spec.target.name, settings.db_url)
+    sealer.join()
+    assert done == [[batch_id(1)]]
+    assert [(s.segment, s.events) for s in segments(settings)] == [(1, 20)]
+    assert ledger.open_events(P, settings.db_url).events == 10
+
+
 def test_the_oldest_open_event_s_age_seals_too(spec, on_sqlite, rows):
     settings = on_sqlite
     spec = stream_spec(spec, seal_every_seconds=0.5)  # 5 events, far below seal_every_events
