@@ -58,9 +58,9 @@ test-slow: install ## tests marked slow (full-size data)
 test-live: install browser ## tests that start a live Airflow (scheduler, api-server, browser); CI runs them too
 	$(PY) -m pytest -q --durations=15 -m live
 
-BENCHES := ingest promotion drift materialize online_read scoring orchestration freshness scale categories
+BENCHES := ingest promotion drift materialize online_read scoring orchestration freshness scale categories stream
 
-bench: install ## every benchmark, full size (about 1 h 30; results go in benchmarks/BENCHMARKS.md)
+bench: install ## every benchmark, full size (about 2 h; results go in benchmarks/BENCHMARKS.md)
 	set -e; for b in $(BENCHES); do echo "== bench_$$b"; $(PY) benchmarks/bench_$$b.py; done
 
 bench-quick: install ## every benchmark in quick mode (smoke run, a few minutes; figures mean little)
