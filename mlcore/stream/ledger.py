@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, func, insert, select, update
+from sqlalchemy import Table, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from mlcore.store.models import utcnow
@@ -34,17 +36,15 @@ def take_in(problem: str, events: list[tuple[str, dict[str, Any]]], target: str,
     (an event carrying it is sealed with labelled events only)."""
     if not events:
         return 0
-    ids = [e for e, _ in events]
+    now = utcnow()
+    rows = [{"problem": problem, "event_id": e, "received_at": now,
+             "payload": json.dumps(cols, default=str),
+             "labelled": cols.get(target) is not None} for e, cols in events]
     with session_scope(url) as s:
-        seen = set(s.scalars(select(StreamEvent.event_id).where(
-            StreamEvent.problem == problem, StreamEvent.event_id.in_(ids))))
-        now = utcnow()
-        rows = [{"problem": problem, "event_id": e, "received_at": now,
-                 "payload": json.dumps(cols, default=str),
-                 "labelled": cols.get(target) is not None} for e, cols in events if e not in seen]
-        if rows:
-            s.execute(insert(EVENTS), rows)  # Core executemany: no ORM unit of work
-    return len(rows)
+        dialect = sqlite_insert if s.get_bind().dialect.name == "sqlite" else pg_insert
+        stmt = dialect(EVENTS).on_conflict_do_nothing(index_elements=["problem", "event_id"])
+        new = s.execute(stmt.returning(EVENTS.c.id), rows).all()  # only the rows inserted
+    return len(new)
 
 
 @dataclass(frozen=True)
