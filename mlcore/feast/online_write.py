@@ -36,6 +36,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from mlcore.feast.redis_lua import NEWER_WINS_LUA, NEWER_WINS_MANY_LUA
 from mlcore.feast.sqlite_encoding import entity_key_bytes, micros
 from mlcore.feast.store import CREATED, fast_store
 from mlcore.problems import ProblemSpec
@@ -49,38 +50,7 @@ TS = "event_timestamp"
 # A feature column as stored: serialized ValueProtos, and Feast's value_text / value_num.
 Encoded = tuple[list[bytes], list[Any], list[Any]]
 
-# KEYS[1]: the entity's hash. ARGV: new event time (seconds, nanos), key TTL in seconds (0: none),
-# then field/value pairs, the first being the ``_ts:<view>`` field and its Timestamp bytes.
-# The stored Timestamp proto is decoded here (varint fields 1: seconds, 2: nanos).
-NEWER_WINS_LUA = """
-local function stamp(b)
-  local s, n, i = 0, 0, 1
-  while i <= #b do
-    local tag = string.byte(b, i)
-    local v, m = 0, 1
-    i = i + 1
-    while true do
-      local c = string.byte(b, i)
-      i = i + 1
-      v = v + (c % 128) * m
-      m = m * 128
-      if c < 128 then break end
-    end
-    if tag == 8 then s = v elseif tag == 16 then n = v end
-  end
-  return s, n
-end
-local old = redis.call('HGET', KEYS[1], ARGV[4])
-if old then
-  local s, n = stamp(old)
-  local ns, nn = tonumber(ARGV[1]), tonumber(ARGV[2])
-  if ns < s or (ns == s and nn < n) then return 0 end
-end
-redis.call('HSET', KEYS[1], unpack(ARGV, 4))
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
-return 1
-"""
+REDIS_KEYS_PER_CALL = 500
 
 
 class OnlineWriter:
@@ -241,6 +211,8 @@ class _RedisSink:
         self.config = config
         self._client = RedisOnlineStore()._get_client(config.online_store)
         self._script = self._client.register_script(NEWER_WINS_LUA)
+        cluster = str(getattr(config.online_store, "redis_type", "redis")).endswith("cluster")
+        self._many = None if cluster else self._client.register_script(NEWER_WINS_MANY_LUA)
         name = compute_versioned_name(view, config.registry.enable_online_feature_view_versioning)
         self._ts_field = f"_ts:{name}".encode()
         self._fields = [_mmh3(f"{name}:{f.name}") for f in view.features]
@@ -251,15 +223,25 @@ class _RedisSink:
         from google.protobuf.timestamp_pb2 import Timestamp
 
         _, keys, us, columns = _prepare(frame, view, self.config)
+        rows = list(zip(*(c[0] for c in columns), strict=True))
+        entries = []
+        for key, t, values in zip(keys, us.tolist(), rows, strict=True):
+            seconds, nanos = divmod(t, 1_000_000)
+            stamp = Timestamp(seconds=seconds, nanos=nanos * 1000).SerializeToString()
+            entries.append((key + self._project, [seconds, nanos * 1000, stamp, *values]))
         with self._client.pipeline(transaction=False) as pipe:
-            rows = zip(*(c[0] for c in columns), strict=True)
-            for key, t, values in zip(keys, us.tolist(), rows, strict=True):
-                seconds, nanos = divmod(t, 1_000_000)
-                stamp = Timestamp(seconds=seconds, nanos=nanos * 1000).SerializeToString()
-                args: list[Any] = [seconds, nanos * 1000, self._ttl, self._ts_field, stamp]
-                for field, value in zip(self._fields, values, strict=True):
-                    args += (field, value)
-                self._script(keys=[key + self._project], args=args, client=pipe)
+            if self._many is None:  # a cluster: one call per entity (each key its own slot)
+                for hkey, (sec, nano, ts, *vals) in entries:
+                    args: list[Any] = [sec, nano, self._ttl, self._ts_field, ts]
+                    for field, value in zip(self._fields, vals, strict=True):
+                        args += (field, value)
+                    self._script(keys=[hkey], args=args, client=pipe)
+            else:
+                head = [self._ttl, self._ts_field, len(self._fields), *self._fields]
+                for i in range(0, len(entries), REDIS_KEYS_PER_CALL):
+                    part = entries[i:i + REDIS_KEYS_PER_CALL]
+                    self._many(keys=[k for k, _ in part],
+                               args=head + [a for _, each in part for a in each], client=pipe)
             pipe.execute()
 
     def close(self) -> None:
