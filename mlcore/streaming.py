@@ -22,7 +22,6 @@ the loop runs on; the backlog sweep nudges a batch whose event was lost.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -54,7 +53,7 @@ from mlcore.problems import ProblemSpec
 from mlcore.provenance import failpoint
 from mlcore.store.session import DatabaseUnavailable
 from mlcore.stream import ledger
-from mlcore.stream.bus import UNAVAILABLE, Entry, EventBus, decode_all
+from mlcore.stream.bus import UNAVAILABLE, Entry, EventBus, decode_all, encode
 from mlcore.stream.health import status
 from mlcore.stream.notify import NotifyFailed, curated_event
 from mlcore.stream.produce import EVENT_ID, event_id_of, produce
@@ -194,8 +193,7 @@ class Service:
         for n in sorted(reasons):
             entry, cols = events[n]
             rule, reason = reasons[n]
-            letters.append({**{k: json.dumps(v, default=str) for k, v in cols.items()},
-                            "_rule": rule, "_reason": reason, "_entry": entry})
+            letters.append({**encode(cols), "_rule": rule, "_reason": reason, "_entry": entry})
         keep = [n for n in range(len(rows)) if n not in reasons]
         passed = [(str(rows[n][EVENT_ID]), {k: v for k, v in rows[n].items() if k != EVENT_ID})
                   for n in keep]
@@ -334,8 +332,7 @@ def _latest_of_each(spec: ProblemSpec, settings: Settings, number: int) -> list[
     if drop.any():
         bus = EventBus(settings.stream_url, spec.name)
         try:
-            bus.dead_letter([{**{k: json.dumps(v, default=str) for k, v in payloads[n].items()},
-                              EVENT_ID: json.dumps(events[n][0]), "_entry": "",
+            bus.dead_letter([{**encode({**payloads[n], EVENT_ID: events[n][0]}), "_entry": "",
                               "_rule": "duplicate_entity_event_time",
                               "_reason": f"superseded by a later event of the same "
                                          f"({spec.entity.key}, {spec.event_time.column}) in "

@@ -1,10 +1,8 @@
 """The Lua scripts of the newer-wins Redis online writes (``mlcore.feast.online_write``):
 Feast's hash layout, compared on the server so concurrent writers cannot regress a value."""
 
-# KEYS[1]: the entity's hash. ARGV: new event time (seconds, nanos), key TTL in seconds (0: none),
-# then field/value pairs, the first being the ``_ts:<view>`` field and its Timestamp bytes.
-# The stored Timestamp proto is decoded here (varint fields 1: seconds, 2: nanos).
-NEWER_WINS_LUA = """
+# The stored Timestamp proto decoded (varint fields 1: seconds, 2: nanos): both scripts start so.
+STAMP_LUA = """
 local function stamp(b)
   local s, n, i = 0, 0, 1
   while i <= #b do
@@ -22,6 +20,11 @@ local function stamp(b)
   end
   return s, n
 end
+"""
+
+# KEYS[1]: the entity's hash. ARGV: new event time (seconds, nanos), key TTL in seconds (0: none),
+# then field/value pairs, the first being the ``_ts:<view>`` field and its Timestamp bytes.
+NEWER_WINS_LUA = STAMP_LUA + """
 local old = redis.call('HGET', KEYS[1], ARGV[4])
 if old then
   local s, n = stamp(old)
@@ -37,24 +40,7 @@ return 1
 # Many entities per call (one round trip and one script run per chunk of a frame, not one per
 # entity): ARGV = ttl, the _ts field, n features, the n feature fields, then per key (KEYS[k])
 # seconds, nanos, the _ts value and the n values. Plain Redis only (a cluster needs one slot).
-NEWER_WINS_MANY_LUA = """
-local function stamp(b)
-  local s, n, i = 0, 0, 1
-  while i <= #b do
-    local tag = string.byte(b, i)
-    local v, m = 0, 1
-    i = i + 1
-    while true do
-      local c = string.byte(b, i)
-      i = i + 1
-      v = v + (c % 128) * m
-      m = m * 128
-      if c < 128 then break end
-    end
-    if tag == 8 then s = v elseif tag == 16 then n = v end
-  end
-  return s, n
-end
+NEWER_WINS_MANY_LUA = STAMP_LUA + """
 local ttl, tsf, nf = tonumber(ARGV[1]), ARGV[2], tonumber(ARGV[3])
 local written = 0
 for k = 1, #KEYS do
