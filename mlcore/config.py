@@ -18,6 +18,10 @@ def _repo_dir(name: str) -> Path:
     return here if here.is_dir() else Path.cwd() / name
 
 
+class StoreNotConfigured(ValueError):
+    """The production profile requires a named metadata store and none is set."""
+
+
 class Settings(BaseSettings):
     """Where Batchloop keeps its state. Read at run time, never at import."""
 
@@ -25,6 +29,10 @@ class Settings(BaseSettings):
 
     home: Path = Field(default_factory=lambda: Path.cwd() / ".mlcore")
     database_url: str | None = None
+    # The production profile: the metadata store must be named (MLCORE_DATABASE_URL, or in a
+    # DAG task the Airflow Connection ``mlcore_db``); never the private SQLite under ``home``
+    # (a worker writing to a store nobody else reads is a split brain).
+    require_database: bool = False
     problems_dir: Path = Field(default_factory=lambda: _repo_dir("problems"))
     feature_repo: Path = Field(default_factory=lambda: _repo_dir("feature_repo"))
     # An alternative feature_store.yaml (e.g. deploy/feature_store.postgres.yaml); None: the one
@@ -62,7 +70,16 @@ class Settings(BaseSettings):
     def db_url(self) -> str:
         """The metadata store URL: ``MLCORE_DATABASE_URL`` or SQLite under ``home``.
 
-        Remembers that this database's paths are relative to ``home`` (``home_of``)."""
+        Remembers that this database's paths are relative to ``home`` (``home_of``).
+
+        Raises:
+            StoreNotConfigured: ``require_database`` is set and no URL is.
+        """
+        if self.require_database and not self.database_url:
+            raise StoreNotConfigured(
+                "MLCORE_REQUIRE_DATABASE is set but no metadata store is named: set "
+                "MLCORE_DATABASE_URL (or, in Airflow tasks, the mlcore_db connection); the "
+                "SQLite fallback under MLCORE_HOME is refused")
         url = self.database_url or f"sqlite:///{self.home / 'mlcore.db'}"
         _HOMES[url] = self.home
         return url

@@ -5,6 +5,12 @@ Production keeps the mlcore store's credentials in the Airflow Connection ``mlco
 uses it as the store URL (over ``MLCORE_DATABASE_URL``); otherwise ``mlcore.config.get_settings()``
 as before. Looked up when a task first asks, never at DAG parse time; mlcore never imports Airflow.
 
+The production profile (``MLCORE_REQUIRE_DATABASE=true``) requires the connection: Airflow
+reports a failing secrets backend (a transient Execution API error) exactly like a connection
+that is not defined, so a fallback there could point one worker at a private store (split
+brain). With the flag set, a look-up that does not return the connection fails the task with
+:class:`StoreLookupFailed` (retried by Airflow), and nothing is cached.
+
 Light at import: stdlib only (every DAG file imports the package at parse time).
 """
 
@@ -27,6 +33,11 @@ _SECRET_QUERY_KEYS = ("password", "passwd", "secret", "token")
 log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _cached: tuple[Any, Any] | None = None  # (mlcore's process settings, the task settings from it)
+
+
+class StoreLookupFailed(RuntimeError):
+    """The required ``mlcore_db`` connection was not returned (not defined, or the Execution
+    API / a secrets backend failed: Airflow does not tell them apart). Retryable."""
 
 
 class ConnectionLike(Protocol):
@@ -98,8 +109,8 @@ def mlcore_db_url(conn_id: str = MLCORE_DB_CONN_ID) -> str | None:
     Call it inside a task: there the lookup asks env vars, then the Execution API (metadata DB)
     and configured backends; outside a task only env vars and configured backends. Note that
     Airflow treats a failing backend (e.g. a transient Execution API error) like "not defined"
-    (only an explicit access denial raises), so the caller then falls back to
-    ``MLCORE_DATABASE_URL`` or SQLite under ``MLCORE_HOME``.
+    (only an explicit access denial raises): :func:`settings` decides what None means
+    (a fallback, or with ``MLCORE_REQUIRE_DATABASE`` a retryable failure).
     """
     from airflow.sdk import Connection
     from airflow.sdk.exceptions import AirflowNotFoundException
@@ -146,6 +157,10 @@ def settings() -> Settings:
     Cached per process and per ``mlcore.config.get_settings()`` object: clearing mlcore's
     settings cache (tests, a changed environment) makes the next call look the connection up
     again. Use this in tasks instead of ``get_settings()``.
+
+    Raises:
+        StoreLookupFailed: ``MLCORE_REQUIRE_DATABASE`` is set and the look-up did not return
+            the connection (never cached: the next call asks again).
     """
     global _cached
     from mlcore.config import get_settings
@@ -155,6 +170,12 @@ def settings() -> Settings:
         hit = _cached[1] if _cached is not None and _cached[0] is base else None
     if hit is None:
         url = mlcore_db_url()
+        if url is None and base.require_database:
+            raise StoreLookupFailed(
+                f"the Airflow connection {MLCORE_DB_CONN_ID!r} was not returned (not defined, "
+                "or the Execution API / secrets backend failed) and MLCORE_REQUIRE_DATABASE is "
+                "set: refusing to fall back to MLCORE_DATABASE_URL or a local store; the try "
+                "is retried")
         if url is None:
             hit = base
         else:

@@ -179,6 +179,9 @@ def test_backends(config: dict[str, Any]) -> None:
     mlcore_db = urlsplit(env["MLCORE_DATABASE_URL"])
     assert (airflow_db.hostname, airflow_db.path) == ("postgres", "/airflow")
     assert (mlcore_db.hostname, mlcore_db.path) == ("postgres", "/mlcore")
+    conn = urlsplit(env["AIRFLOW_CONN_MLCORE_DB"])  # what tasks use: the same database
+    assert (conn.scheme, conn.hostname, conn.path) == ("postgresql", "postgres", "/mlcore")
+    assert env["MLCORE_REQUIRE_DATABASE"] == "true"  # no fallback on a failed look-up
     assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "redis"
     assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://")
     init_sql = (DEPLOY / "postgres-init.sql").read_text()

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 from urllib.parse import quote
 
+import httpx
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
@@ -185,3 +186,98 @@ def test_a_connection_in_airflow_metadata_db_is_what_tasks_use(
         with admin.connect() as c:
             c.execute(text(f"drop schema {schema} cascade"))
         admin.dispose()
+
+
+def test_the_production_profile_never_falls_back_from_the_connection(fresh_settings,
+                                                                     monkeypatch):
+    """MLCORE_REQUIRE_DATABASE: a look-up that does not return ``mlcore_db`` fails (retryable,
+    not cached), and mlcore itself refuses the SQLite fallback under MLCORE_HOME."""
+    from batchloop_airflow.connections import StoreLookupFailed
+    from mlcore.config import Settings, StoreNotConfigured
+
+    monkeypatch.setenv("MLCORE_REQUIRE_DATABASE", "true")
+    fresh_settings.cache_clear()
+    with pytest.raises(StoreLookupFailed, match="refusing to fall back"):
+        settings()  # MLCORE_DATABASE_URL is set, and still not used
+    monkeypatch.setenv("AIRFLOW_CONN_MLCORE_DB", "postgresql://u:pw@127.0.0.1:5432/mlcore")
+    assert make_url(settings().db_url).database == "mlcore"  # the failure was not cached
+    with pytest.raises(StoreNotConfigured, match="MLCORE_DATABASE_URL"):
+        Settings(require_database=True, database_url=None).db_url  # noqa: B018
+    assert Settings(require_database=False, database_url=None).db_url.startswith("sqlite:///")
+
+
+@pytest.mark.parametrize("required", [True, False], ids=["required", "embedded-default"])
+def test_a_transient_execution_api_error_on_the_lookup(
+        required, fresh_settings, monkeypatch, postgres_url, airflow_db, slices, spec, tmp_path):
+    """The connection lives in Airflow's metadata DB; the Execution API answers the task's
+    first look-up with a 503 (injected in the API client the task's supervisor uses). Required
+    (production): the try fails, the retry finds the connection and publishes there; the
+    fallback store is never opened. Not required (embedded default): the hazard the flag
+    exists for: the try falls back to MLCORE_DATABASE_URL and publishes there."""
+    from airflow.models.connection import Connection as ConnectionRow
+    from airflow.sdk.api import client as api_client
+    from airflow.utils.session import create_session
+
+    from batchloop_airflow.runner import run_dag
+    from mlcore.store.session import get_engine, upgrade
+
+    trap = tmp_path / "fallback.db"
+    monkeypatch.setenv("MLCORE_DATABASE_URL", f"sqlite:///{trap}")
+    monkeypatch.setenv("MLCORE_REQUIRE_DATABASE", str(required).lower())
+    fresh_settings.cache_clear()
+    upgrade(f"sqlite:///{trap}")
+    base, schema = make_url(postgres_url), f"conn_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.execute(text(f"create schema {schema}"))
+    row = ConnectionRow(conn_id="mlcore_db", conn_type="postgres", host=base.host,
+                        port=base.port or 5432, login=base.username, password=NASTY,
+                        schema=base.database, extra=json.dumps({
+                            "sslmode": "disable", "options": f"-csearch_path={schema}"}))
+    url = sqlalchemy_url(_conn(row.get_uri()))
+    upgrade(url)
+    real_get, failures = api_client.ConnectionOperations.get, []
+
+    def flaky_get(self, conn_id):
+        if conn_id == "mlcore_db" and not failures:
+            failures.append(conn_id)
+            request = httpx.Request("GET", f"http://api/execution/connections/{conn_id}")
+            raise api_client.ServerResponseError(
+                "Service Unavailable", request=request,
+                response=httpx.Response(503, request=request))
+        return real_get(self, conn_id)
+
+    monkeypatch.setattr(api_client.ConnectionOperations, "get", flaky_get)
+    with create_session() as s:
+        s.add(row)
+    batch = f"flaky-{uuid.uuid4().hex[:6]}"
+    try:
+        result = run_dag(f"{spec.name}__ingest_batch", {"batch_id": batch,
+                                                       "source": str(slices[2015])})
+        assert failures == ["mlcore_db"]  # the error was injected once
+        with admin.connect() as c:
+            in_conn = c.execute(text(f"select batch_id from {schema}.batches")).scalars().all()
+        with create_engine(f"sqlite:///{trap}").connect() as c:
+            in_trap = c.execute(text("select batch_id from batches")).scalars().all()
+        if required:
+            assert (in_conn, in_trap) == ([batch], [])
+            tries = _tries(result["run_id"], f"{spec.name}__ingest_batch")
+            assert max(tries.values()) == 2  # the looked-up task failed once and was retried
+        else:
+            assert (in_conn, in_trap) == ([], [batch])
+    finally:
+        with create_session() as s:
+            s.query(ConnectionRow).filter(ConnectionRow.conn_id == "mlcore_db").delete()
+        get_engine(url).dispose()
+        with admin.connect() as c:
+            c.execute(text(f"drop schema {schema} cascade"))
+        admin.dispose()
+
+
+def _tries(run_id: str, dag_id: str) -> dict[str, int]:
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+
+    with create_session() as s:
+        return {ti.task_id: ti.try_number for ti in s.query(TaskInstance).filter(
+            TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)}
