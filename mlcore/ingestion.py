@@ -2,16 +2,20 @@
 atomic publish, idempotent re-runs.
 
 Publishing protocol (a crash at any step leaves nothing half-visible; a re-run publishes once):
-1. under a per-batch file lock: same ID + same content already published -> no-op;
-   different content -> ``BatchConflict``; then under a per-problem lock (one publishing
-   ingest per problem): the same file published under another ID -> ``BatchConflict``;
-2. manifest row ``staged``; leftovers of crashed runs (staging dirs) are removed;
+1. under the batch's store lock (``mlcore.store.claims``: decided by the metadata store, so
+   it holds across hosts): same ID + same content already published -> no-op; different
+   content -> ``BatchConflict``; then under the problem's store lock (one publishing ingest
+   per problem): the same file published under another ID -> ``BatchConflict``;
+2. manifest row ``staged`` with a fresh claim token; leftovers of crashed runs (staging dirs)
+   are removed;
 3. the file is streamed in row-group chunks: validated, curated and written to a staging dir;
    a row whose (key, event time) another published batch holds is quarantined under
    ``duplicate_in_published_batch`` unless the spec declares ``corrections: supersede``;
 4. the decision: rejected (recorded with every reason, staging removed) or
 5. rename staging -> ``curated/problem=<p>/batch=<id>``, then one transaction marks the manifest
-   ``published`` and stores the quarantined rows. Readers only follow published manifests.
+   ``published`` (compare-and-set on the claim token: a writer whose claim was taken over
+   commits nothing, ``ClaimLost``) and stores the quarantined rows. Readers only follow
+   published manifests.
 Any other error (disk full, I/O) removes the staging dirs and marks the manifest ``failed``
 with the cause; a re-run restages from step 2.
 
@@ -21,14 +25,14 @@ the manifest look-ups ``mlcore.store.catalog``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import uuid
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,10 +55,10 @@ from mlcore.data.target_coding import (
     target_coder,
 )
 from mlcore.data.validation import check_columns, rejection_reasons
-from mlcore.locks import file_lock
 from mlcore.problems import ProblemSpec
 from mlcore.provenance import code_version, failpoint
 from mlcore.store.catalog import find_batch, published_batches, published_with_sha
+from mlcore.store.claims import store_lock
 from mlcore.store.models import Batch, QuarantinedRow, utcnow
 from mlcore.store.session import session_scope
 
@@ -93,19 +97,15 @@ def _target_coder(src: RawFile, spec: ProblemSpec, url: str) -> tuple[TargetCode
         return local_coder(spec, src.read_columns([spec.target.name])[spec.target.name]), True
 
 
-@contextlib.contextmanager
-def batch_lock(settings: Settings, problem: str, batch_id: str) -> Iterator[None]:
-    """One writer per batch at a time (two runs of the same batch at once queue up here)."""
-    with file_lock(settings.home / "locks" / f"ingest-{problem}-{batch_id}.lock"):
-        yield
+def batch_lock(settings: Settings, problem: str, batch_id: str) -> AbstractContextManager[None]:
+    """One writer per batch at a time, on any host (runs of the same batch queue up here)."""
+    return store_lock(settings.db_url, f"ingest-{problem}-{batch_id}")
 
 
-@contextlib.contextmanager
-def problem_lock(settings: Settings, problem: str) -> Iterator[None]:
+def problem_lock(settings: Settings, problem: str) -> AbstractContextManager[None]:
     """One publishing ingest per problem at a time: the checks against the batches published
     before (same file, same key and event time) must see every one of them."""
-    with file_lock(settings.home / "locks" / f"ingest-{problem}.lock"):
-        yield
+    return store_lock(settings.db_url, f"ingest-{problem}")
 
 
 def _others(spec: ProblemSpec, url: str) -> list[Batch] | None:
@@ -149,22 +149,39 @@ def _manifest(row: Batch, created: bool) -> Manifest:
                     row.state, row.curated_uri or "", created)
 
 
-def _stage(spec: ProblemSpec, batch_id: str, fields: dict[str, Any], url: str) -> None:
+class ClaimLost(BatchConflict):
+    """Another writer took this batch over (this one's store lock was lost): it publishes
+    nothing; what it wrote is removed."""
+
+
+def _stage(spec: ProblemSpec, batch_id: str, fields: dict[str, Any], url: str) -> str:
+    """Record the manifest ``staged`` under a new claim token (returned)."""
+    claim = uuid.uuid4().hex
     with session_scope(url) as s:
         s.execute(delete(QuarantinedRow).where(QuarantinedRow.problem == spec.name,
                                                QuarantinedRow.batch_id == batch_id))
         s.execute(delete(Batch).where(Batch.problem == spec.name, Batch.batch_id == batch_id))
         s.add(Batch(problem=spec.name, batch_id=batch_id, state="staged", row_count=0,
                     schema={}, schema_hash="", quarantine_count=0,
-                    code_version=code_version(), **fields))
+                    code_version=code_version(), claim=claim, **fields))
+    return claim
 
 
-def _finish(spec: ProblemSpec, batch_id: str, values: dict[str, Any],
+def _finish(spec: ProblemSpec, batch_id: str, claim: str, values: dict[str, Any],
             violations: list[pd.DataFrame], url: str) -> Manifest:
-    """Mark the staged manifest published/rejected and store quarantined rows, atomically."""
+    """Mark the staged manifest published/rejected and store quarantined rows, atomically;
+    only while the manifest is still this writer's claim (compare-and-set).
+
+    Raises:
+        ClaimLost: the manifest is no longer staged under ``claim``.
+    """
     with session_scope(url) as s:
-        s.execute(update(Batch).where(Batch.problem == spec.name, Batch.batch_id == batch_id)
-                  .values(**values))
+        done = s.execute(update(Batch).where(
+            Batch.problem == spec.name, Batch.batch_id == batch_id, Batch.state == "staged",
+            Batch.claim == claim).values(**values))
+        if done.rowcount != 1:  # type: ignore[attr-defined]
+            raise ClaimLost(f"batch {batch_id!r} of {spec.name!r}: another writer took the "
+                            "batch over while this one staged it; nothing published here")
         for frame in violations:
             s.execute(insert(QuarantinedRow), [
                 {"problem": spec.name, "batch_id": batch_id, "row_number": int(r.row_number),
@@ -200,9 +217,10 @@ def ingest_batch(spec: ProblemSpec, source: str, batch_id: str, settings: Settin
             raw_dir = settings.partition("raw", spec.name, batch_id)
             clear_staging(curated)
             clear_staging(raw_dir)
-            _stage(spec, batch_id, {"source_uri": raw.as_uri(), "sha256": sha}, settings.db_url)
-            return _validate_and_publish(spec, batch_id, raw, (curated, raw_dir), settings,
-                                         now or datetime.now(UTC))
+            claim = _stage(spec, batch_id, {"source_uri": raw.as_uri(), "sha256": sha},
+                           settings.db_url)
+            return _validate_and_publish(spec, batch_id, claim, raw, (curated, raw_dir),
+                                         settings, now or datetime.now(UTC))
 
 
 class BatchStorageError(OSError):
@@ -215,6 +233,7 @@ class BatchStorageError(OSError):
 class _Attempt:
     """What a publish attempt has written so far and is doing (to clean up and to explain)."""
 
+    claim: str = ""  # the manifest's claim token this attempt holds
     made: list[Path] = field(default_factory=list)  # staging dirs, then moved final dirs
     step: str = "staging"
     path: Path | None = None
@@ -224,7 +243,7 @@ class _Attempt:
         self.step, self.path = step, path
 
 
-def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
+def _validate_and_publish(spec: ProblemSpec, batch_id: str, claim: str, raw: Path,
                           dirs: tuple[Path, Path], settings: Settings,
                           now: datetime) -> Manifest:
     """Validate, stage and publish; on any failure but a rejection: staging removed, manifest
@@ -234,11 +253,16 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, raw: Path,
         BatchRejected: see ``ingest_batch``. BatchStorageError: an OSError while staging or
             publishing (errno kept). Anything else: re-raised, with a note naming the batch.
     """
-    attempt = _Attempt(path=dirs[0])
+    attempt = _Attempt(path=dirs[0], claim=claim)
     try:
         return _publish(spec, batch_id, raw, dirs, settings, now, attempt)
     except BatchRejected:
         raise  # recorded as rejected, staging removed
+    except ClaimLost as exc:
+        log.error("%s", exc)
+        for path in attempt.made:  # not published: this writer's copies go, final dirs too
+            shutil.rmtree(path, ignore_errors=True)
+        raise
     except Exception as exc:  # never BaseException: a kill must stay a crash (failpoints)
         where = str(getattr(exc, "filename", None) or attempt.path)
         cause = f"{type(exc).__name__}: {exc}"
@@ -268,7 +292,7 @@ def _abandon(spec: ProblemSpec, batch_id: str, attempt: _Attempt, why: str, url:
     try:
         with session_scope(url) as s:
             s.execute(update(Batch).where(Batch.problem == spec.name, Batch.batch_id == batch_id,
-                                          Batch.state == "staged")
+                                          Batch.state == "staged", Batch.claim == attempt.claim)
                       .values(state="failed", reason=why))
     except Exception as exc:  # the store itself may be down: the original error matters more
         log.error("batch %r: could not mark the manifest failed (%s: %s)", batch_id,
@@ -292,8 +316,8 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
     except BatchRejected as exc:
         log.error("%s", exc)
         shutil.rmtree(staging, ignore_errors=True)
-        _finish(spec, batch_id, {"state": "rejected", "reason": str(exc), "row_count": rows},
-                [], settings.db_url)
+        _finish(spec, batch_id, attempt.claim, {"state": "rejected", "reason": str(exc),
+                                                "row_count": rows}, [], settings.db_url)
         raise
     schema_hash = hashlib.sha256(json.dumps(out.schema).encode()).hexdigest()
     common = {"row_count": out.rows, "schema": out.schema, "schema_hash": schema_hash,
@@ -304,8 +328,8 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
         shutil.rmtree(staging, ignore_errors=True)
         why = f"batch {batch_id!r}: rejected: {'; '.join(reasons)}"
         log.error(why)
-        _finish(spec, batch_id, {**common, "state": "rejected", "reason": why}, out.violations,
-                settings.db_url)
+        _finish(spec, batch_id, attempt.claim, {**common, "state": "rejected", "reason": why},
+                out.violations, settings.db_url)
         raise BatchRejected(why)
     if learnt and coder is not None and coder.learnable:
         attempt.at("fixing the classes of", staging)
@@ -315,7 +339,7 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
              out.rows, out.bad_rows, f" ({dict(out.rules)})" if out.rules else "")
     attempt.at("recording the published manifest of", curated)
     attempt.committing = True
-    return _finish(spec, batch_id, {
+    return _finish(spec, batch_id, attempt.claim, {
         **common, "state": "published", "curated_uri": str(curated), "published_at": utcnow(),
         "files": record,
         "event_time_min": out.ts_min.to_pydatetime() if out.ts_min is not None else None,

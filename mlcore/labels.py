@@ -33,12 +33,12 @@ from mlcore.data.label_files import (
 )
 from mlcore.data.target_coding import learn_coder
 from mlcore.estimation import attach_realized
-from mlcore.locks import file_lock
 from mlcore.model.performance import realized_performance
 from mlcore.model.registry import CHALLENGER, CHAMPION, ModelNotFound, alias_holder
 from mlcore.problems import ProblemSpec
 from mlcore.scoring import stored_outputs
 from mlcore.store.catalog import get_batch
+from mlcore.store.claims import store_lock
 from mlcore.store.models import Batch, GroundTruth, PerformanceReport, Prediction, utcnow
 from mlcore.store.session import session_scope
 
@@ -188,7 +188,7 @@ def ingest_labels(spec: ProblemSpec, source: str, batch_id: str,
     url, sha, uri = settings.db_url, sha256_file(path), path.resolve().as_uri()
     batch = get_batch(spec.name, batch_id, url)
     batch_keys = key_strings(read_curated(batch, [spec.entity.key])[spec.entity.key], spec)
-    with file_lock(settings.home / "locks" / f"labels-{spec.name}-{batch_id}.lock"):
+    with store_lock(url, f"labels-{spec.name}-{batch_id}"):
         with session_scope(url) as s:
             (seen, positives), (total, _) = (_counts(s, spec.name, batch_id, sha),
                                              _counts(s, spec.name, batch_id))

@@ -83,6 +83,8 @@ class Batch(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     published_at: Mapped[datetime | None]
     files: Mapped[dict[str, Any] | None]  # the curated files' record (mlcore.data.integrity)
+    # The staged manifest's claim token: only the writer holding it may publish (CAS).
+    claim: Mapped[str | None] = mapped_column(String(32))
 
 
 class QuarantinedRow(Base):

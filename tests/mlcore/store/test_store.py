@@ -16,7 +16,7 @@ def test_migration_creates_every_table_and_is_idempotent(db_url):
     names = set(inspect(get_engine(db_url)).get_table_names())
     assert TABLES <= names
     with session_scope(db_url) as s:
-        assert s.execute(text("select version_num from alembic_version")).scalar() == "0009"
+        assert s.execute(text("select version_num from alembic_version")).scalar() == "0010"
 
 
 def test_sqlite_runs_in_wal_mode_with_busy_timeout(sqlite_settings):
