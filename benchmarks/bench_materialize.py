@@ -1,30 +1,49 @@
-"""Materialization benchmark (issue 7): the feature step's online write into mlcore's SQLite
-online store against a plain SQLite ``executemany`` of the same values; and against Feast's own
-``FeatureStore.materialize`` into Feast's own SQLite store.
+"""Materialization benchmark (issues 7, 19): the feature step's online write into each online
+store against a raw write of the same rows: mlcore's SQLite store against a plain SQLite
+``executemany``, PostgreSQL against a ``COPY``, Redis against a pipelined ``HSET``; and against
+Feast's own ``FeatureStore.materialize``.
 
 Not a test (no timed assertions in the test suite). Results go to BENCHMARKS.md.
 
     python benchmarks/bench_materialize.py [--entities 1000000] [--rounds 3] [--bare-rounds-big 1]
-                                           [--quick] [--check] [--workdir DIR] [--keep]
+        [--stores sqlite postgres redis] [--bare-rounds-servers 1] [--quick] [--check]
+        [--workdir DIR] [--keep]
 
 Data: the real 2018 batch (70,131 entities x 16 features) and a synthetic batch of
 ``--entities`` (the real 2015-2018 rows resampled with replacement, unique ids, year 2018). Each
 gets its own fresh MLCORE home (setup, not timed: ingested, definitions applied, materialized
-once). Per dataset, ``--rounds`` rounds, the order of the variants alternated each round, every
-variant on a fresh online store file:
+once) and, for the server stores, its own fresh PostgreSQL database (Feast's SQL registry, and
+the online table for ``postgres``; dropped after) on ``BATCHLOOP_BENCH_PG`` (default
+postgresql://postgres@127.0.0.1:5432) and a private ``redis-server`` (no persistence) on a free
+port, started and stopped by the bench. Feast is configured by deploy/feature_store.<store>.yaml.
+Per dataset and store, ``--rounds`` rounds, the order of the variants alternated each round,
+every variant on an empty store (SQLite: a fresh file; PostgreSQL: the table truncated; Redis:
+the db flushed):
 
   * ours: ``materialize_batch`` (the whole step: read curated, engineer, write the offline
     partition, open the store + registry check, online write, record) and, timed inside it,
-    its online part ``_write_online`` (bulk newer-wins upsert + the registry's materialization
-    interval); then ``materialize_batch`` again over the full store (an idempotent re-run).
-  * baseline: the engineered frame's values (id, event time, 16 features) as one wide row per
-    entity, ``executemany`` into a fresh SQLite file and table in one transaction (default
-    pragmas); building the tuples from the frame is inside the clock.
-  * bare Feast: ``FeatureStore.materialize`` of the batch window into Feast's own SQLite store
-    (same home, a second config with ``type: sqlite``). At the big size it takes minutes and
-    ~5 GB: ``--bare-rounds-big`` rounds (0 skips it).
+    its online part (SQLite: ``write_online``, bulk newer-wins upsert; PostgreSQL / Redis:
+    ``materialize_online``, ``OnlineWriter``'s newer-wins write; both + the registry's
+    materialization interval); then ``materialize_batch`` again over the full store (an
+    idempotent re-run). After each, Feast's own ``get_online_features`` reads 200 entities
+    back and they must equal the engineered frame (not timed; the bench fails otherwise).
+  * baseline, SQLite: the engineered frame's values (id, event time, 16 features) as one wide
+    row per entity, ``executemany`` into a fresh SQLite file and table in one transaction
+    (default pragmas); building the tuples from the frame is inside the clock.
+  * baseline, PostgreSQL: psycopg2 ``copy_expert`` of a text-format buffer into a fresh table
+    ``LIKE`` Feast's (its primary key and index included): one row per entity x feature, the
+    columns ours writes (entity_key, feature_name, value, value_text, event_ts, created_ts).
+    The serialized keys and values are ready before the clock; the buffer is built inside it.
+  * baseline, Redis: one redis-py pipeline (transaction=False) of one ``HSET`` per entity of
+    Feast's hash (its key, ``_ts:<view>`` and the mmh3 field per feature), the same bytes ours
+    writes, ready before the clock; the commands are built inside it.
+  * bare Feast: ``FeatureStore.materialize`` of the batch window (SQLite: into Feast's own
+    SQLite store, a second config with ``type: sqlite``; PostgreSQL / Redis: Feast's own write
+    into the same store). At the big size it takes minutes: ``--bare-rounds-big`` rounds for
+    SQLite, ``--bare-rounds-servers`` for the server stores on both datasets (0 skips it).
 
-Target: online part / baseline <= 20x. Exit 0; with ``--check``, exit 1 when it is missed.
+Targets: online part / baseline <= 20x (SQLite), <= 3x (PostgreSQL, Redis). Exit 0; with
+``--check``, exit 1 when one is missed.
 ``--quick``: 2,000 + 5,000 entities, 1 round; a smoke run whose ratios mean little.
 """
 
@@ -35,17 +54,26 @@ import contextlib
 import sqlite3
 import statistics
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from _common import ROOT, ReportHead, arg_parser, census_spec, log, machine, temp_work  # noqa: E402
+from _materialize_servers import (
+    BASELINE,
+    Server,
+    bare_materialize,
+    clock,
+    ours_step,
+    pg_database,
+    redis_server,
+)
 
 sys.dont_write_bytecode = True
 
 DATA = ROOT / "data" / "census_ma_employment"
-TARGET = 20.0
+TARGETS = {"sqlite": 20.0, "postgres": 3.0, "redis": 3.0}
+STORES = tuple(TARGETS)
+NAMES = {"sqlite": "SQLite", "postgres": "PostgreSQL", "redis": "Redis"}
 VARIANTS = ("ours", "baseline", "bare Feast")
 
 
@@ -86,6 +114,7 @@ class Dataset:
         from mlcore.store.session import upgrade
 
         self.spec, self.work, self.name, self.label = spec, work, name, label
+        self.kind = "sqlite"
         home = work / name / "home"
         home.mkdir(parents=True)
         self.ours = Settings(home=home, problems_dir=ROOT / "problems",
@@ -125,27 +154,9 @@ class Dataset:
     def ours_run(self) -> dict[str, float]:
         """The whole step on a fresh store with its online part, then a re-run over it."""
         import mlcore.feast.store as feast_store
-        import mlcore.features as features
-
-        spent: list[float] = []
-        real = feast_store.write_online
-
-        def timed(*args: Any, **kwargs: Any) -> None:
-            start = time.perf_counter()
-            try:
-                real(*args, **kwargs)
-            finally:
-                spent.append(time.perf_counter() - start)
 
         self.fresh_online(self.ours)
-        feast_store.write_online = timed  # type: ignore[assignment]
-        try:
-            step = clock(lambda: features.materialize_batch(self.spec, "b", self.ours))
-            rerun = clock(lambda: features.materialize_batch(self.spec, "b", self.ours))
-        finally:
-            feast_store.write_online = real  # type: ignore[assignment]
-        return {"whole step": step, "online part": spent[0], "re-run whole step": rerun,
-                "re-run online part": spent[1]}
+        return ours_step(self, self.ours, feast_store, "write_online")
 
     def baseline_run(self) -> dict[str, float]:
         import pandas as pd
@@ -170,33 +181,18 @@ class Dataset:
         return {"executemany": clock(run)}
 
     def bare_run(self) -> dict[str, float]:
-        from datetime import datetime
-
-        from mlcore.feast.store import feature_store
-
         self.fresh_online(self.stock)
-        store = feature_store(self.stock)
-        start = datetime.fromisoformat(self.result.window_start)
-        end = datetime.fromisoformat(self.result.window_end)
-        with contextlib.redirect_stdout(sys.stderr):
-            return {"materialize": clock(lambda: store.materialize(
-                start_date=start, end_date=end, feature_views=[self.spec.feature_view]))}
+        return {"materialize": bare_materialize(self, self.stock)}
 
 
-def clock(fn: Callable[[], Any]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def race(ds: Dataset, rounds: int, bare_rounds: int) -> dict[str, list[dict[str, float]]]:
+def race(ds: Dataset | Server, rounds: int, bare_rounds: int) -> dict[str, list[dict[str, float]]]:
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     fns = {"ours": ds.ours_run, "baseline": ds.baseline_run, "bare Feast": ds.bare_run}
     for i in range(rounds):
         order = [v for v in VARIANTS if v != "bare Feast" or i < bare_rounds]
         for variant in order[:: 1 if i % 2 == 0 else -1]:
             runs[variant].append(fns[variant]())
-            log(f"  {ds.label} round {i + 1} {variant}: " + ", ".join(
+            log(f"  {ds.label} {ds.kind} round {i + 1} {variant}: " + ", ".join(
                 f"{k} {v:.3f} s" for k, v in runs[variant][-1].items()))
     return runs
 
@@ -205,26 +201,34 @@ def med(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def render(ds: Dataset, runs: dict[str, list[dict[str, float]]]) -> tuple[list[str], bool]:
-    base = med(runs["baseline"], "executemany")
+def render(ds: Dataset | Server, runs: dict[str, list[dict[str, float]]],
+           ) -> tuple[list[str], bool]:
+    """SQLite's table as before issue 19; a server store's rows say which store they are."""
+    kind, name, target = ds.kind, NAMES[ds.kind], TARGETS[ds.kind]
+    sql = kind == "sqlite"
+    base = med(runs["baseline"], BASELINE[kind])
     each = lambda v, k: " ".join(f"{r[k]:.2f}" for r in runs[v])  # noqa: E731
-    lines = [f"**{ds.label}: {ds.rows:,} entities x {len(ds.spec.feature_names)} features**", "",
+    label = lambda v: v if sql else f"{v} ({name})"  # noqa: E731
+    lines = [f"**{ds.label}: {ds.rows:,} entities x {len(ds.spec.feature_names)} features"
+             f"{'' if sql else ', ' + name + ' online store'}**", "",
              "| variant | median s | rounds (s) | / baseline |", "|---|---:|---|---:|"]
     for variant, key in [("ours", "online part"), ("ours", "whole step"),
                          ("ours", "re-run online part"), ("ours", "re-run whole step"),
-                         ("baseline", "executemany"), ("bare Feast", "materialize")]:
+                         ("baseline", BASELINE[kind]), ("bare Feast", "materialize")]:
         if runs[variant]:
             m = med(runs[variant], key)
-            lines.append(f"| {variant}: {key} | {m:.3f} | {each(variant, key)} | "
+            lines.append(f"| {label(variant)}: {key} | {m:.3f} | {each(variant, key)} | "
                          f"{m / base:.1f}x |")
     online = med(runs["ours"], "online part") / base
-    met = online <= TARGET
-    lines += ["", f"Online part / baseline: **{online:.1f}x** (target <= {TARGET:g}x: "
-              f"**{'met' if met else 'NOT met'}**); whole step / baseline: "
-              f"{med(runs['ours'], 'whole step') / base:.1f}x."]
+    met = online <= target
+    lines += ["", ("Online part" if sql else f"{name} online part") + " / baseline"
+              f"{'' if sql else ' (' + BASELINE[kind] + ')'}: **{online:.1f}x** (target <= "
+              f"{target:g}x: **{'met' if met else 'NOT met'}**); whole step / baseline: "
+              f"{med(runs['ours'], 'whole step') / base:.1f}x; {ds.rows / base:,.0f} entities/s "
+              f"baseline, {ds.rows / med(runs['ours'], 'online part'):,.0f} ours."]
     if runs["bare Feast"]:
         bare = med(runs["bare Feast"], "materialize")
-        lines.append(f"Bare Feast `materialize` (Feast's SQLite store) / baseline: "
+        lines.append(f"Bare Feast `materialize` (Feast's {name} store) / baseline: "
                      f"{bare / base:.1f}x; ours / bare Feast: online part "
                      f"{med(runs['ours'], 'online part') / bare:.3f}, whole step "
                      f"{med(runs['ours'], 'whole step') / bare:.3f} "
@@ -233,12 +237,16 @@ def render(ds: Dataset, runs: dict[str, list[dict[str, float]]]) -> tuple[list[s
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
-    p = arg_parser(__doc__, "the target is missed", keep=True)
+    p = arg_parser(__doc__, "a target is missed", keep=True)
     p.add_argument("--entities", type=int, default=1_000_000, help="synthetic batch size")
     p.add_argument("--real-rows", type=int, default=0, help="first N rows of 2018 (0: all)")
     p.add_argument("--rounds", type=int, default=3, help="rounds (median reported)")
     p.add_argument("--bare-rounds-big", type=int, default=1,
-                   help="bare Feast rounds on the synthetic batch (0: skip)")
+                   help="bare Feast rounds on the synthetic batch, SQLite (0: skip)")
+    p.add_argument("--bare-rounds-servers", type=int, default=1,
+                   help="bare Feast rounds per batch on PostgreSQL / Redis (0: skip)")
+    p.add_argument("--stores", nargs="+", choices=STORES, default=list(STORES),
+                   help="online stores measured (default: all)")
     p.add_argument("--quick", action="store_true", help="smoke run: 2k + 5k entities, 1 round")
     args = p.parse_args(argv)
     if args.quick:
@@ -249,19 +257,27 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     spec = census_spec()
-    head = ReportHead("Materialization (`bench_materialize.py`): issue 7", "bench_materialize.py")
+    head = ReportHead("Materialization (`bench_materialize.py`): issues 7, 19",
+                      "bench_materialize.py")
     out, ok = [], True
-    with temp_work("bench-materialize-", args.workdir, args.keep) as work:
+    servers = [s for s in STORES if s in args.stores and s != "sqlite"]
+    with temp_work("bench-materialize-", args.workdir, args.keep) as work, \
+            redis_server(work) if "redis" in servers else contextlib.nullcontext():
         for name, n, synthetic, bare in [
                 ("real 2018 batch", args.real_rows or 10**9, False, args.rounds),
                 ("synthetic", args.entities, True, args.bare_rounds_big)]:
             log(f"setup {name} in {work} ...")
-            with contextlib.redirect_stdout(sys.stderr):  # Feast prints progress to stdout
-                key = name.split()[0]
+            key = name.split()[0]
+            with pg_database(bool(servers)), contextlib.redirect_stdout(sys.stderr):
                 ds = Dataset(spec, work, key, name, batch_file(work, key, n, synthetic))
-            lines, met = render(ds, race(ds, args.rounds, bare))
-            out += lines
-            ok &= met
+                targets: list[Dataset | Server] = [ds] if "sqlite" in args.stores else []
+                targets += [Server(ds, s) for s in servers]
+                for target in targets:
+                    lines, met = render(target, race(
+                        target, args.rounds,
+                        bare if target.kind == "sqlite" else args.bare_rounds_servers))
+                    out += lines
+                    ok &= met
     print("\n".join([*head.lines(f"{args.rounds} round(s), order alternated, medians.",
                                  f"Machine: {machine('feast', 'pandas', 'numpy', 'pyarrow')}, "
                                  f"SQLite {sqlite3.sqlite_version}."), *out]))
