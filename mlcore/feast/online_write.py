@@ -13,9 +13,10 @@ Per online store, each into the layout Feast itself reads (``get_online_features
   event time as a protobuf Timestamp, each feature under ``mmh3("<view>:<feature>")``), through
   a Lua script per entity that compares event times on the server, so two concurrent writers
   cannot regress a value (Feast's own write reads first, then writes, and skips equal times).
-- PostgreSQL: Feast's table (a row per entity and feature) with one ``INSERT ... SELECT FROM
-  unnest(...) ON CONFLICT ... DO UPDATE ... WHERE`` the stored (event_ts, created_ts) is not
-  newer; Feast's own upsert has no event-time check.
+- PostgreSQL: Feast's table (a row per entity and feature): the frame is ``COPY``'d as one wide
+  row per entity into a temporary table, then one ``INSERT ... SELECT ... ON CONFLICT ... DO
+  UPDATE ... WHERE`` the stored (event_ts, created_ts) is not newer, in one transaction; Feast's
+  own upsert has no event-time check.
 
 A row whose event time equals the stored one is written again: rewriting a row is idempotent,
 and of two different rows at one time the later write wins. When the frame has
@@ -28,8 +29,8 @@ later row). Other online store types are refused: they have no newer-wins write 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -249,7 +250,10 @@ class _RedisSink:
 
 
 class _PostgresSink:
-    """Feast's PostgreSQL table, upserted where the stored (event_ts, created_ts) is not newer."""
+    """Feast's PostgreSQL table, upserted where the stored (event_ts, created_ts) is not newer:
+    the frame is ``COPY``'d (text format, one wide row per entity) into a temporary table of the
+    connection, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE`` spreads it
+    into a row per entity and feature, in one transaction."""
 
     def __init__(self, config: RepoConfig, view: FeatureView) -> None:
         from feast.infra.online_stores.helpers import compute_table_id
@@ -259,18 +263,20 @@ class _PostgresSink:
                                        config.registry.enable_online_feature_view_versioning)
         self._names = [f.name for f in view.features]
         self._conn: Any = None
-        self._sql: Any = None
+        self._sql: StageSql | None = None
         self._with_num = False
 
     def _connect(self) -> Any:
-        """The connection (reopened after a failure closed it) and the upsert statement."""
+        """The connection (reopened after a failure closed it), its staging table and the
+        statements."""
         if self._conn is None or self._conn.closed:
             from feast.infra.utils.postgres.connection_utils import _get_conn
 
             self._conn = _get_conn(self.config.online_store)
-            self._conn.autocommit = True  # one statement: its own transaction
+            self._conn.autocommit = True  # transactions are explicit: conn.transaction()
             self._with_num = self._has_value_num()
-            self._sql = upsert_sql(self._table, self._with_num)
+            self._sql = stage_sql(self._table, self._names, self._with_num)
+            self._conn.execute(self._sql.create)
         return self._conn
 
     def _has_value_num(self) -> bool:
@@ -283,11 +289,15 @@ class _PostgresSink:
 
     def write(self, frame: pa.Table, view: FeatureView) -> None:
         conn = self._connect()
+        assert self._sql is not None
         kept, keys, us, columns = _prepare(frame, view, self.config, extras=True)
         created = micros(kept.column(CREATED).to_pandas()) if CREATED in kept.column_names \
             else None
-        conn.execute(self._sql, _flat_rows(keys, us, created, self._names, columns,
-                                           self._with_num))
+        with conn.transaction(), conn.cursor() as cur:
+            with cur.copy(self._sql.copy) as copy:
+                for chunk in copy_text(keys, us, created, columns, self._with_num):
+                    copy.write(chunk)
+            cur.execute(self._sql.upsert)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -295,42 +305,79 @@ class _PostgresSink:
             self._conn = None
 
 
-def _flat_rows(keys: list[bytes], us: np.ndarray, created: np.ndarray | None,
-               names: Sequence[str], columns: list[Encoded], with_num: bool) -> list[Any]:
-    """The upsert's arrays: one element per (entity, feature), entity-major."""
-    width = len(names)
-    params: list[Any] = [
-        [k for k in keys for _ in range(width)], list(names) * len(keys),
-        _entity_major([c[0] for c in columns]), _entity_major([c[1] for c in columns])]
-    if with_num:
-        params.append(_entity_major([c[2] for c in columns]))
-    params.append(np.repeat(us, width).tolist())
-    params.append(None if created is None else np.repeat(created, width).tolist())
-    return params
+STAGE = "mlcore_online_stage"
+COPY_ENTITIES = 20_000  # entities per COPY chunk (bounds the text held at once)
 
 
-def _entity_major(columns: list[list[Any]]) -> list[Any]:
-    return [v for row in zip(*columns, strict=True) for v in row]
+class StageSql(NamedTuple):
+    create: Any
+    copy: Any
+    upsert: Any
 
 
-def upsert_sql(table: str, with_num: bool) -> Any:
-    """The newer-wins upsert of arrays (see ``_flat_rows``) into Feast's table ``table``; a
-    stored row is replaced unless its (event_ts, created_ts) is newer (null created: oldest)."""
+def copy_text(keys: list[bytes], us: np.ndarray, created: np.ndarray | None,
+              columns: list[Encoded], with_num: bool) -> Iterator[str]:
+    """The staging table's rows in COPY text format, ``COPY_ENTITIES`` lines per chunk: the
+    entity key, event and created time (µs), then per feature its value (bytea hex), value_text
+    and, ``with_num``, value_num; ``\\N`` for null. Each distinct value is formatted once."""
+    cells = [_cells(col, with_num) for col in columns]
+    stamps = us.tolist()
+    made = [r"\N"] * len(keys) if created is None else [str(c) for c in created.tolist()]
+    for lo in range(0, len(keys), COPY_ENTITIES):
+        hi = min(lo + COPY_ENTITIES, len(keys))
+        rows = zip([f"\\\\x{k.hex()}" for k in keys[lo:hi]], map(str, stamps[lo:hi]),
+                   made[lo:hi], *(c[lo:hi] for c in cells), strict=True)
+        yield "".join("\t".join(row) + "\n" for row in rows)
+
+
+def _cells(col: Encoded, with_num: bool) -> list[str]:
+    """One feature's value, value_text [, value_num] per row, tab-joined, as COPY text."""
+    values, texts, nums = col
+    codes, uniques = pd.factorize(np.asarray(values, dtype=object))
+    _, first = np.unique(codes, return_index=True)
+    made = []
+    for v, i in zip(uniques.tolist(), first.tolist(), strict=True):
+        cell = f"\\\\x{v.hex()}\t{_text(texts[i])}"
+        made.append(cell + f"\t{_text(None if nums[i] is None else repr(float(nums[i])))}"
+                    if with_num else cell)
+    return np.asarray(made, dtype=object)[codes].tolist() if made else []
+
+
+def _text(value: str | None) -> str:
+    """A text field in COPY text format (backslash, tab, newline, carriage return escaped)."""
+    if value is None:
+        return r"\N"
+    return value.replace("\\", "\\\\").replace("\t", "\\t").replace("\n", "\\n").replace(
+        "\r", "\\r")
+
+
+def stage_sql(table: str, names: Sequence[str], with_num: bool) -> StageSql:
+    """The staging table (temporary, emptied at commit), its COPY, and the newer-wins upsert
+    from it into Feast's table ``table``: a stored row is replaced unless its (event_ts,
+    created_ts) is newer (null created: oldest)."""
     from psycopg import sql
 
+    per = [f"v{i} bytea, x{i} text" + (f", n{i} float8" if with_num else "")
+           for i in range(len(names))]
+    create = sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {s} (k bytea, e int8, c int8, " +
+                     ", ".join(per) + ") ON COMMIT DELETE ROWS").format(s=sql.Identifier(STAGE))
+    copy = sql.SQL("COPY {s} FROM STDIN").format(s=sql.Identifier(STAGE))
     num = ", value_num" if with_num else ""
-    num_arg = ", %b::float8[]" if with_num else ""
+    spread = sql.SQL(", ").join(
+        sql.SQL("({}, s.v{i}, s.x{i}" + (", s.n{i}" if with_num else "") + ")").format(
+            sql.Literal(n), i=sql.SQL(str(i))) for i, n in enumerate(names))
     low = "'-infinity'::timestamptz"
-    return sql.SQL(
+    upsert = sql.SQL(
         "INSERT INTO {t} (entity_key, feature_name, value, value_text" + num +
-        ", event_ts, created_ts) SELECT k, f, v, x" + num + ", 'epoch'::timestamptz + "
-        "e * interval '1 microsecond', 'epoch'::timestamptz + c * interval '1 microsecond' "
-        "FROM unnest(%b::bytea[], %b::text[], %b::bytea[], %b::text[]" + num_arg +
-        ", %b::int8[], %b::int8[]) AS r(k, f, v, x" + num + ", e, c) "
+        ", event_ts, created_ts) SELECT s.k, f.n, f.v, f.x" + (", f.m" if with_num else "") +
+        ", 'epoch'::timestamptz + s.e * interval '1 microsecond', 'epoch'::timestamptz + "
+        "s.c * interval '1 microsecond' FROM {s} AS s CROSS JOIN LATERAL (VALUES {spread}) AS "
+        "f(n, v, x" + (", m" if with_num else "") + ") "
         "ON CONFLICT (entity_key, feature_name) DO UPDATE SET value = EXCLUDED.value, "
         "value_text = EXCLUDED.value_text" + (", value_num = EXCLUDED.value_num" if with_num
                                               else "") +
         ", event_ts = EXCLUDED.event_ts, created_ts = EXCLUDED.created_ts "
         "WHERE ({t}.event_ts, coalesce({t}.created_ts, " + low + ")) <= "
         "(EXCLUDED.event_ts, coalesce(EXCLUDED.created_ts, " + low + "))"
-    ).format(t=sql.Identifier(table))
+    ).format(t=sql.Identifier(table), s=sql.Identifier(STAGE), spread=spread)
+    return StageSql(create, copy, upsert)

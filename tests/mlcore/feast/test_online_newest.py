@@ -268,3 +268,42 @@ def test_at_one_event_time_the_later_created_time_wins_where_it_is_stored(online
     assert read(online, [16])[16][:4] == (B if online.kind == "redis" else A)
     online.writer.write(published([(16, T2, *C)], T2 + timedelta(days=3)))  # a correction
     assert read(online, [16])[16][:4] == C
+
+
+AWKWARD = ["tab\there", "line\nbreak\r\nend", "back\\slash \\N \\.", "\\", "\\N", "ünï 😀", ""]
+
+
+def test_awkward_text_round_trips(online):
+    """Tabs, newlines, carriage returns, backslashes, a literal ``\\N`` and the COPY end marker
+    survive (PostgreSQL stages the frame as COPY text); PostgreSQL's value_text keeps them."""
+    keys = list(range(30, 30 + len(AWKWARD)))
+    online.writer.write(frame([(k, T2, 1.0, s, 3, True) for k, s in zip(keys, AWKWARD,
+                                                                           strict=True)]))
+    got = read(online, keys)
+    assert [got[k][1] for k in keys] == AWKWARD
+    if online.kind == "postgres":
+        import psycopg
+
+        with psycopg.connect(online.pg) as conn:
+            rows = conn.execute(f"SELECT entity_key, value_text FROM batchloop_"
+                                f"{online.spec.feature_view} WHERE feature_name = 'colour' AND "
+                                "entity_key = ANY(%s)", (_packed(keys),)).fetchall()
+        text = dict(rows)
+        assert [text[k] for k in _packed(keys)] == AWKWARD
+
+
+def test_a_frame_larger_than_one_copy_chunk(online, monkeypatch):
+    """PostgreSQL COPYs ``COPY_ENTITIES`` entities per chunk: a frame of many chunks (and a
+    last, partial one) lands whole, newer-wins still holding for each row."""
+    import mlcore.feast.online_write as online_write
+
+    monkeypatch.setattr(online_write, "COPY_ENTITIES", 7)
+    keys = list(range(3000, 3100))
+    online.writer.write(frame([(k, T2, float(k), "red", 5, False) for k in keys[::2]]))
+    rows = [(k, T2 - timedelta(seconds=1) if k % 2 == 0 else T2 + timedelta(seconds=k),
+             -float(k), "green", -7, True) for k in keys]  # the even keys: older, skipped
+    online.writer.write(frame(rows))
+    got = read(online, keys)
+    assert [got[k][:4] for k in keys] == [
+        (float(k), "red", 5, False) if k % 2 == 0 else (-float(k), "green", -7, True)
+        for k in keys]
