@@ -354,7 +354,7 @@ def _text(value: str | None) -> str:
 def stage_sql(table: str, names: Sequence[str], with_num: bool) -> StageSql:
     """The staging table (temporary, emptied at commit), its COPY, and the newer-wins upsert
     from it into Feast's table ``table``: a stored row is replaced unless its (event_ts,
-    created_ts) is newer (null created: oldest)."""
+    created_ts) is newer (null created: oldest) or it is equal to the new one."""
     from psycopg import sql
 
     per = [f"v{i} bytea, x{i} text" + (f", n{i} float8" if with_num else "")
@@ -367,6 +367,8 @@ def stage_sql(table: str, names: Sequence[str], with_num: bool) -> StageSql:
         sql.SQL("({}, s.v{i}, s.x{i}" + (", s.n{i}" if with_num else "") + ")").format(
             sql.Literal(n), i=sql.SQL(str(i))) for i, n in enumerate(names))
     low = "'-infinity'::timestamptz"
+    # a row equal to the stored one is left alone (an idempotent re-run writes no new versions)
+    num_t, num_x = (", {t}.value_num", ", EXCLUDED.value_num") if with_num else ("", "")
     upsert = sql.SQL(
         "INSERT INTO {t} (entity_key, feature_name, value, value_text" + num +
         ", event_ts, created_ts) SELECT s.k, f.n, f.v, f.x" + (", f.m" if with_num else "") +
@@ -378,6 +380,9 @@ def stage_sql(table: str, names: Sequence[str], with_num: bool) -> StageSql:
                                               else "") +
         ", event_ts = EXCLUDED.event_ts, created_ts = EXCLUDED.created_ts "
         "WHERE ({t}.event_ts, coalesce({t}.created_ts, " + low + ")) <= "
-        "(EXCLUDED.event_ts, coalesce(EXCLUDED.created_ts, " + low + "))"
+        "(EXCLUDED.event_ts, coalesce(EXCLUDED.created_ts, " + low + ")) AND ({t}.value, "
+        "{t}.value_text" + num_t + ", {t}.event_ts, {t}.created_ts) IS DISTINCT FROM "
+        "(EXCLUDED.value, EXCLUDED.value_text" + num_x + ", EXCLUDED.event_ts, "
+        "EXCLUDED.created_ts)"
     ).format(t=sql.Identifier(table), s=sql.Identifier(STAGE), spread=spread)
     return StageSql(create, copy, upsert)

@@ -307,3 +307,25 @@ def test_a_frame_larger_than_one_copy_chunk(online, monkeypatch):
     assert [got[k][:4] for k in keys] == [
         (float(k), "red", 5, False) if k % 2 == 0 else (-float(k), "green", -7, True)
         for k in keys]
+
+
+def test_postgres_leaves_an_equal_row_alone(online):
+    """An idempotent re-run writes no new row versions (xmin kept); an equal-time row with
+    another value is still written."""
+    if online.kind != "postgres":
+        pytest.skip("PostgreSQL's row versions only")
+    import psycopg
+
+    def versions() -> list:
+        with psycopg.connect(online.pg) as conn:
+            return conn.execute(f"SELECT feature_name, xmin::text FROM batchloop_"
+                                f"{online.spec.feature_view} WHERE entity_key = %s ORDER BY 1",
+                                _packed([40])).fetchall()
+
+    online.writer.write(frame([(40, T2, *A)]))
+    first = versions()
+    online.writer.write(frame([(40, T2, *A)]))
+    assert versions() == first
+    online.writer.write(frame([(40, T2, 1.5, "blue", 3, True)]))  # only colour differs
+    changed = {f for (f, x), (_, y) in zip(first, versions(), strict=True) if x != y}
+    assert changed == {"colour"} and read(online, [40])[40][:4] == (1.5, "blue", 3, True)
