@@ -57,7 +57,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from _common import ROOT, ReportHead, arg_parser, census_spec, log, machine, temp_work  # noqa: E402
+from _common import ROOT, ReportHead, arg_parser, census_spec, code, log, machine, temp_work  # noqa: E402
 from _materialize_servers import (
     BASELINE,
     Server,
@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
                         bare if target.kind == "sqlite" else args.bare_rounds_servers))
                     out += lines
                     ok &= met
-    print("\n".join([*head.lines(f"{args.rounds} round(s), order alternated, medians.",
+    print("\n".join([*head.lines(f"{args.rounds} round(s), order alternated, medians. "
+                                 f"Code: {code()}.",
                                  f"Machine: {machine('feast', 'pandas', 'numpy', 'pyarrow')}, "
                                  f"SQLite {sqlite3.sqlite_version}."), *out]))
     if args.quick:
