@@ -15,7 +15,12 @@ from airflow.sdk import (  # type: ignore[attr-defined]
     DeadlineReference,
 )
 
-from batchloop_airflow.alerting.callbacks import deadline_missed, notify_failure, notify_run_failure
+from batchloop_airflow.alerting.callbacks import (
+    deadline_missed,
+    notify_failure,
+    notify_lost_try,
+    notify_run_failure,
+)
 
 _specs: dict[str, Any] = {}  # the specs problem_specs() loaded, for dag_kwargs' deadlines
 
@@ -35,12 +40,13 @@ def problem_specs() -> list[Any]:
 
 def default_args() -> dict[str, Any]:
     """Task defaults: two retries for transient faults (bad input fails fast, see tasks.py); an
-    alert only when a task has failed for good."""
+    alert when a task has failed for good, or when a try was lost with its worker."""
     return {
         "owner": "batchloop",
         "retries": 2,
         "retry_delay": timedelta(seconds=int(os.environ.get("BATCHLOOP_RETRY_DELAY", "30"))),
         "on_failure_callback": notify_failure,
+        "on_retry_callback": notify_lost_try,  # alerts only a lost try (its worker died)
     }
 
 

@@ -3,6 +3,8 @@ were killed, and the per-stage run deadline.
 
 * ``notify_failure`` (every task's ``on_failure_callback``): Airflow calls it only when a task
   has failed for good, so retries do not alert. It runs in the task's own process.
+* ``notify_lost_try`` (every task's ``on_retry_callback``): a try whose worker died (no
+  heartbeat) alerts ``task_killed`` at once, while Airflow retries it elsewhere.
 * ``notify_run_failure`` (every DAG's ``on_failure_callback``): runs in the dag-processor when a
   run fails. A task whose process was SIGKILLed (OOM killer) never runs its own callback
   (apache/airflow#60858: the supervisor reports it failed, nobody calls back), so the sweep
@@ -202,6 +204,27 @@ class FailureAlert(_AlertNotifier):
             log.exception("BATCHLOOP ALERT could not be built or sent")
 
 
+class LostTryAlert(_AlertNotifier):
+    """Task ``on_retry_callback``: alert when a try was lost, i.e. its process or its whole
+    worker died without reporting (the scheduler found it by its missing heartbeat; the
+    dag-processor calls this without an exception). A try that raised and is retried does not
+    alert (retries stay quiet); the retry's own failure, if it comes, alerts as usual."""
+
+    def notify(self, context: Any) -> None:
+        """Send ``task_killed`` for the lost try, saying that it is retried; log, never raise."""
+        if context.get("exception") is not None:
+            return
+        try:
+            payload = task_alert(context)
+            ti = context["ti"]
+            tries = getattr(ti, "max_tries", None)
+            payload["error"] = (f"{payload['error']}; Airflow retries it (try "
+                                f"{ti.try_number + 1}{f' of {tries + 1}' if tries else ''})")
+            deliver(payload)
+        except Exception:  # noqa: BLE001 - a callback that raises helps nobody
+            log.exception("BATCHLOOP ALERT for the lost try could not be built or sent")
+
+
 class RunFailureSweep(_AlertNotifier):
     """DAG ``on_failure_callback``: alert the run's failed tasks nobody alerted (killed ones).
     ``also(context, killed_alerts)`` then runs for a stage's own clean-up (the retrain DAG
@@ -248,4 +271,5 @@ async def deadline_missed(context: dict[str, Any], minutes: float = 0.0) -> str:
 
 
 notify_failure = FailureAlert()
+notify_lost_try = LostTryAlert()
 notify_run_failure = RunFailureSweep()
