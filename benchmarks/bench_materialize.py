@@ -258,7 +258,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    spec = census_spec()
+    spec, commit = census_spec(), code()  # the code as the run starts
     head = ReportHead("Materialization (`bench_materialize.py`): issues 7, 19",
                       "bench_materialize.py")
     out, ok = [], True
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
                     out += lines
                     ok &= met
     print("\n".join([*head.lines(f"{args.rounds} round(s), order alternated, medians. "
-                                 f"Code: {code()}.",
+                                 f"Code at the start: {commit}.",
                                  f"Machine: {machine('feast', 'pandas', 'numpy', 'pyarrow')}, "
                                  f"SQLite {sqlite3.sqlite_version}."), *out]))
     if args.quick:
