@@ -329,3 +329,25 @@ def test_postgres_leaves_an_equal_row_alone(online):
     online.writer.write(frame([(40, T2, 1.5, "blue", 3, True)]))  # only colour differs
     changed = {f for (f, x), (_, y) in zip(first, versions(), strict=True) if x != y}
     assert changed == {"colour"} and read(online, [40])[40][:4] == (1.5, "blue", 3, True)
+
+
+def test_concurrent_writers_keep_the_newest(online):
+    """Two writers (own connections, own threads) upserting the same keys, newer and older,
+    three times each: every key ends with the newer row, and neither writer fails."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    keys = list(range(5000, 6500))
+    newer = frame([(k, T2 + timedelta(seconds=1), float(k), "green", 5, True) for k in keys])
+    older = frame([(k, T2, -1.0, "red", 3, False) for k in keys[::-1]])  # other row order
+    writers = [OnlineWriter(online.store, online.spec) for _ in range(2)]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            done = [pool.submit(lambda w=w, f=f: [w.write(f) for _ in range(3)])
+                    for w, f in zip(writers, (newer, older), strict=True)]
+            for fut in done:
+                fut.result()
+    finally:
+        for w in writers:
+            w.close()
+    got = read(online, keys)
+    assert [got[k][:4] for k in keys] == [(float(k), "green", 5, True) for k in keys]
