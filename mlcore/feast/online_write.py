@@ -251,9 +251,10 @@ class _RedisSink:
 
 class _PostgresSink:
     """Feast's PostgreSQL table, upserted where the stored (event_ts, created_ts) is not newer:
-    the frame is ``COPY``'d (text format, one wide row per entity) into a temporary table of the
-    connection, then one ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE`` spreads it
-    into a row per entity and feature, in one transaction."""
+    in one transaction, the frame is ``COPY``'d (text format, one wide row per entity) into a
+    temporary staging table (created if the session lacks it, emptied at commit), then one
+    ``INSERT ... SELECT ... ON CONFLICT DO UPDATE ... WHERE`` spreads it into a row per entity
+    and feature."""
 
     def __init__(self, config: RepoConfig, view: FeatureView) -> None:
         from feast.infra.online_stores.helpers import compute_table_id
@@ -267,8 +268,7 @@ class _PostgresSink:
         self._with_num = False
 
     def _connect(self) -> Any:
-        """The connection (reopened after a failure closed it), its staging table and the
-        statements."""
+        """The connection (reopened after a failure closed it) and the statements."""
         if self._conn is None or self._conn.closed:
             from feast.infra.utils.postgres.connection_utils import _get_conn
 
@@ -276,7 +276,6 @@ class _PostgresSink:
             self._conn.autocommit = True  # transactions are explicit: conn.transaction()
             self._with_num = self._has_value_num()
             self._sql = stage_sql(self._table, self._names, self._with_num)
-            self._conn.execute(self._sql.create)
         return self._conn
 
     def _has_value_num(self) -> bool:
@@ -294,6 +293,8 @@ class _PostgresSink:
         created = micros(kept.column(CREATED).to_pandas()) if CREATED in kept.column_names \
             else None
         with conn.transaction(), conn.cursor() as cur:
+            cur.execute(self._sql.create)  # here, not once per connection: a pooler (PgBouncer
+            # in transaction mode) may run each transaction on another server session
             with cur.copy(self._sql.copy) as copy:
                 for chunk in copy_text(keys, us, created, columns, self._with_num):
                     copy.write(chunk)
@@ -305,7 +306,7 @@ class _PostgresSink:
             self._conn = None
 
 
-STAGE = "mlcore_online_stage"
+STAGE = "mlcore_stage_"  # + a digest of the table's layout: one staging table per layout
 COPY_ENTITIES = 20_000  # entities per COPY chunk (bounds the text held at once)
 
 
@@ -355,13 +356,17 @@ def stage_sql(table: str, names: Sequence[str], with_num: bool) -> StageSql:
     """The staging table (temporary, emptied at commit), its COPY, and the newer-wins upsert
     from it into Feast's table ``table``: a stored row is replaced unless its (event_ts,
     created_ts) is newer (null created: oldest) or it is equal to the new one."""
+    from hashlib import sha256
+
     from psycopg import sql
 
+    layout = f"{table}|{'|'.join(names)}|{with_num}"
+    stage = sql.Identifier(STAGE + sha256(layout.encode()).hexdigest()[:20])
     per = [f"v{i} bytea, x{i} text" + (f", n{i} float8" if with_num else "")
            for i in range(len(names))]
     create = sql.SQL("CREATE TEMPORARY TABLE IF NOT EXISTS {s} (k bytea, e int8, c int8, " +
-                     ", ".join(per) + ") ON COMMIT DELETE ROWS").format(s=sql.Identifier(STAGE))
-    copy = sql.SQL("COPY {s} FROM STDIN").format(s=sql.Identifier(STAGE))
+                     ", ".join(per) + ") ON COMMIT DELETE ROWS").format(s=stage)
+    copy = sql.SQL("COPY {s} FROM STDIN").format(s=stage)
     num = ", value_num" if with_num else ""
     spread = sql.SQL(", ").join(
         sql.SQL("({}, s.v{i}, s.x{i}" + (", s.n{i}" if with_num else "") + ")").format(
@@ -384,5 +389,5 @@ def stage_sql(table: str, names: Sequence[str], with_num: bool) -> StageSql:
         "{t}.value_text" + num_t + ", {t}.event_ts, {t}.created_ts) IS DISTINCT FROM "
         "(EXCLUDED.value, EXCLUDED.value_text" + num_x + ", EXCLUDED.event_ts, "
         "EXCLUDED.created_ts)"
-    ).format(t=sql.Identifier(table), s=sql.Identifier(STAGE), spread=spread)
+    ).format(t=sql.Identifier(table), s=stage, spread=spread)
     return StageSql(create, copy, upsert)

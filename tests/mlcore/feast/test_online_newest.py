@@ -351,3 +351,14 @@ def test_concurrent_writers_keep_the_newest(online):
             w.close()
     got = read(online, keys)
     assert [got[k][:4] for k in keys] == [(float(k), "green", 5, True) for k in keys]
+
+
+def test_postgres_recreates_its_staging_table(online):
+    """A session without the staging table (as a pooler's other server session would be) gets
+    it back at the next write."""
+    if online.kind != "postgres":
+        pytest.skip("PostgreSQL's staging table only")
+    online.writer.write(frame([(50, T2, *A)]))
+    online.writer._sink._conn.execute("DISCARD TEMP")  # drops the session's temporary tables
+    online.writer.write(frame([(50, T2 + timedelta(seconds=1), *B)]))
+    assert read(online, [50])[50][:4] == B
