@@ -6,10 +6,11 @@ credential values. Endpoint: ``MLCORE_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL
 ``_MAX_ATTEMPTS`` (a dead endpoint fails a call in seconds).
 
 ``Home.publish`` is atomic on both: locally a staging dir renamed onto the partition (today's
-protocol); on S3 (no rename) the files go under ``<partition>/.attempt-<uuid>/`` and the caller
-commits that location and the record in the database. Readers follow committed locations only;
-an uncommitted attempt (a crash) is invisible to them and to pyarrow/dask directory reads (a
-``.`` folder), and ``sweep_attempts`` removes it. s3fs/pyarrow load on first use.
+protocol); on S3 (no rename) the files go under ``<home>/.attempts/<partition's path>/<uuid>/``
+and the caller commits that location and the record in the database. Readers follow committed
+locations only; nothing is written under the partition's own prefix, so a directory-wide read
+(Feast's dask reader also reads ``.`` folders) never meets an uncommitted attempt;
+``sweep_attempts`` removes those. s3fs/pyarrow load on first use.
 """
 
 from __future__ import annotations
@@ -33,8 +34,7 @@ if TYPE_CHECKING:
 FileSet = dict[str, dict[str, Any]]  # {relative name: {"rows"?, "bytes", "sha256"}}
 ENDPOINT_VARS = ("MLCORE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
-ATTEMPT = ".attempt-"
-CHUNK = 1 << 20
+ATTEMPTS, CHUNK = ".attempts", 1 << 20
 BOUNDS = {"CONNECT_TIMEOUT": 5.0, "READ_TIMEOUT": 60.0, "MAX_ATTEMPTS": 2.0}
 
 
@@ -120,8 +120,6 @@ class Home:
         where = "" if self.is_local else f", endpoint={endpoint_url() or 'aws'!r}"
         return f"Home({self.uri()!r}{where})"
 
-    __str__ = __repr__
-
     def uri(self, *parts: str) -> str:
         """The home's URI, or of ``parts`` under it (``home.uri("curated", "problem=p")``)."""
         return self._uri(posixpath.join(self.root, *parts) if parts else self.root)
@@ -182,9 +180,7 @@ class Home:
             clean, ep = _scrub(text), None if self.is_local else endpoint_url()
             where = f" at endpoint {ep}" if ep else ""
             err = StorageError(getattr(exc, "errno", None), f"{what} {uri} failed{where} ({clean})")
-            if clean == text:
-                raise err from exc
-            raise err from None
+            raise err from (exc if clean == text else None)
 
     def open(self, uri: str, mode: str = "rb", digest: Any = None) -> IO[Any]:
         """A file object (local parents made when writing); ``digest``: a hashlib object fed
@@ -255,11 +251,10 @@ class Home:
 
     def parquet_rows(self, uri: str) -> int:
         """Rows of a parquet file, from its footer."""
-        import pyarrow.parquet as pq
+        from pyarrow.parquet import read_metadata
 
         with self._errors("reading the parquet footer of", uri):
-            meta = pq.read_metadata(self.path(uri), filesystem=self.pyarrow_filesystem())
-        return int(meta.num_rows)
+            return int(read_metadata(self.path(uri), filesystem=self.pyarrow_filesystem()).num_rows)
 
     def record(self, root: str, parquet_only: bool = True,
                known: dict[str, tuple[int, str]] | None = None) -> FileSet:
@@ -284,11 +279,11 @@ class Home:
     def publish(self, partition: str, parquet_only: bool = True) -> Iterator[Attempt]:
         """Yield an ``Attempt`` to write the partition into; on a clean exit its ``record`` is
         set and ``location`` is what to commit. Local: a staging dir renamed onto ``partition``
-        (which must not exist: sweep first); S3: ``<partition>/.attempt-<uuid>/``, left there.
+        (which must not exist: sweep first); S3: ``<home>/.attempts/<partition>/<uuid>/``.
         On an error what the attempt wrote is removed and the error re-raised."""
         part, tag = partition.rstrip("/"), uuid.uuid4().hex
-        where = posixpath.join(posixpath.dirname(part), f".staging-{posixpath.basename(part)}-"
-                               f"{tag[:8]}") if self.is_local else f"{part}/{ATTEMPT}{tag}"
+        where = f"{self._attempts_of(part)}/{tag}" if not self.is_local else posixpath.join(
+            posixpath.dirname(part), f".staging-{posixpath.basename(part)}-{tag[:8]}")
         attempt = Attempt(self, part, where)
         try:
             if self.is_local:
@@ -305,12 +300,18 @@ class Home:
                 self.rm(where, recursive=True)
             raise
 
+    def _attempts_of(self, part: str) -> str:
+        rel = posixpath.relpath(self.path(part), self.root)
+        if rel.startswith(".."):
+            raise ValueError(f"{part} is not a partition of {self!r}")
+        return self.uri(ATTEMPTS, rel)
+
     def attempts(self, partition: str) -> list[str]:
-        """The attempt locations under/beside ``partition`` (S3: ``.attempt-*`` folders; local:
-        ``.staging-<name>-*`` dirs and the partition dir itself when it exists)."""
+        """The attempt locations of ``partition`` (S3: the folders under its ``.attempts``
+        path; local: ``.staging-<name>-*`` dirs and the partition dir when it exists)."""
         part = partition.rstrip("/")
         if not self.is_local:
-            return [u for u in self.ls(part) if posixpath.basename(u).startswith(ATTEMPT)]
+            return self.ls(self._attempts_of(part))
         found = sorted(Path(part).parent.glob(f".staging-{Path(part).name}-*"))
         return [p.as_posix() for p in found] + ([part] if Path(part).exists() else [])
 
