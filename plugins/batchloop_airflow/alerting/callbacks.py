@@ -205,21 +205,27 @@ class FailureAlert(_AlertNotifier):
 
 
 class LostTryAlert(_AlertNotifier):
-    """Task ``on_retry_callback``: alert when a try was lost, i.e. its process or its whole
-    worker died without reporting (the scheduler found it by its missing heartbeat; the
-    dag-processor calls this without an exception). A try that raised and is retried does not
-    alert (retries stay quiet); the retry's own failure, if it comes, alerts as usual."""
+    """Task ``on_retry_callback``: alert when a try was lost with its worker: the task and its
+    supervisor died together (a worker or host killed), the scheduler found the try by its
+    missing heartbeat and the dag-processor calls this without an exception. Quiet when the
+    try raised (an ordinary retry) or when its supervisor lived to log how the task process
+    ended (a killed task process: its final failure alerts, as before). At most one such
+    alert per task instance and run (``<ti>-lost``), whatever the number of lost tries."""
 
     def notify(self, context: Any) -> None:
         """Send ``task_killed`` for the lost try, saying that it is retried; log, never raise."""
         if context.get("exception") is not None:
             return
         try:
-            payload = task_alert(context)
             ti = context["ti"]
+            if process_exit(ti.dag_id, ti.run_id, ti.task_id, _map_index(ti), ti.try_number):
+                return  # its supervisor saw the task process end: not a lost worker
+            payload = task_alert(context)
             tries = getattr(ti, "max_tries", None)
             payload["error"] = (f"{payload['error']}; Airflow retries it (try "
                                 f"{ti.try_number + 1}{f' of {tries + 1}' if tries else ''})")
+            key = ti_key(ti.dag_id, ti.run_id, ti.task_id, _map_index(ti))
+            payload["dedup_key"] = f"{key}-lost"
             deliver(payload)
         except Exception:  # noqa: BLE001 - a callback that raises helps nobody
             log.exception("BATCHLOOP ALERT for the lost try could not be built or sent")
