@@ -22,6 +22,7 @@ from mlcore.data.integrity import FileSet, curated_files, fingerprint
 from mlcore.feast import store as feast_store
 from mlcore.feast.store import CREATED, ensure_definitions
 from mlcore.problems import ProblemSpec
+from mlcore.provenance import failpoint
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, Materialization
 from mlcore.store.session import session_scope
@@ -71,14 +72,24 @@ def engineer_table(batch: Batch, spec: ProblemSpec) -> pa.Table:
 
 
 def write_offline(frame: pd.DataFrame | pa.Table, dest: Path) -> FileSet:
-    """Write one batch's partition atomically (staging dir, then rename); its file record."""
-    staging = dest.with_name(f".staging-{dest.name}-{uuid.uuid4().hex[:8]}")
+    """Write one batch's partition atomically (staging dir, then rename); its file record.
+
+    The staging dir is outside the problem's folder (``features/.staging/problem=<p>/``):
+    Feast's file source reads that whole folder with dask, which does not skip dot-named
+    folders, so a crashed run's leftover there broke every later offline read (``KeyError:
+    '.staging-batch'``). Leftovers of that older layout are removed here."""
+    for legacy in dest.parent.glob(f".staging-{dest.name}-*") if dest.parent.is_dir() else ():
+        shutil.rmtree(legacy, ignore_errors=True)
+    staging = dest.parent.parent / ".staging" / dest.parent.name / (
+        f"{dest.name}-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(frame, pa.Table):  # no Arrow schema stored: dictionaries read back as text
         pq.write_table(frame, staging / "part-0.parquet", store_schema=False)
     else:
         frame.to_parquet(staging / "part-0.parquet", index=False)
     record = fingerprint(staging)
+    failpoint("features.after_stage_write")
     if dest.exists():
         shutil.rmtree(dest)
     os.replace(staging, dest)
