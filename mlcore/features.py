@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from sqlalchemy import delete
 
@@ -26,6 +28,8 @@ from mlcore.provenance import failpoint
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, Materialization
 from mlcore.store.session import session_scope
+
+CHUNK_ROWS = 500_000  # rows engineered and written at a time: a materialize holds one chunk
 
 
 @dataclass(frozen=True)
@@ -52,17 +56,16 @@ def engineer(curated: pd.DataFrame, spec: ProblemSpec) -> pd.DataFrame:
     return curated[[spec.entity.key, "event_timestamp", *spec.feature_names]].copy()
 
 
-def engineer_table(batch: Batch, spec: ProblemSpec) -> pa.Table:
-    """``engineer(read_curated(batch), spec)`` as Arrow, read straight from the curated file:
-    text columns stay Arrow strings (no Python object per value until the online write). With
-    ``corrections: supersede``, plus ``CREATED``: when the batch was published (a correction,
-    published later, wins over the row it corrects)."""
-    columns = [spec.entity.key, "event_timestamp", *spec.feature_names]
+def _columns(spec: ProblemSpec) -> tuple[list[str], list[str]]:
+    """The engineered columns, and the text ones read as the file's own dictionary (no
+    per-value decode; written back as plain text)."""
     text = [f.name for f in spec.features if f.kind == "categorical" and f.value_type == "str"]
-    # text read as the file's own dictionary (no per-value decode); written back as plain text
-    files = curated_files(batch)
-    table = pq.read_table(files[0] if len(files) == 1 else Path(batch.curated_uri or ""),
-                          columns=columns, read_dictionary=text or None)
+    return [spec.entity.key, "event_timestamp", *spec.feature_names], text
+
+
+def _with_created(table: pa.Table, batch: Batch, spec: ProblemSpec) -> pa.Table:
+    """With ``corrections: supersede``, plus ``CREATED``: when the batch was published (a
+    correction, published later, wins over the row it corrects)."""
     if spec.corrections != "supersede":
         return table
     stamp = pd.Timestamp(batch.published_at or batch.created_at)
@@ -71,23 +74,89 @@ def engineer_table(batch: Batch, spec: ProblemSpec) -> pa.Table:
                                                  pa.timestamp("ns", tz="UTC")))
 
 
+def engineer_table(batch: Batch, spec: ProblemSpec) -> pa.Table:
+    """``engineer(read_curated(batch), spec)`` as Arrow, read straight from the curated file:
+    text columns stay Arrow strings (no Python object per value until the online write), and
+    ``CREATED`` with ``corrections: supersede`` (``_with_created``). The whole batch at once:
+    ``engineered_chunks`` is the bounded-memory form."""
+    columns, text = _columns(spec)
+    files = curated_files(batch)
+    table = pq.read_table(files[0] if len(files) == 1 else Path(batch.curated_uri or ""),
+                          columns=columns, read_dictionary=text or None)
+    return _with_created(table, batch, spec)
+
+
+def engineered_chunks(batch: Batch, spec: ProblemSpec,
+                      rows: int | None = None) -> Iterator[pa.Table]:
+    """``engineer_table(batch, spec)`` in pieces of at most ``rows`` (default ``CHUNK_ROWS``)
+    rows, in file order: what
+    one piece needs is all that is held (verified curated files, read batch by batch)."""
+    columns, text = _columns(spec)
+    for path in curated_files(batch):
+        source = pq.ParquetFile(path, read_dictionary=text or None)
+        for piece in source.iter_batches(batch_size=rows or CHUNK_ROWS, columns=columns):
+            yield _with_created(pa.Table.from_batches([piece]), batch, spec)
+
+
 def write_offline(frame: pd.DataFrame | pa.Table, dest: Path) -> FileSet:
     """Write one batch's partition atomically (staging dir, then rename); its file record.
+    (``write_offline_chunks``: the same from pieces, one held at a time.)"""
+    staging = _staging(dest)
+    if isinstance(frame, pa.Table):  # no Arrow schema stored: dictionaries read back as text
+        pq.write_table(frame, staging / "part-0.parquet", store_schema=False)
+    else:
+        frame.to_parquet(staging / "part-0.parquet", index=False)
+    return _put_in_place(staging, dest)
 
-    The staging dir is outside the problem's folder (``features/.staging/problem=<p>/``):
-    Feast's file source reads that whole folder with dask, which does not skip dot-named
-    folders, so a crashed run's leftover there broke every later offline read (``KeyError:
-    '.staging-batch'``). Leftovers of that older layout are removed here."""
+
+def write_offline_chunks(chunks: Iterable[pa.Table],
+                         dest: Path) -> tuple[FileSet, int, tuple[Any, Any]]:
+    """``write_offline`` of the pieces' concatenation, one piece in memory at a time: the file
+    record, the rows and the (min, max) event time.
+
+    Raises:
+        ValueError: no piece (an empty batch: nothing to materialize).
+    """
+    staging, writer = _staging(dest), None
+    rows, low, high = 0, None, None
+    try:
+        for chunk in chunks:
+            if writer is None:
+                writer = pq.ParquetWriter(staging / "part-0.parquet", chunk.schema,
+                                          store_schema=False)
+            writer.write_table(chunk)
+            bounds = pc.min_max(chunk.column("event_timestamp"))
+            lo, hi = bounds["min"].as_py(), bounds["max"].as_py()
+            low = lo if low is None or (lo is not None and lo < low) else low
+            high = hi if high is None or (hi is not None and hi > high) else high
+            rows += chunk.num_rows
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if writer is None:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ValueError(f"{dest}: the batch has no rows to materialize")
+    writer.close()
+    return _put_in_place(staging, dest), rows, (low, high)
+
+
+def _staging(dest: Path) -> Path:
+    """A new staging dir for ``dest``, outside the problem's folder (``features/.staging/
+    problem=<p>/``): Feast's file source reads that whole folder with dask, which does not skip
+    dot-named folders, so a crashed run's leftover there broke every later offline read
+    (``KeyError: '.staging-batch'``). Leftovers of that older layout are removed here."""
     for legacy in dest.parent.glob(f".staging-{dest.name}-*") if dest.parent.is_dir() else ():
         shutil.rmtree(legacy, ignore_errors=True)
     staging = dest.parent.parent / ".staging" / dest.parent.name / (
         f"{dest.name}-{uuid.uuid4().hex[:8]}")
     staging.mkdir(parents=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(frame, pa.Table):  # no Arrow schema stored: dictionaries read back as text
-        pq.write_table(frame, staging / "part-0.parquet", store_schema=False)
-    else:
-        frame.to_parquet(staging / "part-0.parquet", index=False)
+    return staging
+
+
+def _put_in_place(staging: Path, dest: Path) -> FileSet:
     record = fingerprint(staging)
     failpoint("features.after_stage_write")
     if dest.exists():
@@ -104,21 +173,22 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     (``materialize_online``).
     """
     batch = get_batch(spec.name, batch_id, settings.db_url)
-    frame = engineer_table(batch, spec)
     dest = settings.partition("features", spec.name, batch_id)
-    record = write_offline(frame, dest)
+    # Two passes over the curated file, each holding one chunk: the offline partition, then
+    # (definitions applied) the online write. Memory is bounded by CHUNK_ROWS, not the batch.
+    record, rows, (low, high) = write_offline_chunks(engineered_chunks(batch, spec), dest)
     store = ensure_definitions(spec, settings)
-    times = frame.column("event_timestamp").to_pandas()
-    start = times.min().to_pydatetime() - timedelta(seconds=1)
-    end = times.max().to_pydatetime() + timedelta(seconds=1)
-    materialize_online(spec, settings, store, frame, start, end)
-    _record(spec, batch_id, dest, (frame.num_rows, record), start, end, settings.db_url)
-    return MaterializationResult(spec.name, batch_id, spec.feature_view, str(dest), frame.num_rows,
+    start = pd.Timestamp(low).to_pydatetime() - timedelta(seconds=1)
+    end = pd.Timestamp(high).to_pydatetime() + timedelta(seconds=1)
+    materialize_online(spec, settings, store, engineered_chunks(batch, spec), start, end)
+    _record(spec, batch_id, dest, (rows, record), start, end, settings.db_url)
+    return MaterializationResult(spec.name, batch_id, spec.feature_view, str(dest), rows,
                                  start.isoformat(), end.isoformat())
 
 
-def materialize_online(spec: ProblemSpec, settings: Settings, store: Any, frame: pa.Table,
-                       start: datetime, end: datetime) -> None:
+def materialize_online(spec: ProblemSpec, settings: Settings, store: Any,
+                       frame: pa.Table | Iterable[pa.Table], start: datetime,
+                       end: datetime) -> None:
     """Write a batch's engineered frame online, newest by event time (a late or re-run older
     batch, or one older than what the stream service wrote, never regresses it).
 
@@ -132,7 +202,8 @@ def materialize_online(spec: ProblemSpec, settings: Settings, store: Any, frame:
     if feast_store.fast_store(store) or not has_writer(store):
         feast_store.materialize_online(spec, settings, store, frame, start, end)
         return
-    write_newest(store, spec, frame)
+    for chunk in [frame] if isinstance(frame, pa.Table) else frame:
+        write_newest(store, spec, chunk)
     store.registry.apply_materialization(store.get_feature_view(spec.feature_view),
                                          store.project, start, end)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -108,7 +108,8 @@ def ensure_definitions(spec: ProblemSpec, settings: Settings) -> FeatureStore:
 
 
 def materialize_online(spec: ProblemSpec, settings: Settings, store: FeatureStore,
-                       frame: pa.Table, start: datetime, end: datetime) -> None:
+                       frame: pa.Table | Iterable[pa.Table], start: datetime,
+                       end: datetime) -> None:
     """Write a batch's engineered frame online; a late or re-run older batch never regresses it.
     (PostgreSQL and Redis take ``mlcore.feast.online_write`` instead: see
     ``mlcore.features.materialize_online``; the Feast path below is for any other store.)
@@ -132,17 +133,21 @@ def fast_store(store: FeatureStore) -> bool:
     return isinstance(store.config.online_store, FastSqliteOnlineStoreConfig)
 
 
-def write_online(store: FeatureStore, spec: ProblemSpec, frame: pa.Table, start: datetime,
-                  end: datetime) -> None:
-    """The bulk path: the engineered frame straight into mlcore's SQLite online store, and the
-    interval into Feast's registry as ``materialize`` records it."""
+def write_online(store: FeatureStore, spec: ProblemSpec, frame: pa.Table | Iterable[pa.Table],
+                 start: datetime, end: datetime) -> None:
+    """The bulk path: the engineered frame (or its chunks, one at a time) straight into
+    mlcore's SQLite online store, and the interval into Feast's registry once, as
+    ``materialize`` records it."""
+    from pyarrow import Table
+
     from mlcore.feast.sqlite_online import FastSqliteOnlineStore
 
     view = store.get_feature_view(spec.feature_view)
     writer = FastSqliteOnlineStore()
-    created = CREATED if CREATED in frame.column_names else None  # newer batch wins a tie
     try:
-        writer.write_frame(store.config, view, frame, created_col=created)
+        for chunk in [frame] if isinstance(frame, Table) else frame:
+            created = CREATED if CREATED in chunk.column_names else None  # newer batch wins a tie
+            writer.write_frame(store.config, view, chunk, created_col=created)
     finally:
         writer.disconnect()
     store.registry.apply_materialization(view, store.project, start, end)
