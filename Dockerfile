@@ -28,9 +28,9 @@ USER airflow
 
 # 1. Locked third-party dependencies. Pinning apache-airflow on the same line (as the image's docs
 #    recommend) keeps pip from ever moving Airflow itself; uv.lock pins it to 3.3.2 as well.
-#    The image's own providers stay installed, and the stack needs packages of theirs that
-#    uv.lock does not hold: the celery provider + celery + redis (CeleryExecutor) and asyncpg
-#    (Airflow 3.3 opens an async engine on a postgresql:// metadata DB; postgres provider).
+#    The image's own providers stay installed. uv.lock holds the celery provider, celery (<5.7)
+#    and redis since issue 19; the stack still needs one package of the image's that uv.lock
+#    does not hold: asyncpg (Airflow 3.3 opens an async engine on a postgresql:// metadata DB).
 COPY --from=lock-export --chown=airflow:0 /tmp/requirements.txt /opt/batchloop/requirements.lock.txt
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" \
         -r /opt/batchloop/requirements.lock.txt
