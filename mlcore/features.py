@@ -29,7 +29,9 @@ from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, Materialization
 from mlcore.store.session import session_scope
 
-CHUNK_ROWS = 500_000  # rows engineered and written at a time: a materialize holds one chunk
+CHUNK_ROWS = 2_000_000  # rows engineered and written at a time: a materialize holds one chunk
+# (500k made the SQLite online write 1.6x slower per row at 10M: 20 key-sorted runs over the
+# whole table instead of 5; peak RSS 842 MiB then)
 
 
 @dataclass(frozen=True)
