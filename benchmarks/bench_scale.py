@@ -5,6 +5,8 @@ Not a test (no timed assertions in the test suite). Results go to BENCHMARKS.md.
     python benchmarks/bench_scale.py [--sizes 100000 1000000 10000000] [--stages ...]
                                      [--tolerance 1.5] [--threads 1] [--json OUT] [--quick]
     python benchmarks/bench_scale.py --render A.json B.json   # one table from several runs
+    python benchmarks/bench_scale.py --executor celery --workers 2 --sizes 100000 1000000
+        # the chain's stages as DAG runs on Celery workers, PostgreSQL stores (_scale_celery.py)
 
 Per size N: input synthesized by ``bench_ingest.write_input`` (real 2015-2018 rows resampled
 with replacement, unique ids, the row's survey year as event time: ``<year>-12-31``), a fresh
@@ -586,6 +588,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true",
                    help=f"smoke run: {QUICK_SIZES} rows, with --verify")
     p.add_argument("--check", action="store_true", help="exit 1 when a stage is not linear")
+    p.add_argument("--executor", choices=("local", "celery"), default="local",
+                   help="celery: the stages as DAG runs on Celery workers (_scale_celery.py)")
+    p.add_argument("--workers", type=int, default=2, help="Celery workers (--executor celery)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -607,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.sizes, args.champion, args.rounds = list(QUICK_SIZES), "logistic_regression", 1
         args.verify = True
+    if args.executor == "celery":
+        return run_celery(args)
     # At the largest size the one-piece join still fits (it is what is too big above that).
     args.verify_at = max((n for n in args.sizes if n <= VERIFY_MAX_ROWS and args.verify),
                          default=None)
@@ -644,6 +651,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
     return 1 if args.check and not ok else 0
+
+
+def run_celery(args: argparse.Namespace) -> int:
+    """``--executor celery``: each size through the DAGs on Celery workers (one round)."""
+    import _scale_celery
+
+    meta: dict[str, Any] = {"started": utc_now(), "code": code(), "executor": "celery",
+                            "workers": args.workers, "load_before": load()}
+    results: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-scale-celery-",
+                                     dir=work_parent(args.workdir)) as tmp:
+        work, base = Path(tmp), load_real()
+        for n in sorted(args.sizes):
+            log(f"{n:,} rows on {args.workers} Celery workers: synthesizing input ...")
+            src = write_input(work / f"input-{n}.parquet", n, base, seed=n)
+            results[n] = _scale_celery.run_size(n, src, work, args.workers, args.stage_timeout)
+    meta.update(ended=utc_now(), machine=machine("pyarrow"), load_after=load())
+    print(f"Run: {meta['started']} to {meta['ended']}; code {meta['code']}.\n"
+          f"Machine: {meta['machine']}; load before {meta['load_before']}, after "
+          f"{meta['load_after']}.\n")
+    print(_scale_celery.render(results, args.workers))
+    if args.json:
+        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    return 0 if all(r.get("ok") for rs in results.values() for r in rs.values()) else 1
 
 
 if __name__ == "__main__":

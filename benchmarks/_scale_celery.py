@@ -1,0 +1,186 @@
+"""``bench_scale.py --executor celery --workers N``: the scale curve's batch stages as real DAG
+runs on the CeleryExecutor (``tests/support/celery_stack.py``: scheduler, dag-processor,
+api-server, N Celery workers, a private Redis broker, PostgreSQL for Airflow, mlcore's store
+and Feast's registry + online store).
+
+Per size: the synthesized input (as the local curve), fresh PostgreSQL databases and a fresh
+stack; a logistic-regression champion seeded from the real 2015 rows through mlcore's API; then
+one REST trigger of ``ingest_batch`` and the Asset chain runs ingest -> materialize_features ->
+score_batch -> monitor_model by itself. Per stage: the DAG run's wall time (queued -> end), its
+stage task's time (TI start -> end), which worker ran it, and the peak RSS of that worker's
+process group sampled every 0.25 s while the task ran (the worker, its pool and the task: the
+busier worker's). The
+training-set retrieval stage needs a retrain run and is not measured here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from _common import ROOT, log
+from celery_stack import CeleryStack
+
+PG = urlsplit(os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"))
+PROBLEM = "census_employment"
+# (stage name in the local curve, DAG, the task doing the stage's work)
+CHAIN = (("ingest", "ingest_batch", "ingest_batch"),
+         ("features", "materialize_features", "materialize_batch"),
+         ("scoring", "score_batch", "score_batch"),
+         ("drift", "monitor_model", "detect_drift"))
+
+
+def _pg_url(database: str, scheme: str = "postgresql+psycopg2") -> str:
+    return urlunsplit(PG._replace(scheme=scheme, path=f"/{database}"))
+
+
+class GroupRss:
+    """Samples the RSS of every process in each worker's process group (``/proc``)."""
+
+    def __init__(self, stack: CeleryStack, every: float = 0.25) -> None:
+        self.stack, self.every = stack, every
+        self.samples: list[tuple[float, int, float]] = []  # (time, worker, MiB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> GroupRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while not self._stop.wait(self.every):
+            groups = {p.pid: i for i in range(self.stack.workers)
+                      if (p := self.stack.procs.get(f"worker{i}")) is not None}
+            totals = dict.fromkeys(groups.values(), 0.0)
+            for entry in Path("/proc").iterdir():
+                if not entry.name.isdigit():
+                    continue
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if (worker := groups.get(int(stat[2]))) is not None:
+                        totals[worker] += int(stat[21]) * page / 2**20
+                except (OSError, IndexError, ValueError):
+                    continue
+            now = time.time()
+            self.samples.extend((now, w, mib) for w, mib in totals.items())
+
+    def peak(self, worker: int | None, start: float, end: float) -> float | None:
+        got = [m for t, w, m in self.samples if (worker is None or w == worker)
+               and start <= t <= end]
+        return max(got) if got else None
+
+
+def _seed(settings: Any, spec: Any) -> int:
+    """A champion trained on the real 2015 rows (mlcore's API; no Airflow run, no events)."""
+    from mlcore.config import TrainConfig
+    from mlcore.datasets import build_dataset
+    from mlcore.feast.store import apply_definitions
+    from mlcore.features import materialize_batch
+    from mlcore.ingestion import ingest_batch
+    from mlcore.model.registry import move_alias
+    from mlcore.training import train_contender
+
+    apply_definitions(settings)
+    source = ROOT / "data" / "census_ma_employment" / "employment_2015.parquet"
+    ingest_batch(spec, str(source), "seed-2015", settings)
+    materialize_batch(spec, "seed-2015", settings)
+    model = train_contender(spec, build_dataset(spec, settings),
+                            TrainConfig(algorithm="logistic_regression"), settings)
+    move_alias(spec.name, expected=None, new=model.version, reason="benchmark seed",
+               url=settings.db_url, actor="bench")
+    return int(model.version)
+
+
+def _epoch(value: str | None) -> float | None:
+    from datetime import datetime
+
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+
+def run_size(n: int, src: Path, work: Path, workers: int, timeout: float) -> dict[str, Any]:
+    """The chain at ``n`` rows on a fresh Celery stack; {stage: figures}."""
+    from sqlalchemy import create_engine, text
+
+    from mlcore.config import Settings
+    from mlcore.problems import get_problem
+    from mlcore.store.session import get_engine, upgrade
+
+    home = work / f"celery-{n}"
+    dbs = {role: f"batchloop_{role}_{uuid.uuid4().hex[:8]}" for role in ("af", "ml", "feast")}
+    admin = create_engine(_pg_url("postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        for name in dbs.values():
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    mlcore_home, mlcore_url = home / "mlcore", _pg_url(dbs["ml"])
+    feast_env = {"FEAST_PG_HOST": PG.hostname or "127.0.0.1", "FEAST_PG_PORT": str(PG.port or 5432),
+                 "FEAST_PG_USER": PG.username or "postgres", "FEAST_PG_DATABASE": dbs["feast"],
+                 "FEAST_PG_PASSWORD": PG.password or "unused-trust-auth"}
+    feast_config = ROOT / "deploy" / "feature_store.postgres.yaml"
+    stack = CeleryStack(home, _pg_url(dbs["af"]), _pg_url(dbs["af"], "postgresql+psycopg"), {
+        **feast_env, "MLCORE_HOME": str(mlcore_home), "MLCORE_FEAST_CONFIG": str(feast_config),
+        "MLCORE_PROBLEMS_DIR": str(ROOT / "problems"),
+        "MLCORE_FEATURE_REPO": str(ROOT / "feature_repo"),
+        "AIRFLOW_CONN_MLCORE_DB": _pg_url(dbs["ml"], "postgresql"),
+        "MLCORE_REQUIRE_DATABASE": "true", "MLCORE_DATABASE_URL": None,
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+        "BATCHLOOP_START_PAUSED": "true", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1"},
+        workers=workers, dag_ids=tuple(f"{PROBLEM}__{dag}" for _, dag, _ in CHAIN))
+    out: dict[str, Any] = {}
+    try:
+        stack.start()
+        mlcore_home.mkdir(parents=True)
+        upgrade(mlcore_url)
+        settings = Settings(home=mlcore_home, database_url=mlcore_url, feast_config=feast_config,
+                            problems_dir=ROOT / "problems", feature_repo=ROOT / "feature_repo")
+        os.environ.update({**feast_env, "MLCORE_HOME": str(mlcore_home)})
+        _seed(settings, get_problem(PROBLEM, ROOT / "problems"))
+        stack.wait_ready(timeout=300)
+        for _, dag, _ in CHAIN[1:]:
+            stack.api(f"/dags/{PROBLEM}__{dag}", {"is_paused": False}, "PATCH")
+        with GroupRss(stack) as rss:
+            stack.trigger(f"{PROBLEM}__ingest_batch", {"batch_id": f"scale-{n}",
+                                                       "source": str(src)})
+            for stage, dag, task in CHAIN:
+                [run] = stack.finished(f"{PROBLEM}__{dag}", timeout)
+                dag_id, run_id = f"{PROBLEM}__{dag}", run["dag_run_id"]
+                ti = stack.api(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task}")
+                start, end = _epoch(ti.get("start_date")), _epoch(ti.get("end_date"))
+                out[stage] = {
+                    "ok": run["state"] == "success", "state": run["state"],
+                    "run_seconds": (_epoch(run["end_date"]) or 0) - (_epoch(run["queued_at"]) or 0),
+                    "seconds": (end or 0) - (start or 0),
+                    "peak_rss_mib": rss.peak(None, start or 0, end or 0)}
+                log(f"  celery {stage:9s} {out[stage]['seconds']:8.2f} s task, "
+                    f"{out[stage]['run_seconds']:8.2f} s run; peak worker RSS "
+                    f"{out[stage]['peak_rss_mib'] or 0:,.0f} MiB ({run['state']})")
+    finally:
+        stack.stop()
+        get_engine(mlcore_url).dispose()
+        with admin.connect() as conn:
+            for name in dbs.values():
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+    return out
+
+
+def render(results: dict[int, dict[str, Any]], workers: int) -> str:
+    lines = [f"CeleryExecutor, {workers} workers (one task each at a time), PostgreSQL stores:",
+             "", "| stage | rows | task seconds | run seconds (queued -> end) | rows/s (task) "
+             "| peak RSS of a worker's process group MiB |", "|---|---:|---:|---:|---:|---:|"]
+    for n in sorted(results):
+        for stage, r in results[n].items():
+            rate = n / r["seconds"] if r.get("seconds") else 0
+            lines.append(f"| {stage} | {n:,} | {r['seconds']:.2f} | {r['run_seconds']:.2f} | "
+                         f"{rate:,.0f} | {r['peak_rss_mib'] or 0:,.0f} |")
+    return "\n".join(lines)
