@@ -9,13 +9,16 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from mlcore.feast.retrieval import historical_features
 from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
 from mlcore.store.catalog import get_batch
-from tests.conftest import ROOT
 
+# Not `from tests.conftest import ROOT`: that imports conftest a second time, which re-runs its
+# environment set-up (a new, empty AIRFLOW_HOME and metadata DB for every later subprocess).
+ROOT = Path(__file__).resolve().parents[2]
 
 def _materialize_in_child(settings, batch_id: str, failpoint: str) -> int:
     code = ("from mlcore.config import Settings; from mlcore.problems import get_problem; "

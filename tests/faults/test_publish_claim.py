@@ -22,7 +22,10 @@ from sqlalchemy import create_engine, text
 
 from mlcore.ingestion import ClaimLost, _finish, _stage
 from mlcore.store.session import get_engine, upgrade
-from tests.conftest import ROOT
+
+# Not `from tests.conftest import ROOT`: that imports conftest a second time, which re-runs its
+# environment set-up (a new, empty AIRFLOW_HOME and metadata DB for every later subprocess).
+ROOT = Path(__file__).resolve().parents[2]
 
 CHILD = """
 import json, os, sys, time
