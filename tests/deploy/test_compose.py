@@ -33,6 +33,10 @@ SENTINELS = {
     "AIRFLOW_FERNET_KEY": "sentinel-fernet-3b9e",
     "AIRFLOW_JWT_SECRET": "sentinel-jwt-3b9e",
     "AIRFLOW_API_SECRET_KEY": "sentinel-api-3b9e",
+    "MINIO_ROOT_USER": "sentinel-minio-root-3b9e",
+    "MINIO_ROOT_PASSWORD": "sentinel-minio-pw-3b9e",
+    "BATCHLOOP_S3_ACCESS_KEY_ID": "sentinel-s3-id-3b9e",
+    "BATCHLOOP_S3_SECRET_ACCESS_KEY": "sentinel-s3-secret-3b9e",
 }
 AIRFLOW_SERVICES = {"airflow-init", "airflow-apiserver", "airflow-scheduler",
                     "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
@@ -43,10 +47,14 @@ PROBLEMS = sorted(yaml.safe_load(f.read_text())["name"]
 STREAM_SERVICES = {f"stream-{p.replace('_', '-')}": p for p in PROBLEMS}
 SECRET_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN|_KEY)$")
 # Values that must never be a setting's literal value, whatever its name.
-DENYLIST = {"password", "passwd", "secret", "changeme", "change-me", "admin", "letmein"}
+DENYLIST = {"password", "passwd", "secret", "changeme", "change-me", "admin", "letmein",
+            "minioadmin", "minio123"}
 MLCORE_ENV = {"MLCORE_HOME": "/opt/batchloop/state",
               "MLCORE_PROBLEMS_DIR": "/opt/batchloop/problems",
               "MLCORE_FEATURE_REPO": "/opt/batchloop/feature_repo"}
+# MinIO: a RELEASE tag (never latest/edge); quay.io since Docker Hub dropped the minio org.
+MINIO_IMAGE = re.compile(r"(quay\.io/)?minio/(minio|mc):RELEASE\.\d{4}-\d\d-\d\dT\d\d-\d\d-\d\dZ")
+S3_ENDPOINT = "http://minio:9000"
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +115,10 @@ def test_env_example_is_complete_and_obviously_dev(compose_bin: str, workdir: Pa
     values = dict(line.split("=", 1) for line in example.read_text().splitlines()
                   if line and not line.startswith("#"))
     assert set(SENTINELS) <= set(values)
+    code = "\n".join(ln for ln in COMPOSE_FILE.read_text().splitlines()
+                     if not ln.lstrip().startswith("#"))
+    required = set(re.findall(r"\$\{([A-Z0-9_]+):\?", code))  # what compose refuses without
+    assert required == set(SENTINELS), required ^ set(SENTINELS)
     for name in SENTINELS:
         shown = values[name]
         if name == "AIRFLOW_FERNET_KEY":
@@ -136,12 +148,14 @@ def test_broken_copy_is_rejected(compose_bin: str, workdir: Path, tmp_path: Path
 # --- (c) what the resolved stack contains -----------------------------------------------------
 
 def test_expected_services(config: dict[str, Any]) -> None:
-    assert set(config["services"]) == {"postgres", "redis"} | AIRFLOW_SERVICES | \
-        set(STREAM_SERVICES)
+    assert set(config["services"]) == {"postgres", "redis", "minio", "minio-init"} | \
+        AIRFLOW_SERVICES | set(STREAM_SERVICES)
     assert config["services"]["postgres"]["image"] == "postgres:15"
     assert config["services"]["redis"]["image"].startswith("redis:7")
-    for name in ("postgres", "redis"):
+    for name in ("postgres", "redis", "minio"):
         assert config["services"][name]["healthcheck"]["test"][0] in {"CMD", "CMD-SHELL"}
+        assert config["services"][name]["restart"] == "unless-stopped", name
+    for name in ("postgres", "redis", "minio", "minio-init"):
         assert "ports" not in config["services"][name], f"{name} must not be published"
 
 
@@ -209,12 +223,16 @@ def test_start_order(config: dict[str, Any]) -> None:
     for name in AIRFLOW_SERVICES:
         deps = {d: c["condition"] for d, c in services[name]["depends_on"].items()}
         assert deps["postgres"] == deps["redis"] == "service_healthy", name
+        assert deps["minio-init"] == "service_completed_successfully", name
         if name in LONG_RUNNING:
             assert deps["airflow-init"] == "service_completed_successfully", name
             assert services[name]["restart"] == "unless-stopped", name
             assert services[name]["healthcheck"]["test"], name
     assert services["airflow-worker"]["depends_on"]["airflow-apiserver"]["condition"] == \
         "service_healthy"
+    # minio -> minio-init -> airflow-init: the bucket and its user exist before anything runs.
+    assert services["minio-init"]["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert services["minio-init"]["restart"] == "no"
     init_cmd = " ".join(services["airflow-init"]["command"])
     assert "airflow db migrate" in init_cmd and "mlcore init" in init_cmd
     assert services["airflow-init"]["restart"] == "no"
@@ -241,8 +259,8 @@ def test_no_literal_secrets(config: dict[str, Any]) -> None:
     envs = [s.get("environment") or {} for s in model["services"].values()]
     for env in [model["x-airflow-common"]["environment"], *envs]:
         for key, value in env.items():
-            if SECRET_KEY.search(key):
-                assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]+\}", str(value)), (key, value)
+            if SECRET_KEY.search(key) or key in {"AWS_ACCESS_KEY_ID", "MINIO_ROOT_USER"}:
+                assert re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]+\}", str(value)), (key, value)
 
 
 def test_redis_persists_appendonly(config: dict[str, Any]) -> None:
@@ -286,10 +304,97 @@ def test_stream_service(config: dict[str, Any], service: str) -> None:
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"].startswith("/opt/airflow/auth/")
     deps = {d: c["condition"] for d, c in svc["depends_on"].items()}
     assert deps == {"postgres": "service_healthy", "redis": "service_healthy",
+                    "minio-init": "service_completed_successfully",
                     "airflow-init": "service_completed_successfully",
                     "airflow-apiserver": "service_healthy"}
     assert svc["restart"] == "unless-stopped" and "ports" not in svc
     assert "mlcore stream status" in " ".join(svc["healthcheck"]["test"])
+
+
+# --- MinIO: the object store for MLCORE_HOME=s3://... ------------------------------------------
+
+def test_minio_server(config: dict[str, Any]) -> None:
+    """Pinned image, `server /data` on a named volume, the health check `mc` answers in that
+    image, root credentials only from the environment, the clients' region."""
+    minio = config["services"]["minio"]
+    assert MINIO_IMAGE.fullmatch(minio["image"]) and "/minio:" in minio["image"], minio["image"]
+    assert minio["command"][:2] == ["server", "/data"]
+    data = {v["target"]: v for v in minio["volumes"]}["/data"]
+    assert (data["type"], data["source"]) == ("volume", "minio-data")
+    assert "minio-data" in config["volumes"]
+    assert minio["healthcheck"]["test"] == ["CMD", "mc", "ready", "local"]
+    env = minio["environment"]
+    assert (env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]) == \
+        (SENTINELS["MINIO_ROOT_USER"], SENTINELS["MINIO_ROOT_PASSWORD"])
+    assert env["MINIO_SITE_REGION"] == env_of(config, "airflow-worker")["AWS_REGION"]
+
+
+def test_minio_init_makes_the_bucket_and_its_user(config: dict[str, Any]) -> None:
+    """One-shot `mc`: the bucket (idempotent), a policy on that bucket only, the user the
+    Airflow services sign with; its credentials are the ones they get."""
+    init = config["services"]["minio-init"]
+    assert MINIO_IMAGE.fullmatch(init["image"]) and "/mc:" in init["image"], init["image"]
+    env = init["environment"]
+    script = " ".join(init["command"]).replace("$$", "$")
+    assert init["entrypoint"] == ["/bin/sh", "-c"] and script.startswith("set -eu;")
+    assert "mc alias set batchloop http://minio:9000 " \
+        '"${MINIO_ROOT_USER}" "${MINIO_ROOT_PASSWORD}"' in script
+    assert re.search(r'mc mb --ignore-existing .*"batchloop/\$\{BATCHLOOP_S3_BUCKET\}"', script)
+    policy_file = {c["source"]: c["target"] for c in init["configs"]}["minio-bucket-policy"]
+    assert f"mc admin policy create batchloop batchloop-bucket {policy_file}" in script
+    assert 'mc admin user add batchloop "${BATCHLOOP_S3_ACCESS_KEY_ID}" ' \
+        '"${BATCHLOOP_S3_SECRET_ACCESS_KEY}"' in script
+    assert re.search(r'mc admin policy attach batchloop batchloop-bucket --user '
+                     r'"\$\{BATCHLOOP_S3_ACCESS_KEY_ID\}".*\*"already in effect"\*\) ;;', script)
+    assert (env["MINIO_ROOT_USER"], env["MINIO_ROOT_PASSWORD"]) == \
+        (SENTINELS["MINIO_ROOT_USER"], SENTINELS["MINIO_ROOT_PASSWORD"])
+    worker = env_of(config, "airflow-worker")
+    assert (env["BATCHLOOP_S3_ACCESS_KEY_ID"], env["BATCHLOOP_S3_SECRET_ACCESS_KEY"]) == \
+        (worker["AWS_ACCESS_KEY_ID"], worker["AWS_SECRET_ACCESS_KEY"])
+    assert env["AWS_REGION"] == worker["AWS_REGION"]
+    # The policy: everything on the bucket and its objects, nothing on any other resource.
+    policy = json.loads(config["configs"]["minio-bucket-policy"]["content"])
+    bucket = env["BATCHLOOP_S3_BUCKET"]
+    [statement] = policy["Statement"]
+    assert statement["Effect"] == "Allow" and statement["Action"] == ["s3:*"]
+    assert sorted(statement["Resource"]) == [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"]
+
+
+def test_every_service_reaches_minio_without_a_literal_secret(config: dict[str, Any]) -> None:
+    """Endpoint, region and the bucket user's credential *variables* in every Airflow and stream
+    service; never MinIO's root user."""
+    for name in AIRFLOW_SERVICES | set(STREAM_SERVICES):
+        env = env_of(config, name)
+        assert env["MLCORE_S3_ENDPOINT_URL"] == S3_ENDPOINT, name
+        endpoint = urlsplit(env["MLCORE_S3_ENDPOINT_URL"])
+        assert endpoint.hostname in config["services"] and endpoint.port == 9000, name
+        assert env["AWS_REGION"], name
+        assert env["AWS_ACCESS_KEY_ID"] == SENTINELS["BATCHLOOP_S3_ACCESS_KEY_ID"], name
+        assert env["AWS_SECRET_ACCESS_KEY"] == SENTINELS["BATCHLOOP_S3_SECRET_ACCESS_KEY"], name
+        assert not {k for k in env if k.startswith("MINIO_")}, name
+        assert SENTINELS["MINIO_ROOT_PASSWORD"] not in env.values(), name
+
+
+def test_mlcore_home_switches_to_s3_alone(compose_bin: str, workdir: Path,
+                                          config: dict[str, Any]) -> None:
+    """MLCORE_HOME=s3://<bucket>/<prefix> in .env changes MLCORE_HOME in every Airflow and stream
+    service and nothing else; the example's bucket is the one minio-init makes."""
+    example = (DEPLOY / ".env.example").read_text()
+    line = re.search(r"^# MLCORE_HOME=(s3://\S+)$", example, re.M)
+    assert line, "deploy/.env.example documents the s3:// MLCORE_HOME"
+    home = line.group(1)
+    assert urlsplit(home).hostname == config["services"]["minio-init"]["environment"][
+        "BATCHLOOP_S3_BUCKET"]
+    env_file = workdir / "s3-home.env"
+    env_file.write_text(f"MLCORE_HOME={home}\n")
+    proc = run_compose(compose_bin, workdir, "config", "--format", "json", env_file=env_file)
+    assert proc.returncode == 0, proc.stderr
+    switched = json.loads(proc.stdout)
+    for name in AIRFLOW_SERVICES | set(STREAM_SERVICES):
+        assert env_of(switched, name)["MLCORE_HOME"] == home, name
+        env_of(switched, name)["MLCORE_HOME"] = env_of(config, name)["MLCORE_HOME"]
+    for key in ("services", "volumes", "configs"):  # not the x- anchors (merged in already)
+        assert switched[key] == config[key], key
 
 
 # --- (d) the image ------------------------------------------------------------------------------
