@@ -1,13 +1,24 @@
-"""Deployment settings (``MLCORE_*`` env) and the frozen per-stage run configs built from Params."""
+"""Deployment settings (``MLCORE_*`` env) and the frozen per-stage run configs built from Params.
+
+``MLCORE_HOME`` is a folder (the embedded default) or ``s3://bucket/prefix``. ``Settings``
+keeps it as given in ``home_uri``; ``store_home()`` is the storage layer over it
+(``mlcore.objstore.Home``, both kinds), and ``home`` the local folder as a ``Path`` for the
+stages that still write local paths. On an object-storage home ``home`` raises
+``NotOnObjectStorage`` naming the calling module (never a folder literally named ``s3:``);
+ingest runs there through ``store_home()``.
+"""
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from mlcore.objstore import Home
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,12 +33,27 @@ class StoreNotConfigured(ValueError):
     """The production profile requires a named metadata store and none is set."""
 
 
+class NotOnObjectStorage(RuntimeError):
+    """A stage that writes local paths ran with ``MLCORE_HOME`` on object storage."""
+
+
+def _caller() -> str:
+    """The module that asked ``Settings`` for a local path (for the error: which stage)."""
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    return str(frame.f_globals.get("__name__", "?"))
+
+
 class Settings(BaseSettings):
     """Where Batchloop keeps its state. Read at run time, never at import."""
 
-    model_config = SettingsConfigDict(env_prefix="MLCORE_", frozen=True)
+    model_config = SettingsConfigDict(env_prefix="MLCORE_", frozen=True, populate_by_name=True)
 
-    home: Path = Field(default_factory=lambda: Path.cwd() / ".mlcore")
+    # MLCORE_HOME as given (``Settings(home=...)`` too): a folder, or s3://bucket/prefix
+    # (normalized; another scheme or credentials in the URI are refused).
+    home_uri: str = Field(default_factory=lambda: str(Path.cwd() / ".mlcore"),
+                          validation_alias="MLCORE_HOME")
     database_url: str | None = None
     # The production profile: the metadata store must be named (MLCORE_DATABASE_URL, or in a
     # DAG task the Airflow Connection ``mlcore_db``); never the private SQLite under ``home``
@@ -54,6 +80,44 @@ class Settings(BaseSettings):
     # backlog sweep then nudges the batch). Credentials: MLCORE_AIRFLOW_USER/_PASSWORD in the
     # environment, never in settings output.
     airflow_url: str | None = None
+    _store: Home | None = PrivateAttr(default=None)
+
+    def __init__(self, home: str | Path | None = None, **values: Any) -> None:
+        if home is not None:  # the field is ``home_uri``; ``home`` stays the keyword
+            values["home_uri"] = home
+        super().__init__(**values)
+
+    @field_validator("home_uri", mode="before")
+    @classmethod
+    def _home_uri(cls, value: Any) -> str:
+        text = str(value)  # a Path of an S3 URI reads "s3:/bucket/..."; Home.of mends it
+        if "://" not in text and not text.startswith("s3:/"):
+            return str(Path(text))  # a folder: exactly as a Path setting made it
+        return Home.of(text).uri()
+
+    @property
+    def home_is_local(self) -> bool:
+        """Is ``MLCORE_HOME`` a folder (not object storage)?"""
+        return not self.home_uri.startswith("s3://")
+
+    @property
+    def home(self) -> Path:
+        """The home folder, for stages that write local paths.
+
+        Raises:
+            NotOnObjectStorage: ``MLCORE_HOME`` is ``s3://...``; names the calling module.
+        """
+        if self.home_is_local:
+            return Path(self.home_uri)
+        raise NotOnObjectStorage(
+            f"not supported yet on object storage: {_caller()} (MLCORE_HOME is "
+            f"{self.home_uri}; ingest runs there, this stage still needs a local folder)")
+
+    def store_home(self) -> Home:
+        """The storage layer over ``MLCORE_HOME`` (a folder or S3), one per settings object."""
+        if self._store is None:
+            self._store = Home.of(self.home_uri)
+        return self._store
 
     @field_validator("feast_config", "airflow_url", mode="before")
     @classmethod
@@ -80,8 +144,13 @@ class Settings(BaseSettings):
                 "MLCORE_REQUIRE_DATABASE is set but no metadata store is named: set "
                 "MLCORE_DATABASE_URL (or, in Airflow tasks, the mlcore_db connection); the "
                 "SQLite fallback under MLCORE_HOME is refused")
+        if not self.database_url and not self.home_is_local:
+            raise StoreNotConfigured(
+                f"MLCORE_HOME is on object storage ({self.home_uri}): name the metadata store "
+                "(MLCORE_DATABASE_URL, or in Airflow tasks the mlcore_db connection); the SQLite "
+                "fallback cannot live in a bucket")
         url = self.database_url or f"sqlite:///{self.home / 'mlcore.db'}"
-        _HOMES[url] = self.home
+        _HOMES[url] = self.home if self.home_is_local else None
         return url
 
     def partition(self, area: str, problem: str, batch_id: str | None = None) -> Path:
@@ -89,14 +158,23 @@ class Settings(BaseSettings):
         path = self.home / area / f"problem={problem}"
         return path / f"batch={batch_id}" if batch_id is not None else path
 
+    def partition_uri(self, area: str, problem: str, batch_id: str | None = None) -> str:
+        """``partition`` as a URI of ``store_home()`` (a folder or S3)."""
+        tail = [f"batch={batch_id}"] if batch_id is not None else []
+        return self.store_home().uri(area, f"problem={problem}", *tail)
 
-_HOMES: dict[str, Path] = {}
+
+_HOMES: dict[str, Path | None] = {}
 
 
-def home_of(url: str) -> Path:
-    """The ``MLCORE_HOME`` the store at ``url`` keeps its paths relative to: the home of the
-    settings that last handed out this URL in this process, else the process settings' home."""
-    return _HOMES.get(url) or get_settings().home
+def home_of(url: str) -> Path | None:
+    """The ``MLCORE_HOME`` folder the store at ``url`` keeps its paths relative to: the home of
+    the settings that last handed out this URL in this process, else the process settings'
+    home; None for an object-storage home (its URIs are stored whole)."""
+    if url in _HOMES:
+        return _HOMES[url]
+    settings = get_settings()
+    return settings.home if settings.home_is_local else None
 
 
 @cache

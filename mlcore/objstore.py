@@ -1,16 +1,15 @@
 """One storage layer for ``MLCORE_HOME``: a local folder (the default) or ``s3://bucket/prefix``,
 over fsspec (s3fs) and pyarrow. Credentials come only from the environment / the boto chain:
 a ``Home`` holds its URI (``repr``: nothing secret), errors name the URI and are scrubbed of
-credential values. Endpoint: ``MLCORE_S3_ENDPOINT_URL``, else ``AWS_ENDPOINT_URL_S3`` /
-``AWS_ENDPOINT_URL``; waits bounded by ``MLCORE_S3_CONNECT_TIMEOUT`` / ``_READ_TIMEOUT`` /
-``_MAX_ATTEMPTS`` (a dead endpoint fails a call in seconds).
+credential values. The S3 clients (endpoint, bounded waits) are ``mlcore.s3_client``'s.
 
-``Home.publish`` is atomic on both: locally a staging dir renamed onto the partition (today's
-protocol); on S3 (no rename) the files go under ``<home>/.attempts/<partition's path>/<uuid>/``
-and the caller commits that location and the record in the database. Readers follow committed
-locations only; nothing is written under the partition's own prefix, so a directory-wide read
-(Feast's dask reader also reads ``.`` folders) never meets an uncommitted attempt;
-``sweep_attempts`` removes those. s3fs/pyarrow load on first use.
+``Home.publish`` (or ``Home.attempt`` then ``Attempt.finish``) is atomic on both: locally a
+staging dir renamed onto the partition (today's protocol); on S3 (no rename) the files go under
+``<home>/.attempts/<partition's path>/<uuid>/`` and the caller commits that location and the
+record in the database (``mlcore.ingest_publish``: with the batch's manifest). Readers follow
+committed locations only; nothing is written under the partition's own prefix, so a
+directory-wide read (Feast's dask reader also reads ``.`` folders) never meets an uncommitted
+attempt; ``sweep_attempts`` removes those. s3fs/pyarrow load on first use.
 """
 
 from __future__ import annotations
@@ -27,62 +26,18 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
+from mlcore.s3_client import endpoint_url, pyarrow_s3, s3_filesystem, scrub
+
 if TYPE_CHECKING:
     import pyarrow.fs
     from fsspec import AbstractFileSystem
 
 FileSet = dict[str, dict[str, Any]]  # {relative name: {"rows"?, "bytes", "sha256"}}
-ENDPOINT_VARS = ("MLCORE_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
-SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID")
 ATTEMPTS, CHUNK = ".attempts", 1 << 20
-BOUNDS = {"CONNECT_TIMEOUT": 5.0, "READ_TIMEOUT": 60.0, "MAX_ATTEMPTS": 2.0}
 
 
 class StorageError(OSError):
     """A storage call failed: names the operation and the URI, never a credential."""
-
-
-def _bound(name: str) -> float:
-    """``MLCORE_S3_<name>`` of the environment, else its default in ``BOUNDS``."""
-    return float(os.environ.get(f"MLCORE_S3_{name}") or BOUNDS[name])
-
-
-def endpoint_url() -> str | None:
-    """The S3 endpoint of the environment (None: AWS itself)."""
-    return next((os.environ[v] for v in ENDPOINT_VARS if os.environ.get(v)), None)
-
-
-def _region() -> str:
-    return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-
-
-def _scrub(text: str) -> str:
-    """``text`` with every credential value of the environment masked."""
-    for value in filter(lambda v: len(v) >= 4, (os.environ.get(v, "") for v in SECRET_VARS)):
-        text = text.replace(value, "***")
-    return text
-
-
-def _s3_fs() -> AbstractFileSystem:
-    """s3fs with the endpoint and bounds of the environment; a fresh instance (fsspec's cache
-    would hand back one built with another environment's credentials)."""
-    import s3fs
-    from aiobotocore.session import AioSession
-    from botocore.handlers import add_expect_header
-
-    session = AioSession()
-    # No "Expect: 100-continue" on uploads: aiohttp's read timeout does not fire while it waits
-    # for the continue, so a silent endpoint would hang every write.
-    session.unregister("before-call.s3", add_expect_header)
-    tries = int(_bound("MAX_ATTEMPTS"))
-    fs = s3fs.S3FileSystem(
-        endpoint_url=endpoint_url(), session=session, skip_instance_cache=True,
-        use_listings_cache=False, client_kwargs={"region_name": _region()},
-        config_kwargs={"connect_timeout": _bound("CONNECT_TIMEOUT"),
-                       "read_timeout": _bound("READ_TIMEOUT"),
-                       "retries": {"max_attempts": tries, "mode": "standard"}})
-    fs.retries = tries  # s3fs's own loop retries on top of botocore's
-    return fs
 
 
 class Home:
@@ -145,7 +100,7 @@ class Home:
 
                 self._fs = fsspec.filesystem("file")
             else:
-                self._fs = _s3_fs()
+                self._fs = s3_filesystem()
         return self._fs
 
     def pyarrow_filesystem(self, native: bool = True) -> pyarrow.fs.FileSystem:
@@ -159,13 +114,7 @@ class Home:
             elif not native:
                 self._pafs[native] = pafs.PyFileSystem(pafs.FSSpecHandler(self.filesystem))
             else:
-                ep = urlsplit(endpoint_url() or "")
-                extra = {"endpoint_override": ep.netloc, "scheme": ep.scheme} if ep.netloc else {}
-                self._pafs[native] = pafs.S3FileSystem(
-                    region=_region(), allow_bucket_creation=False, request_timeout=_bound(
-                        "READ_TIMEOUT"), connect_timeout=_bound("CONNECT_TIMEOUT"),
-                    retry_strategy=pafs.AwsStandardS3RetryStrategy(int(_bound("MAX_ATTEMPTS"))),
-                    **extra)
+                self._pafs[native] = pyarrow_s3()
         return self._pafs[native]
 
     @contextlib.contextmanager
@@ -177,7 +126,7 @@ class Home:
             raise
         except Exception as exc:
             text = f"{type(exc).__name__}: {exc}"
-            clean, ep = _scrub(text), None if self.is_local else endpoint_url()
+            clean, ep = scrub(text), None if self.is_local else endpoint_url()
             where = f" at endpoint {ep}" if ep else ""
             err = StorageError(getattr(exc, "errno", None), f"{what} {uri} failed{where} ({clean})")
             raise err from (exc if clean == text else None)
@@ -275,29 +224,30 @@ class Home:
             out[name] = {**rec, "bytes": size, "sha256": sha}
         return out
 
-    @contextlib.contextmanager
-    def publish(self, partition: str, parquet_only: bool = True) -> Iterator[Attempt]:
-        """Yield an ``Attempt`` to write the partition into; on a clean exit its ``record`` is
-        set and ``location`` is what to commit. Local: a staging dir renamed onto ``partition``
-        (which must not exist: sweep first); S3: ``<home>/.attempts/<partition>/<uuid>/``.
-        On an error what the attempt wrote is removed and the error re-raised."""
-        part, tag = partition.rstrip("/"), uuid.uuid4().hex
+    def attempt(self, partition: str, tag: str | None = None) -> Attempt:
+        """A new publish attempt of ``partition`` to write into (local: a staging dir made
+        beside it; S3: ``<home>/.attempts/<partition>/<tag>/``). ``tag`` (default a new UUID)
+        pairs the attempts of one publish (e.g. a batch's curated files and raw copy)."""
+        part, tag = partition.rstrip("/"), tag or uuid.uuid4().hex
         where = f"{self._attempts_of(part)}/{tag}" if not self.is_local else posixpath.join(
             posixpath.dirname(part), f".staging-{posixpath.basename(part)}-{tag[:8]}")
-        attempt = Attempt(self, part, where)
+        if self.is_local:
+            with self._errors("creating the staging dir for", part):
+                Path(where).mkdir(parents=True)
+        return Attempt(self, part, where, tag)
+
+    @contextlib.contextmanager
+    def publish(self, partition: str, parquet_only: bool = True,
+                tag: str | None = None) -> Iterator[Attempt]:
+        """``attempt`` as a block: on a clean exit it is finished (``record`` and ``location``,
+        what to commit, set; local: renamed onto ``partition``, which must not exist: sweep
+        first); on an error what it wrote is removed and the error re-raised."""
+        attempt = self.attempt(partition, tag)
         try:
-            if self.is_local:
-                with self._errors("creating the staging dir for", part):
-                    Path(where).mkdir(parents=True)
             yield attempt
-            attempt.record = self.record(where, parquet_only, attempt.known)
-            if self.is_local:
-                with self._errors("renaming the staging dir onto", part):
-                    os.replace(where, part)
-            attempt.location = part if self.is_local else where
+            attempt.finish(parquet_only)
         except BaseException:
-            with contextlib.suppress(Exception):
-                self.rm(where, recursive=True)
+            attempt.discard()
             raise
 
     def _attempts_of(self, part: str) -> str:
@@ -334,9 +284,25 @@ class Attempt:
     home: Home
     partition: str
     write_to: str
+    tag: str = ""
     location: str = ""
     record: FileSet = field(default_factory=dict)
     known: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    def finish(self, parquet_only: bool = True) -> None:
+        """Record what was written (``record``); local: rename the staging dir onto the
+        partition. Sets ``location``: what to commit (S3: the attempt's own folder)."""
+        home = self.home
+        self.record = home.record(self.write_to, parquet_only, self.known)
+        if home.is_local:
+            with home._errors("renaming the staging dir onto", self.partition):
+                os.replace(self.write_to, self.partition)
+        self.location = self.partition if home.is_local else self.write_to
+
+    def discard(self) -> None:
+        """Remove what the attempt wrote (finished locally: its partition); best effort."""
+        with contextlib.suppress(Exception):
+            self.home.rm(self.location or self.write_to, recursive=True)
 
     def uri(self, *parts: str) -> str:
         """Where a file of the attempt goes (for pyarrow: ``home.path(attempt.uri(...))``)."""

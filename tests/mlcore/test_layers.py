@@ -19,7 +19,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 FOUNDATION = {"config", "problems", "spec_columns", "spec_rules", "batches", "errors",
-              "provenance", "locks", "columns"}
+              "provenance", "locks", "columns", "objstore", "s3_client"}
 WINGS = {"data": 1, "stream": 1, "feast": 2, "model": 2, "reports": 3}
 STAGE_RANK = 4
 

@@ -209,9 +209,12 @@ def test_a_bad_endpoint_fails_fast_naming_the_uri(s3_env: S3Server, blackhole: s
 
 
 def test_an_s3_home_from_settings_and_bad_uris() -> None:
-    settings = Settings(home="s3://bucket/some/prefix")  # type: ignore[arg-type]
-    assert str(settings.home) == "s3:/bucket/some/prefix"  # what a Path setting makes of it
-    home = Home.of(settings.home)
+    settings = Settings(home="s3://bucket/some/prefix/")
+    assert settings.home_uri == "s3://bucket/some/prefix" and not settings.home_is_local
+    assert Settings(home=Path("s3://bucket/some/prefix")).home_uri == settings.home_uri
+    home = settings.store_home()
+    assert home is settings.store_home() and Home.of(Path("s3://bucket/some/prefix")).uri() == \
+        home.uri()
     assert home.uri("curated", "problem=p") == "s3://bucket/some/prefix/curated/problem=p"
     assert home.path(home.uri("x")) == "bucket/some/prefix/x"
     assert Home.of("/tmp/h/").uri("a") == "/tmp/h/a" and Home.of("file:///tmp/h").is_local
