@@ -6,16 +6,18 @@ Publishing protocol (a crash at any step leaves nothing half-visible; a re-run p
    it holds across hosts): same ID + same content already published -> no-op; different
    content -> ``BatchConflict``; then under the problem's store lock (one publishing ingest
    per problem): the same file published under another ID -> ``BatchConflict``;
-2. manifest row ``staged`` with a fresh claim token; leftovers of crashed runs (staging dirs)
-   are removed;
-3. the file is streamed in row-group chunks: validated, curated and written to a staging dir;
+2. manifest row ``staged`` with a fresh claim token; leftovers of crashed runs (staging dirs,
+   on object storage uncommitted attempts) are removed;
+3. the file is streamed in row-group chunks: validated, curated and written to a staging dir
+   (on object storage: an attempt under ``<home>/.attempts``, ``mlcore.ingest_publish``);
    a row whose (key, event time) another published batch holds is quarantined under
    ``duplicate_in_published_batch`` unless the spec declares ``corrections: supersede``;
 4. the decision: rejected (recorded with every reason, staging removed) or
-5. rename staging -> ``curated/problem=<p>/batch=<id>``, then one transaction marks the manifest
-   ``published`` (compare-and-set on the claim token: a writer whose claim was taken over
-   commits nothing, ``ClaimLost``) and stores the quarantined rows. Readers only follow
-   published manifests.
+5. rename staging -> ``curated/problem=<p>/batch=<id>`` (object storage: no rename, the
+   attempt's location is what is committed), then one transaction marks the manifest
+   ``published`` with its ``curated_uri`` (compare-and-set on the claim token: a writer whose
+   claim was taken over commits nothing, ``ClaimLost``) and stores the quarantined rows.
+   Readers only follow published manifests.
 Any other error (disk full, I/O) removes the staging dirs and marks the manifest ``failed``
 with the cause; a re-run restages from step 2.
 
@@ -28,12 +30,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
 import uuid
 from contextlib import AbstractContextManager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,8 +45,7 @@ from mlcore.batches import BatchConflict, BatchRejected, check_batch_id, sha256_
 from mlcore.columns import label_key
 from mlcore.config import Settings
 from mlcore.data.curation import declared_and_found, stream
-from mlcore.data.integrity import FileSet, fingerprint
-from mlcore.data.io import RawFile, clear_staging, source_path, staging_dir
+from mlcore.data.io import RawFile, source_path
 from mlcore.data.target_coding import (
     ClassesUnknown,
     TargetCoder,
@@ -55,8 +54,9 @@ from mlcore.data.target_coding import (
     target_coder,
 )
 from mlcore.data.validation import check_columns, rejection_reasons
+from mlcore.ingest_publish import CURATED_FILE, Target, publish_target
 from mlcore.problems import ProblemSpec
-from mlcore.provenance import code_version, failpoint
+from mlcore.provenance import code_version
 from mlcore.store.catalog import find_batch, published_batches, published_with_sha
 from mlcore.store.claims import store_lock
 from mlcore.store.models import Batch, QuarantinedRow, utcnow
@@ -213,14 +213,11 @@ def ingest_batch(spec: ProblemSpec, source: str, batch_id: str, settings: Settin
             return done
         with problem_lock(settings, spec.name):
             _same_file(spec.name, batch_id, raw, sha, settings.db_url)
-            curated = settings.partition("curated", spec.name, batch_id)
-            raw_dir = settings.partition("raw", spec.name, batch_id)
-            clear_staging(curated)
-            clear_staging(raw_dir)
+            target = publish_target(settings, spec.name, batch_id)
             claim = _stage(spec, batch_id, {"source_uri": raw.as_uri(), "sha256": sha},
                            settings.db_url)
-            return _validate_and_publish(spec, batch_id, claim, raw, (curated, raw_dir),
-                                         settings, now or datetime.now(UTC))
+            return _validate_and_publish(spec, batch_id, claim, raw, target, settings,
+                                         now or datetime.now(UTC))
 
 
 class BatchStorageError(OSError):
@@ -229,23 +226,8 @@ class BatchStorageError(OSError):
     ``BatchError`` on purpose: freeing space and retrying helps (Airflow retries it)."""
 
 
-@dataclass
-class _Attempt:
-    """What a publish attempt has written so far and is doing (to clean up and to explain)."""
-
-    claim: str = ""  # the manifest's claim token this attempt holds
-    made: list[Path] = field(default_factory=list)  # staging dirs, then moved final dirs
-    step: str = "staging"
-    path: Path | None = None
-    committing: bool = False  # the publish transaction started: leave the final dirs
-
-    def at(self, step: str, path: Path) -> None:
-        self.step, self.path = step, path
-
-
 def _validate_and_publish(spec: ProblemSpec, batch_id: str, claim: str, raw: Path,
-                          dirs: tuple[Path, Path], settings: Settings,
-                          now: datetime) -> Manifest:
+                          target: Target, settings: Settings, now: datetime) -> Manifest:
     """Validate, stage and publish; on any failure but a rejection: staging removed, manifest
     ``failed`` with the cause, and the error names the batch and the path.
 
@@ -253,22 +235,22 @@ def _validate_and_publish(spec: ProblemSpec, batch_id: str, claim: str, raw: Pat
         BatchRejected: see ``ingest_batch``. BatchStorageError: an OSError while staging or
             publishing (errno kept). Anything else: re-raised, with a note naming the batch.
     """
-    attempt = _Attempt(path=dirs[0], claim=claim)
+    progress = target.progress
+    progress.claim, progress.path = claim, target.curated
     try:
-        return _publish(spec, batch_id, raw, dirs, settings, now, attempt)
+        return _publish(spec, batch_id, raw, target, settings, now)
     except BatchRejected:
         raise  # recorded as rejected, staging removed
     except ClaimLost as exc:
         log.error("%s", exc)
-        for path in attempt.made:  # not published: this writer's copies go, final dirs too
-            shutil.rmtree(path, ignore_errors=True)
+        target.remove(keep_placed=False)  # not published: this writer's copies go, all of them
         raise
     except Exception as exc:  # never BaseException: a kill must stay a crash (failpoints)
-        where = str(getattr(exc, "filename", None) or attempt.path)
+        where = str(getattr(exc, "filename", None) or progress.path)
         cause = f"{type(exc).__name__}: {exc}"
-        why = f"batch {batch_id!r}: {attempt.step} {where} failed ({cause}); nothing published"
+        why = f"batch {batch_id!r}: {progress.step} {where} failed ({cause}); nothing published"
         log.error("%s", why)
-        _abandon(spec, batch_id, attempt, why, settings.db_url)
+        _abandon(spec, batch_id, target, why, settings.db_url)
         if isinstance(exc, OSError):
             raise BatchStorageError(_errno(exc), why) from exc
         exc.add_note(why)
@@ -283,41 +265,38 @@ def _errno(exc: OSError) -> int | None:
     return int(found.group(1)) if found else None
 
 
-def _abandon(spec: ProblemSpec, batch_id: str, attempt: _Attempt, why: str, url: str) -> None:
+def _abandon(spec: ProblemSpec, batch_id: str, target: Target, why: str, url: str) -> None:
     """Remove what the failed attempt wrote and mark the manifest ``failed`` (best effort: the
     store may be what failed; a re-run clears leftovers and restages anyway)."""
-    for path in attempt.made:  # once committing, the final dirs may be published: kept
-        if not attempt.committing or path.name.startswith(".staging-"):
-            shutil.rmtree(path, ignore_errors=True)
+    target.remove(keep_placed=target.progress.committing)  # committing: may be published
     try:
         with session_scope(url) as s:
             s.execute(update(Batch).where(Batch.problem == spec.name, Batch.batch_id == batch_id,
-                                          Batch.state == "staged", Batch.claim == attempt.claim)
+                                          Batch.state == "staged",
+                                          Batch.claim == target.progress.claim)
                       .values(state="failed", reason=why))
     except Exception as exc:  # the store itself may be down: the original error matters more
         log.error("batch %r: could not mark the manifest failed (%s: %s)", batch_id,
                   type(exc).__name__, exc)
 
 
-def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path],
-             settings: Settings, now: datetime, attempt: _Attempt) -> Manifest:
-    curated, raw_dir = dirs
-    rows = 0
-    attempt.at("creating the staging dir for", curated)
-    staging = staging_dir(curated)
-    attempt.made.append(staging)
+def _publish(spec: ProblemSpec, batch_id: str, raw: Path, target: Target, settings: Settings,
+             now: datetime) -> Manifest:
+    progress, rows = target.progress, 0
+    target.clear()
+    sink = target.begin()
     try:
         src = RawFile(raw, batch_id, spec.entity.key)
         rows = max(src.rows, 0)
         check_columns(src.columns, spec, batch_id)
         coder, learnt = _target_coder(src, spec, settings.db_url)
-        attempt.at("writing the curated rows to", staging / "part-0.parquet")
-        out = stream(src, spec, staging, now, coder, _others(spec, settings.db_url))
+        progress.at("writing the curated rows to", f"{target.staged}/{CURATED_FILE}")
+        out = stream(src, spec, sink, now, coder, _others(spec, settings.db_url))
     except BatchRejected as exc:
         log.error("%s", exc)
-        shutil.rmtree(staging, ignore_errors=True)
-        _finish(spec, batch_id, attempt.claim, {"state": "rejected", "reason": str(exc),
-                                                "row_count": rows}, [], settings.db_url)
+        target.discard()
+        _finish(spec, batch_id, progress.claim, {"state": "rejected", "reason": str(exc),
+                                                 "row_count": rows}, [], settings.db_url)
         raise
     schema_hash = hashlib.sha256(json.dumps(out.schema).encode()).hexdigest()
     common = {"row_count": out.rows, "schema": out.schema, "schema_hash": schema_hash,
@@ -325,48 +304,26 @@ def _publish(spec: ProblemSpec, batch_id: str, raw: Path, dirs: tuple[Path, Path
     reasons = rejection_reasons(spec, out.rows, out.bad_rows, out.rules)
     if reasons:
         reasons += declared_and_found(spec, out.rules, out.found, coder)
-        shutil.rmtree(staging, ignore_errors=True)
+        target.discard()
         why = f"batch {batch_id!r}: rejected: {'; '.join(reasons)}"
         log.error(why)
-        _finish(spec, batch_id, attempt.claim, {**common, "state": "rejected", "reason": why},
+        _finish(spec, batch_id, progress.claim, {**common, "state": "rejected", "reason": why},
                 out.violations, settings.db_url)
         raise BatchRejected(why)
     if learnt and coder is not None and coder.learnable:
-        attempt.at("fixing the classes of", staging)
-        _fix_classes(spec, batch_id, coder, staging, settings.db_url)
-    record = _move_into_place(raw, staging, dirs, attempt)
+        progress.at("fixing the classes of", target.staged)
+        _fix_classes(spec, batch_id, coder, target, settings.db_url)
+    location, record = target.place(raw)
     log.info("batch %r: publishing %d of %d rows; %d quarantined%s", batch_id, out.published,
              out.rows, out.bad_rows, f" ({dict(out.rules)})" if out.rules else "")
-    attempt.at("recording the published manifest of", curated)
-    attempt.committing = True
-    return _finish(spec, batch_id, attempt.claim, {
-        **common, "state": "published", "curated_uri": str(curated), "published_at": utcnow(),
+    progress.at("recording the published manifest of", target.curated)
+    progress.committing = True
+    return _finish(spec, batch_id, progress.claim, {
+        **common, "state": "published", "curated_uri": location, "published_at": utcnow(),
         "files": record,
         "event_time_min": out.ts_min.to_pydatetime() if out.ts_min is not None else None,
         "event_time_max": out.ts_max.to_pydatetime() if out.ts_max is not None else None,
     }, out.violations, settings.db_url)
-
-
-def _move_into_place(raw: Path, staging: Path, dirs: tuple[Path, Path],
-                     attempt: _Attempt) -> FileSet:
-    """Copy the raw file to its partition, rename the curated staging dir onto its final path;
-    the curated files' record (what readers verify them against)."""
-    curated, raw_dir = dirs
-    attempt.at("creating the staging dir for", raw_dir)
-    raw_staging = staging_dir(raw_dir)
-    attempt.made.append(raw_staging)
-    attempt.at("copying the raw file to", raw_staging / raw.name)
-    shutil.copy2(raw, raw_staging / raw.name)
-    failpoint("ingest.after_stage_write")
-    attempt.at("renaming the raw staging dir to", raw_dir)
-    os.replace(raw_staging, raw_dir)
-    attempt.made.append(raw_dir)
-    attempt.at("renaming the curated staging dir to", curated)
-    record = fingerprint(staging)
-    os.replace(staging, curated)
-    attempt.made.append(curated)
-    failpoint("ingest.after_rename")
-    return record
 
 
 def recurate(spec: ProblemSpec, batch: Batch, raw: Path, staging: Path,
@@ -382,7 +339,7 @@ def recurate(spec: ProblemSpec, batch: Batch, raw: Path, staging: Path,
     return stream(src, spec, staging, when, coder).published
 
 
-def _fix_classes(spec: ProblemSpec, batch_id: str, coder: TargetCoder, staging: Path,
+def _fix_classes(spec: ProblemSpec, batch_id: str, coder: TargetCoder, target: Target,
                  url: str) -> None:
     """Fix the class list this first labelled batch was encoded with.
 
@@ -391,7 +348,7 @@ def _fix_classes(spec: ProblemSpec, batch_id: str, coder: TargetCoder, staging: 
     """
     stored = fix_classes(spec.name, list(coder.classes or ()), f"batch {batch_id}", url)
     if [label_key(c) for c in stored] != [label_key(c) for c in coder.classes or ()]:
-        shutil.rmtree(staging, ignore_errors=True)
+        target.discard()
         raise BatchRejected(f"batch {batch_id!r}: its labels were encoded with classes "
                             f"{list(coder.classes or ())}, but another batch fixed {stored} "
                             "first; re-run the ingest")

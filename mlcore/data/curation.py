@@ -20,10 +20,11 @@ import pyarrow.compute as pc
 
 from mlcore.columns import category_array, factorize, parse_timestamp, time_part
 from mlcore.data.duplicates import published_owners
-from mlcore.data.io import BackgroundWriter, RawFile
+from mlcore.data.io import BackgroundWriter, RawFile, curated_sink
 from mlcore.data.parsing import entity_keys, event_time, numeric
 from mlcore.data.target_coding import TargetCoder, local_coder
 from mlcore.data.validation import PUBLISHED_RULE, describe_feature, duplicate_mask, row_violations
+from mlcore.objstore import Attempt
 from mlcore.problems import ProblemSpec
 from mlcore.provenance import failpoint
 from mlcore.spec_columns import Feature
@@ -157,11 +158,12 @@ def declared_and_found(spec: ProblemSpec, rules: Counter[str], found: dict[str, 
     return out
 
 
-def stream(src: RawFile, spec: ProblemSpec, staging: Path, now: datetime,
+def stream(src: RawFile, spec: ProblemSpec, staging: Path | Attempt, now: datetime,
            coder: TargetCoder | None = None, others: list[Batch] | None = None) -> Outcome:
-    """Validate and curate chunk by chunk into ``staging/part-0.parquet``; memory ~ one chunk
-    (plus the file's key and event-time columns, for the duplicate checks). ``others``: the
-    published batches a row's (key, event time) must not be in (None: no cross-batch check)."""
+    """Validate and curate chunk by chunk into ``staging/part-0.parquet`` (a staging dir or an
+    object-storage attempt); memory ~ one chunk (plus the file's key and event-time columns,
+    for the duplicate checks). ``others``: the published batches a row's (key, event time)
+    must not be in (None: no cross-batch check)."""
     key_col, time_col = spec.entity.key, spec.event_time.column
     ids = src.read_columns([key_col, time_col])
     keys, times = entity_keys(ids[key_col], spec), event_time(ids[time_col], spec)
@@ -170,7 +172,7 @@ def stream(src: RawFile, spec: ProblemSpec, staging: Path, now: datetime,
     owners = published_owners(spec, keys, times, others) if others else None
     del keys, times
     out = Outcome()
-    with BackgroundWriter(staging / "part-0.parquet") as writer:
+    with curated_sink(staging, "part-0.parquet") as sink, BackgroundWriter(sink) as writer:
         for chunk in src.chunks():
             if not out.schema:
                 out.schema = {str(c): str(t) for c, t in chunk.dtypes.items()}

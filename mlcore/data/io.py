@@ -3,17 +3,21 @@ and read back (verified against the manifest), staging dirs for atomic publishes
 
 A raw file is parquet or CSV; errors reading it name the batch and the file. Curated files are
 one directory per published batch (``curated/problem=<p>/batch=<id>``), written to a staging
-dir first and renamed into place by the stage that publishes.
+dir first and renamed into place by the stage that publishes; on object storage the committed
+location of an attempt (``mlcore.ingest_publish``), read through verified local copies
+(``mlcore.data.objects``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -21,7 +25,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mlcore.batches import BatchRejected
-from mlcore.data.integrity import curated_files
+from mlcore.data.integrity import curated_files, repair_hint
+from mlcore.data.objects import fetch_verified, is_remote
+from mlcore.objstore import Attempt
 from mlcore.store.models import Batch
 
 CHUNK_ROWS = 250_000
@@ -106,9 +112,10 @@ class BackgroundWriter:
     """One parquet file written on a worker thread while the next chunk is validated (pyarrow
     writes without the GIL, so validation and encoding overlap on two cores). At most one chunk
     is in flight, so memory stays ~ two chunks; a write error is raised by the next ``write``
-    or on exit, as the same exception."""
+    or on exit, as the same exception. ``path``: a local file, or a binary file object (an
+    object-storage upload)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | IO[bytes]) -> None:
         self.path = path
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write")
         self._writer: pq.ParquetWriter | None = None
@@ -145,6 +152,17 @@ class BackgroundWriter:
                 self._writer.close()
 
 
+@contextlib.contextmanager
+def curated_sink(staging: Path | Attempt, name: str) -> Iterator[Path | IO[bytes]]:
+    """Where a curated file ``name`` is written: into a staging dir (the path), or into an
+    object-storage attempt (an upload, hashed on the way out)."""
+    if isinstance(staging, Path):
+        yield staging / name
+        return
+    with staging.open(name) as sink:
+        yield sink
+
+
 def staging_dir(final: Path) -> Path:
     """A new, empty staging dir beside ``final`` (renamed onto it when the batch publishes)."""
     path = final.with_name(f".staging-{final.name}-{uuid.uuid4().hex[:8]}")
@@ -161,15 +179,32 @@ def clear_staging(final: Path) -> None:
         shutil.rmtree(final)
 
 
+@contextlib.contextmanager
+def curated_local(batch: Batch) -> Iterator[tuple[Path, list[Path]]]:
+    """A published batch's curated folder and files as local paths, verified against its
+    manifest: its own (a folder home), or (object storage) copies of its committed location in
+    a temporary folder, removed on exit.
+
+    Raises:
+        DataDamaged: a curated file is missing or differs from what was published.
+    """
+    if not is_remote(batch.curated_uri):
+        yield Path(batch.curated_uri or ""), curated_files(batch)
+        return
+    with tempfile.TemporaryDirectory(prefix="mlcore-curated-") as tmp:
+        yield Path(tmp), fetch_verified(
+            str(batch.curated_uri), batch.files, Path(tmp),
+            f"batch {batch.batch_id!r} of {batch.problem!r}: curated", repair_hint(batch.batch_id))
+
+
 def read_curated(batch: Batch, columns: list[str] | None = None) -> pd.DataFrame:
     """A published batch's curated rows, its files verified against the manifest first.
 
     Raises:
         DataDamaged: a curated file is missing or differs from what was published.
     """
-    files = curated_files(batch)
-    return pd.read_parquet(files[0] if len(files) == 1 else Path(batch.curated_uri or ""),
-                           columns=columns)
+    with curated_local(batch) as (folder, files):
+        return pd.read_parquet(files[0] if len(files) == 1 else folder, columns=columns)
 
 
 def parquet_rows(files: list[Path]) -> int:
@@ -180,9 +215,10 @@ def parquet_rows(files: list[Path]) -> int:
 def curated_pairs(batch: Batch, key: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(keys, event times in ns) of a published batch's curated rows, a record batch at a time
     (its files verified against the manifest first)."""
-    for f in curated_files(batch):
-        for rb in pq.ParquetFile(f).iter_batches(columns=[key, "event_timestamp"],
-                                                 batch_size=CHUNK_ROWS):
-            k = rb.column(0).to_numpy(zero_copy_only=False)
-            t = rb.column(1).cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
-            yield k, t.to_numpy(zero_copy_only=False)
+    with curated_local(batch) as (_, files):
+        for f in files:
+            for rb in pq.ParquetFile(f).iter_batches(columns=[key, "event_timestamp"],
+                                                     batch_size=CHUNK_ROWS):
+                k = rb.column(0).to_numpy(zero_copy_only=False)
+                t = rb.column(1).cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
+                yield k, t.to_numpy(zero_copy_only=False)
