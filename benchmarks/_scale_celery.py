@@ -18,25 +18,19 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from _common import ROOT, log
 from celery_stack import CeleryStack
+from pg_database import feast_pg_env, fresh_databases, pg_url
 
-PG = urlsplit(os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"))
 PROBLEM = "census_employment"
 # (stage name in the local curve, DAG, the task doing the stage's work)
 CHAIN = (("ingest", "ingest_batch", "ingest_batch"),
          ("features", "materialize_features", "materialize_batch"),
          ("scoring", "score_batch", "score_batch"),
          ("drift", "monitor_model", "detect_drift"))
-
-
-def _pg_url(database: str, scheme: str = "postgresql+psycopg2") -> str:
-    return urlunsplit(PG._replace(scheme=scheme, path=f"/{database}"))
 
 
 class GroupRss:
@@ -109,28 +103,25 @@ def _epoch(value: str | None) -> float | None:
 
 def run_size(n: int, src: Path, work: Path, workers: int, timeout: float) -> dict[str, Any]:
     """The chain at ``n`` rows on a fresh Celery stack; {stage: figures}."""
-    from sqlalchemy import create_engine, text
+    with fresh_databases("af", "ml", "feast") as dbs:
+        return _run_on(n, src, work / f"celery-{n}", dbs, workers, timeout)
 
+
+def _run_on(n: int, src: Path, home: Path, dbs: dict[str, str], workers: int,
+            timeout: float) -> dict[str, Any]:
+    """``run_size``'s body over ``dbs`` (af: Airflow, ml: mlcore's store, feast)."""
     from mlcore.config import Settings
     from mlcore.problems import get_problem
     from mlcore.store.session import get_engine, upgrade
 
-    home = work / f"celery-{n}"
-    dbs = {role: f"batchloop_{role}_{uuid.uuid4().hex[:8]}" for role in ("af", "ml", "feast")}
-    admin = create_engine(_pg_url("postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for name in dbs.values():
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    mlcore_home, mlcore_url = home / "mlcore", _pg_url(dbs["ml"])
-    feast_env = {"FEAST_PG_HOST": PG.hostname or "127.0.0.1", "FEAST_PG_PORT": str(PG.port or 5432),
-                 "FEAST_PG_USER": PG.username or "postgres", "FEAST_PG_DATABASE": dbs["feast"],
-                 "FEAST_PG_PASSWORD": PG.password or "unused-trust-auth"}
+    mlcore_home, mlcore_url = home / "mlcore", pg_url(dbs["ml"])
+    feast_env = feast_pg_env(dbs["feast"])
     feast_config = ROOT / "deploy" / "feature_store.postgres.yaml"
-    stack = CeleryStack(home, _pg_url(dbs["af"]), _pg_url(dbs["af"], "postgresql+psycopg"), {
+    stack = CeleryStack(home, pg_url(dbs["af"]), pg_url(dbs["af"], "postgresql+psycopg"), {
         **feast_env, "MLCORE_HOME": str(mlcore_home), "MLCORE_FEAST_CONFIG": str(feast_config),
         "MLCORE_PROBLEMS_DIR": str(ROOT / "problems"),
         "MLCORE_FEATURE_REPO": str(ROOT / "feature_repo"),
-        "AIRFLOW_CONN_MLCORE_DB": _pg_url(dbs["ml"], "postgresql"),
+        "AIRFLOW_CONN_MLCORE_DB": pg_url(dbs["ml"], "postgresql"),
         "MLCORE_REQUIRE_DATABASE": "true", "MLCORE_DATABASE_URL": None,
         "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
         "BATCHLOOP_START_PAUSED": "true", "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
@@ -167,10 +158,6 @@ def run_size(n: int, src: Path, work: Path, workers: int, timeout: float) -> dic
     finally:
         stack.stop()
         get_engine(mlcore_url).dispose()
-        with admin.connect() as conn:
-            for name in dbs.values():
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
     return out
 
 

@@ -88,13 +88,13 @@ def engineer_table(batch: Batch, spec: ProblemSpec) -> pa.Table:
     return _with_created(table, batch, spec)
 
 
-def engineered_chunks(batch: Batch, spec: ProblemSpec,
-                      rows: int | None = None) -> Iterator[pa.Table]:
+def engineered_chunks(batch: Batch, spec: ProblemSpec, rows: int | None = None,
+                      files: list[Path] | None = None) -> Iterator[pa.Table]:
     """``engineer_table(batch, spec)`` in pieces of at most ``rows`` (default ``CHUNK_ROWS``)
-    rows, in file order: what
-    one piece needs is all that is held (verified curated files, read batch by batch)."""
+    rows, in file order: what one piece needs is all that is held (verified curated files,
+    read batch by batch; ``files``: the batch's ``curated_files``, already verified)."""
     columns, text = _columns(spec)
-    for path in curated_files(batch):
+    for path in curated_files(batch) if files is None else files:
         source = pq.ParquetFile(path, read_dictionary=text or None)
         for piece in source.iter_batches(batch_size=rows or CHUNK_ROWS, columns=columns):
             yield _with_created(pa.Table.from_batches([piece]), batch, spec)
@@ -178,11 +178,14 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     dest = settings.partition("features", spec.name, batch_id)
     # Two passes over the curated file, each holding one chunk: the offline partition, then
     # (definitions applied) the online write. Memory is bounded by CHUNK_ROWS, not the batch.
-    record, rows, (low, high) = write_offline_chunks(engineered_chunks(batch, spec), dest)
+    files = curated_files(batch)  # verified once for both passes
+    record, rows, (low, high) = write_offline_chunks(
+        engineered_chunks(batch, spec, files=files), dest)
     store = ensure_definitions(spec, settings)
     start = pd.Timestamp(low).to_pydatetime() - timedelta(seconds=1)
     end = pd.Timestamp(high).to_pydatetime() + timedelta(seconds=1)
-    materialize_online(spec, settings, store, engineered_chunks(batch, spec), start, end)
+    materialize_online(spec, settings, store, engineered_chunks(batch, spec, files=files),
+                       start, end)
     _record(spec, batch_id, dest, (rows, record), start, end, settings.db_url)
     return MaterializationResult(spec.name, batch_id, spec.feature_view, str(dest), rows,
                                  start.isoformat(), end.isoformat())

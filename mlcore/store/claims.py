@@ -29,7 +29,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from mlcore.locks import file_lock
-from mlcore.store.session import _translate, get_engine
+from mlcore.store.session import get_engine, translate_db_error
 
 log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
@@ -66,7 +66,7 @@ def store_lock(url: str, name: str) -> Iterator[None]:
         while not conn.scalar(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}):
             time.sleep(POLL_SECONDS)
     except DBAPIError as exc:
-        translated = _translate(exc, engine)
+        translated = translate_db_error(exc, engine)
         raise (translated or exc) from exc
     if (held := time.monotonic() - waited) > 1:
         log.info("store lock %s: waited %.1f s for another holder", name, held)

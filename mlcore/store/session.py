@@ -192,7 +192,7 @@ def _unreachable(cause: str) -> bool:
     return "fatal:" not in lowered or any(phrase in lowered for phrase in _NOT_NOW)
 
 
-def _translate(exc: DBAPIError, engine: Engine) -> Exception | None:
+def translate_db_error(exc: DBAPIError, engine: Engine) -> Exception | None:
     """The mlcore error for a driver error, or None to let the original through."""
     where = _where(engine)
     if isinstance(exc, (OperationalError, ProgrammingError)) and _is_schema_missing(exc):
@@ -252,7 +252,7 @@ def session_scope(url: str | None = None, *, readonly: bool = False) -> Iterator
             if options is None:  # a write: an orphaned task try must not commit (fencing)
                 ensure_current()
     except DBAPIError as exc:
-        translated = _translate(exc, engine)
+        translated = translate_db_error(exc, engine)
         if translated is None:
             raise
         raise translated from exc

@@ -16,15 +16,13 @@ both read (object storage, issue 19 item 1, is what lets workers share no disk a
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from celery_stack import CeleryStack
-from sqlalchemy import create_engine, func, select, text
+from pg_database import feast_pg_env, fresh_databases, pg_url
+from sqlalchemy import func, select
 
 from mlcore.store.models import DriftReport, Materialization, ModelVersion, Prediction
 from mlcore.store.session import get_engine, session_scope, upgrade
@@ -32,14 +30,9 @@ from mlcore.store.session import get_engine, session_scope, upgrade
 pytestmark = pytest.mark.live
 
 ROOT = Path(__file__).resolve().parents[2]
-PG = urlsplit(os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"))
 PROBLEM = "census_employment"
 CHAIN = ("ingest_batch", "materialize_features", "score_batch", "monitor_model")
 STALL = 40  # seconds train_contender waits at its start (MLCORE_STALL): time to kill its worker
-
-
-def _pg_url(database: str, scheme: str = "postgresql+psycopg2") -> str:
-    return urlunsplit(PG._replace(scheme=scheme, path=f"/{database}"))
 
 
 def _count(url: str, model, **where) -> int:
@@ -52,24 +45,24 @@ def _count(url: str, model, **where) -> int:
 
 @pytest.fixture(scope="module")
 def celery(tmp_path_factory, spec, slices):
+    """The Celery stack over fresh PG databases, with a seeded champion."""
+    home = tmp_path_factory.mktemp("celery")
+    with fresh_databases("af", "ml", "feast") as dbs:
+        yield from _celery_stack(home, dbs, spec, slices)
+
+
+def _celery_stack(home: Path, dbs: dict[str, str], spec, slices):
+    """The celery fixture's body over ``dbs`` (af: Airflow, ml: mlcore's store, feast)."""
     from mlcore.config import Settings
     from tests.e2e.test_scheduler import _seed_champion
 
-    home = tmp_path_factory.mktemp("celery")
-    dbs = {role: f"batchloop_{role}_{uuid.uuid4().hex[:8]}" for role in ("af", "ml", "feast")}
-    admin = create_engine(_pg_url("postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for name in dbs.values():
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    mlcore_home, mlcore_url = home / "mlcore", _pg_url(dbs["ml"])
-    feast_env = {"FEAST_PG_HOST": PG.hostname or "127.0.0.1", "FEAST_PG_PORT": str(PG.port or 5432),
-                 "FEAST_PG_USER": PG.username or "postgres", "FEAST_PG_DATABASE": dbs["feast"],
-                 "FEAST_PG_PASSWORD": PG.password or "unused-trust-auth"}
+    mlcore_home, mlcore_url = home / "mlcore", pg_url(dbs["ml"])
+    feast_env = feast_pg_env(dbs["feast"])
     feast_config = ROOT / "deploy" / "feature_store.postgres.yaml"
-    stack = CeleryStack(home, _pg_url(dbs["af"]), _pg_url(dbs["af"], "postgresql+psycopg"), {
+    stack = CeleryStack(home, pg_url(dbs["af"]), pg_url(dbs["af"], "postgresql+psycopg"), {
         **feast_env, "MLCORE_HOME": str(mlcore_home), "MLCORE_FEAST_CONFIG": str(feast_config),
         # the store only through the Connection, and required: no fallback on a failed look-up
-        "AIRFLOW_CONN_MLCORE_DB": _pg_url(dbs["ml"], "postgresql"),
+        "AIRFLOW_CONN_MLCORE_DB": pg_url(dbs["ml"], "postgresql"),
         "MLCORE_REQUIRE_DATABASE": "true", "MLCORE_DATABASE_URL": None,
         "MLCORE_STALL": f"training.started={STALL}",
         "BATCHLOOP_RETRY_DELAY": "1", "BATCHLOOP_START_PAUSED": "true",
@@ -94,10 +87,6 @@ def celery(tmp_path_factory, spec, slices):
     finally:
         stack.stop()
         get_engine(mlcore_url).dispose()
-        with admin.connect() as conn:
-            for name in dbs.values():
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_two_batches_run_the_asset_chain_on_both_workers(celery, slices):

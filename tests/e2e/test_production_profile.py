@@ -14,11 +14,9 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import pytest
@@ -31,16 +29,11 @@ pytestmark = pytest.mark.live  # the production-shaped stack (make test-live)
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-PG = urlsplit(os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"))
 PROBLEM = "census_employment"
 # (dag stage, conf) in order: 2015 trains the first champion, 2016 is scored and monitored.
 STAGES = [("ingest_batch", "2015"), ("materialize_features", "2015"), ("retrain_model", "2015"),
           ("ingest_batch", "2016"), ("materialize_features", "2016"), ("score_batch", "2016"),
           ("monitor_model", "2016")]
-
-
-def _pg_url(database: str, scheme: str = "postgresql+psycopg2") -> str:
-    return urlunsplit(PG._replace(scheme=scheme, path=f"/{database}"))
 
 
 def _run(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> None:
@@ -53,27 +46,29 @@ def _run(cmd: list[str], env: dict[str, str], log: Path, timeout: float) -> None
 @pytest.fixture(scope="module", params=["postgres", "redis"])
 def profile(request, tmp_path_factory, slices):
     """The loop run through the DAGs against fresh PG databases (+ a Redis db); all dropped."""
+    from pg_database import fresh_databases  # tests/support: not on the path as a script
+
     home = tmp_path_factory.mktemp(f"prod_{request.param}")
-    dbs = {role: f"batchloop_{role}_{uuid.uuid4().hex[:8]}" for role in ("af", "ml", "feast")}
-    admin = create_engine(_pg_url("postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for name in dbs.values():
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
     claim = request.getfixturevalue("claim_redis_db")
     client, db = claim() if request.param == "redis" else (None, -1)
-    feast_env = {"FEAST_PG_HOST": PG.hostname or "127.0.0.1", "FEAST_PG_PORT": str(PG.port or 5432),
-                 "FEAST_PG_USER": PG.username or "postgres", "FEAST_PG_DATABASE": dbs["feast"],
-                 "FEAST_PG_PASSWORD": PG.password or "unused-trust-auth",
-                 "FEAST_REDIS_CONNECTION": f"127.0.0.1:6379,db={db}"}
-    ns = SimpleNamespace(kind=request.param, home=home / "mlcore", redis=client, env=feast_env,
-                         airflow_url=_pg_url(dbs["af"]), mlcore_url=_pg_url(dbs["ml"]),
-                         feast_url=_pg_url(dbs["feast"]), airflow_home=home / "airflow",
-                         feast_config=ROOT / "deploy" / f"feature_store.{request.param}.yaml")
+    with fresh_databases("af", "ml", "feast") as dbs:
+        yield from _profile_run(request.param, home, dbs, client, db, slices)
+
+
+def _profile_run(kind: str, home: Path, dbs: dict[str, str], client: Any, db: int, slices):
+    """The profile fixture's body over ``dbs`` (af: Airflow, ml: mlcore's store, feast)."""
+    from pg_database import feast_pg_env, pg_url
+
+    feast_env = {**feast_pg_env(dbs["feast"]), "FEAST_REDIS_CONNECTION": f"127.0.0.1:6379,db={db}"}
+    ns = SimpleNamespace(kind=kind, home=home / "mlcore", redis=client, env=feast_env,
+                         airflow_url=pg_url(dbs["af"]), mlcore_url=pg_url(dbs["ml"]),
+                         feast_url=pg_url(dbs["feast"]), airflow_home=home / "airflow",
+                         feast_config=ROOT / "deploy" / f"feature_store.{kind}.yaml")
     env = {**os.environ, **feast_env,
            "AIRFLOW_HOME": str(ns.airflow_home),
            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": ns.airflow_url,
            # Airflow derives postgresql+asyncpg otherwise, and asyncpg is not in uv.lock.
-           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": _pg_url(dbs["af"], "postgresql+psycopg"),
+           "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": pg_url(dbs["af"], "postgresql+psycopg"),
            "MLCORE_HOME": str(ns.home), "MLCORE_DATABASE_URL": ns.mlcore_url,
            "MLCORE_FEAST_CONFIG": str(ns.feast_config),
            "PYTHONPATH": os.pathsep.join([str(ROOT / "plugins"), str(ROOT)]),
@@ -91,10 +86,6 @@ def profile(request, tmp_path_factory, slices):
         get_engine(ns.mlcore_url).dispose()
         if client is not None:
             client.flushdb()
-        with admin.connect() as conn:
-            for name in dbs.values():
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_the_dag_runs_are_recorded_in_the_postgres_metadata_db(profile):

@@ -11,14 +11,12 @@ afterwards. It never touches `make up`'s instance.
 
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from airflow_stack import Stack, api, wait_for
+from pg_database import feast_pg_env, fresh_databases, pg_url
 from sqlalchemy import create_engine, func, select, text
 
 from mlcore.store.models import DriftReport, Materialization, Prediction
@@ -27,12 +25,7 @@ from mlcore.store.session import get_engine, session_scope, upgrade
 pytestmark = pytest.mark.live  # starts a live Airflow (make test-live)
 
 ROOT = Path(__file__).resolve().parents[2]
-PG = urlsplit(os.environ.get("BATCHLOOP_TEST_PG", "postgresql+psycopg2://postgres@127.0.0.1:5432"))
 CHAIN = ("ingest_batch", "materialize_features", "score_batch", "monitor_model")
-
-
-def _pg_url(database: str, scheme: str = "postgresql+psycopg2") -> str:
-    return urlunsplit(PG._replace(scheme=scheme, path=f"/{database}"))
 
 
 def _seed_champion(spec, settings, source: Path) -> int:
@@ -58,25 +51,25 @@ def _seed_champion(spec, settings, source: Path) -> int:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, spec, slices):
     """Standalone over fresh PG databases, with a seeded champion; yields what the test needs."""
-    from mlcore.config import Settings
 
     home = tmp_path_factory.mktemp("standalone")
-    dbs = {role: f"batchloop_{role}_{uuid.uuid4().hex[:8]}" for role in ("af", "ml", "feast")}
-    admin = create_engine(_pg_url("postgres"), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        for name in dbs.values():
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    mlcore_home, mlcore_url = home / "mlcore", _pg_url(dbs["ml"])
-    feast_env = {"FEAST_PG_HOST": PG.hostname or "127.0.0.1", "FEAST_PG_PORT": str(PG.port or 5432),
-                 "FEAST_PG_USER": PG.username or "postgres", "FEAST_PG_DATABASE": dbs["feast"],
-                 "FEAST_PG_PASSWORD": PG.password or "unused-trust-auth"}
+    with fresh_databases("af", "ml", "feast") as dbs:
+        yield from _standalone(home, dbs, spec, slices)
+
+
+def _standalone(home: Path, dbs: dict[str, str], spec, slices):
+    """The server fixture's body over ``dbs`` (af: Airflow, ml: mlcore's store, feast)."""
+    from mlcore.config import Settings
+
+    mlcore_home, mlcore_url = home / "mlcore", pg_url(dbs["ml"])
+    feast_env = feast_pg_env(dbs["feast"])
     feast_config = ROOT / "deploy" / "feature_store.postgres.yaml"
     stack = Stack(home, {
         **feast_env, "MLCORE_HOME": str(mlcore_home),
         "MLCORE_DATABASE_URL": mlcore_url, "MLCORE_FEAST_CONFIG": str(feast_config),
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": _pg_url(dbs["af"]),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": pg_url(dbs["af"]),
         # Airflow derives postgresql+asyncpg otherwise, and asyncpg is not in uv.lock.
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": _pg_url(dbs["af"], "postgresql+psycopg"),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC": pg_url(dbs["af"], "postgresql+psycopg"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
         "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
         # every DAG starts paused here: each test unpauses what it exercises
@@ -95,14 +88,10 @@ def server(tmp_path_factory, spec, slices):
                 mp.setenv(key, value)
             champion = _seed_champion(spec, settings, slices[2015])
         stack.wait_ready(timeout=240)
-        yield stack.base, mlcore_url, _pg_url(dbs["af"]), champion, stack.log_path
+        yield stack.base, mlcore_url, pg_url(dbs["af"]), champion, stack.log_path
     finally:
         stack.stop()
         get_engine(mlcore_url).dispose()
-        with admin.connect() as conn:
-            for name in dbs.values():
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def _count(url: str, model, **where) -> int:

@@ -14,11 +14,10 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from mlcore.ingestion import ClaimLost, _finish, _stage
 from mlcore.store.session import get_engine, upgrade
@@ -44,29 +43,6 @@ try:
 except Exception as exc:
     print(json.dumps({"error": type(exc).__name__, "message": str(exc)}))
 """
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def shared_store(request, tmp_path) -> str:
-    """One metadata store several homes use: a SQLite file (one host) or a PostgreSQL schema."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'shared' / 'mlcore.db'}"
-        (tmp_path / "shared").mkdir()
-        upgrade(url)
-        yield url
-        return
-    base = request.getfixturevalue("postgres_url")
-    schema = f"claim_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f"CREATE SCHEMA {schema}"))
-    url = f"{base}?options=-csearch_path%3D{schema}"
-    upgrade(url)
-    yield url
-    get_engine(url).dispose()
-    with admin.connect() as c:
-        c.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
 
 
 def _race(tmp_path: Path, url: str, sources: list[Path], batch: str) -> list[dict]:
@@ -112,17 +88,17 @@ def _rows(url: str, batch: str) -> list[tuple]:
             "select batch_id, state from batches where batch_id = :b"), {"b": batch})]
 
 
-def test_six_homes_one_batch_publish_once(shared_store, slices, tmp_path):
-    results = _race(tmp_path, shared_store, [slices[2015]] * 6, "b")
+def test_six_homes_one_batch_publish_once(db_url, slices, tmp_path):
+    results = _race(tmp_path, db_url, [slices[2015]] * 6, "b")
     assert sorted(r.get("created", r.get("error")) for r in results) == [False] * 5 + [True], \
         results
     assert {r["state"] for r in results} == {"published"}
-    assert _rows(shared_store, "b") == [("b", "published")]
+    assert _rows(db_url, "b") == [("b", "published")]
     assert len(_published_homes(tmp_path, 6, "b")) == 1  # one curated copy, no leftovers
 
 
-def test_other_content_under_the_same_id_conflicts(shared_store, slices, tmp_path):
-    results = _race(tmp_path, shared_store, [slices[2015], slices[2016]] * 3, "b")
+def test_other_content_under_the_same_id_conflicts(db_url, slices, tmp_path):
+    results = _race(tmp_path, db_url, [slices[2015], slices[2016]] * 3, "b")
     created = [r for r in results if r.get("created")]
     assert len(created) == 1, results
     winner = results.index(created[0]) % 2  # which file won
@@ -133,7 +109,7 @@ def test_other_content_under_the_same_id_conflicts(shared_store, slices, tmp_pat
             assert r == {"created": False, "state": "published"}, results
         else:
             assert r["error"] == "BatchConflict" and "'b'" in r["message"], results
-    assert _rows(shared_store, "b") == [("b", "published")]
+    assert _rows(db_url, "b") == [("b", "published")]
     assert len(_published_homes(tmp_path, 6, "b")) == 1
 
 

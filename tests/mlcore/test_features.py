@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import os
 import threading
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
-from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import pytest
@@ -223,8 +221,6 @@ def test_rematerializing_an_older_batch_keeps_the_newest_online_value(spec, recu
 # against the real PostgreSQL and Redis of this machine.
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
-PG_ADMIN = urlsplit(os.environ.get("BATCHLOOP_TEST_PG",
-                                   "postgresql+psycopg2://postgres@127.0.0.1:5432"))
 
 
 def test_feast_config_setting_reads_the_environment(monkeypatch, tmp_path):
@@ -267,21 +263,13 @@ def test_an_alternative_config_replaces_the_embedded_one(spec, sqlite_settings, 
 def server_store(request, settings_factory, spec, slices):
     """2015 materialized through deploy/feature_store.<store>.yaml: registry in a fresh PG
     database, online store in it or in a claimed Redis db (dropped / flushed afterwards)."""
-    from sqlalchemy import create_engine, text
+    from pg_database import feast_pg_env, fresh_database, pg_url
 
-    name = f"batchloop_feast_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(urlunsplit(PG_ADMIN._replace(path="/postgres")),
-                          isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
     claim = request.getfixturevalue("claim_redis_db")
     client, db = claim() if request.param == "redis" else (None, -1)
-    env = {"FEAST_PG_HOST": PG_ADMIN.hostname, "FEAST_PG_PORT": str(PG_ADMIN.port or 5432),
-           "FEAST_PG_USER": PG_ADMIN.username, "FEAST_PG_DATABASE": name,
-           "FEAST_PG_PASSWORD": PG_ADMIN.password or "unused-trust-auth",
-           "FEAST_REDIS_CONNECTION": f"127.0.0.1:6379,db={db}"}
     try:
-        with pytest.MonkeyPatch.context() as mp:
+        with fresh_database("batchloop_feast") as name, pytest.MonkeyPatch.context() as mp:
+            env = {**feast_pg_env(name), "FEAST_REDIS_CONNECTION": f"127.0.0.1:6379,db={db}"}
             for key, value in env.items():
                 mp.setenv(key, str(value))
             mp.setenv("MLCORE_HOME", os.environ.get("MLCORE_HOME", ""))  # restored on exit
@@ -290,13 +278,10 @@ def server_store(request, settings_factory, spec, slices):
             ingest_batch(spec, str(slices[2015]), "2015", settings)
             materialize_batch(spec, "2015", settings)
             yield SimpleNamespace(settings=settings, kind=request.param, redis=client,
-                                  pg=f"{urlunsplit(PG_ADMIN._replace(path=''))}/{name}")
+                                  pg=pg_url(name))
     finally:
         if client is not None:
             client.flushdb()
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_server_stores_serve_the_curated_values(spec, server_store):

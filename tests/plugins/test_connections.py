@@ -147,16 +147,14 @@ def test_settings_use_the_connection_when_defined_else_mlcore_settings(fresh_set
 
 
 
-def test_a_connection_in_airflow_metadata_db_is_what_tasks_use(
-        fresh_settings, monkeypatch, postgres_url, airflow_db, slices, spec):
-    """The connection defined in Airflow's metadata DB (UI, ``airflow connections add``), not in
-    the environment: a task finds it through the Execution API and writes where it points (a
-    schema of its own, through the ``options`` extra); MLCORE_DATABASE_URL is not touched."""
+@pytest.fixture
+def stored_connection(postgres_url, airflow_db):
+    """``mlcore_db`` defined in Airflow's metadata DB (as the UI or ``airflow connections add``
+    would), pointing at a migrated schema of its own through the ``options`` extra; removed
+    afterwards. Yields (schema, the connection's SQLAlchemy URL, an AUTOCOMMIT admin engine)."""
     from airflow.models.connection import Connection as ConnectionRow
     from airflow.utils.session import create_session
 
-    from batchloop_airflow.connections import mlcore_db_url
-    from batchloop_airflow.runner import run_dag
     from mlcore.store.session import get_engine, upgrade
 
     base, schema = make_url(postgres_url), f"conn_{uuid.uuid4().hex[:8]}"
@@ -172,13 +170,7 @@ def test_a_connection_in_airflow_metadata_db_is_what_tasks_use(
     with create_session() as s:
         s.add(row)
     try:
-        assert mlcore_db_url() is None  # outside a task (no Execution API): env/backends only
-        run_dag(f"{spec.name}__ingest_batch", {"batch_id": "db-conn",
-                                               "source": str(slices[2015])})
-        with admin.connect() as c:
-            assert c.execute(text(f"select batch_id, state from {schema}.batches")).all() == [
-                ("db-conn", "published")]
-        assert not Path("/nowhere/env.db").exists()
+        yield schema, url, admin
     finally:
         with create_session() as s:
             s.query(ConnectionRow).filter(ConnectionRow.conn_id == "mlcore_db").delete()
@@ -186,6 +178,23 @@ def test_a_connection_in_airflow_metadata_db_is_what_tasks_use(
         with admin.connect() as c:
             c.execute(text(f"drop schema {schema} cascade"))
         admin.dispose()
+
+
+def test_a_connection_in_airflow_metadata_db_is_what_tasks_use(
+        fresh_settings, stored_connection, slices, spec):
+    """The connection defined in Airflow's metadata DB (UI, ``airflow connections add``), not in
+    the environment: a task finds it through the Execution API and writes where it points (a
+    schema of its own, through the ``options`` extra); MLCORE_DATABASE_URL is not touched."""
+    from batchloop_airflow.connections import mlcore_db_url
+    from batchloop_airflow.runner import run_dag
+
+    schema, _, admin = stored_connection
+    assert mlcore_db_url() is None  # outside a task (no Execution API): env/backends only
+    run_dag(f"{spec.name}__ingest_batch", {"batch_id": "db-conn", "source": str(slices[2015])})
+    with admin.connect() as c:
+        assert c.execute(text(f"select batch_id, state from {schema}.batches")).all() == [
+            ("db-conn", "published")]
+    assert not Path("/nowhere/env.db").exists()
 
 
 def test_the_production_profile_never_falls_back_from_the_connection(fresh_settings,
@@ -208,34 +217,23 @@ def test_the_production_profile_never_falls_back_from_the_connection(fresh_setti
 
 @pytest.mark.parametrize("required", [True, False], ids=["required", "embedded-default"])
 def test_a_transient_execution_api_error_on_the_lookup(
-        required, fresh_settings, monkeypatch, postgres_url, airflow_db, slices, spec, tmp_path):
+        required, fresh_settings, monkeypatch, stored_connection, slices, spec, tmp_path):
     """The connection lives in Airflow's metadata DB; the Execution API answers the task's
     first look-up with a 503 (injected in the API client the task's supervisor uses). Required
     (production): the try fails, the retry finds the connection and publishes there; the
     fallback store is never opened. Not required (embedded default): the hazard the flag
     exists for: the try falls back to MLCORE_DATABASE_URL and publishes there."""
-    from airflow.models.connection import Connection as ConnectionRow
     from airflow.sdk.api import client as api_client
-    from airflow.utils.session import create_session
 
     from batchloop_airflow.runner import run_dag
-    from mlcore.store.session import get_engine, upgrade
+    from mlcore.store.session import upgrade
 
+    schema, _, admin = stored_connection
     trap = tmp_path / "fallback.db"
     monkeypatch.setenv("MLCORE_DATABASE_URL", f"sqlite:///{trap}")
     monkeypatch.setenv("MLCORE_REQUIRE_DATABASE", str(required).lower())
     fresh_settings.cache_clear()
     upgrade(f"sqlite:///{trap}")
-    base, schema = make_url(postgres_url), f"conn_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as c:
-        c.execute(text(f"create schema {schema}"))
-    row = ConnectionRow(conn_id="mlcore_db", conn_type="postgres", host=base.host,
-                        port=base.port or 5432, login=base.username, password=NASTY,
-                        schema=base.database, extra=json.dumps({
-                            "sslmode": "disable", "options": f"-csearch_path={schema}"}))
-    url = sqlalchemy_url(_conn(row.get_uri()))
-    upgrade(url)
     real_get, failures = api_client.ConnectionOperations.get, []
 
     def flaky_get(self, conn_id):
@@ -248,30 +246,20 @@ def test_a_transient_execution_api_error_on_the_lookup(
         return real_get(self, conn_id)
 
     monkeypatch.setattr(api_client.ConnectionOperations, "get", flaky_get)
-    with create_session() as s:
-        s.add(row)
     batch = f"flaky-{uuid.uuid4().hex[:6]}"
-    try:
-        result = run_dag(f"{spec.name}__ingest_batch", {"batch_id": batch,
-                                                       "source": str(slices[2015])})
-        assert failures == ["mlcore_db"]  # the error was injected once
-        with admin.connect() as c:
-            in_conn = c.execute(text(f"select batch_id from {schema}.batches")).scalars().all()
-        with create_engine(f"sqlite:///{trap}").connect() as c:
-            in_trap = c.execute(text("select batch_id from batches")).scalars().all()
-        if required:
-            assert (in_conn, in_trap) == ([batch], [])
-            tries = _tries(result["run_id"], f"{spec.name}__ingest_batch")
-            assert max(tries.values()) == 2  # the looked-up task failed once and was retried
-        else:
-            assert (in_conn, in_trap) == ([], [batch])
-    finally:
-        with create_session() as s:
-            s.query(ConnectionRow).filter(ConnectionRow.conn_id == "mlcore_db").delete()
-        get_engine(url).dispose()
-        with admin.connect() as c:
-            c.execute(text(f"drop schema {schema} cascade"))
-        admin.dispose()
+    result = run_dag(f"{spec.name}__ingest_batch", {"batch_id": batch,
+                                                   "source": str(slices[2015])})
+    assert failures == ["mlcore_db"]  # the error was injected once
+    with admin.connect() as c:
+        in_conn = c.execute(text(f"select batch_id from {schema}.batches")).scalars().all()
+    with create_engine(f"sqlite:///{trap}").connect() as c:
+        in_trap = c.execute(text("select batch_id from batches")).scalars().all()
+    if required:
+        assert (in_conn, in_trap) == ([batch], [])
+        tries = _tries(result["run_id"], f"{spec.name}__ingest_batch")
+        assert max(tries.values()) == 2  # the looked-up task failed once and was retried
+    else:
+        assert (in_conn, in_trap) == ([], [batch])
 
 
 def _tries(run_id: str, dag_id: str) -> dict[str, int]:

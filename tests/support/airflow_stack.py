@@ -147,7 +147,36 @@ def ts(value: str | None) -> float | None:
     return datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp()
 
 
-class Stack:
+class AirflowRest:
+    """The REST calls and waits a live stack's tests use, over ``self.base`` (the api-server)
+    and ``self.wait`` (each stack's own: which logs it tails, which processes must live)."""
+
+    base: str
+
+    def wait(self, what: str, check: Callable[[], Any], timeout: float,
+             every: float = 0.5) -> Any:
+        raise NotImplementedError
+
+    def api(self, path: str, body: dict[str, Any] | None = None, method: str = "GET") -> Any:
+        return api(self.base, path, body, method)
+
+    def set_paused(self, dag_id: str, paused: bool) -> None:
+        self.api(f"/dags/{dag_id}", {"is_paused": paused}, "PATCH")
+
+    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
+        run = self.api(f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}, "POST")
+        return str(run["dag_run_id"])
+
+    def run_state(self, dag_id: str, run_id: str) -> str:
+        return str(self.api(f"/dags/{dag_id}/dagRuns/{run_id}")["state"])
+
+    def wait_run(self, dag_id: str, run_id: str, timeout: float) -> str:
+        return str(self.wait(f"{dag_id} {run_id} to finish", lambda: (
+            s if (s := self.run_state(dag_id, run_id)) in ("success", "failed") else None),
+            timeout, every=0.25))
+
+
+class Stack(AirflowRest):
     """A private ``airflow standalone`` (environment: ``standalone_env``):
     ``Stack(home, settings).start()``, then ``wait_ready`` once ``dag_ids`` should be parsed,
     ``stop()`` at the end; or ``with Stack(...) as s:`` for all three (the executor started too).
@@ -203,31 +232,13 @@ class Stack:
         if proc is not None:
             stop_process(proc)
 
-    # ------------------------------------------------------------------ REST
-    def api(self, path: str, body: dict[str, Any] | None = None, method: str = "GET") -> Any:
-        return api(self.base, path, body, method)
-
+    # ------------------------------------------------------------------ waits, logs
     def wait(self, what: str, check: Callable[[], Any], timeout: float,
              every: float = 0.5) -> Any:
         return wait_for(what, check, timeout, self.log_path, every, self.proc)
 
     def tail(self) -> str:
         return tail(self.log_path, 3000)
-
-    def set_paused(self, dag_id: str, paused: bool) -> None:
-        self.api(f"/dags/{dag_id}", {"is_paused": paused}, "PATCH")
-
-    def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        run = self.api(f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}, "POST")
-        return str(run["dag_run_id"])
-
-    def run_state(self, dag_id: str, run_id: str) -> str:
-        return str(self.api(f"/dags/{dag_id}/dagRuns/{run_id}")["state"])
-
-    def wait_run(self, dag_id: str, run_id: str, timeout: float) -> str:
-        return str(self.wait(f"{dag_id} {run_id} to finish", lambda: (
-            s if (s := self.run_state(dag_id, run_id)) in ("success", "failed") else None),
-            timeout, every=0.25))
 
     def wait_idle(self, dag_id: str, timeout: float, first: str | None = None) -> None:
         """Until the DAG has no queued or running run (e.g. a cron tick caught up on unpause);

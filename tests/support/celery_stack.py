@@ -5,7 +5,8 @@ between the processes but the servers and what the environment names.
 
 ``CeleryStack(home, settings, workers=2)``: ``start()``, ``wait_ready()``, ``kill_worker(i)``
 (SIGKILL to the worker's whole process group: the worker, its pool and the task it runs, as a
-lost host), ``stop()``. REST, waits and logs as in ``airflow_stack``.
+lost host), ``stop()``. REST calls from ``airflow_stack.AirflowRest``; waits and logs over
+every process's log.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from airflow_stack import (
+    AirflowRest,
     _killpg,
-    api,
     free_port,
     launch,
     migrate,
@@ -30,7 +31,7 @@ from airflow_stack import (
 from airflow_stack import tail as tail_of
 
 
-class CeleryStack:
+class CeleryStack(AirflowRest):
     """Scheduler + dag-processor + api-server + ``workers`` Celery workers over ``airflow_url``
     (PostgreSQL) and a private redis-server broker."""
 
@@ -135,9 +136,6 @@ class CeleryStack:
         self.stop()
 
     # ------------------------------------------------------------------ REST, waits, logs
-    def api(self, path: str, body: dict[str, Any] | None = None, method: str = "GET") -> Any:
-        return api(self.base, path, body, method)
-
     def wait(self, what: str, check: Callable[[], Any], timeout: float,
              every: float = 0.5) -> Any:
         """``check()``'s first truthy result; fails at once when a process that should be
@@ -157,9 +155,9 @@ class CeleryStack:
                          for log in sorted(self.logs.glob("*.log")))
 
     def trigger(self, dag_id: str, conf: dict[str, Any]) -> str:
-        self.api(f"/dags/{dag_id}", {"is_paused": False}, "PATCH")
-        run = self.api(f"/dags/{dag_id}/dagRuns", {"logical_date": None, "conf": conf}, "POST")
-        return str(run["dag_run_id"])
+        """Unpause the DAG (its stack starts every DAG paused), then trigger it."""
+        self.set_paused(dag_id, False)
+        return super().trigger(dag_id, conf)
 
     def finished(self, dag_id: str, timeout: float, count: int = 1) -> list[dict[str, Any]]:
         """The DAG's runs once ``count`` of them have finished (success or failed)."""

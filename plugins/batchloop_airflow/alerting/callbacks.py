@@ -121,14 +121,18 @@ def _error_text(exc: BaseException) -> str:
         f"{type(exc).__name__}: {message}")
 
 
-def task_alert(context: Any) -> dict[str, Any]:
+def task_alert(context: Any, exit_info: dict[str, Any] | None = None,
+               exit_read: bool = False) -> dict[str, Any]:
     """The alert of the task in ``context`` that failed for good. Without an exception the
-    process died without reporting one (the scheduler found it): ``task_killed``."""
+    process died without reporting one (the scheduler found it): ``task_killed``, with how its
+    process ended (``process_exit``; ``exit_read``: the caller already read it: ``exit_info``)."""
     ti, exc = context["ti"], context.get("exception")
     dag_id, run_id, map_index = ti.dag_id, ti.run_id, _map_index(ti)
     kind = KIND_FAILED if exc is not None else KIND_KILLED
-    exit_info = None if exc is not None else process_exit(
-        dag_id, run_id, ti.task_id, map_index, ti.try_number)
+    if exc is not None:
+        exit_info = None
+    elif not exit_read:
+        exit_info = process_exit(dag_id, run_id, ti.task_id, map_index, ti.try_number)
     error = _error_text(exc) if exc is not None else killed_error(exit_info)
     return task_payload(kind=kind, dag_id=dag_id, run_id=run_id, task_id=ti.task_id,
                         map_index=map_index, try_number=ti.try_number,
@@ -220,7 +224,7 @@ class LostTryAlert(_AlertNotifier):
             ti = context["ti"]
             if process_exit(ti.dag_id, ti.run_id, ti.task_id, _map_index(ti), ti.try_number):
                 return  # its supervisor saw the task process end: not a lost worker
-            payload = task_alert(context)
+            payload = task_alert(context, exit_info=None, exit_read=True)
             tries = getattr(ti, "max_tries", None)
             payload["error"] = (f"{payload['error']}; Airflow retries it (try "
                                 f"{ti.try_number + 1}{f' of {tries + 1}' if tries else ''})")

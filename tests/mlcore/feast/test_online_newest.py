@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 import yaml
 from one_feature_problem import one_feature_data
-from pg_database import PG_ADMIN_URL, fresh_database
+from pg_database import PG_ADMIN_URL, feast_pg_env, fresh_database
 
 from mlcore.config import Settings
 from mlcore.feast.online import online_features
@@ -60,10 +60,7 @@ def online(request, tmp_path_factory):
     registry = (nullcontext("unused") if request.param == "sqlite"
                 else fresh_database("batchloop_newest"))
     with registry as database, pytest.MonkeyPatch.context() as mp:
-        env = {"FEAST_PG_HOST": PG.hostname, "FEAST_PG_PORT": str(PG.port or 5432),
-               "FEAST_PG_USER": PG.username, "FEAST_PG_DATABASE": database,
-               "FEAST_PG_PASSWORD": PG.password or "unused-trust-auth",
-               "FEAST_REDIS_CONNECTION": f"127.0.0.1:6379,db={db}",
+        env = {**feast_pg_env(database), "FEAST_REDIS_CONNECTION": f"127.0.0.1:6379,db={db}",
                "MLCORE_HOME": os.environ.get("MLCORE_HOME", "")}  # restored on exit
         for key, value in env.items():
             mp.setenv(key, str(value))
