@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import posixpath
 import shutil
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
 
 FileSet = dict[str, dict[str, Any]]  # {relative name: {"rows"?, "bytes", "sha256"}}
 ATTEMPTS, CHUNK = ".attempts", 1 << 20
+log = logging.getLogger(__name__)
 
 
 class StorageError(OSError):
@@ -273,7 +275,26 @@ class Home:
         gone = [a for a in self.attempts(partition) if a.rstrip("/") not in kept]
         for uri in gone:
             self.rm(uri, recursive=True)
+        if not self.is_local:
+            self._abort_uploads(self._attempts_of(partition.rstrip("/")), kept)
         return gone
+
+    def _abort_uploads(self, prefix: str, kept: set[str]) -> None:
+        """Abort the unfinished multipart uploads under ``prefix`` (a writer killed while
+        uploading a large file: no object to list or remove, yet the parts are stored). A
+        failure (e.g. no s3:ListBucketMultipartUploads permission) is logged, not raised: a
+        lifecycle rule (AbortIncompleteMultipartUpload) does the same job later."""
+        bucket, _, key = self.path(prefix).partition("/")
+        try:
+            with self._errors("aborting the unfinished uploads under", prefix):
+                found = self.filesystem.call_s3("list_multipart_uploads", Bucket=bucket,
+                                                Prefix=f"{key}/").get("Uploads", [])
+                for up in found:
+                    if not any(f"s3://{bucket}/{up['Key']}".startswith(f"{k}/") for k in kept):
+                        self.filesystem.call_s3("abort_multipart_upload", Bucket=bucket,
+                                                Key=up["Key"], UploadId=up["UploadId"])
+        except StorageError as exc:
+            log.warning("%s", exc)
 
 
 @dataclass

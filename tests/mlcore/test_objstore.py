@@ -159,6 +159,37 @@ def test_a_crash_before_commit_is_invisible_and_swept(home: Home) -> None:
     assert home.attempts(home.uri("features", "problem=p", "batch=8")) == []
 
 
+def test_a_writer_killed_mid_upload_leaves_no_parts_after_the_sweep(s3_env: S3Server) -> None:
+    """A large file goes up in parts (s3fs: a multipart upload past its block size); a writer
+    killed in the middle leaves no object -- nothing to list or remove -- but stored parts.
+    The sweep aborts the unfinished uploads under the partition's attempts, and only there."""
+    home = Home.of(s3_env.uri(f"mpu-{uuid.uuid4().hex[:6]}"))
+    partition, other = home.uri("curated", "problem=p", "batch=1"), home.uri("curated", "x")
+    code = textwrap.dedent(f"""
+        import os
+        from mlcore.objstore import Home
+        home = Home.of({home.uri()!r})
+        sink = home.open(home.attempt({partition!r}).uri("part-0.parquet"), "wb")
+        sink.write(os.urandom(1 << 20) * 51)  # past the 50 MiB block: a part is sent
+        os._exit(9)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=dict(os.environ),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 9, done.stderr
+    bucket = s3_env.bucket
+    home.filesystem.call_s3("create_multipart_upload", Bucket=bucket, Key=home.path(
+        home.attempt(other).uri("part-0.parquet"))[len(bucket) + 1:])  # another partition's
+
+    def uploads() -> list[str]:
+        listed = home.filesystem.call_s3("list_multipart_uploads", Bucket=bucket)
+        return sorted(u["Key"].split("/")[-4] for u in listed.get("Uploads", [])
+                      if u["Key"].startswith(home.path(home.uri())[len(bucket) + 1:]))
+
+    assert home.attempts(partition) == [] and uploads() == ["curated", "problem=p"]
+    home.sweep_attempts(partition)
+    assert uploads() == ["curated"]  # the other partition's upload is not this sweep's
+
+
 def test_credentials_never_shown(s3_env: S3Server, monkeypatch: pytest.MonkeyPatch) -> None:
     home = Home.of(s3_env.uri("creds"))
     assert SECRET_KEY not in repr(home) and SECRET_KEY not in str(home)
