@@ -180,3 +180,24 @@ def test_other_stages_refuse_an_s3_home_by_name(s3_settings, spec, slices):
                                                  "mlcore.repair"):
         check(spec, s3_settings)
     assert not (ROOT / "s3:").exists()
+
+
+def test_the_ingest_dag_publishes_on_an_s3_home(airflow_db, s3_settings, monkeypatch,
+                                                run_or_error, spec, slices):
+    """Through Airflow (``dag.test``, the real task runner): MLCORE_HOME=s3://... in the task's
+    environment, the store named by MLCORE_DATABASE_URL."""
+    from mlcore.config import get_settings
+
+    monkeypatch.setenv("MLCORE_HOME", s3_settings.home_uri)
+    monkeypatch.setenv("MLCORE_DATABASE_URL", s3_settings.db_url)
+    get_settings.cache_clear()
+    try:
+        result, error = run_or_error(f"{PROBLEM}__ingest_batch",
+                                     {"batch_id": "b", "source": str(slices[2015])})
+    finally:
+        get_settings.cache_clear()
+    assert error is None, error
+    batch = get_batch(PROBLEM, "b", s3_settings.db_url)
+    assert batch.curated_uri.startswith(s3_settings.partition_uri("curated", PROBLEM, "b")
+                                        .replace("/curated/", "/.attempts/curated/", 1))
+    assert len(read_curated(batch)) == 1500
