@@ -16,8 +16,12 @@ from feast.types import Bool, Float64, Int64, String
 from mlcore.problems import load_problems
 
 PROBLEMS_DIR = Path(os.environ.get("MLCORE_PROBLEMS_DIR", Path(__file__).parents[1] / "problems"))
-# Filled in by mlcore (absolute); the fallback matches its default for a hand-run `feast apply`.
-MLCORE_HOME = Path(os.environ.get("MLCORE_HOME", Path.cwd() / ".mlcore"))
+# Filled in by mlcore (an absolute folder, or s3://bucket/prefix); the fallback matches its
+# default for a hand-run `feast apply`.
+MLCORE_HOME = os.environ.get("MLCORE_HOME") or str(Path.cwd() / ".mlcore")
+# The offline partitions' root: <home>/features, a folder or s3://bucket/prefix/features.
+OFFLINE_ROOT = (f"{MLCORE_HOME.rstrip('/')}/features" if MLCORE_HOME.startswith("s3://")
+                else str(Path(MLCORE_HOME) / "features"))
 
 KEY_TYPES = {"int64": ValueType.INT64, "string": ValueType.STRING}
 # The created-timestamp column of a problem with ``corrections: supersede``: when its batch was
@@ -42,7 +46,17 @@ def load_specs():
 
 def offline_path(problem):
     """The problem's offline feature table: one parquet partition per batch under it."""
-    return str(MLCORE_HOME / "features" / f"problem={problem}")
+    return f"{OFFLINE_ROOT.rstrip('/')}/problem={problem}"
+
+
+def s3_endpoint():
+    """The S3 endpoint for an ``s3://`` offline root (pyarrow/dask ignore AWS_ENDPOINT_URL; the
+    FileSource takes it as ``s3_endpoint_override``); None for a folder or AWS itself."""
+    if not OFFLINE_ROOT.startswith("s3://"):
+        return None
+    from mlcore.s3_client import endpoint_url
+
+    return endpoint_url()
 
 
 def created_column(spec):

@@ -41,10 +41,38 @@ def init(args: argparse.Namespace, settings: Settings) -> None:
     from mlcore.feast.store import apply_definitions
     from mlcore.store.session import upgrade
 
-    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.home_is_local:
+        settings.home.mkdir(parents=True, exist_ok=True)
+    else:
+        _check_bucket(settings)
     upgrade(settings.db_url)
     views = apply_definitions(settings)
-    print(f"initialized {settings.home}: metadata store at head, Feast views {views}")
+    print(f"initialized {settings.home_uri}: metadata store at head, Feast views {views}")
+
+
+def _check_bucket(settings: Settings) -> None:
+    """An object-storage home is a prefix (nothing to make): check that a probe object can be
+    written, found and removed there, so a wrong bucket, endpoint or credential fails ``init``
+    naming the home instead of the first ingest.
+
+    Raises:
+        StorageError: naming ``MLCORE_HOME`` and the failed call.
+    """
+    import uuid
+
+    from mlcore.objstore import StorageError
+
+    home = settings.store_home()
+    probe = home.uri(f".init-probe-{uuid.uuid4().hex[:12]}")
+    try:
+        with home.open(probe, "wb") as fh:
+            fh.write(b"batchloop init probe\n")
+        if not home.exists(probe):
+            raise StorageError(f"the probe object {probe} was written but is not found")
+        home.rm(probe)
+    except OSError as exc:  # StorageError, FileNotFoundError (no such bucket), PermissionError
+        raise StorageError(exc.errno, f"MLCORE_HOME {settings.home_uri} is not reachable "
+                                      f"for writing: {exc}") from exc
 
 
 def ingest(args: argparse.Namespace, settings: Settings) -> None:

@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     # An alternative feature_store.yaml (e.g. deploy/feature_store.postgres.yaml); None: the one
     # in ``feature_repo``. The definitions always come from ``feature_repo``.
     feast_config: Path | None = None
+    # A local folder for what cannot live in a bucket when MLCORE_HOME is s3://...: Feast's
+    # embedded registry and SQLite online store (``feast_dir``). Unused with a folder home
+    # (``<home>/feast``) and with server Feast stores (MLCORE_FEAST_CONFIG).
+    local_dir: Path | None = None
     # Bounded waits on the metadata store, in seconds (0 disables one). A database that accepts
     # TCP but never answers must fail a command, not hold an Airflow slot and lease forever.
     # connect: establishing a connection (libpq counts whole seconds, at least 2).
@@ -119,11 +123,30 @@ class Settings(BaseSettings):
             self._store = Home.of(self.home_uri)
         return self._store
 
-    @field_validator("feast_config", "airflow_url", mode="before")
+    @property
+    def feast_dir(self) -> Path:
+        """The local folder of Feast's embedded registry and online store (``${MLCORE_HOME}/feast``
+        in ``feature_repo/feature_store.yaml``): ``<home>/feast``, or on an object-storage home
+        ``<MLCORE_LOCAL_DIR>/feast``.
+
+        Raises:
+            NotOnObjectStorage: an object-storage home without ``MLCORE_LOCAL_DIR``.
+        """
+        if self.home_is_local:
+            return self.home / "feast"
+        if self.local_dir is None:
+            raise NotOnObjectStorage(
+                f"MLCORE_HOME is on object storage ({self.home_uri}): Feast's embedded registry "
+                "and online store need a local folder (MLCORE_LOCAL_DIR), or name server stores "
+                "(MLCORE_FEAST_CONFIG)")
+        return self.local_dir / "feast"
+
+    @field_validator("feast_config", "airflow_url", "local_dir", mode="before")
     @classmethod
     def _unset_when_empty(cls, value: Any) -> Any:
         # `MLCORE_FEAST_CONFIG=` (e.g. compose's ${MLCORE_FEAST_CONFIG:-}) means the default.
         return None if isinstance(value, str) and not value.strip() else value
+
 
     @property
     def feast_config_file(self) -> Path:

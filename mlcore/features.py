@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -23,6 +24,7 @@ from mlcore.config import Settings
 from mlcore.data.integrity import FileSet, curated_files, fingerprint
 from mlcore.feast import store as feast_store
 from mlcore.feast.store import CREATED, ensure_definitions
+from mlcore.objstore import Home
 from mlcore.problems import ProblemSpec
 from mlcore.provenance import failpoint
 from mlcore.store.catalog import get_batch
@@ -144,6 +146,38 @@ def write_offline_chunks(chunks: Iterable[pa.Table],
     return _put_in_place(staging, dest), rows, (low, high)
 
 
+def write_offline_remote(chunks: Iterable[pa.Table], home: Home,
+                         dest: str) -> tuple[FileSet, int, tuple[Any, Any]]:
+    """``write_offline_chunks`` to the object-storage partition ``dest``
+    (``<home>/features/problem=<p>/batch=<id>/part-0.parquet``): the file record, the rows and
+    the (min, max) event time. Objects under ``dest`` not in the new record are removed after.
+
+    Why the final key and not an attempt committed in the database (as ingest does): Feast's
+    ``FileSource`` reads the problem's whole prefix, so a partition is only seen where it finally
+    lives. What matters is that no object is ever half-visible: the file is written and
+    fingerprinted in a local staging folder, uploaded to its final key in one PUT (s3fs uses a
+    multipart upload past 50 MiB, which S3 also makes visible only once completed), then the
+    ``Materialization`` row records it. A run killed after the upload and before the record
+    leaves a complete partition with no record, as a folder-home run killed between its rename
+    and its record does; the partition is a function of the committed curated batch, so the
+    re-run rewrites the same bytes and records them. A writer killed mid-upload leaves no object.
+
+    Raises:
+        ValueError: no piece (an empty batch: nothing to materialize).
+    """
+    with tempfile.TemporaryDirectory(prefix="mlcore-features-") as tmp:
+        local = Path(tmp) / "features" / "problem" / "batch"
+        record, rows, bounds = write_offline_chunks(chunks, local)  # staged, fingerprinted
+        base = dest.rstrip("/")
+        for name in sorted(record):
+            home.put_file(local / name, f"{base}/{name}")
+    failpoint("features.after_offline_upload")
+    stale = [uri for uri in home.find(base) if uri[len(base) + 1:] not in record]
+    for uri in stale:
+        home.rm(uri)
+    return record, rows, bounds
+
+
 def _staging(dest: Path) -> Path:
     """A new staging dir for ``dest``, outside the problem's folder (``features/.staging/
     problem=<p>/``): Feast's file source reads that whole folder with dask, which does not skip
@@ -175,12 +209,17 @@ def materialize_batch(spec: ProblemSpec, batch_id: str,
     (``materialize_online``).
     """
     batch = get_batch(spec.name, batch_id, settings.db_url)
-    dest = settings.partition("features", spec.name, batch_id)
     # Two passes over the curated file, each holding one chunk: the offline partition, then
     # (definitions applied) the online write. Memory is bounded by CHUNK_ROWS, not the batch.
     files = curated_files(batch)  # verified once for both passes
-    record, rows, (low, high) = write_offline_chunks(
-        engineered_chunks(batch, spec, files=files), dest)
+    if settings.home_is_local:
+        dest: Path | str = settings.partition("features", spec.name, batch_id)
+        record, rows, (low, high) = write_offline_chunks(
+            engineered_chunks(batch, spec, files=files), Path(dest))
+    else:
+        dest = settings.partition_uri("features", spec.name, batch_id)
+        record, rows, (low, high) = write_offline_remote(
+            engineered_chunks(batch, spec, files=files), settings.store_home(), dest)
     store = ensure_definitions(spec, settings)
     start = pd.Timestamp(low).to_pydatetime() - timedelta(seconds=1)
     end = pd.Timestamp(high).to_pydatetime() + timedelta(seconds=1)
@@ -213,7 +252,7 @@ def materialize_online(spec: ProblemSpec, settings: Settings, store: Any,
                                          store.project, start, end)
 
 
-def _record(spec: ProblemSpec, batch_id: str, dest: Path, written: tuple[int, FileSet],
+def _record(spec: ProblemSpec, batch_id: str, dest: Path | str, written: tuple[int, FileSet],
             start: datetime, end: datetime, url: str) -> None:
     with session_scope(url) as s:
         s.execute(delete(Materialization).where(Materialization.problem == spec.name,

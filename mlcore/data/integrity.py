@@ -16,17 +16,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlcore.batches import BatchError, sha256_file
+from mlcore.batches import sha256_file
+from mlcore.data.damage import DataDamaged, FileSet
+from mlcore.data.objects import fetched_copy
 from mlcore.store.models import Materialization
 from mlcore.store.session import session_scope
 
-FileSet = dict[str, dict[str, Any]]
 log = logging.getLogger(__name__)
 _verified: dict[tuple[str, int, int], str] = {}
-
-
-class DataDamaged(BatchError):
-    """A file differs from its record (missing, truncated, replaced) or cannot be read."""
 
 
 def parquet_files(root: Path) -> list[Path]:
@@ -116,8 +113,12 @@ def repair_hint(batch_id: str) -> str:
 
 
 def curated_files(batch: Any, full: bool = True) -> list[Path]:
-    """A published batch's curated files (a ``Batch`` row), verified against its manifest."""
-    return verified(Path(batch.curated_uri or ""), batch.files,
+    """A published batch's curated files (a ``Batch`` row), verified against its manifest.
+
+    An object-storage ``curated_uri`` is fetched (hashed on the way, checked against the
+    record: ``mlcore.data.objects.fetch_verified``) into this process's cache folder once per
+    committed location, and its local copies are returned (checked again like a folder's)."""
+    return _located(batch.curated_uri, batch.files,
                     f"batch {batch.batch_id!r} of {batch.problem!r}: curated",
                     repair_hint(batch.batch_id), full)
 
@@ -134,6 +135,15 @@ def offline_files(problem: str, url: str, batch_ids: list[str] | None = None,
         query = query.where(Materialization.batch_id.in_(batch_ids))
     with session_scope(url) as s:
         rows = list(s.scalars(query.order_by(Materialization.batch_id)))
-    return [f for m in rows for f in verified(
-        Path(m.offline_uri), m.files, f"batch {m.batch_id!r} of {problem!r}: features",
+    return [f for m in rows for f in _located(
+        m.offline_uri, m.files, f"batch {m.batch_id!r} of {problem!r}: features",
         repair_hint(m.batch_id), full)]
+
+
+def _located(uri: str | None, recorded: FileSet | None, what: str, hint: str,
+             full: bool) -> list[Path]:
+    """``verified`` of a folder, or of the verified local copy of an object-storage location
+    (``mlcore.data.objects.fetched_copy``: fetched once per process and record)."""
+    if (uri or "").startswith(("s3://", "s3a://")):
+        return verified(fetched_copy(str(uri), recorded, what, hint), recorded, what, hint, full)
+    return verified(Path(uri or ""), recorded, what, hint, full)

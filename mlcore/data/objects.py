@@ -1,26 +1,33 @@
-"""Published files on object storage, read the way ``mlcore.data.integrity`` reads a folder:
-every parquet file under a committed location (a manifest's ``curated_uri``) is checked against
-its record -- the names, then per file bytes, footer rows and SHA-256 -- before a stage reads it.
-The files are fetched into a local folder while they are hashed (one GET each), so what a stage
-reads is exactly what was checked. Only committed locations are ever read: an attempt that was
+"""Published files on object storage, read the way ``mlcore.data.integrity`` reads a folder
+(it routes object-storage locations here): every parquet file under a committed location (a
+manifest's ``curated_uri``, a materialization's ``offline_uri``) is checked against its record
+-- the names, then per file bytes, footer rows and SHA-256 -- before a stage reads it. The files
+are fetched into a local folder while they are hashed (one GET each), so what a stage reads is
+exactly what was checked. Only committed locations are ever read: an attempt that was
 never committed is in no manifest.
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import logging
+import os
+import shutil
+import tempfile
+import uuid
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mlcore.data.integrity import DataDamaged, FileSet
+from mlcore.data.damage import DataDamaged, FileSet
 from mlcore.objstore import CHUNK, Home
 from mlcore.s3_client import endpoint_url
 
 log = logging.getLogger(__name__)
 _STORES: dict[tuple[str, str | None], Home] = {}
+_CACHE: list[Path] = []  # this process's folder of fetched committed locations
 
 
 def is_remote(uri: str | None) -> bool:
@@ -107,3 +114,53 @@ def _check(uri: str, local: Path, size: int, sha: str, rec: dict[str, object], w
     if sha != rec["sha256"]:
         raise DataDamaged(f"{what}: file {uri} content differs from its record (sha256 "
                           f"{sha[:12]}…, recorded {str(rec['sha256'])[:12]}…){tail}")
+
+
+def _cache_dir() -> Path:
+    if not _CACHE:
+        _CACHE.append(Path(tempfile.mkdtemp(prefix="mlcore-fetched-")))
+        atexit.register(shutil.rmtree, _CACHE[0], True)
+    return _CACHE[0]
+
+
+def fetched_copy(root: str, recorded: FileSet | None, what: str, hint: str = "") -> Path:
+    """A local folder holding the files of the committed location ``root``, fetched and
+    verified (``fetch_verified``) on the first call in this process; later calls return the same
+    folder (keyed by the location and its record) while the location still lists the recorded
+    names and sizes (one listing and a HEAD per file: Feast reads the features partitions from
+    the bucket itself, so a removed or truncated object must still fail; a same-size replacement
+    is only caught by the first fetch of a process). A fetch lands in a sibling folder renamed
+    into place, so a failed fetch leaves no half copy. The folder is removed at process exit.
+
+    Raises:
+        DataDamaged: naming ``what``, the object and what differs, then ``hint``.
+    """
+    shas = "".join(f"{n}:{r['sha256']}" for n, r in sorted((recorded or {}).items()))
+    folder = _cache_dir() / hashlib.sha256(f"{root}|{shas}".encode()).hexdigest()[:24]
+    if folder.is_dir() and _unchanged(root, recorded):
+        return folder
+    shutil.rmtree(folder, ignore_errors=True)  # gone or changed since: fetched (and checked) anew
+    part = folder.with_name(f"{folder.name}.{uuid.uuid4().hex[:8]}")
+    try:
+        fetch_verified(root, recorded, part, what, hint)
+        part.mkdir(parents=True, exist_ok=True)  # an empty location: an empty folder
+        try:
+            os.replace(part, folder)
+        except OSError:
+            if not folder.is_dir():  # else another thread fetched it first: keep that copy
+                raise
+            shutil.rmtree(part, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(part, ignore_errors=True)
+        raise
+    return folder
+
+
+def _unchanged(root: str, recorded: FileSet | None) -> bool:
+    """Does ``root`` still hold exactly the recorded names, of the recorded sizes?"""
+    home = store_of(root)
+    found = _listing(home, root)
+    if recorded is None:
+        return True
+    return set(found) == set(recorded) and all(
+        home.size(found[name]) == rec["bytes"] for name, rec in recorded.items())

@@ -8,6 +8,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -26,10 +27,29 @@ CREATED = "batch_published_at"  # the created-timestamp column (feature_repo/pro
 
 
 def _feast_env(settings: Settings) -> None:
-    # feature_store.yaml and the definition files read these; feast expands ${VAR} itself.
-    os.environ["MLCORE_HOME"] = str(settings.home.resolve())
+    # The definition files read these (on an object-storage home the offline partitions are
+    # s3://.../features, read through MLCORE_S3_ENDPOINT_URL).
+    os.environ["MLCORE_HOME"] = (str(settings.home.resolve()) if settings.home_is_local
+                                 else settings.home_uri)
     os.environ["MLCORE_PROBLEMS_DIR"] = str(settings.problems_dir.resolve())
-    (settings.home / "feast").mkdir(parents=True, exist_ok=True)
+
+
+@contextlib.contextmanager
+def _yaml_home(settings: Settings, config: Path) -> Iterator[None]:
+    """While Feast reads ``feature_store.yaml``: ``MLCORE_HOME`` there is the folder holding
+    ``feast/`` (the embedded registry and online store). On an object-storage home that is
+    ``MLCORE_LOCAL_DIR`` (``Settings.feast_dir``), for this read only: the process keeps
+    ``MLCORE_HOME`` = the bucket."""
+    if settings.home_is_local or "${MLCORE_HOME}" not in config.read_text():
+        yield
+        return
+    feast_dir = settings.feast_dir.resolve()  # raises NotOnObjectStorage without a local dir
+    feast_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["MLCORE_HOME"] = str(feast_dir.parent)
+    try:
+        yield
+    finally:
+        os.environ["MLCORE_HOME"] = settings.home_uri
 
 
 def feature_store(settings: Settings) -> FeatureStore:
@@ -41,6 +61,7 @@ def feature_store(settings: Settings) -> FeatureStore:
 
     Raises:
         FileNotFoundError: the configured ``feature_store.yaml`` does not exist.
+        NotOnObjectStorage: an object-storage home, an embedded store and no MLCORE_LOCAL_DIR.
     """
     from feast import FeatureStore
 
@@ -48,7 +69,10 @@ def feature_store(settings: Settings) -> FeatureStore:
     if not config.is_file():
         raise FileNotFoundError(f"Feast config {config} not found (MLCORE_FEAST_CONFIG)")
     _feast_env(settings)
-    return FeatureStore(repo_path=str(settings.feature_repo.resolve()), fs_yaml_file=config)
+    if settings.home_is_local:
+        (settings.home / "feast").mkdir(parents=True, exist_ok=True)
+    with _yaml_home(settings, config):
+        return FeatureStore(repo_path=str(settings.feature_repo.resolve()), fs_yaml_file=config)
 
 
 def apply_definitions(settings: Settings) -> list[str]:
@@ -90,7 +114,7 @@ def online_store_lock(settings: Settings, store: FeatureStore) -> Iterator[None]
     if not isinstance(store.config.online_store, SqliteOnlineStoreConfig):
         yield
         return
-    with file_lock(settings.home / "feast" / "online_store.lock"):
+    with file_lock(settings.feast_dir / "online_store.lock"):
         yield
 
 
