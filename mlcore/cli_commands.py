@@ -71,8 +71,8 @@ def _check_bucket(settings: Settings) -> None:
             raise StorageError(f"the probe object {probe} was written but is not found")
         home.rm(probe)
     except OSError as exc:  # StorageError, FileNotFoundError (no such bucket), PermissionError
-        raise StorageError(exc.errno, f"MLCORE_HOME {settings.home_uri} is not reachable "
-                                      f"for writing: {exc}") from exc
+        text = f"MLCORE_HOME {settings.home_uri} is not reachable for writing: {exc}"
+        raise (StorageError(text) if exc.errno is None else StorageError(exc.errno, text)) from exc
 
 
 def ingest(args: argparse.Namespace, settings: Settings) -> None:

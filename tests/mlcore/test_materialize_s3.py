@@ -17,7 +17,8 @@ from s3_server import S3Server, s3_server
 from sqlalchemy import select
 
 from mlcore import cli_commands
-from mlcore.config import NotOnObjectStorage, Settings
+from mlcore.cli import main
+from mlcore.config import NotOnObjectStorage, Settings, get_settings
 from mlcore.data.integrity import DataDamaged, curated_files
 from mlcore.feast.online import online_features
 from mlcore.feast.retrieval import historical_features
@@ -88,6 +89,26 @@ def test_init_names_an_unreachable_bucket(s3_settings, server):
     missing = s3_settings.model_copy(update={"home_uri": f"s3://no-such-{uuid.uuid4().hex[:8]}/x"})
     with pytest.raises(StorageError, match=f"MLCORE_HOME {missing.home_uri} is not reachable"):
         cli_commands.init(argparse.Namespace(), missing)
+
+
+def test_mlcore_init_reads_an_s3_home_from_the_environment(s3_settings, server, monkeypatch,
+                                                         capsys):
+    monkeypatch.setenv("MLCORE_DATABASE_URL", s3_settings.db_url)
+    monkeypatch.setenv("MLCORE_LOCAL_DIR", str(s3_settings.local_dir))
+    monkeypatch.setenv("MLCORE_PROBLEMS_DIR", str(ROOT / "problems"))
+    missing = f"s3://no-such-{uuid.uuid4().hex[:8]}/x"
+    for home, ok in ((s3_settings.home_uri, True), (missing, False)):
+        monkeypatch.setenv("MLCORE_HOME", home)
+        get_settings.cache_clear()
+        try:
+            got = main(["init"])
+        finally:
+            get_settings.cache_clear()
+        out, err = capsys.readouterr()
+        assert (got == 0) is ok, (out, err)
+        assert (f"initialized {home}" in out) if ok else (
+            f"error: MLCORE_HOME {home} is not reachable for writing" in err), (out, err)
+    assert (s3_settings.local_dir / "feast" / "registry.db").is_file()
 
 
 def test_the_embedded_feast_store_needs_a_local_dir_on_s3(s3_settings, spec, slices):
