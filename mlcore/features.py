@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from sqlalchemy import delete
 
 from mlcore.config import Settings
 from mlcore.data.integrity import FileSet, curated_files, fingerprint
+from mlcore.data.objects import process_tmp
 from mlcore.feast import store as feast_store
 from mlcore.feast.store import CREATED, ensure_definitions
 from mlcore.objstore import Home
@@ -165,12 +165,15 @@ def write_offline_remote(chunks: Iterable[pa.Table], home: Home,
     Raises:
         ValueError: no piece (an empty batch: nothing to materialize).
     """
-    with tempfile.TemporaryDirectory(prefix="mlcore-features-") as tmp:
-        local = Path(tmp) / "features" / "problem" / "batch"
+    tmp = process_tmp("features")  # a killed run's is removed by the next run's
+    try:
+        local = tmp / "features" / "problem" / "batch"
         record, rows, bounds = write_offline_chunks(chunks, local)  # staged, fingerprinted
         base = dest.rstrip("/")
         for name in sorted(record):
             home.put_file(local / name, f"{base}/{name}")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     failpoint("features.after_offline_upload")
     stale = [uri for uri in home.find(base) if uri[len(base) + 1:] not in record]
     for uri in stale:

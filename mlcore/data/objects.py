@@ -116,9 +116,30 @@ def _check(uri: str, local: Path, size: int, sha: str, rec: dict[str, object], w
                           f"{sha[:12]}…, recorded {str(rec['sha256'])[:12]}…){tail}")
 
 
+def process_tmp(kind: str) -> Path:
+    """A new temporary folder ``mlcore-<kind>-<pid>-*`` of this process; the folders of this
+    kind left by processes that no longer run (SIGKILLed: no cleanup ran) are removed first."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob(f"mlcore-{kind}-*-*"):
+        pid = old.name.split("-")[2]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"mlcore-{kind}-{os.getpid()}-"))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def _cache_dir() -> Path:
     if not _CACHE:
-        _CACHE.append(Path(tempfile.mkdtemp(prefix="mlcore-fetched-")))
+        _CACHE.append(process_tmp("fetched"))
         atexit.register(shutil.rmtree, _CACHE[0], True)
     return _CACHE[0]
 

@@ -1,13 +1,15 @@
 """A materialize on an object-storage home (``MLCORE_HOME=s3://<bucket>/<prefix>`` on moto's
 standalone server) killed (SIGKILL, its own OS process) before or after uploading its offline
 partition: no half object is ever visible under ``features/``, nothing is recorded, the training
-join over the other batches still reads, and the re-run records the same partition once."""
+join over the other batches still reads, and the re-run records the same partition once (and
+removes the killed run's local staging folder)."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +78,19 @@ def _features(settings: Settings) -> list[str]:
     return home.find(home.uri("features"))
 
 
+def _dead_tmp() -> list[Path]:
+    """``mlcore-features-<pid>-*`` folders of processes that no longer run."""
+    out = []
+    for p in Path(tempfile.gettempdir()).glob("mlcore-features-*-*"):
+        try:
+            os.kill(int(p.name.split("-")[2]), 0)
+        except ProcessLookupError:
+            out.append(p)
+        except (PermissionError, ValueError):
+            pass
+    return out
+
+
 def _recorded(settings: Settings) -> list[str]:
     with session_scope(settings.db_url) as s:
         return sorted(s.scalars(select(Materialization.batch_id)))
@@ -94,6 +109,8 @@ def test_a_killed_materialize_on_s3_records_nothing_and_the_rerun_records_once(
     assert _materialize_in_child(settings, "2016", failpoint) == -9
     assert _recorded(settings) == ["2015"]
     uploaded = failpoint == "features.after_offline_upload"
+    # killed mid-staging, its local staging folder stays (no cleanup ran) ...
+    assert bool(_dead_tmp()) is not uploaded
     assert (part16 in _features(settings)) is uploaded  # whole, or not there at all
     assert len(_features(settings)) == 1 + uploaded
     b2015 = get_batch(spec.name, "2015", settings.db_url)
@@ -101,6 +118,7 @@ def test_a_killed_materialize_on_s3_records_nothing_and_the_rerun_records_once(
 
     again = materialize_batch(spec, "2016", settings)
     assert again.rows == 1500 and _recorded(settings) == ["2015", "2016"]
+    assert _dead_tmp() == []  # ... is removed by the next run
     assert sorted(_features(settings)) == sorted(
         [f"{settings.partition_uri('features', spec.name, '2015')}/part-0.parquet", part16])
     b2016 = get_batch(spec.name, "2016", settings.db_url)
