@@ -2,7 +2,8 @@
 standalone server, its own process): ``mlcore init`` on the bucket, the offline partition written
 to its final key and recorded, the online store (embedded SQLite under ``MLCORE_LOCAL_DIR``)
 holding the same values as a folder-home materialize of the same batch, idempotent re-runs, and
-Feast's offline reader (the training-set join) reading the partition from the bucket."""
+Feast's offline reader (the training-set join) reading the partition from the bucket; and the
+compose profile (PostgreSQL Feast registry/online store) with no local folder at all."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from pg_database import feast_pg_env, fresh_database
 from s3_server import S3Server, s3_server
 from sqlalchemy import select
 
@@ -20,6 +22,7 @@ from mlcore import cli_commands
 from mlcore.cli import main
 from mlcore.config import NotOnObjectStorage, Settings, get_settings
 from mlcore.data.integrity import DataDamaged, curated_files
+from mlcore.data.io import read_curated
 from mlcore.feast.online import online_features
 from mlcore.feast.retrieval import historical_features
 from mlcore.features import materialize_batch
@@ -187,3 +190,26 @@ def test_a_damaged_s3_curated_object_is_refused_before_materialize(s3_settings, 
     with pytest.raises(DataDamaged):
         materialize_batch(spec, "2015", s3_settings)
     assert not [u for u in objects(s3_settings) if "/features/" in u]
+
+
+def test_the_compose_profile_s3_home_with_postgres_feast_needs_no_local_dir(
+        s3_settings, spec, slices, monkeypatch, capsys):
+    """MinIO + ``deploy/feature_store.postgres.yaml`` (registry and online rows in PostgreSQL):
+    init, materialize and the training join run on the bucket with no local folder at all."""
+    settings = s3_settings.model_copy(update={
+        "local_dir": None, "feast_config": ROOT / "deploy" / "feature_store.postgres.yaml"})
+    with fresh_database("batchloop_s3feast") as database:
+        for key, value in feast_pg_env(database).items():
+            monkeypatch.setenv(key, value)
+        cli_commands.init(argparse.Namespace(), settings)
+        assert f"initialized {settings.home_uri}" in capsys.readouterr().out
+        ingest_batch(spec, str(slices[2015]), "2015", settings)
+        assert materialize_batch(spec, "2015", settings).rows == 1500
+        batch = get_batch(spec.name, "2015", settings.db_url)
+        curated = read_curated(batch).set_index("id")
+        got = online_features(spec, KEYS, settings).set_index("id")
+        pd.testing.assert_frame_equal(got[spec.feature_names].astype("float64"),
+                                      curated.loc[KEYS, spec.feature_names].astype("float64"),
+                                      check_names=False)
+        assert len(historical_features(spec, [batch], settings)) == 1500
+    assert not s3_settings.local_dir.exists()
