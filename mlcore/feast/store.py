@@ -34,22 +34,24 @@ def _feast_env(settings: Settings) -> None:
     os.environ["MLCORE_PROBLEMS_DIR"] = str(settings.problems_dir.resolve())
 
 
-@contextlib.contextmanager
-def _yaml_home(settings: Settings, config: Path) -> Iterator[None]:
-    """While Feast reads ``feature_store.yaml``: ``MLCORE_HOME`` there is the folder holding
-    ``feast/`` (the embedded registry and online store). On an object-storage home that is
-    ``MLCORE_LOCAL_DIR`` (``Settings.feast_dir``), for this read only: the process keeps
-    ``MLCORE_HOME`` = the bucket."""
-    if settings.home_is_local or "${MLCORE_HOME}" not in config.read_text():
-        yield
-        return
+def _local_config(settings: Settings, config: Path) -> Any:
+    """The ``RepoConfig`` of ``config`` on an object-storage home whose config keeps Feast's
+    embedded registry/online store under ``${MLCORE_HOME}/feast``: read as Feast reads it, with
+    ``${MLCORE_HOME}`` there taken as the folder holding ``Settings.feast_dir``
+    (``MLCORE_LOCAL_DIR``); the process environment is left alone. None: Feast reads the file
+    itself (a folder home, or server stores that name no local path)."""
+    text = config.read_text()
+    if settings.home_is_local or "${MLCORE_HOME}" not in text:
+        return None
+    import yaml
+    from feast.repo_config import RepoConfig
+
     feast_dir = settings.feast_dir.resolve()  # raises NotOnObjectStorage without a local dir
     feast_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["MLCORE_HOME"] = str(feast_dir.parent)
-    try:
-        yield
-    finally:
-        os.environ["MLCORE_HOME"] = settings.home_uri
+    raw = yaml.safe_load(os.path.expandvars(text.replace("${MLCORE_HOME}", str(feast_dir.parent))))
+    repo_config = RepoConfig(**raw)
+    repo_config.repo_path = settings.feature_repo.resolve()
+    return repo_config
 
 
 def feature_store(settings: Settings) -> FeatureStore:
@@ -71,8 +73,10 @@ def feature_store(settings: Settings) -> FeatureStore:
     _feast_env(settings)
     if settings.home_is_local:
         (settings.home / "feast").mkdir(parents=True, exist_ok=True)
-    with _yaml_home(settings, config):
-        return FeatureStore(repo_path=str(settings.feature_repo.resolve()), fs_yaml_file=config)
+    repo_path = str(settings.feature_repo.resolve())
+    if (repo_config := _local_config(settings, config)) is not None:
+        return FeatureStore(repo_path=repo_path, config=repo_config)
+    return FeatureStore(repo_path=repo_path, fs_yaml_file=config)
 
 
 def apply_definitions(settings: Settings) -> list[str]:
