@@ -657,6 +657,9 @@ def run_celery(args: argparse.Namespace) -> int:
     """``--executor celery``: each size through the DAGs on Celery workers (one round)."""
     import _scale_celery
 
+    # SIGTERM (a timeout, kill) unwinds like Ctrl-C: each stack's processes and databases are
+    # removed on the way out, not left running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     meta: dict[str, Any] = {"started": utc_now(), "code": code(), "executor": "celery",
                             "workers": args.workers, "load_before": load()}
     results: dict[int, dict[str, Any]] = {}

@@ -4,19 +4,21 @@ the broker, PostgreSQL as the metadata DB and the Celery result backend. Nothing
 between the processes but the servers and what the environment names.
 
 ``CeleryStack(home, settings, workers=2)``: ``start()``, ``wait_ready()``, ``kill_worker(i)``
-(SIGKILL to the worker's whole process group: the worker, its pool and the task it runs, as a
-lost host), ``stop()``. REST calls from ``airflow_stack.AirflowRest``; waits and logs over
-every process's log.
+(SIGKILL to every process of the worker's session: the worker, its pool, the supervisor and
+the task it runs, as a lost host), ``stop()``. REST calls from ``airflow_stack.AirflowRest``;
+waits and logs over every process's log.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import signal
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from airflow_stack import (
     AirflowRest,
@@ -29,6 +31,31 @@ from airflow_stack import (
     wait_for,
 )
 from airflow_stack import tail as tail_of
+
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+class ProcStat(NamedTuple):
+    """The fields of ``/proc/<pid>/stat`` the stacks use."""
+
+    group: int
+    session: int
+    rss_bytes: int
+
+
+def proc_stat(pid: int | str) -> ProcStat | None:
+    """``pid``'s process group, session and resident memory; None once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return ProcStat(int(fields[2]), int(fields[3]), int(fields[21]) * PAGE)
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def session_pids(session: int) -> list[int]:
+    """Every live process of ``session`` (a worker started in a session of its own)."""
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit()
+            and (st := proc_stat(e.name)) is not None and st.session == session]
 
 
 class CeleryStack(AirflowRest):
@@ -98,26 +125,34 @@ class CeleryStack(AirflowRest):
         self.wait("a healthy scheduler, the DAGs and the Celery workers", ready, timeout)
 
     def kill_worker(self, i: int) -> None:
-        """SIGKILL worker ``i``'s whole process group (worker, pool, supervisor, task)."""
+        """SIGKILL everything worker ``i`` started, as a lost host: its process group (worker,
+        pool, supervisor) and every other process of its session (Airflow's supervisor starts
+        the task process in a process group of its own)."""
         proc = self.procs.pop(f"worker{i}")
         self.killed[i] = proc
         _killpg(proc.pid, signal.SIGKILL)
+        for pid in session_pids(proc.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signal.SIGKILL)
         proc.wait(10)
 
     def worker_of(self, pid: int) -> int | None:
-        """The worker whose process group holds ``pid`` (a task process), or None."""
-        try:
-            group = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[3])
-        except (OSError, IndexError, ValueError):
-            return None
+        """The worker whose session holds ``pid`` (a task process), or None."""
+        stat = proc_stat(pid)
         for i in range(self.workers):
-            if (proc := self.procs.get(f"worker{i}")) is not None and proc.pid == group:
+            proc = self.procs.get(f"worker{i}")
+            if stat is not None and proc is not None and proc.pid == stat.session:
                 return i
         return None
 
     def stop(self) -> None:
+        """Stop every process (a worker's whole session too: task processes left behind)."""
         for name in list(self.procs):
-            stop_process(self.procs.pop(name), whole_group=True)
+            proc = self.procs.pop(name)
+            stop_process(proc, whole_group=True)
+            for pid in session_pids(proc.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
         if self.broker is not None:
             _killpg(self.broker.pid, signal.SIGKILL)
             self.broker.wait(10)
