@@ -50,6 +50,10 @@ def write_dataset(spec: ProblemSpec, settings: Settings, batches: list[Batch],
         plan.method  # datasets of the older rule keep their ids
     key = json.dumps([how, [(b.batch_id, b.sha256) for b in batches]]).encode()
     dataset_id = hashlib.sha256(key).hexdigest()[:16]
+    remote = root is None and not settings.home_is_local
+    if remote:  # parts staged in a process folder, then one PUT each (``_upload``)
+        from mlcore.data.objects import process_tmp
+        root = process_tmp("dataset")
     root = root or settings.home / "datasets" / f"problem={spec.name}" / f"dataset={dataset_id}"
     require_materialized(spec.name, [b.batch_id for b in batches], settings.db_url)
     frame = point_in_time_features(spec, batches, settings)
@@ -64,9 +68,27 @@ def write_dataset(spec: ProblemSpec, settings: Settings, batches: list[Batch],
         tmp = root / f".{name}.parquet.tmp"
         part.to_parquet(tmp, index=False)
         tmp.replace(root / f"{name}.parquet")
-    return DatasetRef(dataset_id, str(root / "train.parquet"), str(root / "holdout.parquet"),
+    uris = [str(root / "train.parquet"), str(root / "holdout.parquet")]
+    if remote:
+        uris = _upload(settings, root, spec.name, dataset_id)
+    return DatasetRef(dataset_id, uris[0], uris[1],
                       list(plan.train_batches), list(split.holdout_batches or plan.holdout_batches),
                       plan.method,
                       len(train), len(holdout), frame_hash(train), frame_hash(holdout),
                       str(spec.evaluation.holdout), split.holdout_from, left_out)
 
+
+
+def _upload(settings: Settings, staged: Path, problem: str, dataset_id: str) -> list[str]:
+    """The staged parts put under ``datasets/problem=<p>/dataset=<id>/`` of an object-storage
+    home (the id is the content's: a re-run writes the same bytes), the staging removed."""
+    import shutil
+
+    from mlcore.model.artifacts_store import upload
+
+    try:
+        return [upload(settings.store_home(), staged / f"{name}.parquet", "datasets",
+                       f"problem={problem}", f"dataset={dataset_id}", f"{name}.parquet")
+                for name in ("train", "holdout")]
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)

@@ -29,7 +29,7 @@ from mlcore.model.estimators import TrainedModel, refit_recorded, select_and_fit
 from mlcore.model.preprocessing import missing_values_plan
 from mlcore.model.reference import write_reference_profile
 from mlcore.model.registry import get_version, load_model, register_version
-from mlcore.model.splits import DatasetRef, load_part
+from mlcore.model.splits import DatasetRef, frame_hash, load_part
 from mlcore.model.targets import model_target, predict
 from mlcore.policy import close_retrain_requests
 from mlcore.problems import ProblemSpec, spec_hash
@@ -40,7 +40,12 @@ _LIBRARIES = ("scikit-learn", "numpy", "pandas", "scipy", "joblib", "pyarrow", "
 
 
 def save_artifact(pipeline: Pipeline, settings: Settings, problem: str) -> tuple[str, str]:
-    """Dump the pipeline under a content-addressed path. Returns (uri, sha256)."""
+    """Dump the pipeline under a content-addressed path. Returns (uri, sha256).
+
+    On an object-storage home the dump is staged locally and put with one PUT to
+    ``artifacts/problem=<p>/sha256=<16 hex>/model.joblib`` (the key names its content)."""
+    if not settings.home_is_local:
+        return _save_remote(pipeline, settings, problem)
     root = settings.home / "artifacts" / f"problem={problem}"
     root.mkdir(parents=True, exist_ok=True)
     tmp = root / f".model-{time.time_ns()}.joblib"
@@ -50,6 +55,57 @@ def save_artifact(pipeline: Pipeline, settings: Settings, problem: str) -> tuple
     dest.parent.mkdir(exist_ok=True)
     tmp.replace(dest)
     return str(dest), sha
+
+
+def _save_remote(pipeline: Pipeline, settings: Settings, problem: str) -> tuple[str, str]:
+    import shutil
+
+    from mlcore.data.objects import process_tmp
+    from mlcore.model.artifacts_store import upload
+
+    staged = process_tmp("artifact")
+    try:
+        joblib.dump(pipeline, staged / "model.joblib")
+        sha = sha256_file(staged / "model.joblib")
+        return upload(settings.store_home(), staged / "model.joblib", "artifacts",
+                      f"problem={problem}", f"sha256={sha[:16]}", "model.joblib"), sha
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _reference_profile(spec: ProblemSpec, train: pd.DataFrame, pipeline: Pipeline, uri: str,
+                       seed: int) -> dict[str, Any]:
+    """``write_reference_profile`` next to the artifact at ``uri`` (on an object-storage home:
+    staged locally, then put beside the artifact's object)."""
+    from mlcore.model.artifacts_store import is_remote, sibling
+
+    if not is_remote(uri):
+        return write_reference_profile(spec, train, pipeline, Path(uri).parent, seed)
+    import shutil
+
+    from mlcore.data.objects import process_tmp
+    from mlcore.objstore import Home
+
+    staged = process_tmp("reference")
+    try:
+        profile = write_reference_profile(spec, train, pipeline, staged, seed)
+        dest = sibling(uri, profile["uri"])
+        Home.of(dest).put_file(staged / profile["uri"], dest)
+        return profile
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+
+
+def _load_part(uri: str, expected_hash: str) -> pd.DataFrame:
+    """``load_part``, also for a part on object storage (read into memory, hash checked)."""
+    from mlcore.model.artifacts_store import is_remote, read_parquet
+
+    if not is_remote(uri):
+        return load_part(uri, expected_hash)
+    frame = read_parquet(uri)
+    if frame_hash(frame) != expected_hash:
+        raise ValueError(f"dataset part {uri} changed since it was built (hash mismatch)")
+    return frame
 
 
 def predictions_hash(p: np.ndarray) -> str:
@@ -125,19 +181,19 @@ def train_contender(spec: ProblemSpec, dataset: DatasetRef, cfg: TrainConfig,
     reproducibility record (including the hash of its holdout predictions)."""
     failpoint("training.started")
     start = time.perf_counter()
-    train = load_part(dataset.train_uri, dataset.train_hash)
+    train = _load_part(dataset.train_uri, dataset.train_hash)
     sampled = None
     if len(train) > cfg.max_train_rows:
         train = train.sample(cfg.max_train_rows, random_state=cfg.random_state)
         sampled = cfg.max_train_rows
     trained = select_and_fit(spec, train, cfg, target_coder(spec, settings.db_url))
-    holdout = load_part(dataset.holdout_uri, dataset.holdout_hash)
+    holdout = _load_part(dataset.holdout_uri, dataset.holdout_hash)
     scores, rps = timed_scores(trained.pipeline, holdout[spec.feature_names])
     hashes = {b.batch_id: b.sha256 for b in published_batches(spec.name, settings.db_url)}
     record = reproducibility_record(spec, dataset, cfg, trained, hashes, sampled, scores, rps)
     uri, sha = save_artifact(trained.pipeline, settings, spec.name)
-    record["reference_profile"] = write_reference_profile(  # before the write-once registration
-        spec, train, trained.pipeline, Path(uri).parent, cfg.random_state)
+    record["reference_profile"] = _reference_profile(  # before the write-once registration
+        spec, train, trained.pipeline, uri, cfg.random_state)
     timings = {"fit_seconds": round(trained.fit_seconds, 3),
                "total_seconds": round(time.perf_counter() - start, 3)}
     failpoint("training.before_register")

@@ -60,6 +60,21 @@ def profile_path(mv: ModelVersion, profile: dict[str, Any]) -> Path:
     return path if path.is_absolute() else Path(mv.artifact_uri).parent / path
 
 
+def _profile_bytes(mv: ModelVersion, profile: dict[str, Any]) -> tuple[bytes, Path | str]:
+    """The profile's bytes (empty when missing) and where they were looked for: beside an
+    artifact on object storage, fetched; else ``profile_path``."""
+    from mlcore.model.artifacts_store import is_remote, read_bytes, sibling
+
+    if not Path(profile["uri"]).is_absolute() and is_remote(mv.artifact_uri):
+        uri = sibling(mv.artifact_uri, profile["uri"])
+        try:
+            return read_bytes(uri), uri
+        except FileNotFoundError:
+            return b"", uri
+    path = profile_path(mv, profile)
+    return (path.read_bytes() if path.is_file() else b""), path
+
+
 def read_reference_profile(spec: ProblemSpec, mv: ModelVersion, profile: dict[str, Any],
                            batch_id: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The version's reference profile, sampled to ``spec.drift.sample_rows``, with where it
@@ -68,8 +83,7 @@ def read_reference_profile(spec: ProblemSpec, mv: ModelVersion, profile: dict[st
     Raises:
         DriftCheckFailed: the file is missing or does not match its recorded SHA-256.
     """
-    path = profile_path(mv, profile)
-    data = path.read_bytes() if path.is_file() else b""
+    data, path = _profile_bytes(mv, profile)
     if hashlib.sha256(data).hexdigest() != profile["sha256"]:
         raise DriftCheckFailed(f"batch {batch_id!r}: {spec.name!r} v{mv.version}'s reference "
                                f"profile {path} is missing or does not match its recorded "

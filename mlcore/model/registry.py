@@ -136,7 +136,7 @@ def move_alias(problem: str, *, expected: int | None, new: int, reason: str, url
     doing = f"refusing to make it {alias}"
     if settings is not None:
         verify_artifact(mv, settings, doing=doing)
-    elif Path(mv.artifact_uri).exists():
+    elif mv.artifact_uri.startswith(("s3://", "s3a://")) or Path(mv.artifact_uri).exists():
         verify_artifact(mv, None, doing=doing)
     else:
         log.warning("moving %s of %r to v%d without an artifact check: %s is missing and no "
@@ -174,6 +174,8 @@ def verify_artifact(mv: ModelVersion, settings: Settings | None, *,
         ArtifactMissing: the file is missing or unreadable.
     """
     what = f"{mv.problem!r} v{mv.version}: artifact"
+    if mv.artifact_uri.startswith(("s3://", "s3a://")):
+        return _verify_remote(mv, settings, what, doing)
     path = Path(mv.artifact_uri).resolve()
     if settings is not None:
         root = (settings.home / "artifacts").resolve()
@@ -190,6 +192,31 @@ def verify_artifact(mv: ModelVersion, settings: Settings | None, *,
     found = hashlib.sha256(data).hexdigest()
     if found != mv.artifact_sha256:
         raise ArtifactTampered(f"{what} {path} does not match its registered SHA-256 (expected "
+                               f"{mv.artifact_sha256[:12]}..., found {found[:12]}...); {doing}")
+    return data
+
+
+def _verify_remote(mv: ModelVersion, settings: Settings | None, what: str, doing: str) -> bytes:
+    """``verify_artifact`` for an object-storage URI: under ``<home>/artifacts/`` (no ``..``)
+    when ``settings`` are given, fetched once, hashed."""
+    from mlcore.model.artifacts_store import read_bytes
+    from mlcore.objstore import StorageError
+
+    uri = mv.artifact_uri
+    if settings is not None:
+        root = settings.store_home().uri("artifacts") + "/"
+        if not uri.startswith(root) or ".." in uri[len(root):].split("/"):
+            raise ArtifactTampered(f"{what} {uri} is outside {root}; {doing}")
+    try:
+        data = read_bytes(uri)
+    except FileNotFoundError as exc:
+        raise ArtifactMissing(f"{what} {uri} is missing (registered SHA-256 "
+                              f"{mv.artifact_sha256[:12]}...); {doing}") from exc
+    except (StorageError, ValueError) as exc:
+        raise ArtifactMissing(f"{what} {uri} is missing or unreadable ({exc}); {doing}") from exc
+    found = hashlib.sha256(data).hexdigest()
+    if found != mv.artifact_sha256:
+        raise ArtifactTampered(f"{what} {uri} does not match its registered SHA-256 (expected "
                                f"{mv.artifact_sha256[:12]}..., found {found[:12]}...); {doing}")
     return data
 
