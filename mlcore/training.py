@@ -263,7 +263,11 @@ def reproduce_version(spec: ProblemSpec, version: int, settings: Settings) -> Re
             raise NotReproducible(f"{spec.name!r} v{version}: batch {b['batch_id']!r} is no "
                                   "longer published with the content it was trained on")
         batches.append(found)
-    scratch = settings.home / "tmp" / f"reproduce-v{version}-{time.time_ns()}"
+    if settings.home_is_local:
+        scratch = settings.home / "tmp" / f"reproduce-v{version}-{time.time_ns()}"
+    else:  # an object-storage home: the rebuild stays in a local process folder
+        from mlcore.data.objects import process_tmp
+        scratch = process_tmp("reproduce")
     try:
         rebuilt = write_dataset(spec, settings, batches, root=scratch)
         recorded = DatasetRef.from_dict(rec["dataset"])

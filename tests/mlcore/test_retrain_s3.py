@@ -150,3 +150,16 @@ def test_a_tampered_or_missing_s3_artifact_is_refused_naming_the_uri(s3_settings
     with pytest.raises(ArtifactTampered, match="is outside"):
         load_model(mv, s3_settings)
     no_s3_folder(tmp_path)
+
+
+def test_reproduce_on_s3_rebuilds_locally_and_verifies(s3_settings, spec, slices, tmp_path):
+    from mlcore.training import reproduce_version
+
+    _, c3 = retrain(spec, slices, s3_settings)
+    before = set(s3_settings.store_home().find(s3_settings.store_home().uri()))
+    got = reproduce_version(spec, c3.version, s3_settings)
+    assert got.verified, got
+    assert got.rows > 0 and got.max_abs_diff == 0.0
+    assert set(s3_settings.store_home().find(s3_settings.store_home().uri())) == before
+    assert not list(Path(tempfile.gettempdir()).glob(f"mlcore-reproduce-{os.getpid()}-*"))
+    no_s3_folder(tmp_path)
