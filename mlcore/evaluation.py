@@ -17,6 +17,7 @@ import pandas as pd
 
 from mlcore.backtest import backtest
 from mlcore.config import Settings
+from mlcore.model.artifacts_store import is_remote, read_parquet
 from mlcore.model.evaluation import PromotionDecision, judge, predict_proba
 from mlcore.model.registry import alias_holder, get_version, load_model
 from mlcore.model.splits import DatasetRef, event_ns, frame_hash, load_part
@@ -98,13 +99,34 @@ def _row_keys(spec: ProblemSpec, frame: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(norm, index=False).to_numpy()
 
 
-def training_rows_path(mv: ModelVersion, settings: Settings) -> Path:
-    """Where a version's training part is (recorded, or the content-addressed default)."""
+def training_rows_path(mv: ModelVersion, settings: Settings) -> Path | str:
+    """Where a version's training part is (recorded, or the content-addressed default): a local
+    path, or the ``s3://`` URI it was recorded under on an object-storage home."""
     rec = mv.reproducibility or {}
     if "dataset" in rec:
-        return Path(rec["dataset"]["train_uri"])
+        uri = str(rec["dataset"]["train_uri"])
+        return uri if is_remote(uri) else Path(uri)
     return (settings.home / "datasets" / f"problem={mv.problem}"
             / f"dataset={mv.metrics['dataset_id']}" / "train.parquet")
+
+
+def _training_keys(spec: ProblemSpec, mv: ModelVersion, settings: Settings) -> pd.DataFrame:
+    """The (entity key, event time) columns of a version's training rows.
+
+    Raises:
+        UnfairHoldout: they are gone (file or object missing).
+    """
+    where = training_rows_path(mv, settings)
+    columns = [spec.entity.key, "event_timestamp"]
+    try:
+        if isinstance(where, str):
+            return read_parquet(where)[columns]
+        if where.is_file():
+            return pd.read_parquet(where, columns=columns)
+    except FileNotFoundError:
+        pass
+    raise UnfairHoldout(f"{spec.name!r} v{mv.version}: its training rows ({where}) are "
+                        "gone, so a fair holdout cannot be checked")
 
 
 def seen_rows(spec: ProblemSpec, holdout: pd.DataFrame,
@@ -118,11 +140,7 @@ def seen_rows(spec: ProblemSpec, holdout: pd.DataFrame,
     held = _row_keys(spec, holdout)
     seen = {}
     for mv in models:
-        path = training_rows_path(mv, settings)
-        if not path.is_file():
-            raise UnfairHoldout(f"{spec.name!r} v{mv.version}: its training rows ({path}) are "
-                                "gone, so a fair holdout cannot be checked")
-        trained = pd.read_parquet(path, columns=[spec.entity.key, "event_timestamp"])
+        trained = _training_keys(spec, mv, settings)
         seen[mv.version] = np.isin(held, _row_keys(spec, trained))
     return seen
 

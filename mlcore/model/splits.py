@@ -212,7 +212,12 @@ def load_part(uri: str, expected_hash: str) -> pd.DataFrame:
     Raises:
         ValueError: the file changed since the dataset was built.
     """
-    frame = pd.read_parquet(Path(uri))
+    if uri.startswith(("s3://", "s3a://")):  # an object-storage home (issue 19)
+        from mlcore.model.artifacts_store import read_parquet
+
+        frame = read_parquet(uri)
+    else:
+        frame = pd.read_parquet(Path(uri))
     if frame_hash(frame) != expected_hash:
         raise ValueError(f"dataset part {uri} changed since it was built (hash mismatch)")
     return frame

@@ -163,3 +163,21 @@ def test_reproduce_on_s3_rebuilds_locally_and_verifies(s3_settings, spec, slices
     assert set(s3_settings.store_home().find(s3_settings.store_home().uri())) == before
     assert not list(Path(tempfile.gettempdir()).glob(f"mlcore-reproduce-{os.getpid()}-*"))
     no_s3_folder(tmp_path)
+
+
+def test_the_contender_is_judged_on_the_s3_holdout(s3_settings, local_settings, spec, slices):
+    """Evaluation reads the frozen holdout and the contender's training rows (the fair-holdout
+    check) from the bucket: the same holdout and scores as on a folder home; with its training
+    rows gone the contender cannot be judged, and the error names the object."""
+    from mlcore.evaluation import UnfairHoldout, assess_contender
+
+    ds3, c3 = retrain(spec, slices, s3_settings)
+    dloc, cloc = retrain(spec, slices, local_settings)
+    got = assess_contender(spec, ds3, c3.version, s3_settings)
+    want = assess_contender(spec, dloc, cloc.version, local_settings)
+    assert got.holdout == want.holdout and got.holdout["rows"] > 0
+    np.testing.assert_array_equal(got.p_new, want.p_new)
+    np.testing.assert_array_equal(got.y, want.y)
+    s3_settings.store_home().rm(ds3.train_uri)
+    with pytest.raises(UnfairHoldout, match=ds3.train_uri):
+        assess_contender(spec, ds3, c3.version, s3_settings)
