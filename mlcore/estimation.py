@@ -27,6 +27,7 @@ import pandas as pd
 from sqlalchemy import delete, select, update
 
 from mlcore.config import Settings
+from mlcore.model.estimate_input import EstimateInput
 from mlcore.model.performance import (
     CONFIDENCE,
     DLE_LOSSES,
@@ -181,11 +182,23 @@ def not_estimated(spec: ProblemSpec, batch_id: str, version: int, role: str, row
                     "none", f"not estimated: {why}")
 
 
+def estimate_input(spec: ProblemSpec, mv: ModelVersion, model: Any, settings: Settings,
+                   rows: int) -> EstimateInput:
+    """An empty ``EstimateInput`` for ``mv``'s outputs on a batch of ``rows`` rows: scoring feeds
+    it piece by piece, then passes it to ``estimate_scored`` in place of the frame."""
+    return EstimateInput(spec.target.kind, spec.metric.name, spec.feature_names, rows,
+                         lambda: fitted_estimator(spec, mv, model, settings))
+
+
 def estimate_batch(spec: ProblemSpec, batch_id: str, mv: ModelVersion, role: str, model: Any,
-                   frame: pd.DataFrame, outputs: np.ndarray, settings: Settings) -> Estimate:
+                   frame: pd.DataFrame | EstimateInput, outputs: np.ndarray | None,
+                   settings: Settings) -> Estimate:
     """The spec's metric on a scored batch, estimated from the model's ``outputs`` (rows of
-    ``frame``), with its interval; "not estimated" with the reason when it cannot be."""
-    name, rows = spec.metric.name, len(frame)
+    ``frame``), with its interval; "not estimated" with the reason when it cannot be.
+    ``frame`` may instead be an ``EstimateInput`` the batch was fed to piece by piece
+    (``outputs`` None): the same estimate (``mlcore.model.estimate_input``)."""
+    name = spec.metric.name
+    rows = frame.rows if isinstance(frame, EstimateInput) else len(frame)
     if name in NOT_ESTIMABLE:
         return not_estimated(spec, batch_id, mv.version, role, rows, NOT_ESTIMABLE[name])
     if spec.target.kind == "regression" and name not in DLE_LOSSES:
@@ -193,11 +206,17 @@ def estimate_batch(spec: ProblemSpec, batch_id: str, mv: ModelVersion, role: str
                              f"{name} (direct loss estimation knows {', '.join(DLE_LOSSES)})")
     if not rows:
         return not_estimated(spec, batch_id, mv.version, role, rows, "the batch has no rows")
+    kept = frame
+    if not isinstance(kept, EstimateInput):
+        kept = estimate_input(spec, mv, model, settings, rows)
+        kept.add(frame, np.asarray(outputs))
     try:
-        estimator, key = fitted_estimator(spec, mv, model, settings)
+        if kept.error is not None:
+            raise kept.error  # its fit (NotEstimated: no reference set) or its loss model failed
+        estimator, key = kept.fitted or fitted_estimator(spec, mv, model, settings)
+        value = kept.value(estimator)
     except NotEstimated as exc:
         return not_estimated(spec, batch_id, mv.version, role, rows, str(exc))
-    value = estimator.estimate(frame[spec.feature_names], outputs)
     if not math.isfinite(value):
         return not_estimated(spec, batch_id, mv.version, role, rows,
                              "the estimate is undefined (non-finite model outputs)")
@@ -236,10 +255,11 @@ def record_estimate(result: Estimate, url: str) -> None:
 
 
 def estimate_scored(spec: ProblemSpec, batch_id: str, mv: ModelVersion, role: str, model: Any,
-                    frame: pd.DataFrame, outputs: np.ndarray, settings: Settings
-                    ) -> dict[str, Any]:
+                    frame: pd.DataFrame | EstimateInput, outputs: np.ndarray | None,
+                    settings: Settings) -> dict[str, Any]:
     """``estimate_batch`` + ``record_estimate`` for the scoring stage: never raises (an
     estimator failure is logged and stored as "not estimated"; a failed write is logged).
+    ``frame``/``outputs`` as ``estimate_batch`` takes them.
 
     Returns:
         ``model_version``, ``role``, ``metric``, ``estimate``, ``ci_low``, ``ci_high``,
@@ -250,7 +270,8 @@ def estimate_scored(spec: ProblemSpec, batch_id: str, mv: ModelVersion, role: st
     except Exception as exc:  # noqa: BLE001 - an estimate must never fail scoring
         log.warning("batch %r of %r: v%d not estimated: %s: %s", batch_id, spec.name,
                     mv.version, type(exc).__name__, exc)
-        result = not_estimated(spec, batch_id, mv.version, role, len(frame),
+        rows = frame.rows if isinstance(frame, EstimateInput) else len(frame)
+        result = not_estimated(spec, batch_id, mv.version, role, rows,
                                f"the estimator failed ({type(exc).__name__}: {exc})")
     try:
         record_estimate(result, settings.db_url)

@@ -227,3 +227,21 @@ def test_sqlite_predictions_keep_the_orm_datetime_text(spec, partitions):
         assert {r.tzinfo for r in read} == {orm_read.tzinfo}  # read back as ORM rows are
     pattern = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
     assert len(stamps) == 1 and pattern.fullmatch(stamps.pop()) and pattern.fullmatch(orm)
+
+
+@pytest.mark.parametrize("batch_id, source", [("older", "own partition"), ("tie", "feast join")])
+def test_feature_pieces_are_batch_features_cut(spec, partitions, batch_id, source):
+    """Scoring's pieces, from the own partition or (a tie: not provably Feast's) from Feast's
+    join, are ``batch_features``' frame cut in order (tied rows' AGEP: either row, as above)."""
+    from mlcore.feast.own_partition import batch_features, feature_pieces
+
+    settings, _ = partitions
+    batch = get_batch(spec.name, batch_id, settings.db_url)
+    pieces = feature_pieces(spec, batch, settings, 64)
+    got = list(pieces.pieces)
+    assert pieces.source == source and sum(map(len, got)) == pieces.rows
+    assert [len(p) for p in got] == [64] * (len(got) - 1) + [pieces.rows - 64 * (len(got) - 1)]
+    want = batch_features(spec, batch, settings)
+    cols = [c for c in want.columns if c != "AGEP"] if batch_id == "tie" else want.columns
+    pd.testing.assert_frame_equal(pd.concat(got, ignore_index=True)[cols], want[cols],
+                                  check_exact=True)
