@@ -263,17 +263,44 @@ def detect_drift(spec: ProblemSpec, batch_id: str, settings: Settings) -> DriftR
 
 def _write_reports(result: DriftResult, report: dict[str, Any],
                    settings: Settings) -> tuple[str, str]:
-    """The JSON report (``drift_report.build_report``) and its HTML page, written atomically."""
+    """The JSON report (``drift_report.build_report``) and its HTML page, written atomically;
+    on an object-storage home written locally, then one PUT each to the final key (an object is
+    never half-visible), the recorded paths being the s3 URIs."""
+    texts = (("json", json.dumps(report)), ("html", render_report(report)))
+    if not settings.home_is_local:
+        return _put_reports(result, texts, settings)
     out = settings.partition("reports", result.problem, result.batch_id)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for suffix, text in (("json", json.dumps(report)), ("html", render_report(report))):
+    for suffix, text in texts:
         path = out / f"drift_v{result.model_version}.{suffix}"
         tmp = out / f".{path.name}-{time.time_ns()}"
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
         paths.append(str(path))
     return paths[0], paths[1]
+
+
+def _put_reports(result: DriftResult, texts: tuple[tuple[str, str], ...],
+                 settings: Settings) -> tuple[str, str]:
+    """``_write_reports`` on an S3 home: staged in a process folder, put under
+    ``reports/problem=<p>/batch=<id>/``, the staging removed."""
+    import shutil
+
+    from mlcore.data.objects import process_tmp
+    from mlcore.model.artifacts_store import upload
+
+    staged = process_tmp("report")
+    try:
+        uris = []
+        for suffix, text in texts:
+            name = f"drift_v{result.model_version}.{suffix}"
+            (staged / name).write_text(text, encoding="utf-8")
+            uris.append(upload(settings.store_home(), staged / name, "reports",
+                               f"problem={result.problem}", f"batch={result.batch_id}", name))
+        return uris[0], uris[1]
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def _record(result: DriftResult, url: str) -> None:
