@@ -60,7 +60,7 @@ def summary(problem: str, settings: Settings) -> dict[str, Any]:
             "evaluations": evals, "drift": drift, "predictions": preds,
             "retrain_requests": requests, "alias_history": alias_log(problem, url),
             "performance": performance_history(problem, url),
-            "home": str(settings.home)}
+            "home": str(settings.home) if settings.home_is_local else settings.home_uri}
 
 
 def format_summary(data: dict[str, Any]) -> str:

@@ -291,10 +291,18 @@ def collect(problem: str, settings: Settings) -> dict[str, Any]:
     if not re.match(NAME_PATTERN, problem):
         raise ValueError(f"invalid problem name {problem!r}")
     spec = get_problem(problem, settings.problems_dir)
-    base = settings.partition("reports", problem)
+    if settings.home_is_local:
+        base = settings.partition("reports", problem)
 
-    def links(uri: str | None) -> str | None:
-        return _href(uri, base, settings.home)
+        def links(uri: str | None) -> str | None:
+            return _href(uri, base, settings.home)
+    else:  # the page is an object beside the reports: links relative to its prefix
+        prefix = settings.partition_uri("reports", problem) + "/"
+
+        def links(uri: str | None) -> str | None:
+            if uri and uri.startswith(prefix) and "/../" not in uri:
+                return quote(uri[len(prefix):], safe="/=")
+            return uri if uri and urlparse(uri).scheme in {"http", "https"} else None
 
     with session_scope(settings.db_url) as s:
         batches = _batches(s, problem, links)

@@ -50,8 +50,8 @@ PAGE_CSS = REPORT_CSS + (
 class MonitoringPage:
     """Where the monitoring page was written and its size (``bytes``: the HTML page alone)."""
 
-    path: Path
-    json_path: Path
+    path: Path | str  # an s3 URI on an object-storage home
+    json_path: Path | str
     bytes: int
 
 
@@ -185,9 +185,32 @@ def write_monitoring_page(problem: str, settings: Settings) -> MonitoringPage:
     if len(html_bytes) > MAX_BYTES:
         raise ValueError(f"monitoring page is {len(html_bytes)} bytes, over the {MAX_BYTES} "
                          "byte limit")
+    if not settings.home_is_local:
+        return _put_page(problem, settings, json_bytes, html_bytes)
     out = settings.partition("reports", problem)
     out.mkdir(parents=True, exist_ok=True)
     json_path, path = out / "monitoring.json", out / "monitoring.html"
     write_atomic(json_path, json_bytes)
     write_atomic(path, html_bytes)
     return MonitoringPage(path=path, json_path=json_path, bytes=len(html_bytes))
+
+
+def _put_page(problem: str, settings: Settings, json_bytes: bytes,
+              html_bytes: bytes) -> MonitoringPage:
+    """``write_monitoring_page`` on an S3 home: staged in a process folder, then one PUT each to
+    ``reports/problem=<p>/monitoring.{json,html}``; the staging removed."""
+    import shutil
+
+    from mlcore.data.objects import process_tmp
+    from mlcore.model.artifacts_store import upload
+
+    staged = process_tmp("report")
+    try:
+        uris = []
+        for name, data in (("monitoring.json", json_bytes), ("monitoring.html", html_bytes)):
+            (staged / name).write_bytes(data)
+            uris.append(upload(settings.store_home(), staged / name, "reports",
+                               f"problem={problem}", name))
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return MonitoringPage(path=uris[1], json_path=uris[0], bytes=len(html_bytes))

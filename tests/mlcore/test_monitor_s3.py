@@ -1,7 +1,8 @@
 """Monitoring with ``MLCORE_HOME=s3://bucket/prefix`` against a real S3 API server (moto's
 standalone server, its own process): the drift of the 2016 census batch against an S3-trained
 champion equals a folder home's, and the JSON/HTML reports are objects under
-``<home>/reports/problem=<p>/batch=<id>/`` whose URIs are the ones recorded."""
+``<home>/reports/problem=<p>/batch=<id>/`` whose URIs are the ones recorded; the monitoring page
+and its JSON are objects under ``<home>/reports/problem=<p>/`` linking to them relatively."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
 from mlcore.model.registry import move_alias
 from mlcore.monitoring import detect_drift
+from mlcore.reporting import summary
+from mlcore.reports.monitoring_page import write_monitoring_page
 from mlcore.store.models import DriftReport
 from mlcore.store.session import session_scope, upgrade
 from mlcore.training import train_contender
@@ -102,6 +105,17 @@ def test_drift_on_s3_matches_a_folder_home_and_reports_go_to_the_bucket(
     again = detect_drift(spec, "2016", s3_settings)
     assert (again.json_uri, again.drift_share) == (got.json_uri, got.drift_share)
     assert sorted(home.find(base)) == sorted([got.json_uri, got.html_uri])
+    # the monitoring page: objects beside the reports, linking to them relatively
+    page = write_monitoring_page(spec.name, s3_settings)
+    prefix = home.uri("reports", f"problem={spec.name}")
+    assert (page.path, page.json_path) == (f"{prefix}/monitoring.html",
+                                           f"{prefix}/monitoring.json")
+    data = json.loads(home.open(page.json_path).read())
+    row16 = next(b for b in data["batches"] if b["batch_id"] == "2016")
+    assert row16["drift"]["report_href"] == f"batch=2016/drift_v{v3}.html"
+    html = home.open(page.path).read()
+    assert len(html) == page.bytes and b"batch=2016/drift_v" in html
+    assert summary(spec.name, s3_settings)["home"] == s3_settings.home_uri
     made = [p for p in tmp_path.rglob("s3:*")] + [p for p in Path.cwd().glob("s3:*")]
     assert not made, made
     assert not list(Path(tempfile.gettempdir()).glob(f"mlcore-report-{os.getpid()}-*"))
