@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from mlcore.config import Settings
 from mlcore.reports.html import (
     REPORT_CSS,
     document,
@@ -56,8 +57,8 @@ THROUGHPUT_KEYS = ("contender", "champion", "required", "required_from", "ok", "
 class RunCard:
     """Where a run card was written and how big it is (HTML + JSON bytes)."""
 
-    html_path: Path
-    json_path: Path
+    html_path: Path | str  # s3 URIs from ``write_evaluation_card`` on an object-storage home
+    json_path: Path | str
     bytes: int
 
 def _figures(card: dict[str, Any]) -> list[str]:
@@ -260,3 +261,31 @@ def write_run_card(card: dict[str, Any], out_dir: Path) -> RunCard:
     write_atomic(json_path, json_bytes)
     write_atomic(html_path, html_bytes)
     return RunCard(html_path=html_path, json_path=json_path, bytes=size)
+
+
+def write_evaluation_card(card: dict[str, Any], settings: Settings, problem: str,
+                          evaluation_id: int) -> RunCard:
+    """``write_run_card`` into ``<home>/reports/problem=<p>/evaluation=<id>/``: on a folder home
+    exactly that; on an object-storage home written to a process folder, then one PUT each to
+    the final keys (never half-visible), the staging removed, and the URIs returned.
+
+    Raises:
+        ValueError: as ``write_run_card`` (nothing is written).
+    """
+    if settings.home_is_local:
+        return write_run_card(card, settings.partition("reports", problem)
+                              / f"evaluation={evaluation_id}")
+    import shutil
+
+    from mlcore.data.objects import process_tmp
+    from mlcore.model.artifacts_store import upload
+
+    staged = process_tmp("report")
+    try:
+        local = write_run_card(card, staged)
+        uris = [upload(settings.store_home(), Path(p), "reports", f"problem={problem}",
+                       f"evaluation={evaluation_id}", Path(p).name)
+                for p in (local.html_path, local.json_path)]
+    finally:
+        shutil.rmtree(staged, ignore_errors=True)
+    return RunCard(html_path=uris[0], json_path=uris[1], bytes=local.bytes)

@@ -119,3 +119,31 @@ def test_drift_on_s3_matches_a_folder_home_and_reports_go_to_the_bucket(
     made = [p for p in tmp_path.rglob("s3:*")] + [p for p in Path.cwd().glob("s3:*")]
     assert not made, made
     assert not list(Path(tempfile.gettempdir()).glob(f"mlcore-report-{os.getpid()}-*"))
+
+
+CARD = {"problem": "census_employment", "evaluation_id": 4,
+        "target": {"kind": "binary", "classes": ["0", "1"]}, "outcome": "reject",
+        "promote": False, "reason": "r", "metric": {"name": "roc_auc", "direction": "maximize"},
+        "contender": {"version": 2, "algorithm": "logistic_regression",
+                      "metrics": {"roc_auc": 0.8}},
+        "champion": None, "slices": [], "guardrails": []}
+
+
+def test_an_evaluation_run_card_goes_to_the_bucket(s3_settings, local_settings, tmp_path):
+    """``write_evaluation_card``: the folder home's files, byte for byte, as objects under
+    ``<home>/reports/problem=<p>/evaluation=<id>/``; nothing staged left."""
+    from mlcore.reports.runcard import write_evaluation_card
+
+    got = write_evaluation_card(CARD, s3_settings, "census_employment", 4)
+    want = write_evaluation_card(CARD, local_settings, "census_employment", 4)
+    assert want.html_path == (local_settings.home / "reports" / "problem=census_employment"
+                              / "evaluation=4" / "run_card.html")
+    home = s3_settings.store_home()
+    base = home.uri("reports", "problem=census_employment", "evaluation=4")
+    assert (got.html_path, got.json_path) == (f"{base}/run_card.html", f"{base}/run_card.json")
+    assert home.open(str(got.html_path)).read() == Path(want.html_path).read_bytes()
+    assert home.open(str(got.json_path)).read() == Path(want.json_path).read_bytes()
+    assert got.bytes == want.bytes
+    made = [p for p in tmp_path.rglob("s3:*")] + [p for p in Path.cwd().glob("s3:*")]
+    assert not made, made
+    assert not list(Path(tempfile.gettempdir()).glob(f"mlcore-report-{os.getpid()}-*"))
