@@ -30,7 +30,7 @@ from mlcore.model.registry import (
 from mlcore.model.splits import DatasetRef
 from mlcore.problems import ProblemSpec
 from mlcore.reports.html import links
-from mlcore.reports.runcard import write_run_card
+from mlcore.reports.runcard import write_evaluation_card
 from mlcore.reports.runcard_data import model_curves
 from mlcore.store.models import AliasHistory, Evaluation
 from mlcore.store.session import session_scope
@@ -114,8 +114,8 @@ def record_evaluation(spec: ProblemSpec, settings: Settings, a: Assessment) -> d
             outcome=decision.outcome, reason=decision.reason, details=_json(a.details))
         s.add(row)
         s.flush()
-        card = write_run_card(_json(_run_card(spec, a, row, new_metrics, old_metrics)),
-                              settings.partition("reports", spec.name) / f"evaluation={row.id}")
+        card = write_evaluation_card(_json(_run_card(spec, a, row, new_metrics, old_metrics)),
+                                     settings, spec.name, row.id)
         row.run_card_uri = str(card.html_path)
         eval_id = row.id
     log.info("evaluation %s of %s v%s: %s (%s); run card %s (%d bytes)", eval_id, spec.name,

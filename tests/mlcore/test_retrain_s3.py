@@ -181,3 +181,17 @@ def test_the_contender_is_judged_on_the_s3_holdout(s3_settings, local_settings, 
     s3_settings.store_home().rm(ds3.train_uri)
     with pytest.raises(UnfairHoldout, match=ds3.train_uri):
         assess_contender(spec, ds3, c3.version, s3_settings)
+
+
+def test_an_evaluation_on_s3_records_its_run_card_in_the_bucket(s3_settings, spec, slices):
+    """The promotion stage's evaluation: decided and recorded, its run card put under
+    ``reports/problem=<p>/evaluation=<id>/`` and the recorded URI that object's."""
+    from mlcore.promotion import evaluate_contender
+
+    ds3, c3 = retrain(spec, slices, s3_settings)
+    got = evaluate_contender(spec, ds3, c3.version, s3_settings)
+    home = s3_settings.store_home()
+    card = home.uri("reports", f"problem={spec.name}", f"evaluation={got['evaluation_id']}",
+                    "run_card.html")
+    assert got["run_card"] == card and home.exists(card) and home.size(card) > 0
+    no_s3_folder(Path.cwd())
