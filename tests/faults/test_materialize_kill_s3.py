@@ -10,13 +10,12 @@ import os
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from s3_server import S3Server, s3_server
+from s3_server import S3Server, s3_home, s3_server
 from sqlalchemy import select
 
 from mlcore.config import Settings
@@ -27,7 +26,7 @@ from mlcore.features import materialize_batch
 from mlcore.ingestion import ingest_batch
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Materialization
-from mlcore.store.session import session_scope, upgrade
+from mlcore.store.session import session_scope
 
 # Not `from tests.conftest import ROOT` (that re-runs conftest's set-up).
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,16 +51,7 @@ def server() -> Iterator[S3Server]:
 
 @pytest.fixture
 def s3_settings(server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in server.env.items():
-        monkeypatch.setenv(var, value)
-    monkeypatch.setenv("MLCORE_HOME", str(tmp_path / "unused"))  # restored: Feast env is global
-    url = f"sqlite:///{tmp_path / 'mlcore.db'}"
-    upgrade(url)
-    return Settings(home=server.uri(f"home-{uuid.uuid4().hex[:8]}"), database_url=url,
-                    local_dir=tmp_path / "local", problems_dir=ROOT / "problems",
-                    feature_repo=ROOT / "feature_repo")
+    return s3_home(server, monkeypatch, tmp_path, feast_local=True)
 
 
 def _materialize_in_child(settings: Settings, batch_id: str, failpoint: str) -> int:

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from s3_server import S3Server, s3_server
+from s3_server import S3Server, s3_home, s3_server
 from sqlalchemy import select
 
 from mlcore.config import Settings
@@ -60,14 +60,10 @@ def server() -> Iterator[S3Server]:
 
 
 @pytest.fixture
-def s3_settings(server: S3Server, db_url: str, monkeypatch: pytest.MonkeyPatch) -> Settings:
+def s3_settings(server: S3Server, db_url: str, monkeypatch: pytest.MonkeyPatch,
+                tmp_path: Path) -> Settings:
     """A fresh prefix of the server's bucket as the home, over the parametrized store."""
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in server.env.items():
-        monkeypatch.setenv(var, value)
-    return Settings(home=server.uri(f"home-{uuid.uuid4().hex[:8]}"), database_url=db_url,
-                    problems_dir=ROOT / "problems", feature_repo=ROOT / "feature_repo")
+    return s3_home(server, monkeypatch, tmp_path, database_url=db_url)
 
 
 def _env(**extra: str) -> dict[str, str]:

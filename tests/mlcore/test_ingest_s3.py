@@ -5,14 +5,13 @@ outcome as the folder home. Other stages refuse an object-storage home by name."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 from pydantic import ValidationError
-from s3_server import S3Server, s3_server
+from s3_server import S3Server, folder_home, s3_home, s3_server
 from sqlalchemy import select
 
 from mlcore.batches import BatchConflict, BatchRejected, sha256_file
@@ -22,7 +21,7 @@ from mlcore.data.io import read_curated
 from mlcore.ingestion import ingest_batch
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Batch, QuarantinedRow
-from mlcore.store.session import session_scope, upgrade
+from mlcore.store.session import session_scope
 
 ROOT = Path(__file__).resolve().parents[2]
 PROBLEM = "census_employment"
@@ -37,23 +36,12 @@ def server() -> Iterator[S3Server]:
 @pytest.fixture
 def s3_settings(server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
     """An S3 home (a fresh prefix of the server's bucket) and a SQLite store outside it."""
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in server.env.items():
-        monkeypatch.setenv(var, value)
-    url = f"sqlite:///{tmp_path / 'mlcore.db'}"
-    upgrade(url)
-    return Settings(home=server.uri(f"home-{uuid.uuid4().hex[:8]}"), database_url=url,
-                    problems_dir=ROOT / "problems", feature_repo=ROOT / "feature_repo")
+    return s3_home(server, monkeypatch, tmp_path)
 
 
 @pytest.fixture
 def local_settings(tmp_path: Path) -> Settings:
-    home = tmp_path / "local"
-    home.mkdir()
-    s = Settings(home=home, problems_dir=ROOT / "problems", feature_repo=ROOT / "feature_repo")
-    upgrade(s.db_url)
-    return s
+    return folder_home(tmp_path, "local")
 
 
 def objects(settings: Settings) -> dict[str, str]:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from pg_database import feast_pg_env, fresh_database
-from s3_server import S3Server, s3_server
+from s3_server import S3Server, folder_home, s3_home, s3_server
 from sqlalchemy import select
 
 from mlcore import cli_commands
@@ -30,7 +30,7 @@ from mlcore.ingestion import ingest_batch
 from mlcore.objstore import StorageError
 from mlcore.store.catalog import get_batch
 from mlcore.store.models import Materialization
-from mlcore.store.session import session_scope, upgrade
+from mlcore.store.session import session_scope
 
 ROOT = Path(__file__).resolve().parents[2]
 KEYS = [0, 7, 123, 1499]
@@ -45,25 +45,12 @@ def server() -> Iterator[S3Server]:
 @pytest.fixture
 def s3_settings(server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
     """An S3 home (a fresh prefix), a SQLite store and Feast's embedded state outside it."""
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in server.env.items():
-        monkeypatch.setenv(var, value)
-    monkeypatch.setenv("MLCORE_HOME", str(tmp_path / "unused"))  # restored: Feast env is global
-    url = f"sqlite:///{tmp_path / 'mlcore.db'}"
-    upgrade(url)
-    return Settings(home=server.uri(f"home-{uuid.uuid4().hex[:8]}"), database_url=url,
-                    local_dir=tmp_path / "local", problems_dir=ROOT / "problems",
-                    feature_repo=ROOT / "feature_repo")
+    return s3_home(server, monkeypatch, tmp_path, feast_local=True)
 
 
 @pytest.fixture
 def local_settings(tmp_path: Path) -> Settings:
-    home = tmp_path / "folder"
-    home.mkdir()
-    s = Settings(home=home, problems_dir=ROOT / "problems", feature_repo=ROOT / "feature_repo")
-    upgrade(s.db_url)
-    return s
+    return folder_home(tmp_path)
 
 
 def objects(settings: Settings) -> dict[str, str]:

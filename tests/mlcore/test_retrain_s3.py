@@ -10,14 +10,13 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from s3_server import S3Server, s3_server
+from s3_server import S3Server, folder_home, s3_home, s3_server
 
 from mlcore.config import Settings, TrainConfig
 from mlcore.datasets import build_dataset
@@ -32,7 +31,6 @@ from mlcore.model.registry import (
     load_model,
     move_alias,
 )
-from mlcore.store.session import upgrade
 from mlcore.training import train_contender
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -48,26 +46,12 @@ def server() -> Iterator[S3Server]:
 @pytest.fixture
 def s3_settings(server: S3Server, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Settings:
     """An S3 home (a fresh prefix), a SQLite store and Feast's embedded state outside it."""
-    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        monkeypatch.delenv(var, raising=False)
-    for var, value in server.env.items():
-        monkeypatch.setenv(var, value)
-    monkeypatch.setenv("MLCORE_HOME", str(tmp_path / "unused"))  # restored: Feast env is global
-    monkeypatch.chdir(tmp_path)  # a stray write to a folder named "s3:" would land here
-    url = f"sqlite:///{tmp_path / 'mlcore.db'}"
-    upgrade(url)
-    return Settings(home=server.uri(f"home-{uuid.uuid4().hex[:8]}"), database_url=url,
-                    local_dir=tmp_path / "local", problems_dir=ROOT / "problems",
-                    feature_repo=ROOT / "feature_repo")
+    return s3_home(server, monkeypatch, tmp_path, feast_local=True, chdir=True)
 
 
 @pytest.fixture
 def local_settings(tmp_path: Path) -> Settings:
-    home = tmp_path / "folder"
-    home.mkdir()
-    s = Settings(home=home, problems_dir=ROOT / "problems", feature_repo=ROOT / "feature_repo")
-    upgrade(s.db_url)
-    return s
+    return folder_home(tmp_path)
 
 
 def retrain(spec, slices, settings):

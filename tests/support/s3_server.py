@@ -4,6 +4,9 @@ installed from the lock) as a separate process on a free loopback port, with a b
 ``s3_server()`` yields an ``S3Server``: ``endpoint``, ``bucket`` and ``env`` (test credentials,
 region and ``MLCORE_S3_ENDPOINT_URL``) to put into ``os.environ`` (e.g. ``monkeypatch``) or a
 subprocess's environment. The server is stopped (and its process reaped) on exit.
+
+``s3_home(server, monkeypatch, tmp_path)``: the ``Settings`` of a fresh home on it (the tests'
+``s3_settings``); ``folder_home(tmp_path)``: a folder home to compare it with.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+ROOT = Path(__file__).resolve().parents[2]
 ACCESS_KEY = "batchloop-test-key"
 SECRET_KEY = "batchloop-test-secret-d41d8cd98f00"  # a value tests look for in outputs
 REGION = "us-east-1"
@@ -94,3 +100,43 @@ def s3_server(bucket: str | None = None) -> Iterator[S3Server]:
                 proc.wait()
         log.close()
         os.unlink(log.name)
+
+
+def s3_home(server: S3Server, monkeypatch: Any, tmp_path: Path, *, database_url: str | None = None,
+            feast_local: bool = False, chdir: bool = False) -> Any:
+    """``Settings`` over a fresh prefix of ``server``'s bucket, the environment pointed at the
+    server (and at nothing else: AWS_ENDPOINT_URL*, AWS_PROFILE, AWS_SESSION_TOKEN removed);
+    the store ``database_url``, else a migrated SQLite file under ``tmp_path``. ``feast_local``:
+    Feast's embedded state in ``tmp_path/local`` (and MLCORE_HOME set to an unused folder, so
+    the process-wide value is restored after the test). ``chdir``: into ``tmp_path``, where a
+    stray write to a folder named ``s3:`` would land."""
+    from mlcore.config import Settings
+    from mlcore.store.session import upgrade
+
+    for var in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in server.env.items():
+        monkeypatch.setenv(var, value)
+    if feast_local:
+        monkeypatch.setenv("MLCORE_HOME", str(tmp_path / "unused"))
+    if chdir:
+        monkeypatch.chdir(tmp_path)
+    if database_url is None:
+        database_url = f"sqlite:///{tmp_path / 'mlcore.db'}"
+        upgrade(database_url)
+    extra = {"local_dir": tmp_path / "local"} if feast_local else {}
+    return Settings(home=server.uri(f"home-{uuid.uuid4().hex[:8]}"), database_url=database_url,
+                    problems_dir=ROOT / "problems", feature_repo=ROOT / "feature_repo", **extra)
+
+
+def folder_home(tmp_path: Path, name: str = "folder") -> Any:
+    """``Settings`` over a new folder home ``tmp_path/name`` with its migrated SQLite store."""
+    from mlcore.config import Settings
+    from mlcore.store.session import upgrade
+
+    home = tmp_path / name
+    home.mkdir()
+    settings = Settings(home=home, problems_dir=ROOT / "problems",
+                        feature_repo=ROOT / "feature_repo")
+    upgrade(settings.db_url)
+    return settings
