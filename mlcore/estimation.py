@@ -89,11 +89,14 @@ def _dataset_record(mv: ModelVersion) -> dict[str, Any]:
 
 
 def _reference(spec: ProblemSpec, mv: ModelVersion, record: dict[str, Any]) -> pd.DataFrame:
-    path = Path(record["holdout_uri"])
-    if not path.is_file():
-        raise NotEstimated(f"v{mv.version}'s reference set (its holdout {path}) is gone")
+    uri = str(record["holdout_uri"])
+    remote = uri.startswith(("s3://", "s3a://"))  # an object-storage home: load_part fetches it
+    if not remote and not Path(uri).is_file():
+        raise NotEstimated(f"v{mv.version}'s reference set (its holdout {uri}) is gone")
     try:
-        frame = load_part(str(path), record["holdout_hash"])
+        frame = load_part(uri, record["holdout_hash"])
+    except FileNotFoundError as exc:
+        raise NotEstimated(f"v{mv.version}'s reference set (its holdout {uri}) is gone") from exc
     except (OSError, ValueError) as exc:
         raise NotEstimated(f"v{mv.version}'s reference set cannot be used: {exc}") from exc
     if len(frame) < MIN_REFERENCE_ROWS:
@@ -114,9 +117,16 @@ def cache_key(spec: ProblemSpec, mv: ModelVersion, record: dict[str, Any]) -> st
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def cache_path(spec: ProblemSpec, mv: ModelVersion, key: str, settings: Settings) -> Path:
-    """``<home>/estimators/problem=<p>/version=<v>/<key>.joblib`` (its SHA-256 beside it)."""
-    return settings.partition("estimators", spec.name) / f"version={mv.version}" / f"{key}.joblib"
+def cache_path(spec: ProblemSpec, mv: ModelVersion, key: str,
+               settings: Settings) -> Path | None:
+    """``<home>/estimators/problem=<p>/version=<v>/<key>.joblib`` (its SHA-256 beside it). On an
+    object-storage home the cache (derived, per host) is under ``MLCORE_LOCAL_DIR`` when set,
+    else there is none (None: fitted every time)."""
+    name = Path("estimators") / f"problem={spec.name}" / f"version={mv.version}" / f"{key}.joblib"
+    if settings.home_is_local:
+        return settings.partition("estimators", spec.name) / f"version={mv.version}" / \
+            f"{key}.joblib"
+    return None if settings.local_dir is None else settings.local_dir / name
 
 
 def _load_cached(path: Path) -> PerformanceEstimator | None:
@@ -156,7 +166,7 @@ def fitted_estimator(spec: ProblemSpec, mv: ModelVersion, model: Any,
     record = _dataset_record(mv)
     key = cache_key(spec, mv, record)
     path = cache_path(spec, mv, key, settings)
-    cached = _load_cached(path)
+    cached = None if path is None else _load_cached(path)
     if cached is not None:
         return cached, key
     reference = _reference(spec, mv, record)
@@ -165,7 +175,8 @@ def fitted_estimator(spec: ProblemSpec, mv: ModelVersion, model: Any,
         spec.target.kind, spec.metric.name, spec.numeric, spec.categorical,
         [spec.vocabulary(c) for c in spec.categorical]).fit(
         X, reference[spec.target.name].to_numpy(), predict(model, X))
-    _save_cached(path, estimator)
+    if path is not None:
+        _save_cached(path, estimator)
     return estimator, key
 
 

@@ -179,3 +179,26 @@ def test_an_evaluation_on_s3_records_its_run_card_in_the_bucket(s3_settings, spe
                     "run_card.html")
     assert got["run_card"] == card and home.exists(card) and home.size(card) > 0
     no_s3_folder(Path.cwd())
+
+
+def test_scoring_on_s3_matches_a_folder_home_with_its_estimate(s3_settings, local_settings,
+                                                                spec, slices, tmp_path):
+    """Scoring reads the S3 features and the champion's S3 artifact; its pre-label estimate is
+    fitted on the holdout read from the bucket (cached under MLCORE_LOCAL_DIR): the same
+    predictions' mean and estimate as on a folder home."""
+    from mlcore.scoring import score_batch
+
+    results = []
+    for settings in (s3_settings, local_settings):
+        _, contender = retrain(spec, slices, settings)
+        move_alias(spec.name, expected=None, new=contender.version, reason="t",
+                   url=settings.db_url, actor="tests", settings=settings)
+        results.append(score_batch(spec, "2016", settings))
+    got, want = results
+    assert (got.rows, got.mean_score) == (want.rows, want.mean_score) and got.rows > 0
+    [est], [ref] = got.estimates, want.estimates
+    assert est["estimate"] is not None, est
+    assert (est["estimate"], est["ci_low"], est["ci_high"]) == (
+        ref["estimate"], ref["ci_low"], ref["ci_high"])
+    assert list((tmp_path / "local" / "estimators").rglob("*.joblib"))  # the local cache
+    no_s3_folder(tmp_path)
