@@ -122,11 +122,10 @@ def cache_path(spec: ProblemSpec, mv: ModelVersion, key: str,
     """``<home>/estimators/problem=<p>/version=<v>/<key>.joblib`` (its SHA-256 beside it). On an
     object-storage home the cache (derived, per host) is under ``MLCORE_LOCAL_DIR`` when set,
     else there is none (None: fitted every time)."""
-    name = Path("estimators") / f"problem={spec.name}" / f"version={mv.version}" / f"{key}.joblib"
+    tail = Path(f"problem={spec.name}") / f"version={mv.version}" / f"{key}.joblib"
     if settings.home_is_local:
-        return settings.partition("estimators", spec.name) / f"version={mv.version}" / \
-            f"{key}.joblib"
-    return None if settings.local_dir is None else settings.local_dir / name
+        return settings.home / "estimators" / tail
+    return None if settings.local_dir is None else settings.local_dir / "estimators" / tail
 
 
 def _load_cached(path: Path) -> PerformanceEstimator | None:
